@@ -1,0 +1,3 @@
+from feddmmr.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""Atomic writes (temp file in the same folder + rename) and model checkpoints.
+
+A run killed at any moment leaves either the previous file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda h: h.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda h: h.write(text.encode()))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _atomic_write(path, lambda h: torch.save(state, h))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.exists():
+                path = candidate
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no checkpoints/best.pt in this run directory")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights_into(model: torch.nn.Module, model_state: dict[str, torch.Tensor], source: str) -> int:
+    """Copy every tensor of `model_state` into `model`; returns how many were loaded.
+
+    A tensor whose name the model lacks, or whose shape differs, is an error (the original's
+    continue-pre-training silently loaded nothing). Model tensors the checkpoint lacks keep their
+    fresh initialisation and are listed in the log.
+    """
+    own = model.state_dict()
+    unknown = sorted(set(model_state) - set(own))
+    if unknown:
+        raise ValueError(f"{source}: tensors not in this model: {', '.join(unknown[:5])}")
+    mismatched = [
+        f"{name} {tuple(t.shape)} vs model {tuple(own[name].shape)}"
+        for name, t in model_state.items()
+        if t.shape != own[name].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{source}: shapes differ (different dataset or model size?): " + "; ".join(mismatched[:5])
+        )
+    model.load_state_dict(model_state, strict=False)
+    fresh = sorted(set(own) - set(model_state))
+    if fresh:
+        log.info("%s: %d model tensors not in the checkpoint keep their initialisation: %s",
+                 source, len(fresh), ", ".join(fresh[:10]))
+    return len(model_state)

@@ -1,0 +1,168 @@
+"""`feddmmr`: train, evaluate, data and features commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from feddmmr.config import FIELDS, TrainConfig, resolve_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens, describe a data folder.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+# Settings a resumed run may change: they do not affect the numbers it produces.
+RESUME_SAFE = {"device", "threads"}
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False, markup=False)],
+        force=True,
+    )
+
+
+def fail(message: str) -> typing.NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _option_type(field: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(TrainConfig)
+    base = [a for a in typing.get_args(hints[field.name]) if a is not type(None)] or [hints[field.name]]
+    return Optional[base[0]]
+
+
+def _train_parameters() -> list[inspect.Parameter]:
+    """One option per TrainConfig field, in hyphen and underscore spellings (the seed's scripts)."""
+    parameters = []
+    for name, field in FIELDS.items():
+        flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
+        if _option_type(field) == Optional[bool]:
+            flags = [f"{flags[0]}/--no-{name.replace('_', '-')}"] + flags[1:]
+        default = field.default
+        shown = "synthetic" if name == "data_dir" else default
+        option = typer.Option(None, *flags, help=f"{field.metadata['help']} [default: {shown}]", show_default=False)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)))
+    parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                        default=typer.Option(None, "--config", help="preset file (YAML or JSON) of these settings")))
+    parameters.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                        default=typer.Option(None, "--resume", help="continue the run in this directory")))
+    parameters.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                        default=typer.Option(False, "--verbose", "-v", help="debug logging")))
+    return parameters
+
+
+def _round_line(record: dict) -> str:
+    if record["validated"]:
+        val = record["val"]
+        shown = f"val HR@10 {val['HR@10']:.4f}  NDCG@10 {val['NDCG@10']:.4f}"
+    else:
+        shown = f"val skipped (next at round {record['next_validation']})"
+    return (f"round {record['round']:>3}  loss {record['train_loss']:.4f}  {shown}  "
+            f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s")
+
+
+def train_command(**options) -> None:
+    """Train a next-item recommender by federated learning (or --centralized)."""
+    from feddmmr.train import train
+
+    setup_logging(options.pop("verbose"))
+    config_file, resume = options.pop("config"), options.pop("resume")
+    try:
+        if resume is not None:
+            given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
+            if given or config_file:
+                fail(f"--resume continues with the run's saved config; drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
+            saved = resume / "config.json"
+            if not saved.exists():
+                fail(f"--resume {resume}: no config.json there; is it a feddmmr run directory?")
+            config = resolve_config(saved, **{k: options[k] for k in RESUME_SAFE})
+            config.run_dir = str(resume)
+        else:
+            config = resolve_config(config_file, **options)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+
+    with Progress(TextColumn("round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("clients"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks = {}
+
+        def progress_factory(round_number: int):
+            total = None
+            task = bar.add_task("", total=total, round=round_number)
+            tasks[round_number] = task
+            return lambda n: bar.advance(task, n)
+
+        def on_round(record: dict) -> None:
+            task = tasks.pop(record["round"], None)
+            if task is not None:
+                bar.remove_task(task)
+            console.print(_round_line(record), highlight=False)
+
+        try:
+            result = train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            fail(str(error))
+    test, valid = result.final["test"], result.final["valid"]
+    console.print(
+        f"best round {result.final['best_round']}: "
+        f"validation HR@10 {valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f} | "
+        f"test HR@10 {test['HR@10']:.4f} NDCG@10 {test['NDCG@10']:.4f}  ({result.run_dir})",
+        highlight=False,
+    )
+
+
+train_command.__signature__ = inspect.Signature(_train_parameters())
+app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(train_command)
+
+
+@app.command("evaluate")
+def evaluate_command(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
+    """Re-evaluate a run's best model on its saved test candidates (reproduces final.json)."""
+    from feddmmr.train import evaluate_run
+
+    setup_logging()
+    try:
+        result = evaluate_run(run_dir)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+@data_app.command("download")
+def download_command(
+    name: str = typer.Argument(..., help="ml-1m or ml-100k"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $FEDDMMR_CACHE or ~/.cache/feddmmr"),
+) -> None:
+    """Fetch an official MovieLens zip from GroupLens, verify its checksum and extract it."""
+    from feddmmr.data.download import DownloadError, download_dataset
+
+    setup_logging()
+    try:
+        folder = download_dataset(name, cache_dir)
+    except (DownloadError, ValueError, KeyError) as error:
+        fail(str(error))
+    print(folder)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The one typed place for a run's settings; presets are files of the same keys.
+
+`feddmmr train` builds its options from these fields (so every field is a flag, spelled with
+hyphens or, as in the seed's scripts, with underscores), and writes the resolved config into the
+run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str | None = _opt(None, "MovieLens folder or data file; omitted: the built-in synthetic dataset")
+    format: str | None = _opt(None, "force the data format (ml-1m, ml-100k, sequences, user-item, csv, parquet)")
+    top_users: int | None = _opt(None, "keep the N users with the most interactions (the seed: 1000)")
+    min_length: int = _opt(3, "drop users with fewer items (leave-one-out needs 3)")
+    # model
+    model: str = _opt("fedsasrec", "fedsasrec (ID-only SASRec)")
+    max_seq_len: int = _opt(200, "items of history the model reads")
+    hidden_dim: int = _opt(128, "embedding and Transformer width d")
+    num_blocks: int = _opt(2, "Transformer blocks")
+    num_heads: int = _opt(4, "attention heads")
+    dropout: float = _opt(0.2, "dropout rate")
+    # federated training
+    num_rounds: int = _opt(50, "federated rounds (epochs with --centralized)")
+    client_fraction: float = _opt(0.2, "fraction of clients sampled per round")
+    local_epochs: int = _opt(1, "passes over its data each sampled client makes")
+    batch_size: int = _opt(64, "training windows (of max_seq_len positions) per local step")
+    learning_rate: float = _opt(1e-3, "Adam learning rate")
+    weight_decay: float = _opt(0.0, "Adam L2 weight decay")
+    num_negatives: int = _opt(4, "sampled negatives per training target")
+    loss: str = _opt("ce", "ce (softmax over positive + negatives) or bpr")
+    engine: str = _opt("vectorized", "vectorized, sequential or flower")
+    centralized: bool = _opt(False, "train one model on all users pooled (the centralised baseline)")
+    chunk_clients: int = _opt(32, "vectorized engine: clients trained together at most")
+    chunk_windows: int = _opt(512, "vectorized engine: padded windows per step at most")
+    # evaluation
+    eval: str = _opt("sampled", "sampled (1:N candidates) or full (rank all items)")
+    num_negatives_eval: int = _opt(100, "negatives per held-out item in sampled evaluation")
+    validate_every: int | None = _opt(None, "validate every N rounds (default: the dynamic schedule)")
+    patience: int = _opt(5, "early stopping: validated rounds without improvement (0: never stop)")
+    # runtime
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    amp: str = _opt("auto", "mixed precision: auto (fp16 on CUDA, off on CPU), off, fp16, bf16")
+    seed: int = _opt(0, "seed of everything: data sampling, client sampling, negatives, init")
+    run_dir: str | None = _opt(None, "where the run writes (default: runs/<time>)")
+    init_from: str | None = _opt(None, "start from the weights of this checkpoint or run directory")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+
+    def __post_init__(self) -> None:
+        choices = {
+            "model": ("fedsasrec",),
+            "loss": ("ce", "bpr"),
+            "engine": ("vectorized", "sequential", "flower"),
+            "eval": ("sampled", "full"),
+            "amp": ("auto", "off", "fp16", "bf16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        positive = ("num_rounds", "local_epochs", "batch_size", "num_negatives", "num_negatives_eval",
+                    "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "chunk_clients", "chunk_windows")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A preset: YAML or JSON mapping of TrainConfig keys (hyphens or underscores)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {error}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    return values
+
+
+def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the preset file, then explicit overrides (None means 'not given')."""
+    values = read_config_file(config_file) if config_file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)

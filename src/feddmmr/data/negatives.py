@@ -1,0 +1,90 @@
+"""Negative sampling: the fixed evaluation candidates of a run, and training negatives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from feddmmr.data.split import LeaveOneOut
+
+
+def user_history(split: LeaveOneOut, user: int) -> np.ndarray:
+    """Every item of the user's whole sequence (train, validation and test)."""
+    return split.data.sequence(user)
+
+
+def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test candidates: [num_users, 1 + num_negatives] dense ids, held-out item first.
+
+    Negatives are uniform without replacement over the dataset's items minus the user's whole
+    history: random keys for every item, history keys pushed to +inf, the smallest keys kept
+    (a uniformly random subset). Drawn once per run from `seed`.
+    """
+    num_items = split.num_items
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for held_out in (split.valid_items, split.test_items):
+        rows = np.empty((split.num_users, 1 + num_negatives), dtype=np.int64)
+        rows[:, 0] = held_out
+        for user in range(split.num_users):
+            history = user_history(split, user)
+            available = num_items - len(np.unique(history))
+            if available < num_negatives:
+                raise ValueError(
+                    f"user {split.data.user_ids[user]!r} has only {available} items outside their "
+                    f"history, fewer than num_negatives_eval={num_negatives}; lower it or use --eval full"
+                )
+            keys = rng.random(num_items + 1)
+            keys[0] = np.inf
+            keys[history] = np.inf
+            chosen = np.argpartition(keys, num_negatives)[:num_negatives]
+            rows[user, 1:] = np.sort(chosen)
+        out.append(rows)
+    return out[0], out[1]
+
+
+def save_candidates(path: Path, split: LeaveOneOut, valid: np.ndarray, test: np.ndarray) -> None:
+    """candidates.npz: `users` (original user ids), `valid`/`test` (original item ids, held-out first)."""
+    item_ids = split.data.item_ids
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, users=split.data.user_ids, valid=item_ids[valid], test=item_ids[test])
+    tmp.replace(path)
+
+
+def load_candidates(path: Path, split: LeaveOneOut) -> tuple[np.ndarray, np.ndarray]:
+    """Read candidates.npz back into dense ids, checking it belongs to this dataset."""
+    with np.load(path, allow_pickle=False) as saved:
+        users, valid, test = saved["users"], saved["valid"], saved["test"]
+    if len(users) != split.num_users or not np.array_equal(users, split.data.user_ids):
+        raise ValueError(f"{path}: its users do not match the dataset ({len(users)} vs {split.num_users})")
+    item_ids = split.data.item_ids[1:]
+    order = np.argsort(item_ids, kind="stable")
+    dense = []
+    for name, rows in (("valid", valid), ("test", test)):
+        pos = np.searchsorted(item_ids, rows, sorter=order)
+        pos = np.minimum(pos, len(item_ids) - 1)
+        found = item_ids[order[pos]] == rows
+        if not found.all():
+            raise ValueError(f"{path}: {name} holds item ids unknown to the dataset, e.g. {rows[~found][0]!r}")
+        dense.append(order[pos] + 1)
+    return dense[0], dense[1]
+
+
+def sample_negatives(history: np.ndarray, num_items: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Uniform negatives from items 1..num_items outside `history`, in one batched draw.
+
+    Rejected draws are redrawn together until none is left; the draws are independent
+    (with replacement across targets), as in SASRec.
+    """
+    banned = np.zeros(num_items + 1, dtype=bool)
+    banned[0] = True
+    banned[history] = True
+    if banned.all():
+        raise ValueError("cannot sample negatives: the user's history covers every item")
+    out = rng.integers(1, num_items + 1, size=shape)
+    bad = banned[out]
+    while bad.any():
+        out[bad] = rng.integers(1, num_items + 1, size=int(bad.sum()))
+        bad = banned[out]
+    return out

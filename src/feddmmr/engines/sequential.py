@@ -1,0 +1,72 @@
+"""The reference engine: one client after another, a plain PyTorch module and torch.optim.Adam.
+
+It is the readable definition of a local update that the
+vectorised engine must reproduce, and the path for debugging a single client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
+from feddmmr.federated.batches import ClientBatches
+from feddmmr.model.losses import next_item_loss
+
+log = logging.getLogger(__name__)
+
+
+class SequentialEngine:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def train(
+        self,
+        global_params: dict[str, torch.Tensor],
+        clients: list[ClientBatches],
+        local: LocalTraining,
+        aggregate: Aggregate,
+        progress: Progress | None = None,
+    ) -> list[ClientReport]:
+        model = self.model
+        device = next(model.parameters()).device
+        reports = []
+        for client in clients:
+            model.load_state_dict(global_params, strict=False)
+            model.train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=local.learning_rate, weight_decay=local.weight_decay)
+            losses, skipped = [], 0
+            for step in range(client.num_steps):
+                inputs = torch.from_numpy(client.inputs[step]).to(device)
+                candidates = torch.from_numpy(client.candidates[step]).to(device)
+                valid = candidates[..., 0] > 0
+                if not valid.any():
+                    continue
+                with local.precision.autocast():
+                    scores = model(inputs, candidates)
+                total, count = next_item_loss(scores.float(), valid, local.loss)
+                loss = total / count
+                optimizer.zero_grad(set_to_none=True)
+                scale = local.precision.loss_scale()
+                (loss * scale).backward()
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+                local.precision.update(not finite)
+                if not finite:
+                    skipped += 1
+                    continue
+                if scale != 1.0:
+                    for g in grads:
+                        g.div_(scale)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            if skipped:
+                log.warning("client %d: skipped %d steps with a non-finite loss or gradient", client.user, skipped)
+            params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters()}
+            aggregate(params, torch.tensor([float(client.num_targets)], device=device))
+            reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped))
+            if progress:
+                progress(1)
+        model.load_state_dict(global_params, strict=False)  # leave the model as it was handed over
+        return reports

@@ -1,0 +1,103 @@
+"""The vectorised engine: many clients' local training as one batched computation.
+
+Each client's copy of the parameters is a slice of tensors with a leading client dimension;
+`torch.func.vmap(grad(...))` computes every client's gradient of its own loss in one pass over
+the batched model, and `BatchedAdam` applies one independent Adam per client. Clients are
+processed in chunks (sorted by size so that little padding is computed) to bound memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
+from feddmmr.federated.adam import BatchedAdam
+from feddmmr.federated.batches import ClientBatches, stack_batches
+from feddmmr.model.losses import next_item_loss
+
+log = logging.getLogger(__name__)
+
+
+def plan_chunks(clients: list[ClientBatches], max_clients: int, max_windows: int) -> list[list[ClientBatches]]:
+    """Group clients of similar size; a chunk holds at most `max_clients` clients and
+    `max_windows` padded windows per step."""
+    ordered = sorted(clients, key=lambda c: (c.inputs.shape[0], c.inputs.shape[1]), reverse=True)
+    chunks: list[list[ClientBatches]] = []
+    for client in ordered:
+        if chunks:
+            chunk = chunks[-1]
+            rows = chunk[0].inputs.shape[1]  # the largest in the chunk: sorted descending
+            if len(chunk) < max_clients and (len(chunk) + 1) * rows <= max_windows:
+                chunk.append(client)
+                continue
+        chunks.append([client])
+    return chunks
+
+
+class VectorizedEngine:
+    def __init__(self, model: torch.nn.Module, *, chunk_clients: int = 32, chunk_windows: int = 512) -> None:
+        self.model = model
+        self.chunk_clients = chunk_clients
+        self.chunk_windows = chunk_windows
+
+    def _gradient_fn(self, local: LocalTraining):
+        model = self.model
+
+        def client_loss(params, inputs, candidates, scale):
+            with local.precision.autocast():
+                scores = functional_call(model, params, (inputs, candidates))
+            total, count = next_item_loss(scores.float(), candidates[..., 0] > 0, local.loss)
+            loss = total / count.clamp(min=1)
+            return loss * scale, loss.detach()
+
+        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, 0, 0, None), randomness="different")
+
+    def train(
+        self,
+        global_params: dict[str, torch.Tensor],
+        clients: list[ClientBatches],
+        local: LocalTraining,
+        aggregate: Aggregate,
+        progress: Progress | None = None,
+    ) -> list[ClientReport]:
+        self.model.train()
+        device = next(self.model.parameters()).device
+        gradient_fn = self._gradient_fn(local)
+        reports = []
+        for chunk in plan_chunks(clients, self.chunk_clients, self.chunk_windows):
+            batch = stack_batches(chunk, device)
+            size = len(chunk)
+            params = {n: p.detach().unsqueeze(0).repeat(size, *([1] * p.dim())) for n, p in global_params.items()}
+            optimizer = BatchedAdam(params, lr=local.learning_rate, weight_decay=local.weight_decay)
+            loss_sum = torch.zeros(size, dtype=torch.float64, device=device)
+            trained = torch.zeros(size, dtype=torch.int64, device=device)
+            skipped = torch.zeros(size, dtype=torch.int64, device=device)
+            for step in range(batch.inputs.shape[1]):
+                active = batch.active[:, step]
+                scale = local.precision.loss_scale()
+                grads, (_, losses) = gradient_fn(params, batch.inputs[:, step], batch.candidates[:, step], scale)
+                finite = torch.isfinite(losses)
+                for g in grads.values():
+                    finite &= torch.isfinite(g).flatten(1).all(1)
+                non_finite = active & ~finite
+                local.precision.update(bool(non_finite.any()))
+                if scale != 1.0:
+                    grads = {n: g / scale for n, g in grads.items()}
+                step_active = active & finite
+                optimizer.step(grads, step_active)
+                loss_sum += torch.where(step_active, losses.double(), 0.0)
+                trained += step_active.long()
+                skipped += non_finite.long()
+            aggregate(params, batch.weights)
+            for i, user in enumerate(batch.users):
+                if skipped[i]:
+                    log.warning("client %d: skipped %d steps with a non-finite loss or gradient", user, int(skipped[i]))
+                reports.append(
+                    ClientReport(user, float(loss_sum[i] / max(int(trained[i]), 1)), int(trained[i]), int(skipped[i]))
+                )
+            if progress:
+                progress(size)
+        return reports

@@ -1,0 +1,115 @@
+"""Ranking evaluation: 1:N sampled candidates (the seed's protocol) or full ranking.
+
+A positive's rank is the number of other candidates scoring at least as high, so score ties
+never favour the positive (and a NaN positive ranks last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from feddmmr.data.split import LeaveOneOut, last_items
+from feddmmr.federated.precision import Precision
+
+CUTOFFS = (5, 10, 20)
+EVAL_MODES = ("sampled", "full")
+
+
+def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
+    """HR@K, NDCG@K (K in 5, 10, 20) and MRR from 0-based ranks of the held-out items."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in CUTOFFS:
+        hit = ranks < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out["MRR"] = float((1.0 / (ranks + 1.0)).mean())
+    return out
+
+
+def ranks_of_first(scores: torch.Tensor) -> torch.Tensor:
+    """0-based rank of column 0 among the columns of `scores` [users, n]."""
+    positive = scores[:, :1]
+    beats = (scores >= positive) | torch.isnan(positive)
+    beats[:, 0] = False
+    return beats.sum(1)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """What one evaluation ranks: input sequences, and either candidates or full-ranking targets."""
+
+    inputs: torch.Tensor  # [users, max_len]
+    candidates: torch.Tensor | None  # [users, 1+N] dense ids, held-out first (sampled)
+    targets: torch.Tensor  # [users] held-out item
+    seen_offsets: np.ndarray  # CSR of items excluded in full ranking (the input history)
+    seen_items: np.ndarray
+
+
+def make_eval_sets(split: LeaveOneOut, max_len: int, valid_candidates: np.ndarray, test_candidates: np.ndarray):
+    """Validation input = training items; test input = training items + the validation item."""
+    valid = EvalSet(
+        inputs=torch.from_numpy(last_items(split.train_offsets, split.train_items, max_len)),
+        candidates=torch.from_numpy(valid_candidates),
+        targets=torch.from_numpy(split.valid_items),
+        seen_offsets=split.train_offsets,
+        seen_items=split.train_items,
+    )
+    with_valid = split.train_offsets + np.arange(split.num_users + 1)
+    seen = np.insert(split.train_items, split.train_offsets[1:], split.valid_items)
+    test = EvalSet(
+        inputs=torch.from_numpy(last_items(split.train_offsets, split.train_items, max_len, extra=split.valid_items)),
+        candidates=torch.from_numpy(test_candidates),
+        targets=torch.from_numpy(split.test_items),
+        seen_offsets=with_valid,
+        seen_items=seen,
+    )
+    return valid, test
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    mode: str = "sampled",
+    *,
+    batch_size: int = 1024,
+    precision: Precision | None = None,
+) -> dict[str, float]:
+    if mode not in EVAL_MODES:
+        raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ranks = []
+    for start in range(0, len(eval_set.inputs), batch_size):
+        stop = min(start + batch_size, len(eval_set.inputs))
+        inputs = eval_set.inputs[start:stop].to(device)
+        with precision.autocast() if precision else contextlib.nullcontext():
+            if mode == "sampled":
+                scores = model.score_last(inputs, eval_set.candidates[start:stop].to(device)).float()
+                ranks.append(ranks_of_first(scores).cpu())
+            else:
+                all_scores = model.score_all_last(inputs).float()
+                ranks.append(_full_ranks(all_scores, eval_set, start, stop).cpu())
+    model.train(was_training)
+    return metrics_from_ranks(torch.cat(ranks).numpy())
+
+
+def _full_ranks(all_scores: torch.Tensor, eval_set: EvalSet, start: int, stop: int) -> torch.Tensor:
+    """Rank of the target among all items except padding and the user's input history."""
+    targets = eval_set.targets[start:stop].to(all_scores.device)
+    exclude = torch.zeros_like(all_scores, dtype=torch.bool)
+    exclude[:, 0] = True
+    lo, hi = eval_set.seen_offsets[start], eval_set.seen_offsets[stop]
+    rows = np.repeat(np.arange(stop - start), np.diff(eval_set.seen_offsets[start : stop + 1]))
+    exclude[torch.from_numpy(rows), torch.from_numpy(eval_set.seen_items[lo:hi])] = True
+    exclude[torch.arange(stop - start), targets] = False
+    target_scores = all_scores.gather(1, targets[:, None])
+    beats = ((all_scores >= target_scores) | torch.isnan(target_scores)) & ~exclude
+    beats[torch.arange(stop - start), targets] = False
+    return beats.sum(1)

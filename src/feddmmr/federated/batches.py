@@ -1,0 +1,111 @@
+"""A client's local training data for one round, laid out as padded step tensors.
+
+Every next-item target of the client's training sequence is trained once per epoch: the
+sequence is cut into non-overlapping windows of `max_len` positions, counted back from the most
+recent item (the oldest window is left-padded), and each window trains all its positions in one
+pass. The layout is a pure function of (sequence, settings, rng), so every engine (vectorised,
+sequential, Flower) trains on exactly the same batches and negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from feddmmr.data.negatives import sample_negatives
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_len: int
+    batch_size: int
+    epochs: int
+    num_negatives: int
+    num_items: int
+
+
+@dataclass(frozen=True)
+class ClientBatches:
+    """inputs/targets [steps, rows, max_len]; candidates [steps, rows, max_len, 1+N] (target first).
+
+    Padding is item 0 everywhere; a row or step that is all padding trains nothing.
+    """
+
+    user: int
+    inputs: np.ndarray
+    candidates: np.ndarray
+    num_targets: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.inputs.shape[0]
+
+
+def training_windows(sequence: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), each [num_windows, max_len]: item t predicts item t+1."""
+    inputs, targets = sequence[:-1], sequence[1:]
+    num_windows = -(-len(targets) // max_len)
+    pad = num_windows * max_len - len(targets)
+    shape = (num_windows, max_len)
+    padded_inputs = np.concatenate([np.zeros(pad, dtype=np.int64), inputs]).reshape(shape)
+    padded_targets = np.concatenate([np.zeros(pad, dtype=np.int64), targets]).reshape(shape)
+    return padded_inputs, padded_targets
+
+
+def client_rng(seed: int, round_number: int, user: int) -> np.random.Generator:
+    """The client's own random stream for a round: independent of which engine runs it."""
+    return np.random.default_rng([seed, 2, round_number, user])
+
+
+def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings, rng: np.random.Generator) -> ClientBatches:
+    inputs, targets = training_windows(sequence, settings.max_len)
+    num_windows = len(inputs)
+    rows = min(settings.batch_size, max(num_windows, 1))
+    steps_per_epoch = -(-num_windows // rows)
+    steps = settings.epochs * steps_per_epoch
+    batch_inputs = np.zeros((steps, rows, settings.max_len), dtype=np.int64)
+    batch_targets = np.zeros((steps, rows, settings.max_len), dtype=np.int64)
+    for epoch in range(settings.epochs):
+        order = rng.permutation(num_windows)
+        for step in range(steps_per_epoch):
+            chosen = order[step * rows : (step + 1) * rows]
+            batch_inputs[epoch * steps_per_epoch + step, : len(chosen)] = inputs[chosen]
+            batch_targets[epoch * steps_per_epoch + step, : len(chosen)] = targets[chosen]
+    negatives = sample_negatives(sequence, settings.num_items, batch_targets.shape + (settings.num_negatives,), rng)
+    candidates = np.concatenate([batch_targets[..., None], negatives], axis=-1)
+    candidates[batch_targets == 0] = 0
+    return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=len(sequence) - 1)
+
+
+@dataclass(frozen=True)
+class StackedBatches:
+    """Several clients' batches padded to common [clients, steps, rows, ...] tensors."""
+
+    users: list[int]
+    inputs: torch.Tensor
+    candidates: torch.Tensor
+    active: torch.Tensor  # [clients, steps]: the step holds at least one target
+    weights: torch.Tensor  # [clients]: training targets, the FedAvg weight
+
+
+def stack_batches(clients: list[ClientBatches], device: torch.device) -> StackedBatches:
+    steps = max(c.inputs.shape[0] for c in clients)
+    rows = max(c.inputs.shape[1] for c in clients)
+    length = clients[0].inputs.shape[2]
+    width = clients[0].candidates.shape[3]
+    inputs = np.zeros((len(clients), steps, rows, length), dtype=np.int64)
+    candidates = np.zeros((len(clients), steps, rows, length, width), dtype=np.int64)
+    for i, c in enumerate(clients):
+        s, r = c.inputs.shape[:2]
+        inputs[i, :s, :r] = c.inputs
+        candidates[i, :s, :r] = c.candidates
+    active = (candidates[..., 0] > 0).reshape(len(clients), steps, -1).any(-1)
+    return StackedBatches(
+        users=[c.user for c in clients],
+        inputs=torch.from_numpy(inputs).to(device),
+        candidates=torch.from_numpy(candidates).to(device),
+        active=torch.from_numpy(active).to(device),
+        weights=torch.tensor([float(c.num_targets) for c in clients], device=device),
+    )

@@ -1,0 +1,151 @@
+"""SASRec (Kang & McAuley, 2018): a causal Transformer over a user's recent items.
+
+Written with plain tensor operations (no nn.MultiheadAttention) so that the same module runs
+under `torch.func.functional_call` + `vmap` with a client dimension in the vectorised engine.
+Inputs are left-padded with item 0; padding is masked in attention and zeroed in outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    num_items: int
+    max_seq_len: int = 50
+    hidden_dim: int = 128
+    num_blocks: int = 2
+    num_heads: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        for name in ("num_items", "max_seq_len", "hidden_dim", "num_blocks", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        # No key bias: it adds the same q.b to every score of a query, which softmax ignores;
+        # its gradient is pure rounding noise that Adam would amplify into real steps.
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = queries.shape
+        head_dim = dim // self.heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, length, self.heads, head_dim).transpose(1, 2)
+
+        q, k, v = split(self.query(queries)), split(self.key(keys)), split(self.value(keys))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        mixed = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
+        return self.out(mixed)
+
+
+class PointWiseFeedForward(nn.Module):
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.inner = nn.Linear(dim, dim)
+        self.outer = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.dropout(F.relu(self.inner(x)), self.dropout, self.training)
+        return F.dropout(self.outer(hidden), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block as in the reference SASRec implementation."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.attention = CausalSelfAttention(dim, heads, dropout)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn = PointWiseFeedForward(dim, dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        queries = self.attention_norm(x)
+        x = queries + self.attention(queries, x, allowed)
+        x = self.ffn_norm(x)
+        x = x + self.ffn(x)
+        return x * keep
+
+
+class SASRec(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_dim
+        self.item_embedding = nn.Embedding(config.num_items + 1, dim, padding_idx=0)
+        self.position_embedding = nn.Embedding(config.max_seq_len, dim)
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, config.dropout) for _ in range(config.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, param in self.named_parameters():
+            if param.dim() > 1:
+                nn.init.xavier_normal_(param)
+            elif name.endswith("bias"):
+                nn.init.zeros_(param)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def encode(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Hidden state at every position: [batch, L] item ids -> [batch, L, d]."""
+        length = sequences.shape[-1]
+        if length > self.config.max_seq_len:
+            raise ValueError(f"sequence length {length} exceeds max_seq_len {self.config.max_seq_len}")
+        keep = (sequences > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
+        x = self.item_embedding(sequences) * math.sqrt(self.config.hidden_dim)
+        x = x + self.position_embedding.weight[-length:]
+        x = F.dropout(x, self.config.dropout, self.training) * keep
+        # A query may see earlier real items and itself; a padding query sees only itself, which
+        # keeps its softmax finite (its output is zeroed anyway).
+        causal = torch.ones(length, length, dtype=torch.bool, device=sequences.device).tril()
+        real_keys = (sequences > 0).unsqueeze(-2)
+        allowed = (causal & real_keys) | torch.eye(length, dtype=torch.bool, device=sequences.device)
+        allowed = allowed.unsqueeze(-3)  # broadcast over heads
+        for block in self.blocks:
+            x = block(x, allowed, keep)
+        return self.final_norm(x) * keep
+
+    def score(self, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Dot products of hidden states [..., d] with candidate items [..., n] -> [..., n]."""
+        return (hidden.unsqueeze(-2) * self.item_embedding(candidates)).sum(-1)
+
+    def forward(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores of `candidates` [batch, L, n] at every position of `sequences` [batch, L]."""
+        return self.score(self.encode(sequences), candidates)
+
+    def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores of candidates [batch, n] after the whole sequence (the next-item prediction)."""
+        return self.score(self.encode(sequences)[:, -1], candidates)
+
+    def score_all_last(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (column 0 = padding) after the whole sequence: [batch, num_items+1]."""
+        return self.encode(sequences)[:, -1] @ self.item_embedding.weight.T

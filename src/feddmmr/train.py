@@ -1,0 +1,370 @@
+"""A training run from start to finish: data, split, candidates, rounds, early stopping, test.
+
+`run_round` is one federated round, top to bottom: sample clients, build their batches, train
+them locally on the engine, aggregate, and (when the schedule says so) validate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from feddmmr.checkpoint import load_checkpoint, load_weights_into, save_checkpoint, write_json, write_text
+from feddmmr.config import TrainConfig
+from feddmmr.data.load import load_sequences
+from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
+from feddmmr.data.split import LeaveOneOut, leave_one_out
+from feddmmr.engines import LocalTraining, make_engine
+from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets
+from feddmmr.federated.aggregation import FedAvg
+from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
+from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.federated.sampling import sample_clients
+from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
+from feddmmr.model.losses import next_item_loss
+from feddmmr.model.sasrec import SASRec, SASRecConfig
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "HR@10"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def round_seed(seed: int, round_number: int) -> int:
+    """Seed for torch's own randomness (dropout) in a round, so a resumed run repeats it."""
+    return int(np.random.SeedSequence([seed, 3, round_number]).generate_state(1)[0])
+
+
+def build_model(config: TrainConfig, num_items: int, device: torch.device) -> SASRec:
+    torch.manual_seed(config.seed)
+    model = SASRec(SASRecConfig(
+        num_items=num_items, max_seq_len=config.max_seq_len, hidden_dim=config.hidden_dim,
+        num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
+    ))
+    return model.to(device)
+
+
+@dataclass
+class RunState:
+    """Everything a resumed run needs besides the files it can rebuild from the config."""
+
+    round: int = 0
+    early_stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    loss_scale: float = 2.0**16
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    run_dir: Path
+    split: LeaveOneOut
+    model: SASRec
+    device: torch.device
+    precision: Precision
+    schedule: ValidationSchedule
+    valid_set: EvalSet
+    test_set: EvalSet
+    state: RunState
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def batch_settings(self) -> BatchSettings:
+        c = self.config
+        return BatchSettings(max_len=c.max_seq_len, batch_size=c.batch_size, epochs=c.local_epochs,
+                             num_negatives=c.num_negatives, num_items=self.split.num_items)
+
+    def local_training(self) -> LocalTraining:
+        c = self.config
+        return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision)
+
+    def validate(self) -> dict[str, float]:
+        return evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting up (or resuming) a run
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run(config: TrainConfig, *, resume: bool = False) -> Run:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.run_dir = str(run_dir)
+    write_json(run_dir / "config.json", config.to_dict())
+
+    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    split = leave_one_out(data)
+    candidates_path = run_dir / "candidates.npz"
+    if candidates_path.exists():
+        valid_c, test_c = load_candidates(candidates_path, split)
+    else:
+        valid_c, test_c = draw_eval_candidates(split, config.num_negatives_eval, config.seed)
+        save_candidates(candidates_path, split, valid_c, test_c)
+    valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
+
+    device = resolve_device(config.device)
+    precision = Precision(resolve_amp(config.amp, device), device.type)
+    model = build_model(config, split.num_items, device)
+    state = RunState(early_stopping=EarlyStopping(patience=config.patience))
+    run = Run(config, run_dir, split, model, device, precision,
+              ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state)
+    if resume:
+        restore(run)
+    elif config.init_from:
+        checkpoint = load_checkpoint(Path(config.init_from))
+        loaded = load_weights_into(model, checkpoint["model"], config.init_from)
+        log.info("init-from %s: loaded %d tensors (round %s of that run)", config.init_from, loaded, checkpoint.get("round"))
+    log_start(run)
+    return run
+
+
+def log_start(run: Run) -> None:
+    c, s = run.config, run.split
+    eligible = int((s.num_train_targets > 0).sum())
+    per_round = max(1, int(round(c.client_fraction * eligible)))
+    log.info("data: %s: %d users, %d items, %d interactions", s.data.source, s.num_users, s.num_items, s.data.num_interactions)
+    log.info("device %s | amp %s | engine %s | %s", run.device, run.precision.mode,
+             "centralized" if c.centralized else c.engine,
+             "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round")
+    log.info("negatives: %d per training target, %d per held-out item in %s evaluation",
+             c.num_negatives, c.num_negatives_eval, c.eval)
+    log.info("validation: %s; early stopping after %s validated rounds without %s gain",
+             run.schedule.describe(), c.patience or "no", SELECTION_METRIC)
+    log.info("run directory: %s", run.run_dir)
+
+
+def checkpoint_state(run: Run) -> dict:
+    st = run.state
+    return {
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "round": st.round,
+        "early_stopping": vars(st.early_stopping).copy(),
+        "history": st.history,
+        "stopped_early": st.stopped_early,
+        "loss_scale": run.precision.scale,
+    }
+
+
+def restore(run: Run) -> None:
+    path = run.checkpoints / "last.pt"
+    if not path.exists():
+        log.info("resume: %s has no checkpoint yet; starting from round 1", run.run_dir)
+        return
+    saved = load_checkpoint(path)
+    run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
+    run.state = RunState(
+        round=saved["round"],
+        early_stopping=EarlyStopping(**saved["early_stopping"]),
+        history=list(saved["history"]),
+        stopped_early=saved["stopped_early"],
+    )
+    run.precision.scale = saved["loss_scale"]
+    # metrics.jsonl may hold a line written after the checkpoint: rewrite it from the checkpoint.
+    write_metrics(run)
+    log.info("resume: continuing %s after round %d", run.run_dir, run.state.round)
+
+
+def write_metrics(run: Run) -> None:
+    write_text(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.state.history))
+
+
+# ---------------------------------------------------------------------------------------------
+# One round
+
+
+def run_round(run: Run, engine, round_number: int, progress: Callable[[int], None] | None = None) -> dict:
+    c, split = run.config, run.split
+    torch.manual_seed(round_seed(c.seed, round_number))
+    started = time.perf_counter()
+
+    global_params = run.params()
+    eligible = np.flatnonzero(split.num_train_targets > 0)
+    users = sample_clients(eligible, c.client_fraction, c.seed, round_number)
+    settings = run.batch_settings()
+    batches = [
+        make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
+        for u in users
+    ]
+    aggregator = FedAvg(global_params)
+    reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
+    run.model.load_state_dict(aggregator.result(), strict=False)
+
+    weights = np.array([b.num_targets for b in batches], dtype=np.float64)
+    losses = np.array([r.mean_loss for r in sorted(reports, key=lambda r: r.user)])
+    record = {
+        "round": round_number,
+        "clients": len(users),
+        "train_loss": float(np.average(losses, weights=weights)),
+        "skipped_steps": int(sum(r.skipped_steps for r in reports)),
+        "train_seconds": time.perf_counter() - started,
+    }
+    return record
+
+
+def run_centralized_epoch(run: Run, optimizer: torch.optim.Optimizer, round_number: int) -> dict:
+    """The pooled baseline: one model trains on every user's windows, shuffled together."""
+    c, split = run.config, run.split
+    torch.manual_seed(round_seed(c.seed, round_number))
+    started = time.perf_counter()
+    settings = BatchSettings(max_len=c.max_seq_len, batch_size=1 << 30, epochs=1,
+                             num_negatives=c.num_negatives, num_items=split.num_items)
+    eligible = np.flatnonzero(split.num_train_targets > 0)
+    per_user = [make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
+                for u in eligible]
+    inputs = torch.from_numpy(np.concatenate([b.inputs[0] for b in per_user]))
+    candidates = torch.from_numpy(np.concatenate([b.candidates[0] for b in per_user]))
+    order = torch.from_numpy(np.random.default_rng([c.seed, 4, round_number]).permutation(len(inputs)))
+    model = run.model
+    model.train()
+    total, count, skipped = 0.0, 0.0, 0
+    for start in range(0, len(order), c.batch_size):
+        rows = order[start : start + c.batch_size]
+        batch_inputs, batch_candidates = inputs[rows].to(run.device), candidates[rows].to(run.device)
+        with run.precision.autocast():
+            scores = model(batch_inputs, batch_candidates)
+        loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
+        loss = loss_sum / n.clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        scale = run.precision.loss_scale()
+        (loss * scale).backward()
+        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+        run.precision.update(not finite)
+        if not finite:
+            skipped += 1
+            continue
+        if scale != 1.0:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(scale)
+        optimizer.step()
+        total += float(loss_sum.detach())
+        count += float(n)
+    if skipped:
+        log.warning("round %d: skipped %d steps with a non-finite loss or gradient", round_number, skipped)
+    return {"round": round_number, "clients": len(eligible), "train_loss": total / max(count, 1.0),
+            "skipped_steps": skipped, "train_seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final: dict
+    history: list[dict]
+
+
+def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
+          progress_factory=None) -> RunResult:
+    run = prepare_run(config, resume=resume)
+    c, state = run.config, run.state
+    engine = None if c.centralized else make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
+    optimizer = (torch.optim.Adam(run.model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+                 if c.centralized else None)
+    if c.centralized and state.round > 0:
+        # The centralised optimiser state lives in the last checkpoint.
+        saved = load_checkpoint(run.checkpoints / "last.pt")
+        optimizer.load_state_dict(saved["optimizer"])
+
+    while state.round < c.num_rounds and not state.stopped_early:
+        round_number = state.round + 1
+        if c.centralized:
+            record = run_centralized_epoch(run, optimizer, round_number)
+        else:
+            progress = progress_factory(round_number) if progress_factory else None
+            record = run_round(run, engine, round_number, progress)
+        record["validated"] = run.schedule.validates(round_number)
+        eval_started = time.perf_counter()
+        if record["validated"]:
+            record["val"] = run.validate()
+            if state.early_stopping.update(round_number, record["val"][SELECTION_METRIC]):
+                save_checkpoint(run.checkpoints / "best.pt",
+                                {"model": checkpoint_state(run)["model"], "round": round_number, "val": record["val"]})
+            state.stopped_early = state.early_stopping.should_stop
+        else:
+            record["next_validation"] = run.schedule.next_validation(round_number)
+        record["eval_seconds"] = time.perf_counter() - eval_started
+        state.round = round_number
+        state.history.append(record)
+        last = checkpoint_state(run)
+        if optimizer is not None:
+            last["optimizer"] = optimizer.state_dict()
+        save_checkpoint(run.checkpoints / "last.pt", last)
+        with open(run.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if on_round:
+            on_round(record)
+        if state.stopped_early:
+            log.info("early stopping at round %d: no %s gain in %d validations (best: round %d)",
+                     round_number, SELECTION_METRIC, c.patience, state.early_stopping.best_round)
+
+    final = final_evaluation(run)
+    return RunResult(run.run_dir, final, state.history)
+
+
+def final_evaluation(run: Run) -> dict:
+    """Test once, on the best validated model."""
+    best = load_checkpoint(run.checkpoints / "best.pt")
+    run.model.load_state_dict({k: v.to(run.device) for k, v in best["model"].items()})
+    final = {
+        "best_round": best["round"],
+        "valid": best["val"],
+        "test": evaluate(run.model, run.test_set, run.config.eval, precision=run.precision),
+        "eval": run.config.eval,
+        "rounds_run": run.state.round,
+        "stopped_early": run.state.stopped_early,
+        "train_seconds": sum(r["train_seconds"] for r in run.state.history),
+    }
+    write_json(run.run_dir / "final.json", final)
+    return final
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Re-evaluate a finished run's best model on its saved candidates (reproduces final.json)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")
+    config = TrainConfig(**json.loads(config_path.read_text()))
+    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    split = leave_one_out(data)
+    valid_c, test_c = load_candidates(run_dir / "candidates.npz", split)
+    _, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
+    device = resolve_device(config.device)
+    model = build_model(config, split.num_items, device)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
+    precision = Precision(resolve_amp(config.amp, device), device.type)
+    return {"best_round": best["round"], "test": evaluate(model, test_set, config.eval, precision=precision)}

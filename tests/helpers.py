@@ -1,0 +1,31 @@
+"""Small hand-made datasets for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from feddmmr.data.types import SequenceData
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_sequences(rows: list[list[int]], num_items: int | None = None) -> SequenceData:
+    """SequenceData from dense-id rows (user u = rows[u]); items 1..num_items."""
+    num_items = num_items or max(max(r) for r in rows)
+    lengths = [len(r) for r in rows]
+    return SequenceData(
+        user_ids=np.arange(100, 100 + len(rows)),
+        item_ids=np.arange(0, num_items + 1) * 10,  # original id of dense i is 10*i
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        items=np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]),
+        source="test",
+    )
+
+
+def random_sequences(num_users: int, num_items: int, min_len: int, max_len: int, seed: int = 0) -> SequenceData:
+    rng = np.random.default_rng(seed)
+    rows = [list(rng.choice(np.arange(1, num_items + 1), size=rng.integers(min_len, max_len + 1), replace=False))
+            for _ in range(num_users)]
+    return make_sequences(rows, num_items)

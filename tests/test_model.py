@@ -1,0 +1,68 @@
+import torch
+
+from feddmmr.model.losses import next_item_loss
+from feddmmr.model.sasrec import SASRec, SASRecConfig
+
+
+def make_model(**overrides):
+    torch.manual_seed(0)
+    config = dict(num_items=50, max_seq_len=8, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0)
+    config.update(overrides)
+    return SASRec(SASRecConfig(**config)).eval()
+
+
+def test_padding_does_not_change_the_prediction():
+    model = make_model()
+    short = torch.tensor([[0, 0, 0, 0, 3, 7, 9, 4]])
+    # Same real items; only the amount of padding (none of which is read) differs via truncation.
+    a = model.encode(short)[:, -1]
+    b = model.encode(short[:, 2:])[:, -1]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (model.encode(short)[0, :4] == 0).all()  # padding positions are zeroed
+
+
+def test_attention_is_causal():
+    model = make_model()
+    seq = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    changed = seq.clone()
+    changed[0, -1] = 40
+    before, after = model.encode(seq), model.encode(changed)
+    assert torch.allclose(before[:, :-1], after[:, :-1], atol=1e-6)
+    assert not torch.allclose(before[:, -1], after[:, -1])
+
+
+def test_scores_are_dot_products_with_item_embeddings():
+    model = make_model()
+    seq = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6]])
+    candidates = torch.tensor([[7, 8, 9]])
+    hidden = model.encode(seq)[:, -1]
+    expected = hidden @ model.item_embedding.weight[[7, 8, 9]].T
+    assert torch.allclose(model.score_last(seq, candidates), expected, atol=1e-5)
+    assert torch.allclose(model.score_all_last(seq)[:, [7, 8, 9]], expected, atol=1e-5)
+
+
+def test_sequence_longer_than_max_len_is_an_error():
+    model = make_model()
+    try:
+        model.encode(torch.ones(1, 9, dtype=torch.long))
+    except ValueError as error:
+        assert "exceeds max_seq_len 8" in str(error)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def test_losses_ignore_padding_targets():
+    scores = torch.tensor([[[2.0, 0.0, 0.0], [9.0, 9.0, 9.0]]])
+    valid = torch.tensor([[True, False]])
+    total, count = next_item_loss(scores, valid, "ce")
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0, 0.0]), 0)[0]
+    assert count == 1 and torch.isclose(total, expected)
+    total, count = next_item_loss(scores, valid, "bpr")
+    assert torch.isclose(total, -torch.nn.functional.logsigmoid(torch.tensor(2.0)))
+
+
+def test_invalid_model_config_is_rejected():
+    import pytest
+
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        SASRecConfig(num_items=5, hidden_dim=10, num_heads=3)
