@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,28 @@ def test_load_modality_names_the_modality(tmp_path: Path) -> None:
     path = save_features(tmp_path / "poster.npz", np.array([10, 30]), np.ones((2, 4)))
     aligned = load_modality(f"image={path}", ITEM_IDS)
     assert (aligned.name, aligned.source, aligned.num_missing) == ("image", str(path), 2)
+
+
+def test_saved_file_gets_ordinary_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        path = save_features(tmp_path / "f.npz", np.array([1]), np.ones((1, 2)))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save_features(tmp_path / "f.npz", np.array([1]), np.ones((1, 2)))
+
+    def crash(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_features(path, np.array([1, 2]), np.zeros((2, 3)))
+
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"]
+    assert load_features(path)[1].shape == (1, 2)

@@ -287,10 +287,13 @@ class RunResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
-          progress_factory=None) -> RunResult:
+          progress_factory=None, engine=None) -> RunResult:
+    """Run (or resume) training. `engine` overrides the one named in the config: the Flower
+    ServerApp passes an engine that sends each round's local updates to Flower clients."""
     run = prepare_run(config, resume=resume)
     c, state = run.config, run.state
-    engine = None if c.centralized else make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
+    if engine is None and not c.centralized:
+        engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
     optimizer = (torch.optim.Adam(run.model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
                  if c.centralized else None)
     if c.centralized and state.round > 0:

@@ -18,7 +18,7 @@ import io
 import logging
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,15 +142,18 @@ def _safetensors_bytes(ids: np.ndarray, features: np.ndarray) -> bytes:
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # os.open with 0o666 (not tempfile.mkstemp, which forces 0o600) so the result gets the
+    # user's umask permissions like any other file they write.
+    temp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as temp_file:
             temp_file.write(payload)
             temp_file.flush()
             os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
+        os.replace(temp_path, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp_path.unlink(missing_ok=True)
         raise
 
 
