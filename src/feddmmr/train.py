@@ -290,6 +290,10 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
           progress_factory=None, engine=None) -> RunResult:
     """Run (or resume) training. `engine` overrides the one named in the config: the Flower
     ServerApp passes an engine that sends each round's local updates to Flower clients."""
+    if config.engine == "flower" and engine is None and not config.centralized:
+        from feddmmr.engines.flower import run_flower_simulation
+
+        return run_flower_simulation(config, resume=resume, on_round=on_round)
     run = prepare_run(config, resume=resume)
     c, state = run.config, run.state
     if engine is None and not c.centralized:
