@@ -47,6 +47,8 @@ class TrainConfig:
     centralized: bool = _opt(False, "train one model on all users pooled (the centralised baseline)")
     chunk_clients: int = _opt(32, "vectorized engine: clients trained together at most")
     chunk_windows: int = _opt(512, "vectorized engine: padded windows per step at most")
+    flower_supernodes: int = _opt(2, "flower engine: SuperNodes the simulation starts (a deployment waits for this many before round 1)")
+    flower_round_timeout: float = _opt(600.0, "flower engine: seconds a round waits for replies; nodes that miss it count as failed")
     # evaluation
     eval: str = _opt("sampled", "sampled (1:N candidates) or full (rank all items)")
     num_negatives_eval: int = _opt(100, "negatives per held-out item in sampled evaluation")
@@ -72,7 +74,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         positive = ("num_rounds", "local_epochs", "batch_size", "num_negatives", "num_negatives_eval",
-                    "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "chunk_clients", "chunk_windows")
+                    "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "chunk_clients", "chunk_windows",
+                    "flower_supernodes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.flower_round_timeout <= 0:
+            raise ValueError(f"flower_round_timeout must be > 0 seconds, got {self.flower_round_timeout}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -219,12 +219,16 @@ def run_round(run: Run, engine, round_number: int, progress: Callable[[int], Non
     reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
     run.model.load_state_dict(aggregator.result(), strict=False)
 
-    weights = np.array([b.num_targets for b in batches], dtype=np.float64)
-    losses = np.array([r.mean_loss for r in sorted(reports, key=lambda r: r.user)])
+    # The Flower engine reports only the clients whose node replied: average over those.
+    targets = {b.user: b.num_targets for b in batches}
+    reported = sorted(reports, key=lambda r: r.user)
+    weights = np.array([targets[r.user] for r in reported], dtype=np.float64)
+    losses = np.array([r.mean_loss for r in reported])
     record = {
         "round": round_number,
         "clients": len(users),
-        "train_loss": float(np.average(losses, weights=weights)),
+        "failed_clients": len(users) - len(reported),
+        "train_loss": float(np.average(losses, weights=weights)) if reported else float("nan"),
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
         "train_seconds": time.perf_counter() - started,
     }

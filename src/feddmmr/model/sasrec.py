@@ -136,7 +136,7 @@ class SASRec(nn.Module):
 
     def score(self, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Dot products of hidden states [..., d] with candidate items [..., n] -> [..., n]."""
-        return (hidden.unsqueeze(-2) * self.item_embedding(candidates)).sum(-1)
+        return (self.item_embedding(candidates) @ hidden.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Scores of `candidates` [batch, L, n] at every position of `sequences` [batch, L]."""

@@ -1,0 +1,153 @@
+"""Seconds per federated round, vectorised vs sequential engine, measured in one process; plus
+one 1:100 validation of every user, and the process's peak memory.
+
+    python benchmarks/round_time.py                      # the seed's setting, ML-1M top-1000 (~15 min on 2 cores)
+    python benchmarks/round_time.py --max-seq-len 200 --batch-size 128
+    python benchmarks/round_time.py --engines vectorized --rounds 10
+    python benchmarks/round_time.py --quick              # tiny synthetic run, seconds (smoke test)
+
+Both engines time the same round numbers (so the same sampled clients and batches), each starting
+from the same initial weights. The vectorised engine runs first, after `--warmup` untimed rounds
+(its first round pays one-off costs); the sequential one then runs in an already warm process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
+import common  # noqa: E402
+
+from feddmmr.config import TrainConfig  # noqa: E402
+from feddmmr.engines import ENGINES, make_engine  # noqa: E402
+from feddmmr.train import prepare_run, run_round  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
+    p.add_argument("--top-users", type=int, help="keep the N most active users (default: 1000 for ml-1m-top1000)")
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="engines to time, in order")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds of the vectorised engine")
+    p.add_argument("--sequential-rounds", type=int, default=2, help="timed rounds of the sequential engine (slow)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the vectorised engine's timed ones")
+    p.add_argument("--sequential-warmup", type=int, default=0,
+                   help="untimed rounds before the sequential engine's (0: the process is already warm)")
+    p.add_argument("--eval-repeats", type=int, default=5, help="timed validations of all users")
+    p.add_argument("--max-seq-len", type=int, default=common.SEED_SETTING["max_seq_len"])
+    p.add_argument("--batch-size", type=int, default=common.SEED_SETTING["batch_size"])
+    p.add_argument("--hidden-dim", type=int, default=common.SEED_SETTING["hidden_dim"])
+    p.add_argument("--client-fraction", type=float, default=common.SEED_SETTING["client_fraction"])
+    p.add_argument("--chunk-clients", type=int, default=TrainConfig.chunk_clients)
+    p.add_argument("--chunk-windows", type=int, default=TrainConfig.chunk_windows)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="tiny synthetic run that finishes in seconds (smoke test)")
+    p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE",
+                   help=f"also write the figures into a section of FILE (default {common.DOCS_RESULTS.relative_to(common.ROOT)})")
+    args = p.parse_args(argv)
+    if args.quick:
+        # Few clients, small model, one timed round each: exercises every code path quickly.
+        if args.data == "ml-1m-top1000":
+            args.data = "synthetic"
+        args.top_users = args.top_users or 40
+        args.hidden_dim = 32
+        args.rounds, args.sequential_rounds, args.warmup, args.eval_repeats = 1, 1, 1, 2
+    return args
+
+
+def config_for(args, data_dir, top_users, run_dir: str) -> TrainConfig:
+    setting = {**common.SEED_SETTING, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
+               "hidden_dim": args.hidden_dim, "client_fraction": args.client_fraction}
+    return TrainConfig(data_dir=data_dir, top_users=top_users, run_dir=run_dir, threads=args.threads,
+                       device=args.device, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows,
+                       **setting)
+
+
+def is_seed_setting(args, label: str) -> bool:
+    """The issue's reference figures only describe the seed's setting on the top-1000 subset."""
+    return (label == "ml-1m-top1000" and not args.quick and args.max_seq_len == 50 and args.batch_size == 64
+            and args.hidden_dim == 128 and args.client_fraction == 0.2)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    data_dir, top_users, label = common.dataset(args.data, args.top_users)
+    print(common.machine_line())
+    lines = []  # the results, also for --write-docs
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    with tempfile.TemporaryDirectory(prefix="feddmmr-round-time-") as tmp:
+        config = config_for(args, data_dir, top_users, tmp)
+        run = prepare_run(config)
+        initial = {k: v.clone() for k, v in run.model.state_dict().items()}
+        eligible = int((run.split.num_train_targets > 0).sum())
+        report(f"setting: {label} ({run.split.num_users} users, {run.split.num_items} items) | "
+               f"d={config.hidden_dim} blocks={config.num_blocks} heads={config.num_heads} "
+               f"max_seq_len={config.max_seq_len} batch={config.batch_size} negatives={config.num_negatives} "
+               f"local_epochs={config.local_epochs} client_fraction={config.client_fraction} "
+               f"({max(1, round(config.client_fraction * eligible))} clients/round) | "
+               f"threads={args.threads} device={run.device}")
+
+        per_round: dict[str, list[float]] = {}
+        first_timed = args.warmup + 1  # both engines time rounds first_timed, first_timed+1, ...
+        for name in args.engines:
+            sequential = name == "sequential"
+            timed, warmup = (args.sequential_rounds, args.sequential_warmup) if sequential else (args.rounds, args.warmup)
+            if timed < 1:
+                continue
+            run.model.load_state_dict(initial)  # same starting weights for every engine
+            engine = make_engine(name, run.model, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows)
+            for r in range(first_timed - warmup, first_timed):
+                run_round(run, engine, r)
+            times = []
+            for r in range(first_timed, first_timed + timed):
+                record = run_round(run, engine, r)
+                times.append(record["train_seconds"])
+                print(f"  {name} round {r}: {record['train_seconds']:.2f} s  loss {record['train_loss']:.4f}", flush=True)
+            per_round[name] = times
+            report(f"round time {name}: {common.spread(times)}  [{', '.join(f'{t:.2f}' for t in times)}]")
+            report(f"peak RSS after {name}: {common.peak_rss_mb():.0f} MiB")
+        if {"vectorized", "sequential"} <= per_round.keys():
+            report(f"speed-up vectorized vs sequential: "
+                   f"{common.ratio(common.median(per_round['sequential']), common.median(per_round['vectorized']))}"
+                   f" (median round times; rounds {first_timed}..{first_timed + len(per_round['sequential']) - 1} in common)")
+
+        valid_times = common.repeat(run.validate, args.eval_repeats)
+        report(f"validation (1:{config.num_negatives_eval}, {run.split.num_users} users): {common.spread(valid_times)}")
+        peak = common.peak_rss_mb()
+        report(f"peak RSS (whole process): {peak:.0f} MiB")
+
+    ref = common.REFERENCE
+    report("reference (issue; original code, seed setting, ML-1M top-1000): "
+           f"round {ref['round_s_cpu']:.0f} s on this 2-core machine, {ref['round_s_gpu']:.0f} s on the seed's GPU; "
+           f"validation {ref['valid_s_cpu']:.0f} s here, {ref['valid_s_gpu']:.0f} s on GPU; peak memory {ref['peak_rss_mb']:.0f} MiB")
+    if not is_seed_setting(args, label):
+        report("speed-up vs reference: n/a (this run's setting differs from the reference's)")
+    else:
+        best = "vectorized" if "vectorized" in per_round else next(iter(per_round), None)
+        if best:
+            t = common.median(per_round[best])
+            report(f"speed-up vs reference ({best}): round {common.ratio(ref['round_s_cpu'], t)} vs original on this CPU, "
+                   f"{common.ratio(ref['round_s_gpu'], t)} vs original on GPU")
+        v = common.median(valid_times)
+        report(f"speed-up vs reference: validation {common.ratio(ref['valid_s_cpu'], v)} vs original on this CPU, "
+               f"{common.ratio(ref['valid_s_gpu'], v)} vs original on GPU; "
+               f"peak memory {peak / ref['peak_rss_mb']:.2f} of the original's (this process held both engines)")
+
+    if args.write_docs:
+        body = "\n".join([f"### Round time: {label}, max_seq_len {args.max_seq_len}, batch {args.batch_size}",
+                          "", "```", common.machine_line(), *lines, "```"])
+        common.write_section(args.write_docs, f"round-time-{label}-L{args.max_seq_len}-B{args.batch_size}", body)
+        print(f"wrote {args.write_docs}")
+
+
+if __name__ == "__main__":
+    main()

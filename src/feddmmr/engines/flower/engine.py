@@ -1,0 +1,190 @@
+"""FlowerEngine: the engine interface, with each round's local updates done by Flower SuperNodes.
+
+`train(global_params, clients, local, aggregate, progress)` behaves like the local engines for the
+run loop, but only reads which users were sampled (`clients[i].user`) and their training-target
+counts: each node rebuilds its users' batches from its own data (see client_app.py). Per round:
+
+1. nodes that joined since the last round are asked which users they hold (a query message);
+2. each node holding sampled users gets one train message (global weights, round, user ids);
+3. replies are collected until all arrive or `flower_round_timeout` passes; a node that raised,
+   timed out or sent data that does not match the server's is logged with its users and left
+   out; the others' FedAvg means go to `aggregate`, weighted by their training targets (so the
+   result is the FedAvg over every user that was trained, as in the local engines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+from flwr.app import ArrayRecord, Message, MessageType
+from flwr.serverapp import Grid
+
+from feddmmr.config import TrainConfig
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
+from feddmmr.engines.flower import messages
+from feddmmr.federated.batches import ClientBatches
+
+log = logging.getLogger(__name__)
+
+# How often the server polls for replies: short next to a round, long next to a pull's cost.
+PULL_INTERVAL_SECONDS = 0.05
+
+
+class FlowerEngine:
+    def __init__(self, grid: Grid, config: TrainConfig, user_ids: Sequence, item_ids: Sequence) -> None:
+        """`user_ids[u]` is the original id of the run's user u; `item_ids` the server's item
+        catalog (`SequenceData.item_ids`, index 0 = padding)."""
+        self.grid = grid
+        self.config = config
+        self.timeout = config.flower_round_timeout
+        self.user_ids = messages.as_ids(user_ids)
+        self.item_ids = messages.as_ids(item_ids)[1:]
+        self.user_index = {uid: u for u, uid in enumerate(self.user_ids)}
+        self.owner: dict[int, int] = {}  # user -> node id
+        self.known_nodes: set[int] = set()
+        self.round_number: int | None = None
+
+    def begin_round(self, round_number: int) -> None:
+        """train()'s per-round hook (pass `progress_factory=engine.begin_round`): the engine
+        interface carries no round number, and the nodes need it for their users' batches."""
+        self.round_number = round_number
+
+    def train(self, global_params: dict[str, torch.Tensor], clients: list[ClientBatches], local: LocalTraining,
+              aggregate: Aggregate, progress: Progress | None = None) -> list[ClientReport]:
+        if self.round_number is None:
+            raise RuntimeError("FlowerEngine.train needs the round number: call train(..., engine=engine, "
+                               "progress_factory=engine.begin_round)")
+        round_number, self.round_number = self.round_number, None
+        if not self.known_nodes:
+            self._wait_for_nodes()
+        self._discover_nodes(round_number)
+        expected = {c.user: c.num_targets for c in clients}
+        by_node = self._route(sorted(expected), round_number)
+
+        config = dataclasses.replace(self.config, learning_rate=local.learning_rate,
+                                     weight_decay=local.weight_decay, loss=local.loss)
+        params = ArrayRecord({name: p.detach().cpu() for name, p in global_params.items()})
+        requests = {
+            node: messages.TrainRequest(round_number, users, [self.user_ids[u] for u in users], self.item_ids)
+            for node, users in by_node.items()
+        }
+        sent = [Message(messages.train_content(config, request, params), node, MessageType.TRAIN,
+                        ttl=self.timeout, group_id=str(round_number)) for node, request in requests.items()]
+
+        def advance(node: int) -> None:
+            if progress:
+                progress(len(by_node[node]))
+
+        replies, missing = self._exchange(sent, advance)
+        failed = dict(missing)
+        reports = []
+        for node, reply in replies.items():
+            if reply.has_error():
+                failed[node] = f"it raised: {_short(reply.error.reason)}"
+                continue
+            received = messages.read_train_reply(reply)
+            wanted = {u: expected[u] for u in by_node[node]}
+            if received.num_targets != wanted:
+                failed[node] = (f"its users' training targets {received.num_targets} differ from the server's "
+                                f"{wanted}: the node's data does not match the server's")
+                continue
+            device = next(iter(global_params.values())).device
+            aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
+                      torch.tensor([received.weight], device=device))
+            reports.extend(received.reports)
+        for node, reason in failed.items():
+            log.warning("round %d: node %d failed, %s; users %s left out of the round", round_number, node, reason,
+                        self._ids(by_node[node]))
+        return reports
+
+    # -----------------------------------------------------------------------------------------
+
+    def _wait_for_nodes(self) -> None:
+        """Before the first round: wait until `flower_supernodes` nodes are connected."""
+        wanted = self.config.flower_supernodes
+        deadline = time.monotonic() + self.timeout
+        while len(nodes := list(self.grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+            time.sleep(PULL_INTERVAL_SECONDS)
+        if not nodes:
+            raise RuntimeError(f"no SuperNode connected within flower_round_timeout={self.timeout:g} s")
+        if len(nodes) < wanted:
+            log.warning("only %d of flower_supernodes=%d nodes connected within %g s; starting with them",
+                        len(nodes), wanted, self.timeout)
+
+    def _discover_nodes(self, round_number: int) -> None:
+        """Ask nodes not seen before which users they hold; one that fails is asked again next round."""
+        new = [node for node in self.grid.get_node_ids() if node not in self.known_nodes]
+        if not new:
+            return
+        content = messages.query_content(self.config)
+        sent = [Message(content, node, MessageType.QUERY, ttl=self.timeout, group_id=str(round_number)) for node in new]
+        replies, missing = self._exchange(sent)
+        for node, reason in missing.items():
+            log.warning("round %d: node %d did not list its users: %s; asking again next round", round_number, node, reason)
+        for node, reply in replies.items():
+            if reply.has_error():
+                log.warning("round %d: node %d could not list its users: it raised: %s; asking again next round",
+                            round_number, node, _short(reply.error.reason))
+                continue
+            held = messages.read_node_users(reply)
+            users = [self.user_index[uid] for uid in held if uid in self.user_index]
+            clashes = [u for u in users if self.owner.get(u, node) != node]
+            if clashes:
+                raise ValueError(f"users {self._ids(clashes)} are held by node {node} and node "
+                                 f"{self.owner[clashes[0]]}: each user's data must live on exactly one node")
+            self.owner.update(dict.fromkeys(users, node))
+            self.known_nodes.add(node)
+            log.info("node %d holds %d users%s", node, len(users),
+                     f" ({len(held) - len(users)} more the server does not train)" if len(held) > len(users) else "")
+
+    def _route(self, users: list[int], round_number: int) -> dict[int, list[int]]:
+        by_node: dict[int, list[int]] = {}
+        homeless = []
+        for user in users:
+            if user in self.owner:
+                by_node.setdefault(self.owner[user], []).append(user)
+            else:
+                homeless.append(user)
+        if homeless:
+            log.warning("round %d: no connected node holds users %s; left out of the round", round_number,
+                        self._ids(homeless))
+        return by_node
+
+    def _exchange(self, sent: list[Message], on_reply=None) -> tuple[dict[int, Message], dict[int, str]]:
+        """Push messages, pull replies until all are in or the timeout passes.
+        Returns the replies by node, and why each other node has none."""
+        pushed = set(self.grid.push_messages(sent))
+        pending, missing = {}, {}
+        for message in sent:
+            node = message.metadata.dst_node_id
+            if message.metadata.message_id in pushed:
+                pending[message.metadata.message_id] = node
+            else:
+                missing[node] = "the SuperLink did not accept the message"
+        deadline = time.monotonic() + self.timeout
+        replies = {}
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                node = pending.pop(reply.metadata.reply_to_message_id)
+                replies[node] = reply
+                if on_reply:
+                    on_reply(node)
+            if pending:
+                time.sleep(PULL_INTERVAL_SECONDS)
+        missing.update(dict.fromkeys(pending.values(), f"no reply within flower_round_timeout={self.timeout:g} s"))
+        return replies, missing
+
+    def _ids(self, users: list[int]) -> str:
+        """Users as the nodes know them: their original ids."""
+        shown = [self.user_ids[u] for u in users[:20]]
+        return "[" + ", ".join(shown) + (f", ... ({len(users)} in all)]" if len(users) > 20 else "]")
+
+
+def _short(reason: str) -> str:
+    """A ClientApp error's last lines (a simulation's reason carries Ray's whole traceback)."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-2:])[-400:]

@@ -1,0 +1,113 @@
+"""What the ServerApp and the ClientApp say to each other, in Flower records.
+
+query (server -> every new node), reply:
+    config    ConfigRecord  the run's TrainConfig (run_config.to_flower_config)
+    -> node   ConfigRecord  user-ids: the original ids of the users this node holds
+
+train (server -> each node holding sampled users of the round), reply:
+    config    ConfigRecord  the run's TrainConfig, with the local training settings of the round
+    round     ConfigRecord  round, users (the run's client indices), user-ids (their original
+                            ids), item-ids (the server's item catalog: dense id i = item-ids[i-1])
+    params    ArrayRecord   the global weights
+    -> params ArrayRecord   the FedAvg mean of the node's users' updated weights
+    -> report MetricRecord  num-examples (the node's FedAvg weight: its users' training targets)
+                            and per user, in `users` order: num-targets, mean-loss, steps,
+                            skipped-steps
+
+Ids travel as strings: a node's own file may read them as integers or as labels.
+The client's own state (its RNG, its loss scale) stays in its Context and is never sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from feddmmr.config import TrainConfig
+from feddmmr.engines.base import ClientReport
+from feddmmr.engines.flower.run_config import from_flower_config, to_flower_config
+
+CONFIG, ROUND, PARAMS, NODE, REPORT = "config", "round", "params", "node", "report"
+NUM_EXAMPLES = "num-examples"  # the key Flower's own strategies weight by
+
+
+def as_ids(values) -> list[str]:
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def read_config(message: Message) -> TrainConfig:
+    return from_flower_config(message.content[CONFIG], "message config")
+
+
+def query_content(config: TrainConfig) -> RecordDict:
+    return RecordDict({CONFIG: ConfigRecord(to_flower_config(config))})
+
+
+def node_users_content(user_ids: list[str]) -> RecordDict:
+    return RecordDict({NODE: ConfigRecord({"user-ids": user_ids})})
+
+
+def read_node_users(message: Message) -> list[str]:
+    return list(message.content[NODE]["user-ids"])
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    round: int
+    users: list[int]
+    user_ids: list[str]
+    item_ids: list[str]
+
+
+def train_content(config: TrainConfig, request: TrainRequest, params: ArrayRecord) -> RecordDict:
+    return RecordDict({
+        CONFIG: ConfigRecord(to_flower_config(config)),
+        ROUND: ConfigRecord({"round": request.round, "users": request.users, "user-ids": request.user_ids,
+                             "item-ids": request.item_ids}),
+        PARAMS: params,
+    })
+
+
+def read_train_request(message: Message) -> TrainRequest:
+    record = message.content[ROUND]
+    return TrainRequest(int(record["round"]), [int(u) for u in record["users"]], list(record["user-ids"]),
+                        list(record["item-ids"]))
+
+
+def read_params(message: Message) -> dict[str, torch.Tensor]:
+    return message.content[PARAMS].to_torch_state_dict()
+
+
+def train_reply_content(params: dict[str, torch.Tensor], reports: list[ClientReport], num_targets: dict[int, int]) -> RecordDict:
+    reports = sorted(reports, key=lambda r: r.user)
+    return RecordDict({
+        PARAMS: ArrayRecord({name: p.detach().cpu() for name, p in params.items()}),
+        REPORT: MetricRecord({
+            NUM_EXAMPLES: sum(num_targets[r.user] for r in reports),
+            "users": [r.user for r in reports],
+            "num-targets": [num_targets[r.user] for r in reports],
+            "mean-loss": [r.mean_loss for r in reports],
+            "steps": [r.steps for r in reports],
+            "skipped-steps": [r.skipped_steps for r in reports],
+        }),
+    })
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    params: dict[str, torch.Tensor]
+    weight: float
+    num_targets: dict[int, int]
+    reports: list[ClientReport]
+
+
+def read_train_reply(message: Message) -> TrainReply:
+    report = message.content[REPORT]
+    users = [int(u) for u in report["users"]]
+    reports = [ClientReport(u, float(loss), int(steps), int(skipped))
+               for u, loss, steps, skipped in zip(users, report["mean-loss"], report["steps"], report["skipped-steps"])]
+    return TrainReply(read_params(message), float(report[NUM_EXAMPLES]),
+                      dict(zip(users, (int(n) for n in report["num-targets"]))), reports)

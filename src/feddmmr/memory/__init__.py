@@ -1,0 +1,20 @@
+"""FedDMMR's local dynamic memory: a two-tier (short-term FIFO + long-term) memory per client,
+stored for all clients as batched tensors, and the prototypes that summarise it."""
+
+from feddmmr.memory.prototypes import aggregate_prototypes, client_prototypes
+from feddmmr.memory.two_tier import (
+    MemoryConfig,
+    MemoryState,
+    empty_memory,
+    retrieve,
+    scatter,
+    select,
+    summary,
+    update_memory,
+    utility,
+)
+
+__all__ = [
+    "MemoryConfig", "MemoryState", "aggregate_prototypes", "client_prototypes", "empty_memory",
+    "retrieve", "scatter", "select", "summary", "update_memory", "utility",
+]

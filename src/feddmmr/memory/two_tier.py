@@ -1,0 +1,412 @@
+"""The two-tier local memory of FedDMMR, kept for all clients at once.
+
+Every tensor of a `MemoryState` has a leading client dimension C, and `update_memory` processes
+the positives of one local step for all clients together: the only Python loop runs over the
+positives of the step, in time order, because each long-term write depends on the previous ones.
+
+Layout (items are dense ids, 0 = empty slot):
+
+- short-term (ST) `short_items` [C, S]: a FIFO in the user's time order, oldest first and
+  right-aligned (like a left-padded sequence): the newest item is in column S-1, empty slots on
+  the left.
+- long-term (LT) `long_items` [C, Lt] with `long_embeddings` [C, Lt, D] (unit norm; zeros when
+  the memory runs without features), `long_frequency` and `long_refreshed` (the step of the last
+  write), both [C, Lt]. Slots are filled lowest index first; an evicted slot is reused in place.
+- `step` [C]: positives processed so far. The positive processed at step value n has time n
+  (0-based), so an entry written by the latest positive has age 1 at retrieval.
+- counters [C], cumulative: `writes` (LT writes, merges included), `merges`, `evictions`,
+  `positives` (positives seen).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+_CLIENT_INDEXED = ("short_items", "long_items", "long_embeddings", "long_frequency",
+                   "long_refreshed", "step", "writes", "merges", "evictions", "positives")
+_BLOCK = 128  # positives processed per block: bounds the [C, block, block + S + Lt] similarity tensors
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Capacities and rules of the memory (defaults: the seed's values)."""
+
+    short_capacity: int = 50
+    long_capacity: int = 200
+    novelty_threshold: float = 0.583
+    merge_threshold: float = 0.74
+    ema: float = 0.9
+    age_scale: float = 200.0
+    surprise_threshold: float = 0.5
+    retrieve_short: int = 5
+    retrieve_long: int = 15
+
+    def __post_init__(self) -> None:
+        for name in ("short_capacity", "long_capacity"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MemoryConfig.{name} must be a positive integer, got {value!r}")
+        # novelty = 1 - cosine lies in [0, 2]; a threshold outside it would make the gate constant.
+        _check_range("novelty_threshold", self.novelty_threshold, 0.0, 2.0)
+        _check_range("merge_threshold", self.merge_threshold, -1.0, 1.0)
+        _check_range("ema", self.ema, 0.0, 1.0)
+        if not (math.isfinite(self.age_scale) and self.age_scale > 0):
+            raise ValueError(f"MemoryConfig.age_scale must be positive and finite, got {self.age_scale}")
+        if not math.isfinite(self.surprise_threshold):
+            raise ValueError(f"MemoryConfig.surprise_threshold must be finite, got {self.surprise_threshold}")
+        for name, capacity in (("retrieve_short", self.short_capacity), ("retrieve_long", self.long_capacity)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= capacity:
+                raise ValueError(f"MemoryConfig.{name} must be an integer in [0, {capacity}] "
+                                 f"(its tier's capacity), got {value!r}")
+        if self.retrieval_slots == 0:
+            raise ValueError("MemoryConfig: retrieve_short + retrieve_long must be at least 1")
+
+    @property
+    def retrieval_slots(self) -> int:
+        """K, the number of memory slots `retrieve` returns per client."""
+        return self.retrieve_short + self.retrieve_long
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:  # also rejects NaN
+        raise ValueError(f"MemoryConfig.{name} must be in [{low}, {high}], got {value}")
+
+
+@dataclass
+class MemoryState:
+    """The memories of C clients; see the module docstring for the meaning of each field."""
+
+    short_items: torch.Tensor      # [C, S] int64
+    long_items: torch.Tensor       # [C, Lt] int64
+    long_embeddings: torch.Tensor  # [C, Lt, D] float
+    long_frequency: torch.Tensor   # [C, Lt] int64
+    long_refreshed: torch.Tensor   # [C, Lt] int64
+    step: torch.Tensor             # [C] int64
+    writes: torch.Tensor           # [C] int64
+    merges: torch.Tensor           # [C] int64
+    evictions: torch.Tensor        # [C] int64
+    positives: torch.Tensor        # [C] int64
+
+    def __post_init__(self) -> None:
+        _check_state_shapes(self)
+
+    @property
+    def num_clients(self) -> int:
+        return self.short_items.shape[0]
+
+    @property
+    def short_capacity(self) -> int:
+        return self.short_items.shape[1]
+
+    @property
+    def long_capacity(self) -> int:
+        return self.long_items.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.long_embeddings.shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.short_items.device
+
+    def clone(self) -> MemoryState:
+        return MemoryState(**{name: tensor.clone() for name, tensor in self.to_dict().items()})
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors by field name (safe for `torch.save` / `torch.load(weights_only=True)`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> MemoryState:
+        """Inverse of `to_dict`; raises ValueError on missing or unknown keys and bad shapes."""
+        expected = {f.name for f in fields(cls)}
+        missing, unknown = expected - tensors.keys(), tensors.keys() - expected
+        if missing or unknown:
+            raise ValueError(f"not a memory state: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+        return cls(**tensors)
+
+
+def _check_state_shapes(state: MemoryState) -> None:
+    num_clients, long_capacity = state.long_items.shape[0], state.long_items.shape[1]
+    expected = {
+        "short_items": (num_clients, None), "long_items": (num_clients, long_capacity),
+        "long_embeddings": (num_clients, long_capacity, None), "long_frequency": (num_clients, long_capacity),
+        "long_refreshed": (num_clients, long_capacity),
+        **{name: (num_clients,) for name in ("step", "writes", "merges", "evictions", "positives")},
+    }
+    for name, shape in expected.items():
+        tensor = getattr(state, name)
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != len(shape) or any(
+                want is not None and have != want for have, want in zip(tensor.shape, shape)):
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"MemoryState.{name}: expected shape {shape} (None = any), got {got}")
+        if name != "long_embeddings" and tensor.dtype != torch.int64:
+            raise ValueError(f"MemoryState.{name} must be int64, got {tensor.dtype}")
+    if not state.long_embeddings.is_floating_point():
+        raise ValueError(f"MemoryState.long_embeddings must be floating point, got {state.long_embeddings.dtype}")
+
+
+def empty_memory(num_clients: int, config: MemoryConfig, dim: int = 1,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MemoryState:
+    """Empty memories for `num_clients` clients with LT embeddings of width `dim` (1 without features)."""
+    if num_clients < 0 or dim < 1:
+        raise ValueError(f"empty_memory needs num_clients >= 0 and dim >= 1, got {num_clients}, {dim}")
+    long_shape = (num_clients, config.long_capacity)
+
+    def zeros(*shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.int64, device=device)
+
+    return MemoryState(
+        short_items=zeros(num_clients, config.short_capacity), long_items=zeros(*long_shape),
+        long_embeddings=torch.zeros((*long_shape, dim), dtype=dtype, device=device),
+        long_frequency=zeros(*long_shape), long_refreshed=zeros(*long_shape),
+        **{name: zeros(num_clients) for name in ("step", "writes", "merges", "evictions", "positives")},
+    )
+
+
+def select(state: MemoryState, clients: torch.Tensor) -> MemoryState:
+    """The memories of `clients` (an index tensor), as an independent copy."""
+    clients = clients.to(state.device)
+    return MemoryState(**{name: tensor[clients] for name, tensor in state.to_dict().items()})
+
+
+def scatter(state: MemoryState, clients: torch.Tensor, sub_state: MemoryState) -> None:
+    """Write `sub_state` (e.g. an updated `select(state, clients)`) back into `state`, IN PLACE.
+
+    In place because the full state can be large (LT embeddings of every client) and a chunked
+    engine writes back many chunks per round.
+    """
+    if len(clients) != sub_state.num_clients:
+        raise ValueError(f"scatter: {len(clients)} client indices for {sub_state.num_clients} memories")
+    clients = clients.to(state.device)
+    for name, tensor in state.to_dict().items():
+        part = getattr(sub_state, name)
+        if part.shape[1:] != tensor.shape[1:]:
+            raise ValueError(f"scatter: {name} has shape {tuple(part.shape[1:])} per client, "
+                             f"the full state {tuple(tensor.shape[1:])}")
+        tensor[clients] = part.to(tensor.device, tensor.dtype)
+
+
+def summary(state: MemoryState) -> dict[str, float]:
+    """Diagnostics: mean tier sizes per client, LT write ratio, and total merges and evictions."""
+    positives = state.positives.sum().item()
+    return {
+        "short_term_size": (state.short_items != 0).sum(1).float().mean().item() if state.num_clients else 0.0,
+        "long_term_size": (state.long_items != 0).sum(1).float().mean().item() if state.num_clients else 0.0,
+        "write_ratio": state.writes.sum().item() / positives if positives else 0.0,
+        "merges": float(state.merges.sum().item()),
+        "evictions": float(state.evictions.sum().item()),
+    }
+
+
+def utility(state: MemoryState, config: MemoryConfig, now: torch.Tensor | None = None) -> torch.Tensor:
+    """U = log(1 + frequency) + 2^(-age / age_scale) of every LT slot at step `now` [C] (default: the
+    current step); empty slots get -inf so that they rank last."""
+    now = state.step if now is None else now
+    value = _utility(state.long_frequency, state.long_refreshed, now, config.age_scale)
+    return value.masked_fill(state.long_items == 0, -math.inf)
+
+
+def _utility(frequency: torch.Tensor, refreshed: torch.Tensor, now: torch.Tensor, age_scale: float) -> torch.Tensor:
+    age = (now.unsqueeze(1) - refreshed).float()
+    return torch.log1p(frequency.float()) + torch.exp2(-age / age_scale)
+
+
+def retrieve(state: MemoryState, config: MemoryConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K = retrieve_short + retrieve_long memory slots of every client: (items [C, K], mask [C, K]).
+
+    Order: first the `retrieve_short` most recent ST items in time order (oldest of them first,
+    newest in column retrieve_short-1; missing ones are empty slots on the left), then the
+    `retrieve_long` LT items by descending utility at the current step (ties: lower slot index
+    first), empty slots last. Empty slots hold item 0 and mask False.
+    """
+    short = state.short_items[:, state.short_capacity - config.retrieve_short:]
+    # A stable sort makes the order of equal utilities deterministic (topk's is not).
+    ranked = torch.sort(utility(state, config), dim=1, descending=True, stable=True).indices
+    long = state.long_items.gather(1, ranked[:, :config.retrieve_long])
+    items = torch.cat([short, long], dim=1)
+    return items, items != 0
+
+
+def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.Tensor | None,
+                  losses: torch.Tensor | None, config: MemoryConfig) -> MemoryState:
+    """The memories after the positives of one local step; `state` and the inputs are not modified.
+
+    - `positives` [C, T]: item ids in each user's time order; 0 = no positive (skipped, no step).
+    - `features` [num_items+1, D]: the combined item feature (row 0 zeros). With features the LT
+      gate is novelty against ST and merging is by cosine; items with a zero feature row cannot be
+      compared, so they are never written to LT (they still enter ST).
+    - `features` None: the gate is `losses` [C, T] >= surprise_threshold and merging is by item id.
+    """
+    _check_update_inputs(state, positives, features, losses, config)
+    positives, losses = _compact(positives.to(state.device, torch.int64),
+                                 None if losses is None else losses.to(state.device))
+    unit_features = None
+    if features is not None:
+        # Normalised once here so that every dot product below is a cosine whatever the caller passed.
+        unit_features = F.normalize(features.to(state.device, state.long_embeddings.dtype), dim=-1)
+    new = state.clone()
+    length = int((positives != 0).sum(1).max().item()) if positives.numel() else 0
+    for start in range(0, length, _BLOCK):
+        block = slice(start, min(start + _BLOCK, length))
+        _update_block(new, positives[:, block], unit_features, None if losses is None else losses[:, block], config)
+    return new
+
+
+def _update_block(state: MemoryState, positives: torch.Tensor, unit_features: torch.Tensor | None,
+                  losses: torch.Tensor | None, config: MemoryConfig) -> None:
+    """`update_memory` for one block of compacted positives, in place."""
+    counts = (positives != 0).sum(1)
+    if unit_features is None:
+        embeddings = pairwise = None
+        write = (positives != 0) & (losses >= config.surprise_threshold)
+    else:
+        embeddings = unit_features[positives]
+        pairwise = torch.bmm(embeddings, embeddings.transpose(1, 2))
+        novelty = _novelty(state.short_items, unit_features[state.short_items], positives, embeddings, pairwise)
+        has_feature = (unit_features != 0).any(1)[positives]
+        write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
+    _write_long_term(state, positives, embeddings, pairwise, write, config)
+    state.short_items = _append_short_term(state.short_items, positives, counts)
+    state.step += counts
+    state.positives += counts
+    state.writes += write.sum(1)
+
+
+def _check_update_inputs(state: MemoryState, positives: torch.Tensor, features: torch.Tensor | None,
+                         losses: torch.Tensor | None, config: MemoryConfig) -> None:
+    if (state.short_capacity, state.long_capacity) != (config.short_capacity, config.long_capacity):
+        raise ValueError(f"memory state capacities (ST {state.short_capacity}, LT {state.long_capacity}) "
+                         f"differ from the config's ({config.short_capacity}, {config.long_capacity})")
+    if positives.dim() != 2 or positives.shape[0] != state.num_clients or positives.is_floating_point():
+        raise ValueError(f"positives must be an integer tensor [C={state.num_clients}, T], "
+                         f"got {positives.dtype} {tuple(positives.shape)}")
+    if positives.numel() and positives.min().item() < 0:
+        raise ValueError("positives must be item ids >= 0 (0 = no positive)")
+    if features is not None:
+        if features.dim() != 2 or features.shape[1] != state.dim:
+            raise ValueError(f"features must be [num_items+1, D={state.dim}] (the memory's width), "
+                             f"got {tuple(features.shape)}")
+        if positives.numel() and positives.max().item() >= features.shape[0]:
+            raise ValueError(f"positive item id {positives.max().item()} has no feature row "
+                             f"(features has {features.shape[0]} rows, row 0 = padding)")
+    elif losses is None:
+        raise ValueError("update_memory needs features (novelty gate) or losses (surprise gate); got neither")
+    elif losses.shape != positives.shape:
+        raise ValueError(f"losses must match positives {tuple(positives.shape)}, got {tuple(losses.shape)}")
+
+
+def _compact(positives: torch.Tensor, losses: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move each client's positives (and their losses) to the left, keeping their time order.
+
+    Clients are independent, so skipping a client's 0 entries is the same as processing its
+    positives back to back; after this, column t is every client's t-th real positive.
+    """
+    order = torch.sort((positives == 0).to(torch.int8), dim=1, stable=True).indices
+    return positives.gather(1, order), None if losses is None else losses.gather(1, order)
+
+
+def _novelty(short_items: torch.Tensor, short_embeddings: torch.Tensor, positives: torch.Tensor,
+             embeddings: torch.Tensor, pairwise: torch.Tensor) -> torch.Tensor:
+    """Novelty [C, T] of every positive against the ST as it is when that positive arrives.
+
+    ST does not depend on LT decisions, so the ST seen by positive t is known in advance: the S
+    entries before it in history = [ST | positives], i.e. history columns [t, t+S). All
+    positives are scored at once from their cosines with the ST and with each other.
+    """
+    capacity = short_items.shape[1]
+    cosines = torch.cat([torch.bmm(embeddings, short_embeddings.transpose(1, 2)), pairwise], dim=2)
+    row = torch.arange(positives.shape[1], device=cosines.device).unsqueeze(1)
+    column = torch.arange(cosines.shape[2], device=cosines.device).unsqueeze(0)
+    in_window = (column >= row) & (column < row + capacity)
+    present = in_window.unsqueeze(0) & (torch.cat([short_items, positives], dim=1) != 0).unsqueeze(1)
+    best = cosines.masked_fill(~present, -math.inf).amax(-1)
+    return torch.where(present.any(-1), 1 - best, torch.ones_like(best))
+
+
+def _append_short_term(short_items: torch.Tensor, positives: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The ST after appending each client's `counts` compacted positives: the last S entries of
+    [ST | its positives]."""
+    history = torch.cat([short_items, positives], dim=1)
+    window = counts.unsqueeze(1) + torch.arange(short_items.shape[1], device=history.device)
+    return history.gather(1, window)
+
+
+def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: torch.Tensor | None,
+                     pairwise: torch.Tensor | None, write: torch.Tensor, config: MemoryConfig) -> None:
+    """Apply the LT writes of every positive, in time order, to `state` (in place).
+
+    Each step computes every client's would-be write and applies it where `write` holds (clients
+    not writing keep their values): whole-batch elementwise ops are cheaper than gathering the
+    writing clients' rows first, since most clients write at most steps.
+    """
+    if embeddings is not None:
+        # Cosines of every positive with every LT slot, computed once against the LT as it is now;
+        # each write then updates its slot's column from these and the positives' `pairwise`
+        # cosines without touching D (see _write_embeddings): a batched matrix-vector product per
+        # positive would read all LT embeddings T times and dominate the run time.
+        cosines = torch.bmm(embeddings, state.long_embeddings.transpose(1, 2))
+    rows = torch.arange(state.num_clients, device=state.device)
+    for t, anyone in enumerate(write.any(0).tolist()):
+        if not anyone:
+            continue
+        writing, items, now = write[:, t], positives[:, t], state.step + t
+        occupied = state.long_items != 0
+        if embeddings is None:
+            similarity, threshold = (state.long_items == items.unsqueeze(1)).float(), 1.0
+        else:
+            similarity, threshold = cosines[:, t], config.merge_threshold
+        best_similarity, best_slot = similarity.masked_fill(~occupied, -math.inf).max(1)
+        merge = best_similarity >= threshold
+        add_slot, full = _slot_for_new_entry(state, occupied, now, config)
+        slot = torch.where(merge, best_slot, add_slot)
+
+        if embeddings is not None:
+            _write_embeddings(state, embeddings, cosines, pairwise, rows, slot, writing, merge, t, config.ema)
+        _write_slot(state.long_items, slot, writing & ~merge, items)
+        _write_slot(state.long_frequency, slot, writing, torch.where(merge, state.long_frequency[rows, slot] + 1, 1))
+        _write_slot(state.long_refreshed, slot, writing, now)
+        state.merges += writing & merge
+        state.evictions += writing & ~merge & full
+
+
+def _write_slot(values: torch.Tensor, slot: torch.Tensor, where: torch.Tensor, new: torch.Tensor) -> None:
+    """values[c, slot[c]] = new[c] for the clients c in `where` (in place)."""
+    rows = torch.arange(values.shape[0], device=values.device)
+    values[rows, slot] = torch.where(where, new, values[rows, slot])
+
+
+def _slot_for_new_entry(state: MemoryState, occupied: torch.Tensor, now: torch.Tensor,
+                        config: MemoryConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where an added entry goes: the first empty slot, or, when LT is full, the slot of lowest
+    utility (argmin returns the first, i.e. lowest-index, slot among ties). Also returns whether
+    LT is full (the add is an eviction)."""
+    full = occupied.all(1)
+    first_empty = (~occupied).to(torch.int8).argmax(1)
+    value = _utility(state.long_frequency, state.long_refreshed, now, config.age_scale)
+    return torch.where(full, value.argmin(1), first_empty), full
+
+
+def _write_embeddings(state: MemoryState, embeddings: torch.Tensor, cosines: torch.Tensor,
+                      pairwise: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor,
+                      writing: torch.Tensor, merge: torch.Tensor, t: int, ema: float) -> None:
+    """Write positive t's embedding into `slot` (as is, or EMA-merged) for the writing clients and
+    update that slot's cosines with all positives: the merged embedding is
+    (ema*old + (1-ema)*new) / norm, so its cosine with positive u is
+    (ema*cos(old, u) + (1-ema)*cos(new, u)) / norm."""
+    incoming, old = embeddings[:, t], state.long_embeddings[rows, slot]
+    mixed = ema * old + (1 - ema) * incoming
+    norm = mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    new = torch.where(merge.unsqueeze(1), mixed / norm, incoming)
+    state.long_embeddings[rows, slot] = torch.where(writing.unsqueeze(1), new, old)
+    # Advanced indices around a slice: the indexed view is [C, T] (each client paired with its slot).
+    old_column = cosines[rows, :, slot]
+    merged_column = (ema * old_column + (1 - ema) * pairwise[:, t]) / norm
+    new_column = torch.where(merge.unsqueeze(1), merged_column, pairwise[:, t])
+    cosines[rows, :, slot] = torch.where(writing.unsqueeze(1), new_column, old_column)

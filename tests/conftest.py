@@ -1,0 +1,22 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small synthetic dataset written as a sequences file (trains in seconds)."""
+    from feddmmr.data.synthetic import make_synthetic
+
+    log = make_synthetic(seed=1, num_users=60, num_items=150, median_length=25, min_length=8, max_length=60)
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    order = log.users.argsort(kind="stable")
+    users, items = log.users[order], log.items[order]
+    lines = []
+    for user in dict.fromkeys(users.tolist()):
+        lines.append(" ".join([str(user)] + [str(i) for i in items[users == user]]))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from feddmmr.cli import app
+from feddmmr.config import TrainConfig, read_config_file, resolve_config
+
+runner = CliRunner()
+TINY = ["--max-seq-len", "10", "--hidden-dim", "16", "--num-heads", "2", "--num-blocks", "1",
+        "--num-negatives-eval", "20", "--client-fraction", "0.5"]
+
+
+def test_train_and_evaluate_from_the_command_line(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir),
+                                 "--num_rounds", "2", "--batch_size", "4", *TINY])  # the seed's spellings
+    assert result.exit_code == 0, result.output
+    assert "round   1" in result.output and "val skipped (next at round 2)" in result.output
+    assert "test HR@10" in result.output
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["num_rounds"] == 2 and saved["batch_size"] == 4
+    final = json.loads((run_dir / "final.json").read_text())
+    evaluated = runner.invoke(app, ["evaluate", str(run_dir)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout[evaluated.stdout.index("{"):])["test"] == final["test"]
+
+
+def test_config_file_presets_and_flags_override_them(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("num-rounds: 7\nlearning_rate: 0.0001\nbatch_size: 32\n")
+    config = resolve_config(preset, batch_size=16, seed=None)
+    assert (config.num_rounds, config.learning_rate, config.batch_size) == (7, 1e-4, 16)
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="engine='gpu' is not one of"):
+        TrainConfig(engine="gpu")
+    with pytest.raises(ValueError, match="client_fraction must be in"):
+        TrainConfig(client_fraction=0)
+
+
+def test_unknown_preset_keys_are_named(tmp_path):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"num_round": 3}))
+    with pytest.raises(ValueError, match="unknown settings num_round"):
+        read_config_file(preset)
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+    missing = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r")])
+    assert missing.exit_code == 2
+    assert "nowhere" in missing.output and "Traceback" not in missing.output
+    bad = runner.invoke(app, ["train", "--loss", "hinge", "--run-dir", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "loss='hinge' is not one of" in bad.output
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--num-rounds", "3"])
+    assert result.exit_code == 2 and "--num-rounds" in result.output
+
+
+def test_download_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    result = runner.invoke(app, ["data", "download", "ml-100k", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert str(tmp_path) in result.output.replace("\n", "")

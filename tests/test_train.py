@@ -1,0 +1,129 @@
+"""End-to-end runs on a tiny dataset: outputs, determinism, resume, evaluate, init-from."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from feddmmr.checkpoint import load_checkpoint
+from feddmmr.config import TrainConfig, resolve_config
+from feddmmr.train import evaluate_run, train
+
+TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
+            client_fraction=0.5, learning_rate=5e-3, dropout=0.1)
+
+
+def config(tiny_data, run_dir, **overrides):
+    return TrainConfig(data_dir=str(tiny_data), run_dir=str(run_dir), **{**TINY, **overrides})
+
+
+def test_run_writes_its_documented_outputs(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path / "run", num_rounds=4, validate_every=2))
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["num_rounds"] == 4
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    assert [r["validated"] for r in records] == [False, True, False, True]
+    assert "val" not in records[0] and records[0]["next_validation"] == 2  # skipped, not copied
+    for r in records:
+        assert {"round", "validated", "train_loss", "train_seconds", "eval_seconds"} <= set(r)
+    assert set(records[1]["val"]) >= {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"}
+    with np.load(run / "candidates.npz") as c:
+        assert c["valid"].shape == c["test"].shape == (60, 21)
+        assert len(c["users"]) == 60
+    final = json.loads((run / "final.json").read_text())
+    assert final["best_round"] in (2, 4) and 0 <= final["test"]["HR@10"] <= 1
+    assert final == result.final
+    assert (run / "checkpoints" / "best.pt").exists() and (run / "checkpoints" / "last.pt").exists()
+
+
+def test_federated_training_learns_the_planted_structure(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path / "run", num_rounds=12, validate_every=1, client_fraction=1.0,
+                          num_negatives_eval=50, learning_rate=1e-2))
+    hr = [r["val"]["HR@10"] for r in result.history]
+    chance = 10 / 51
+    assert hr[-1] > hr[0] + 0.1
+    assert max(hr) > chance + 0.05
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_same_seed_same_numbers(tiny_data, tmp_path):
+    a = train(config(tiny_data, tmp_path / "a", num_rounds=3, validate_every=1))
+    b = train(config(tiny_data, tmp_path / "b", num_rounds=3, validate_every=1))
+    assert [r["val"] for r in a.history] == [r["val"] for r in b.history]
+    assert a.final["test"] == b.final["test"]
+    c = train(config(tiny_data, tmp_path / "c", num_rounds=3, validate_every=1, seed=1))
+    assert [r["train_loss"] for r in c.history] != [r["train_loss"] for r in a.history]
+
+
+def test_evaluate_reproduces_final_json(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path / "run", num_rounds=2))
+    again = evaluate_run(tmp_path / "run")
+    assert again["test"] == result.final["test"] and again["best_round"] == result.final["best_round"]
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    settings = dict(num_rounds=6, validate_every=1, patience=0)
+    reference = train(config(tiny_data, tmp_path / "reference", **settings))
+
+    run_dir = tmp_path / "killed"
+    args = [sys.executable, "-m", "feddmmr", "train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir)]
+    for key, value in {**TINY, **settings}.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 6, "the run should have been killed mid-way"
+
+    resumed = train(resolve_config(run_dir / "config.json"), resume=True)
+    assert resumed.final["test"] == reference.final["test"]
+    assert resumed.final["best_round"] == reference.final["best_round"]
+    assert [r["val"] for r in resumed.history] == [r["val"] for r in reference.history]
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["round"] for r in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tiny_data, tmp_path):
+    train(config(tiny_data, tmp_path / "run", num_rounds=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config(tiny_data, tmp_path / "run", num_rounds=1))
+
+
+def test_init_from_loads_every_tensor_and_rejects_other_shapes(tiny_data, tmp_path, caplog):
+    first = train(config(tiny_data, tmp_path / "first", num_rounds=2))
+    best = load_checkpoint(first.run_dir / "checkpoints" / "best.pt")["model"]
+    with caplog.at_level("INFO"):
+        second = train(config(tiny_data, tmp_path / "second", num_rounds=1, learning_rate=1e-12,
+                              init_from=str(first.run_dir / "checkpoints" / "best.pt")))
+    assert f"loaded {len(best)} tensors" in caplog.text
+    after = load_checkpoint(second.run_dir / "checkpoints" / "last.pt")["model"]
+    for name in best:
+        torch.testing.assert_close(after[name], best[name], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="shapes differ"):
+        train(config(tiny_data, tmp_path / "third", num_rounds=1, hidden_dim=8, init_from=str(first.run_dir)))
+
+
+def test_centralized_baseline_trains_on_the_same_split(tiny_data, tmp_path):
+    fed = train(config(tiny_data, tmp_path / "fed", num_rounds=1))
+    central = train(config(tiny_data, tmp_path / "central", num_rounds=2, centralized=True))
+    assert central.history[0]["clients"] == 60
+    with np.load(fed.run_dir / "candidates.npz") as a, np.load(central.run_dir / "candidates.npz") as b:
+        assert np.array_equal(a["test"], b["test"])  # the same protocol: same candidates for the same seed
+
+
+def test_full_ranking_mode(tiny_data, tmp_path):
+    result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
+    assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
