@@ -86,6 +86,16 @@ def _flag_name(token: str) -> str:
     return token.split("=", 1)[0].replace("_", "-")
 
 
+def require_feddmmr() -> None:
+    """The children run `sys.executable -m feddmmr`: fail early and clearly when this interpreter
+    is not the project's environment (a bare `python` outside the venv)."""
+    import importlib.util
+
+    if importlib.util.find_spec("feddmmr") is None:
+        sys.exit(f"{sys.executable} cannot import feddmmr: run this with the project's environment "
+                 f"(. .venv/bin/activate, or .venv/bin/python {Path(sys.argv[0]).name})")
+
+
 def train_command(data_dir: str | None, top_users: int | None, setting: dict, extra: list[str]) -> list[str]:
     """`python -m feddmmr train` with the data, a setting (TrainConfig fields) and extra flags;
     a setting flag that `extra` also gives is dropped, so the printed command is unambiguous."""

@@ -48,6 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args, setting, extra = parse_args(argv)
+    common.require_feddmmr()
     data_dir, top_users, label = common.dataset(args.data, args.top_users)
     with tempfile.TemporaryDirectory(prefix="feddmmr-peak-memory-") as tmp:
         run_dir = args.run_dir or str(Path(tmp) / "run")

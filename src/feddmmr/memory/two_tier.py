@@ -26,8 +26,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-_CLIENT_INDEXED = ("short_items", "long_items", "long_embeddings", "long_frequency",
-                   "long_refreshed", "step", "writes", "merges", "evictions", "positives")
 _BLOCK = 128  # positives processed per block: bounds the [C, block, block + S + Lt] similarity tensors
 
 
@@ -87,6 +85,8 @@ class MemoryState:
     long_frequency: torch.Tensor   # [C, Lt] int64
     long_refreshed: torch.Tensor   # [C, Lt] int64
     step: torch.Tensor             # [C] int64
+    # Statistics: equal to `step` for `positives` unless a caller resets them (e.g. per round);
+    # `step` must never be reset since LT ages are measured with it.
     writes: torch.Tensor           # [C] int64
     merges: torch.Tensor           # [C] int64
     evictions: torch.Tensor        # [C] int64
@@ -205,11 +205,10 @@ def summary(state: MemoryState) -> dict[str, float]:
     }
 
 
-def utility(state: MemoryState, config: MemoryConfig, now: torch.Tensor | None = None) -> torch.Tensor:
-    """U = log(1 + frequency) + 2^(-age / age_scale) of every LT slot at step `now` [C] (default: the
-    current step); empty slots get -inf so that they rank last."""
-    now = state.step if now is None else now
-    value = _utility(state.long_frequency, state.long_refreshed, now, config.age_scale)
+def utility(state: MemoryState, config: MemoryConfig) -> torch.Tensor:
+    """U = log(1 + frequency) + 2^(-age / age_scale) of every LT slot [C, Lt] at the current step;
+    empty slots get -inf so that they rank last."""
+    value = _utility(state.long_frequency, state.long_refreshed, state.step, config.age_scale)
     return value.masked_fill(state.long_items == 0, -math.inf)
 
 
@@ -242,25 +241,28 @@ def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.T
     - `features` [num_items+1, D]: the combined item feature (row 0 zeros). With features the LT
       gate is novelty against ST and merging is by cosine; items with a zero feature row cannot be
       compared, so they are never written to LT (they still enter ST).
-    - `features` None: the gate is `losses` [C, T] >= surprise_threshold and merging is by item id.
+    - `features` None: the gate is `losses` [C, T] >= surprise_threshold and merging is by item id
+      (`losses` is ignored when features are given).
     """
     _check_update_inputs(state, positives, features, losses, config)
     positives, losses = _compact(positives.to(state.device, torch.int64),
                                  None if losses is None else losses.to(state.device))
-    unit_features = None
+    unit_features = has_feature = None
     if features is not None:
         # Normalised once here so that every dot product below is a cosine whatever the caller passed.
         unit_features = F.normalize(features.to(state.device, state.long_embeddings.dtype), dim=-1)
+        has_feature = (unit_features != 0).any(1)
     new = state.clone()
     length = int((positives != 0).sum(1).max().item()) if positives.numel() else 0
     for start in range(0, length, _BLOCK):
         block = slice(start, min(start + _BLOCK, length))
-        _update_block(new, positives[:, block], unit_features, None if losses is None else losses[:, block], config)
+        _update_block(new, positives[:, block], unit_features, has_feature,
+                      None if losses is None else losses[:, block], config)
     return new
 
 
 def _update_block(state: MemoryState, positives: torch.Tensor, unit_features: torch.Tensor | None,
-                  losses: torch.Tensor | None, config: MemoryConfig) -> None:
+                  has_feature: torch.Tensor | None, losses: torch.Tensor | None, config: MemoryConfig) -> None:
     """`update_memory` for one block of compacted positives, in place."""
     counts = (positives != 0).sum(1)
     if unit_features is None:
@@ -270,8 +272,7 @@ def _update_block(state: MemoryState, positives: torch.Tensor, unit_features: to
         embeddings = unit_features[positives]
         pairwise = torch.bmm(embeddings, embeddings.transpose(1, 2))
         novelty = _novelty(state.short_items, unit_features[state.short_items], positives, embeddings, pairwise)
-        has_feature = (unit_features != 0).any(1)[positives]
-        write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
+        write = (positives != 0) & has_feature[positives] & (novelty >= config.novelty_threshold)
     _write_long_term(state, positives, embeddings, pairwise, write, config)
     state.short_items = _append_short_term(state.short_items, positives, counts)
     state.step += counts
@@ -369,16 +370,17 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
 
         if embeddings is not None:
             _write_embeddings(state, embeddings, cosines, pairwise, rows, slot, writing, merge, t, config.ema)
-        _write_slot(state.long_items, slot, writing & ~merge, items)
-        _write_slot(state.long_frequency, slot, writing, torch.where(merge, state.long_frequency[rows, slot] + 1, 1))
-        _write_slot(state.long_refreshed, slot, writing, now)
+        _write_slot(state.long_items, rows, slot, writing & ~merge, items)
+        _write_slot(state.long_frequency, rows, slot, writing,
+                    torch.where(merge, state.long_frequency[rows, slot] + 1, 1))
+        _write_slot(state.long_refreshed, rows, slot, writing, now)
         state.merges += writing & merge
         state.evictions += writing & ~merge & full
 
 
-def _write_slot(values: torch.Tensor, slot: torch.Tensor, where: torch.Tensor, new: torch.Tensor) -> None:
-    """values[c, slot[c]] = new[c] for the clients c in `where` (in place)."""
-    rows = torch.arange(values.shape[0], device=values.device)
+def _write_slot(values: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, where: torch.Tensor,
+                new: torch.Tensor) -> None:
+    """values[c, slot[c]] = new[c] for the clients c (rows = all client indices) in `where`, in place."""
     values[rows, slot] = torch.where(where, new, values[rows, slot])
 
 

@@ -48,9 +48,10 @@ class FlowerEngine:
         self.known_nodes: set[int] = set()
         self.round_number: int | None = None
 
-    def begin_round(self, round_number: int) -> None:
-        """train()'s per-round hook (pass `progress_factory=engine.begin_round`): the engine
-        interface carries no round number, and the nodes need it for their users' batches."""
+    def begin_round(self, round_number: int, clients_in_round: int) -> None:
+        """A progress factory for train() (`progress_factory=engine.begin_round`), called at the
+        start of each round: the engine interface carries no round number, and the nodes need it
+        for their users' batches. Returns no progress callback."""
         self.round_number = round_number
 
     def train(self, global_params: dict[str, torch.Tensor], clients: list[ClientBatches], local: LocalTraining,

@@ -1,0 +1,71 @@
+"""The ServerApp: our own run loop (feddmmr.train.train) with the FlowerEngine.
+
+Validation schedule, early stopping, checkpoints, metrics.jsonl and final.json come from the same
+code as a local run; only the local updates go to the SuperNodes. Validation and test stay
+central: the server reads the dataset named in the run config for them (and for the user ids and
+item catalog it routes and trains by); nodes train on their own copies of their users' data.
+
+`app` reads its TrainConfig from the Flower run config (`flwr run`, see run_config.py);
+`run_flower_simulation` builds one around a TrainConfig and gets the RunResult back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from feddmmr.config import TrainConfig
+from feddmmr.data.load import load_sequences
+from feddmmr.engines.flower.engine import FlowerEngine
+from feddmmr.engines.flower.run_config import from_flower_config
+from feddmmr.train import RunResult, train
+
+log = logging.getLogger(__name__)
+
+
+def make_server_app(config: TrainConfig | None = None, *, resume: bool = False,
+                    on_round: Callable[[dict], None] | None = None,
+                    deliver: Callable[[RunResult], None] | None = None) -> ServerApp:
+    """`config` None: take it from the run config. `deliver` receives the run's result."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config if config is not None else from_flower_config(context.run_config, "run config")
+        result = train_on_grid(grid, run_config, resume=resume, on_round=on_round)
+        if deliver:
+            deliver(result)
+
+    return server
+
+
+def train_on_grid(grid: Grid, config: TrainConfig, *, resume: bool = False,
+                  on_round: Callable[[dict], None] | None = None) -> RunResult:
+    _show_feddmmr_logs()
+    config = dataclasses.replace(config, engine="flower")
+    # The run loop reads the dataset again in prepare_run; the engine needs the ids before that.
+    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users,
+                          min_length=config.min_length)
+    engine = FlowerEngine(grid, config, data.user_ids, data.item_ids)
+    result = train(config, resume=resume, on_round=on_round, engine=engine, progress_factory=engine.begin_round)
+    log.info("flower run finished: best round %s, test %s (%s)", result.final["best_round"], result.final["test"],
+             result.run_dir)
+    return result
+
+
+def _show_feddmmr_logs() -> None:
+    """A ServerApp process started by Flower has no handler for our loggers: give it one, so
+    rounds, validations and failed nodes show in its log (`flwr log`, or the simulation's)."""
+    package = logging.getLogger("feddmmr")
+    if not logging.getLogger().handlers and not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
+app = make_server_app()

@@ -1,0 +1,246 @@
+"""The Flower engine: same rounds as the local engine, failed nodes left out, a real simulation.
+
+Most tests drive the ServerApp's run loop (`train_on_grid`) and the real ClientApp through an
+in-process Grid (no Ray, no network). One test runs Flower's simulation runtime (Ray) in a
+subprocess with a hard timeout, since a Ray that cannot start may hang and ignore SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from feddmmr.checkpoint import load_checkpoint  # noqa: E402
+from feddmmr.config import TrainConfig  # noqa: E402
+from feddmmr.engines.flower.client_app import make_client_app  # noqa: E402
+from feddmmr.engines.flower.run_config import from_flower_config, pyproject_block, to_flower_config  # noqa: E402
+from feddmmr.engines.flower.server_app import train_on_grid  # noqa: E402
+from feddmmr.train import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
+            client_fraction=0.5, learning_rate=5e-3, dropout=0.0, local_epochs=2)
+SIMULATION_TIMEOUT = 150
+
+
+def config(tiny_data, run_dir, **overrides) -> TrainConfig:
+    return TrainConfig(data_dir=str(tiny_data), run_dir=str(run_dir), **{**TINY, **overrides})
+
+
+class InProcessGrid(Grid):
+    """Delivers each message to a ClientApp in this process, like the simulation's nodes.
+
+    `nodes` maps node id -> node config. A node in `hang` lists its users but never replies to
+    a train message (a node that hangs or died mid-round).
+    """
+
+    def __init__(self, client_app, nodes: dict[int, dict], hang: frozenset[int] = frozenset()) -> None:
+        self.client_app = client_app
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
+                         for node, cfg in nodes.items()}
+        self.hang = hang
+        self.replies: dict[str, Message] = {}
+        # Set by Flower's runtimes in a ServerApp's process; new Messages read it.
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+    def set_run(self, run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # what a SuperLink assigns
+            ids.append(message.metadata.message_id)
+            node = message.metadata.dst_node_id
+            if node in self.hang and message.metadata.message_type == "train":
+                continue
+            try:
+                reply = self.client_app(message, self.contexts[node])
+            except Exception as error:  # the simulation turns a raising ClientApp into an error reply
+                reply = Message(Error(code=2, reason=f"{type(error).__name__}: {error}"), reply_to=message)
+            self.replies[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError
+
+
+def partitions(count: int) -> dict[int, dict]:
+    return {1000 + k: {"partition-id": k, "num-partitions": count} for k in range(count)}
+
+
+def fail_on_partition(partition: int, round_number: int | None = None):
+    """A ClientApp mod: the node of `partition` raises in train (in every round, or only in one)."""
+    def mod(message, context, call_next):
+        if (message.metadata.message_type == "train" and context.node_config.get("partition-id") == partition
+                and round_number in (None, int(message.content["round"]["round"]))):
+            raise RuntimeError(f"injected failure on partition {partition}")
+        return call_next(message, context)
+    return mod
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("local_engine", ["sequential", "vectorized"])
+def test_a_flower_round_equals_a_local_round(tiny_data, tmp_path, local_engine):
+    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, engine="sequential"))
+    nodes = {node: {**cfg, "engine": local_engine} for node, cfg in partitions(3).items()}
+    grid = InProcessGrid(make_client_app(), nodes)
+    flower = train_on_grid(grid, config(tiny_data, tmp_path / "flower", num_rounds=1, flower_supernodes=3))
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
+    (local_record,), (flower_record,) = local.history, flower.history
+    assert flower_record["clients"] == local_record["clients"] == 30 and flower_record["failed_clients"] == 0
+    assert flower_record["train_loss"] == pytest.approx(local_record["train_loss"], rel=1e-5)
+    assert json.loads((flower.run_dir / "config.json").read_text())["engine"] == "flower"
+
+
+def test_a_failing_node_is_left_out_and_logged(tiny_data, tmp_path, caplog):
+    """Partition 1 raises, partition 2 never replies: the round aggregates partition 0 alone,
+    which is the FedAvg of partition 0's users as the local engine computes it."""
+    grid = InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3), hang=frozenset({1002}))
+    cfg = config(tiny_data, tmp_path / "flower", num_rounds=1, flower_supernodes=3, flower_round_timeout=0.5)
+    with caplog.at_level("WARNING", logger="feddmmr"):
+        flower = train_on_grid(grid, cfg)
+    (record,) = flower.history
+    survivors = record["clients"] - record["failed_clients"]
+    assert 0 < survivors < record["clients"]
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert any("node 1001 failed, it raised: RuntimeError: injected failure on partition 1" in m for m in failures)
+    assert any("node 1002 failed, no reply within flower_round_timeout=0.5 s" in m for m in failures)
+    assert all("users [" in m for m in failures)
+
+    # The same round with only partition 0's node gives the same model.
+    alone = InProcessGrid(make_client_app(), {1000: partitions(3)[1000]})
+    only_zero = train_on_grid(alone, config(tiny_data, tmp_path / "alone", num_rounds=1, flower_supernodes=1))
+    assert only_zero.history[0]["failed_clients"] == record["failed_clients"]
+    assert_same_weights(weights(flower.run_dir), weights(only_zero.run_dir))
+
+
+def test_a_node_whose_data_differs_from_the_servers_is_left_out(tiny_data, tmp_path, caplog):
+    lines = tiny_data.read_text().splitlines()
+    shortened = [" ".join(line.split()[:-1]) for line in lines]  # every user lost their last item
+    node_file = tmp_path / "node.txt"
+    node_file.write_text("\n".join(shortened) + "\n")
+    grid = InProcessGrid(make_client_app(), {7: {"data-dir": str(node_file)}})
+    with caplog.at_level("WARNING", logger="feddmmr"):
+        flower = train_on_grid(grid, config(tiny_data, tmp_path / "flower", num_rounds=1, flower_supernodes=1))
+    assert flower.history[0]["failed_clients"] == flower.history[0]["clients"]
+    assert any("does not match the server's" in r.getMessage() for r in caplog.records)
+
+
+def test_nodes_reading_their_own_files_train_like_partitions(tiny_data, tmp_path):
+    from feddmmr.data.load import load_sequences
+    from feddmmr.engines.flower.partition import write_node_files
+
+    files = write_node_files(load_sequences(str(tiny_data)), 2, tmp_path / "nodes")
+    own = InProcessGrid(make_client_app(), {10 + k: {"data-dir": str(path)} for k, path in enumerate(files)})
+    by_files = train_on_grid(own, config(tiny_data, tmp_path / "files", num_rounds=1))
+    by_partitions = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
+                                  config(tiny_data, tmp_path / "partitions", num_rounds=1))
+    assert by_files.history[0]["failed_clients"] == 0
+    assert_same_weights(weights(by_files.run_dir), weights(by_partitions.run_dir))
+
+
+def test_run_config_round_trips_and_names_bad_values():
+    cfg = TrainConfig(data_dir="x.txt", top_users=100, learning_rate=0.01, validate_every=None)
+    assert from_flower_config(to_flower_config(cfg), "test") == cfg
+    assert from_flower_config({"learning-rate": 1}, "test").learning_rate == 1.0
+    with pytest.raises(ValueError, match=r"run config: num-rounds='5' \(str\); expected int"):
+        from_flower_config({"num-rounds": "5"}, "run config")
+    with pytest.raises(ValueError, match="unknown setting 'rounds'"):
+        from_flower_config({"rounds": 5}, "run config")
+
+
+def test_pyproject_declares_the_flower_app_with_every_setting():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    app = pyproject.get("tool", {}).get("flwr", {}).get("app")
+    assert app is not None, "pyproject.toml lacks [tool.flwr.app]; see docs/DEPLOY.md"
+    assert app["components"] == {"serverapp": "feddmmr.engines.flower.server_app:app",
+                                 "clientapp": "feddmmr.engines.flower.client_app:app"}
+    assert app["config"] == tomllib.loads(pyproject_block())["tool"]["flwr"]["app"]["config"]
+
+
+SIMULATION_SCRIPT = textwrap.dedent("""
+    import json, shutil, sys
+    from feddmmr.config import TrainConfig
+    from feddmmr.engines.flower import run_flower_simulation
+
+    settings = json.loads(sys.argv[1])
+    run_dir = settings["run_dir"]
+
+    def fail_in_round_2_on_partition_1(message, context, call_next):
+        if (message.metadata.message_type == "train" and context.node_config["partition-id"] == 1
+                and message.content["round"]["round"] == 2):
+            raise RuntimeError("injected failure in round 2")
+        return call_next(message, context)
+
+    def keep_round_1(record):
+        if record["round"] == 1:
+            shutil.copy(run_dir + "/checkpoints/last.pt", run_dir + "/round-1.pt")
+
+    result = run_flower_simulation(TrainConfig(**settings), on_round=keep_round_1,
+                                   client_mods=[fail_in_round_2_on_partition_1])
+    print("RESULT", json.dumps(result.final["best_round"]))
+""")
+
+
+@pytest.mark.slow
+def test_simulation_runs_two_rounds_with_a_failing_node(tiny_data, tmp_path):
+    settings = dict(config(tiny_data, tmp_path / "flower", num_rounds=2, validate_every=1, flower_supernodes=2,
+                           flower_round_timeout=60.0).to_dict(), engine="flower")
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0"}
+    done = subprocess.run([sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(settings)], env=env,
+                          capture_output=True, text=True, timeout=SIMULATION_TIMEOUT, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    run_dir = tmp_path / "flower"
+    assert json.loads((run_dir / "final.json").read_text())["rounds_run"] == 2
+    first, second = records(run_dir)
+    assert first["failed_clients"] == 0 and 0 < second["failed_clients"] < second["clients"]
+    assert "injected failure in round 2" in output and "left out of the round" in output
+
+    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, engine="sequential"))
+    round_1 = torch.load(run_dir / "round-1.pt", weights_only=True)["model"]
+    assert_same_weights(round_1, weights(local.run_dir))
+    assert first["train_loss"] == pytest.approx(local.history[0]["train_loss"], rel=1e-5)
