@@ -96,6 +96,12 @@ def require_feddmmr() -> None:
                  f"(. .venv/bin/activate, or .venv/bin/python {Path(sys.argv[0]).name})")
 
 
+def child_env() -> dict[str, str]:
+    """Environment of a `feddmmr train` child: a wide console, so its log file is not wrapped at
+    80 columns (rich's width when not writing to a terminal)."""
+    return {**os.environ, "COLUMNS": "160"}
+
+
 def train_command(data_dir: str | None, top_users: int | None, setting: dict, extra: list[str]) -> list[str]:
     """`python -m feddmmr train` with the data, a setting (TrainConfig fields) and extra flags;
     a setting flag that `extra` also gives is dropped, so the printed command is unambiguous."""
@@ -142,6 +148,16 @@ def peak_rss_mb(children: bool = False) -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
     # ru_maxrss is KiB on Linux but bytes on macOS.
     return usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory now (MiB), from /proc (Linux); None elsewhere. Printed per round, it
+    tells growth across rounds (a leak, fragmentation) from one heavy round."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
 
 
 def machine_line() -> str:

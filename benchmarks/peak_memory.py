@@ -60,7 +60,7 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         # Output to a file, not a pipe: a chatty child must never block on a full pipe.
         with open(Path(tmp) / "train.log", "w+") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT).returncode
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()).returncode
             log.seek(0)
             output = log.read()
         wall = time.perf_counter() - started

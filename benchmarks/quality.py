@@ -70,7 +70,7 @@ def execute(command: list[str], run_dir: Path) -> bool:
     spent = json.loads(timing.read_text())["wall_seconds"] if timing.exists() else 0.0
     started = time.perf_counter()
     with open(run_dir / "train.log", "a") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT).returncode
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()).returncode
     timing.write_text(json.dumps({"wall_seconds": spent + time.perf_counter() - started}))
     if code != 0:
         print(f"  FAILED (exit {code}); last lines of {run_dir / 'train.log'}:")

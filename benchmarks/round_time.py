@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         # Few clients, small model, one timed round each: exercises every code path quickly.
         if args.data == "ml-1m-top1000":
             args.data = "synthetic"
-        args.top_users = args.top_users or 40
-        args.hidden_dim = 32
+        args.top_users = args.top_users or 20
+        args.hidden_dim, args.max_seq_len = 16, 20
         args.rounds, args.sequential_rounds, args.warmup, args.eval_repeats = 1, 1, 1, 2
     return args
 
@@ -94,6 +94,7 @@ def main(argv=None) -> None:
                f"max_seq_len={config.max_seq_len} batch={config.batch_size} negatives={config.num_negatives} "
                f"local_epochs={config.local_epochs} client_fraction={config.client_fraction} "
                f"({max(1, round(config.client_fraction * eligible))} clients/round) | "
+               f"chunks of <= {args.chunk_clients} clients / {args.chunk_windows} windows | "
                f"threads={args.threads} device={run.device}")
 
         per_round: dict[str, list[float]] = {}
@@ -111,7 +112,9 @@ def main(argv=None) -> None:
             for r in range(first_timed, first_timed + timed):
                 record = run_round(run, engine, r)
                 times.append(record["train_seconds"])
-                print(f"  {name} round {r}: {record['train_seconds']:.2f} s  loss {record['train_loss']:.4f}", flush=True)
+                rss = common.current_rss_mb()
+                print(f"  {name} round {r}: {record['train_seconds']:.2f} s  loss {record['train_loss']:.4f}"
+                      + (f"  RSS now {rss:.0f} MiB" if rss is not None else ""), flush=True)
             per_round[name] = times
             report(f"round time {name}: {common.spread(times)}  [{', '.join(f'{t:.2f}' for t in times)}]")
             report(f"peak RSS after {name}: {common.peak_rss_mb():.0f} MiB")

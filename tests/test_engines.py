@@ -7,7 +7,7 @@ import torch
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.federated.adam import BatchedAdam
 from feddmmr.federated.aggregation import FedAvg
-from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches, training_windows
+from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches, touched_items, training_windows
 from feddmmr.federated.precision import Precision
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
@@ -27,20 +27,22 @@ def clients(num=9, epochs=2, batch_size=3):
     return out
 
 
-def run(engine_name, m, batches, **engine_options):
+def run(engine_name, m, batches, weight_decay=1e-4, **engine_options):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
-    reports = engine.train(global_params, batches, LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu")), aggregator.add)
+    local = LocalTraining(1e-2, weight_decay, "ce", Precision("off", "cpu"))
+    reports = engine.train(global_params, batches, local, aggregator.add)
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
 @pytest.mark.parametrize("chunking", [dict(chunk_clients=4, chunk_windows=12), dict(chunk_clients=64, chunk_windows=4096)])
-def test_vectorized_round_equals_sequential_round(chunking):
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])  # 0: compact item tables; > 0: full tables
+def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
     m = model()
     batches = clients()
-    start, sequential, seq_reports = run("sequential", m, batches)
-    _, vectorized, vec_reports = run("vectorized", m, batches, **chunking)
+    start, sequential, seq_reports = run("sequential", m, batches, weight_decay)
+    _, vectorized, vec_reports = run("vectorized", m, batches, weight_decay, **chunking)
     for name in start:
         assert not torch.allclose(sequential[name], start[name]), name  # the round did change it
         torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
@@ -80,6 +82,15 @@ def test_fedavg_weights_by_training_targets():
 def test_fedavg_without_clients_keeps_the_global_model():
     global_params = {"w": torch.ones(2)}
     assert torch.equal(FedAvg(global_params).result()["w"], torch.ones(2))
+
+
+def test_compact_item_tables_hold_exactly_the_rows_a_client_reads():
+    batch = clients(num=2)[0]
+    rows, local_inputs, local_candidates = touched_items(batch)
+    assert rows[0] == 0 and np.all(np.diff(rows) > 0)
+    assert np.array_equal(rows[local_inputs], batch.inputs)
+    assert np.array_equal(rows[local_candidates], batch.candidates)
+    assert set(rows[1:]) == set(np.unique(np.concatenate([batch.inputs.ravel(), batch.candidates.ravel()]))) - {0}
 
 
 def test_training_windows_cover_every_target_once():

@@ -145,7 +145,7 @@ def test_a_failing_node_is_left_out_and_logged(tiny_data, tmp_path, caplog):
     survivors = record["clients"] - record["failed_clients"]
     assert 0 < survivors < record["clients"]
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert any("node 1001 failed, it raised: RuntimeError: injected failure on partition 1" in m for m in failures)
+    assert any("node 1001 failed, error reply (code 2): RuntimeError: injected failure on partition 1" in m for m in failures)
     assert any("node 1002 failed, no reply within flower_round_timeout=0.5 s" in m for m in failures)
     assert all("users [" in m for m in failures)
 

@@ -45,8 +45,8 @@ class TrainConfig:
     loss: str = _opt("ce", "ce (softmax over positive + negatives) or bpr")
     engine: str = _opt("vectorized", "vectorized, sequential or flower")
     centralized: bool = _opt(False, "train one model on all users pooled (the centralised baseline)")
-    chunk_clients: int = _opt(32, "vectorized engine: clients trained together at most")
-    chunk_windows: int = _opt(512, "vectorized engine: padded windows per step at most")
+    chunk_clients: int = _opt(16, "vectorized engine: clients trained together at most")
+    chunk_windows: int = _opt(256, "vectorized engine: padded windows per step at most")
     flower_supernodes: int = _opt(2, "flower engine: SuperNodes the simulation starts (a deployment waits for this many before round 1)")
     flower_round_timeout: float = _opt(600.0, "flower engine: seconds a round waits for replies; nodes that miss it count as failed")
     # evaluation

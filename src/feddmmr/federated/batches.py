@@ -81,31 +81,57 @@ def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings
 
 @dataclass(frozen=True)
 class StackedBatches:
-    """Several clients' batches padded to common [clients, steps, rows, ...] tensors."""
+    """Several clients' batches padded to common [clients, steps, rows, ...] tensors.
+
+    With `item_rows`, item ids in `inputs`/`candidates` are local: client c's local id j stands
+    for item `item_rows[c, j]` (local 0 = padding), so each client trains a compact copy of only
+    the item-embedding rows its round touches.
+    """
 
     users: list[int]
     inputs: torch.Tensor
     candidates: torch.Tensor
     active: torch.Tensor  # [clients, steps]: the step holds at least one target
     weights: torch.Tensor  # [clients]: training targets, the FedAvg weight
+    item_rows: torch.Tensor | None = None  # [clients, rows]: global item id of each local id
 
 
-def stack_batches(clients: list[ClientBatches], device: torch.device) -> StackedBatches:
+def touched_items(client: ClientBatches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted item ids the client's round reads, with 0 first; inputs and candidates in local ids)."""
+    rows = np.unique(np.concatenate([[0], client.inputs.ravel(), client.candidates.ravel()]))
+    return rows, np.searchsorted(rows, client.inputs), np.searchsorted(rows, client.candidates)
+
+
+def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact_items: bool = False) -> StackedBatches:
     steps = max(c.inputs.shape[0] for c in clients)
     rows = max(c.inputs.shape[1] for c in clients)
     length = clients[0].inputs.shape[2]
     width = clients[0].candidates.shape[3]
     inputs = np.zeros((len(clients), steps, rows, length), dtype=np.int64)
     candidates = np.zeros((len(clients), steps, rows, length, width), dtype=np.int64)
+    item_rows = []
     for i, c in enumerate(clients):
         s, r = c.inputs.shape[:2]
-        inputs[i, :s, :r] = c.inputs
-        candidates[i, :s, :r] = c.candidates
+        if compact_items:
+            touched, local_inputs, local_candidates = touched_items(c)
+            item_rows.append(touched)
+        else:
+            local_inputs, local_candidates = c.inputs, c.candidates
+        inputs[i, :s, :r] = local_inputs
+        candidates[i, :s, :r] = local_candidates
     active = (candidates[..., 0] > 0).reshape(len(clients), steps, -1).any(-1)
+    rows_tensor = None
+    if compact_items:
+        # Pad with 0 (the padding row): never referenced, so it stays zero and writes back zero.
+        padded = np.zeros((len(clients), max(len(r) for r in item_rows)), dtype=np.int64)
+        for i, r in enumerate(item_rows):
+            padded[i, : len(r)] = r
+        rows_tensor = torch.from_numpy(padded).to(device)
     return StackedBatches(
         users=[c.user for c in clients],
         inputs=torch.from_numpy(inputs).to(device),
         candidates=torch.from_numpy(candidates).to(device),
         active=torch.from_numpy(active).to(device),
         weights=torch.tensor([float(c.num_targets) for c in clients], device=device),
+        item_rows=rows_tensor,
     )

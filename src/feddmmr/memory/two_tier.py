@@ -75,7 +75,7 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"MemoryConfig.{name} must be in [{low}, {high}], got {value}")
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly
 class MemoryState:
     """The memories of C clients; see the module docstring for the meaning of each field."""
 
@@ -348,24 +348,24 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     writing clients' rows first, since most clients write at most steps.
     """
     if embeddings is not None:
-        # Cosines of every positive with every LT slot, computed once against the LT as it is now;
-        # each write then updates its slot's column from these and the positives' `pairwise`
-        # cosines without touching D (see _write_embeddings): a batched matrix-vector product per
-        # positive would read all LT embeddings T times and dominate the run time.
-        cosines = torch.bmm(embeddings, state.long_embeddings.transpose(1, 2))
+        # Cosines [C, Lt, T] of every LT slot with every positive, computed once against the LT as
+        # it is now; each write then updates its slot's row from these and the positives'
+        # `pairwise` cosines without touching D (see _write_embeddings): a batched matrix-vector
+        # product per positive would read all LT embeddings T times and dominate the run time.
+        cosines = torch.bmm(state.long_embeddings, embeddings.transpose(1, 2))
     rows = torch.arange(state.num_clients, device=state.device)
     for t, anyone in enumerate(write.any(0).tolist()):
         if not anyone:
             continue
         writing, items, now = write[:, t], positives[:, t], state.step + t
-        occupied = state.long_items != 0
+        empty = state.long_items == 0
         if embeddings is None:
             similarity, threshold = (state.long_items == items.unsqueeze(1)).float(), 1.0
         else:
-            similarity, threshold = cosines[:, t], config.merge_threshold
-        best_similarity, best_slot = similarity.masked_fill(~occupied, -math.inf).max(1)
+            similarity, threshold = cosines[:, :, t], config.merge_threshold
+        best_similarity, best_slot = similarity.masked_fill(empty, -math.inf).max(1)
         merge = best_similarity >= threshold
-        add_slot, full = _slot_for_new_entry(state, occupied, now, config)
+        add_slot, full = _slot_for_new_entry(state, empty, now, config)
         slot = torch.where(merge, best_slot, add_slot)
 
         if embeddings is not None:
@@ -378,19 +378,19 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
         state.evictions += writing & ~merge & full
 
 
-def _write_slot(values: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, where: torch.Tensor,
+def _write_slot(values: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, chosen: torch.Tensor,
                 new: torch.Tensor) -> None:
-    """values[c, slot[c]] = new[c] for the clients c (rows = all client indices) in `where`, in place."""
-    values[rows, slot] = torch.where(where, new, values[rows, slot])
+    """values[c, slot[c]] = new[c] for the `chosen` clients c (rows = all client indices), in place."""
+    values[rows, slot] = torch.where(chosen, new, values[rows, slot])
 
 
-def _slot_for_new_entry(state: MemoryState, occupied: torch.Tensor, now: torch.Tensor,
+def _slot_for_new_entry(state: MemoryState, empty: torch.Tensor, now: torch.Tensor,
                         config: MemoryConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Where an added entry goes: the first empty slot, or, when LT is full, the slot of lowest
     utility (argmin returns the first, i.e. lowest-index, slot among ties). Also returns whether
     LT is full (the add is an eviction)."""
-    full = occupied.all(1)
-    first_empty = (~occupied).to(torch.int8).argmax(1)
+    full = ~empty.any(1)
+    first_empty = empty.to(torch.int8).argmax(1)
     value = _utility(state.long_frequency, state.long_refreshed, now, config.age_scale)
     return torch.where(full, value.argmin(1), first_empty), full
 
@@ -399,7 +399,7 @@ def _write_embeddings(state: MemoryState, embeddings: torch.Tensor, cosines: tor
                       pairwise: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor,
                       writing: torch.Tensor, merge: torch.Tensor, t: int, ema: float) -> None:
     """Write positive t's embedding into `slot` (as is, or EMA-merged) for the writing clients and
-    update that slot's cosines with all positives: the merged embedding is
+    update that slot's cosines [C, T] with all positives: the merged embedding is
     (ema*old + (1-ema)*new) / norm, so its cosine with positive u is
     (ema*cos(old, u) + (1-ema)*cos(new, u)) / norm."""
     incoming, old = embeddings[:, t], state.long_embeddings[rows, slot]
@@ -407,8 +407,7 @@ def _write_embeddings(state: MemoryState, embeddings: torch.Tensor, cosines: tor
     norm = mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     new = torch.where(merge.unsqueeze(1), mixed / norm, incoming)
     state.long_embeddings[rows, slot] = torch.where(writing.unsqueeze(1), new, old)
-    # Advanced indices around a slice: the indexed view is [C, T] (each client paired with its slot).
-    old_column = cosines[rows, :, slot]
-    merged_column = (ema * old_column + (1 - ema) * pairwise[:, t]) / norm
-    new_column = torch.where(merge.unsqueeze(1), merged_column, pairwise[:, t])
-    cosines[rows, :, slot] = torch.where(writing.unsqueeze(1), new_column, old_column)
+    old_cosines = cosines[rows, slot]
+    merged_cosines = (ema * old_cosines + (1 - ema) * pairwise[:, t]) / norm
+    new_cosines = torch.where(merge.unsqueeze(1), merged_cosines, pairwise[:, t])
+    cosines[rows, slot] = torch.where(writing.unsqueeze(1), new_cosines, old_cosines)

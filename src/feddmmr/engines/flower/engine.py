@@ -85,13 +85,12 @@ class FlowerEngine:
         reports = []
         for node, reply in replies.items():
             if reply.has_error():
-                failed[node] = f"it raised: {_short(reply.error.reason)}"
+                failed[node] = _error(reply)
                 continue
             received = messages.read_train_reply(reply)
-            wanted = {u: expected[u] for u in by_node[node]}
-            if received.num_targets != wanted:
-                failed[node] = (f"its users' training targets {received.num_targets} differ from the server's "
-                                f"{wanted}: the node's data does not match the server's")
+            mismatch = _mismatch(received, {u: expected[u] for u in by_node[node]}, global_params)
+            if mismatch:
+                failed[node] = mismatch
                 continue
             device = next(iter(global_params.values())).device
             aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
@@ -128,8 +127,8 @@ class FlowerEngine:
             log.warning("round %d: node %d did not list its users: %s; asking again next round", round_number, node, reason)
         for node, reply in replies.items():
             if reply.has_error():
-                log.warning("round %d: node %d could not list its users: it raised: %s; asking again next round",
-                            round_number, node, _short(reply.error.reason))
+                log.warning("round %d: node %d could not list its users, %s; asking again next round",
+                            round_number, node, _error(reply))
                 continue
             held = messages.read_node_users(reply)
             users = [self.user_index[uid] for uid in held if uid in self.user_index]
@@ -185,7 +184,21 @@ class FlowerEngine:
         return "[" + ", ".join(shown) + (f", ... ({len(users)} in all)]" if len(users) > 20 else "]")
 
 
-def _short(reason: str) -> str:
-    """A ClientApp error's last lines (a simulation's reason carries Ray's whole traceback)."""
-    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
-    return " | ".join(lines[-2:])[-400:]
+def _mismatch(received: messages.TrainReply, wanted: dict[int, int], global_params: dict[str, torch.Tensor]) -> str | None:
+    """Why a reply cannot be aggregated (its node's data or model differs from the server's), or None."""
+    if received.num_targets != wanted or received.weight != sum(wanted.values()):
+        return (f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
+                f"server's {wanted}: the node's data does not match the server's")
+    shapes = {name: tuple(p.shape) for name, p in received.params.items()}
+    expected = {name: tuple(p.shape) for name, p in global_params.items()}
+    if shapes != expected:
+        different = sorted(set(shapes.items()) ^ set(expected.items()))[:4]
+        return f"its weights do not fit the server's model (e.g. {different})"
+    return None
+
+
+def _error(reply: Message) -> str:
+    """An error reply, shortly: the ClientApp raised, or the SuperLink answered for a node that
+    left or let the message expire. A simulation's reason carries Ray's whole traceback."""
+    lines = [line.strip() for line in reply.error.reason.strip().splitlines() if line.strip()]
+    return f"error reply (code {reply.error.code}): " + " | ".join(lines[-2:])[-400:]

@@ -1,0 +1,78 @@
+"""The benchmark scripts run and print what they promise, on the built-in synthetic data.
+
+Smoke only: no figure is checked against a threshold (timings belong in the benchmarks' output,
+never in assertions).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"{name} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_round_time_quick_prints_every_figure():
+    out = run_script("round_time.py", "--quick", "--data", "synthetic")
+    for label in ("machine:", "setting: synthetic", "round time vectorized: median", "round time sequential: median",
+                  "speed-up vectorized vs sequential:", "validation (1:100", "peak RSS (whole process):",
+                  "reference (issue", "speed-up vs reference: n/a"):
+        assert label in out, f"{label!r} missing from:\n{out}"
+
+
+def test_quality_dry_run_prints_commands_and_runs_nothing(tmp_path):
+    out = run_script("quality.py", "--dry-run", "--data", "synthetic", "--seeds", "0", "1", "--out", str(tmp_path),
+                     "--", "--max-seq-len", "20")
+    commands = [line for line in out.splitlines() if "command:" in line]
+    assert len(commands) == 4  # 2 modes x 2 seeds
+    assert sum("--centralized" in c for c in commands) == 2
+    # The extra flag replaces the setting's, rather than repeating it.
+    assert all("--max-seq-len 20" in c and "--max-seq-len 50" not in c for c in commands)
+    assert "no finished runs yet" in out
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_peak_memory_dry_run_prints_the_command():
+    out = run_script("peak_memory.py", "--dry-run", "--quick")
+    assert "command:" in out and "-m feddmmr train" in out and "--num-rounds 1" in out
+
+
+def _common():
+    spec = importlib.util.spec_from_file_location("bench_common", BENCHMARKS / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_write_section_appends_then_replaces_in_place(tmp_path):
+    common = _common()
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nHand-written intro.\n")
+    common.write_section(path, "a", "first A")
+    common.write_section(path, "b", "only B")
+    common.write_section(path, "a", "second A")
+    text = path.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written intro.\n")
+    assert "second A" in text and "first A" not in text and "only B" in text
+    assert text.index("second A") < text.index("only B")  # replaced where it was, not moved
+    assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"]  # no temporary file left
+
+
+def test_train_command_lets_extra_flags_override_the_setting():
+    common = _common()
+    command = common.train_command(None, 40, {"max_seq_len": 50, "batch_size": 64}, ["--max_seq_len=200"])
+    assert "--max-seq-len" not in command and command[-1] == "--max_seq_len=200"
+    assert command[command.index("--batch-size") + 1] == "64"
