@@ -6,7 +6,9 @@ the ServerApp runs in a thread of this process, so the RunResult comes straight 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Callable
 
 from flwr.clientapp.typing import Mod
@@ -26,8 +28,21 @@ def run_flower_simulation(config: TrainConfig, *, resume: bool = False, on_round
     """`client_mods` wrap every ClientApp handler (Flower mods: DP clipping, fault injection in tests)."""
     results: list[RunResult] = []
     server_app = make_server_app(config, resume=resume, on_round=on_round, deliver=results.append)
-    run_simulation(server_app, make_client_app(client_mods), num_supernodes=config.flower_supernodes,
-                   backend_config={"client_resources": dict(CLIENT_RESOURCES)})
+    with _flower_logs_once():
+        run_simulation(server_app, make_client_app(client_mods), num_supernodes=config.flower_supernodes,
+                       backend_config={"client_resources": dict(CLIENT_RESOURCES)})
     if not results:
         raise RuntimeError("the Flower simulation ended without a result; its log above says why")
     return results[0]
+
+
+@contextlib.contextmanager
+def _flower_logs_once() -> Iterator[None]:
+    """Flower's logger prints through its own handler at INFO and also passes every record, DEBUG
+    included, to the root logger: under `feddmmr train` each line would show twice, with DEBUG."""
+    flower = logging.getLogger("flwr")
+    propagate, flower.propagate = flower.propagate, False
+    try:
+        yield
+    finally:
+        flower.propagate = propagate

@@ -1,0 +1,130 @@
+"""FedDMMR: SASRec plus modality experts that read the user's memory, fused by a router.
+
+For each candidate c of a user with retrieved memory slots M (K item ids, empty slots masked):
+- sequence expert: h, SASRec's hidden state at the position;
+- one expert per modality m: attention with query P_m(F_m[c]) (the candidate's projected
+  feature; its ID embedding when the feature is unavailable) over keys/values P_m(F_m[M]), then
+  Linear -> LayerNorm -> ReLU -> Dropout; a memory slot holding the candidate itself is masked
+  (otherwise training learns "in memory => positive", which never holds for a held-out item);
+- router: MLP over the candidate's projected features -> softmax weights over the modality
+  experts, unavailable modalities masked;
+- fusion: fused = h + g * sum_m w_m LN(o_m), g a learnable scalar;
+- score: <fused, E[c]>.
+With no modality the model is SASRec exactly: fused = h.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from feddmmr.model.sasrec import SASRec, SASRecConfig
+
+
+@dataclass(frozen=True)
+class FedDMMRConfig:
+    sasrec: SASRecConfig
+    router_hidden: tuple[int, int] = (128, 64)
+    gate_init: float = 0.1
+
+
+class ModalityExpert(nn.Module):
+    """Attention of each candidate's query over the memory, then a small feed-forward."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-8)
+        self.dropout = dropout
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """queries [B, L, n, d]; memory [B, K, d]; allowed [B, L, n, K] -> [B, L, n, d]."""
+        q = self.query(queries)
+        k = self.key(memory)[:, None, None]  # [B, 1, 1, K, d]
+        v = self.value(memory)[:, None, None]
+        scores = (q.unsqueeze(-2) * k).sum(-1) / math.sqrt(q.shape[-1])  # [B, L, n, K]
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        # A candidate with no usable slot attends to nothing: its output is zero, not NaN.
+        weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+        mixed = (weights.unsqueeze(-1) * v).sum(-2)
+        return F.dropout(F.relu(self.norm(self.out(mixed))), self.dropout, self.training)
+
+
+class FedDMMR(nn.Module):
+    def __init__(self, config: FedDMMRConfig, features: dict[str, torch.Tensor], available: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.config = config
+        self.sasrec = SASRec(config.sasrec)
+        dim = config.sasrec.hidden_dim
+        self.modalities = sorted(features)
+        for name in self.modalities:
+            rows = features[name].shape[0]
+            if rows != config.sasrec.num_items + 1:
+                raise ValueError(f"modality {name}: {rows} feature rows for {config.sasrec.num_items} items (+1 padding)")
+            # Frozen inputs, not parameters: never trained, aggregated or checkpointed.
+            self.register_buffer(f"features_{name}", features[name].float(), persistent=False)
+            self.register_buffer(f"available_{name}", available[name].bool(), persistent=False)
+        self.projections = nn.ModuleDict({m: nn.Linear(features[m].shape[1], dim) for m in self.modalities})
+        self.experts = nn.ModuleDict({m: ModalityExpert(dim, config.sasrec.dropout) for m in self.modalities})
+        self.expert_norms = nn.ModuleDict({m: nn.LayerNorm(dim, eps=1e-8) for m in self.modalities})
+        if not self.modalities:
+            return  # ID-only: exactly SASRec
+        h1, h2 = config.router_hidden
+        self.router = nn.Sequential(nn.Linear(dim * len(self.modalities), h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
+                                    nn.Linear(h2, len(self.modalities)))
+        self.gate = nn.Parameter(torch.tensor(config.gate_init))
+
+    def _projected(self, name: str, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P_m(F_m[items]) and availability of the items' feature."""
+        return self.projections[name](getattr(self, f"features_{name}")[items]), getattr(self, f"available_{name}")[items]
+
+    def mixture(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
+        """Router weights [B, L, n, M] and the fused expert term sum_m w_m LN(o_m) [B, L, n, d]."""
+        id_queries = self.sasrec.item_embedding(candidates)
+        not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
+        outputs, router_inputs, usable = [], [], []
+        for name in self.modalities:
+            cand_proj, cand_avail = self._projected(name, candidates)
+            mem_proj, mem_avail = self._projected(name, memory_items)
+            queries = torch.where(cand_avail.unsqueeze(-1), cand_proj, id_queries)
+            allowed = not_self & (memory_mask & mem_avail)[:, None, None, :]
+            outputs.append(self.expert_norms[name](self.experts[name](queries, mem_proj, allowed)))
+            router_inputs.append(queries)
+            usable.append(cand_avail)
+        logits = self.router(torch.cat(router_inputs, dim=-1))
+        usable = torch.stack(usable, dim=-1)
+        # Candidates with no feature at all fall back to uniform weights over the (zero) experts.
+        logits = logits.masked_fill(~usable & usable.any(-1, keepdim=True), float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        fused = (weights.unsqueeze(-1) * torch.stack(outputs, dim=-2)).sum(-2)
+        return weights, fused
+
+    def score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+              memory_mask: torch.Tensor) -> torch.Tensor:
+        """Scores [B, L, n] from hidden states [B, L, d], candidates [B, L, n], memory [B, K]."""
+        if not self.modalities:
+            return self.sasrec.score(hidden, candidates)
+        _, expert_term = self.mixture(candidates, memory_items, memory_mask)
+        fused = hidden.unsqueeze(-2) + self.gate * expert_term
+        return (fused * self.sasrec.item_embedding(candidates)).sum(-1)
+
+    def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+                memory_mask: torch.Tensor) -> torch.Tensor:
+        """Scores [B, L, n] of candidates at every position; memory [B, K], or [K] shared by the batch."""
+        if memory_items.dim() == 1:
+            memory_items = memory_items.expand(sequences.shape[0], -1)
+            memory_mask = memory_mask.expand(sequences.shape[0], -1)
+        return self.score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask)
+
+    def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+                   memory_mask: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n] of candidates [B, n] after the whole sequence."""
+        hidden = self.sasrec.encode(sequences)[:, -1:]
+        return self.score(hidden, candidates.unsqueeze(1), memory_items, memory_mask)[:, 0]
