@@ -20,10 +20,11 @@ class FedAvg:
 
     def add(self, client_params: dict[str, torch.Tensor], weights: torch.Tensor) -> None:
         """client_params[name]: [clients, *shape]; weights: [clients]."""
-        w = weights.to(torch.float64)
+        # The weighted sum of a chunk in the parameters' precision, accumulated across chunks in
+        # float64 so that the order in which engines hand over clients hardly matters.
         for name, stacked in client_params.items():
-            self.sums[name] += torch.tensordot(w, stacked.to(torch.float64), dims=1)
-        self.total_weight += float(w.sum())
+            self.sums[name] += torch.tensordot(weights.to(stacked.dtype), stacked, dims=1).to(torch.float64)
+        self.total_weight += float(weights.double().sum())
         self.num_clients += len(weights)
 
     def result(self) -> dict[str, torch.Tensor]:
