@@ -66,3 +66,17 @@ def test_invalid_model_config_is_rejected():
 
     with pytest.raises(ValueError, match="divisible by num_heads"):
         SASRecConfig(num_items=5, hidden_dim=10, num_heads=3)
+
+
+def test_dropout_drops_at_the_requested_rate_and_keeps_the_mean():
+    from feddmmr.model.sasrec import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200, 1000)
+    y = dropout(x, 0.1, training=True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 26 / 256) < 0.005  # 0.1 rounded to 26/256
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(dropout(x, 0.1, training=False), x)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1, training=True), y)  # seeded: reproducible

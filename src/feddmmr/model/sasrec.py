@@ -15,6 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout with masks cut from random 64-bit words, 8 bytes per draw.
+
+    PyTorch's CPU dropout draws one Bernoulli sample per element, which made it a quarter of a
+    training round; this is about 4x cheaper (and works under vmap with randomness="different").
+    The drop probability is rounded to a multiple of 1/256; the kept values are rescaled by the
+    exact keep probability, so the expectation is unchanged.
+    """
+    if not training or p == 0.0:
+        return x
+    threshold = round(p * 256)
+    count = x.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((count + 7) // 8,), dtype=torch.int64, device=x.device)
+    keep = words.view(torch.uint8)[:count].view(x.shape) >= threshold
+    return x * keep * (256.0 / (256 - threshold))
+
+
 @dataclass(frozen=True)
 class SASRecConfig:
     num_items: int
@@ -58,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = split(self.query(queries)), split(self.key(keys)), split(self.value(keys))
         scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
         scores = scores.masked_fill(~allowed, float("-inf"))
-        weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        weights = dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
         mixed = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
         return self.out(mixed)
 
@@ -71,8 +88,8 @@ class PointWiseFeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.dropout(F.relu(self.inner(x)), self.dropout, self.training)
-        return F.dropout(self.outer(hidden), self.dropout, self.training)
+        hidden = dropout(F.relu(self.inner(x)), self.dropout, self.training)
+        return dropout(self.outer(hidden), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -123,7 +140,7 @@ class SASRec(nn.Module):
         keep = (sequences > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
         x = self.item_embedding(sequences) * math.sqrt(self.config.hidden_dim)
         x = x + self.position_embedding.weight[-length:]
-        x = F.dropout(x, self.config.dropout, self.training) * keep
+        x = dropout(x, self.config.dropout, self.training) * keep
         # A query may see earlier real items and itself; a padding query sees only itself, which
         # keeps its softmax finite (its output is zeroed anyway).
         causal = torch.ones(length, length, dtype=torch.bool, device=sequences.device).tril()
