@@ -6,9 +6,10 @@ one 1:100 validation of every user, and the process's peak memory.
     python benchmarks/round_time.py --engines vectorized --rounds 10
     python benchmarks/round_time.py --quick              # tiny synthetic run, seconds (smoke test)
 
-Both engines time the same round numbers (so the same sampled clients and batches), each starting
-from the same initial weights. The vectorised engine runs first, after `--warmup` untimed rounds
-(its first round pays one-off costs); the sequential one then runs in an already warm process.
+Both engines time the same round numbers (so the same sampled clients and batches), each from its
+own copy of the initial weights, taking turns round by round so that load from other jobs on a shared machine
+hits both alike. The vectorised engine first runs `--warmup` untimed rounds (its first round pays
+one-off costs); the sequential one needs none in the already warm process.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds of the vectorised engine")
     p.add_argument("--sequential-rounds", type=int, default=2, help="timed rounds of the sequential engine (slow)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the vectorised engine's timed ones")
-    p.add_argument("--sequential-warmup", type=int, default=0,
-                   help="untimed rounds before the sequential engine's (0: the process is already warm)")
+    p.add_argument("--sequential-warmup", type=int,
+                   help="untimed rounds before the sequential engine's (default: 0 after the vectorised "
+                        "engine's warm-up has warmed the process, else --warmup)")
     p.add_argument("--eval-repeats", type=int, default=5, help="timed validations of all users")
     p.add_argument("--max-seq-len", type=int, default=common.SEED_SETTING["max_seq_len"])
     p.add_argument("--batch-size", type=int, default=common.SEED_SETTING["batch_size"])
@@ -50,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE",
                    help=f"also write the figures into a section of FILE (default {common.DOCS_RESULTS.relative_to(common.ROOT)})")
     args = p.parse_args(argv)
+    if args.sequential_warmup is None:
+        args.sequential_warmup = 0 if "vectorized" in args.engines and args.rounds > 0 and args.warmup > 0 else args.warmup
     if args.quick:
         # Few clients, small model, one timed round each: exercises every code path quickly.
         if args.data == "ml-1m-top1000":
@@ -97,31 +101,43 @@ def main(argv=None) -> None:
                f"chunks of <= {args.chunk_clients} clients / {args.chunk_windows} windows | "
                f"threads={args.threads} device={run.device}")
 
-        per_round: dict[str, list[float]] = {}
-        first_timed = args.warmup + 1  # both engines time rounds first_timed, first_timed+1, ...
-        for name in args.engines:
-            sequential = name == "sequential"
-            timed, warmup = (args.sequential_rounds, args.sequential_warmup) if sequential else (args.rounds, args.warmup)
-            if timed < 1:
-                continue
-            run.model.load_state_dict(initial)  # same starting weights for every engine
-            engine = make_engine(name, run.model, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows)
-            for r in range(first_timed - warmup, first_timed):
-                run_round(run, engine, r)
-            times = []
-            for r in range(first_timed, first_timed + timed):
-                record = run_round(run, engine, r)
-                times.append(record["train_seconds"])
+        # Engines take turns round by round, the first alternating (ABBA...), so that on a shared
+        # machine a burst of load falls on both alike; each keeps its own weights between turns,
+        # so its rounds are exactly those it would run alone.
+        timed = {"vectorized": args.rounds, "sequential": args.sequential_rounds}
+        warmups = {"vectorized": args.warmup, "sequential": args.sequential_warmup}
+        names = [n for n in args.engines if timed[n] > 0]
+        engines = {n: make_engine(n, run.model, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows)
+                   for n in names}
+        weights = {n: initial for n in names}
+        first_timed = args.warmup + 1  # every engine times rounds first_timed, first_timed+1, ...
+
+        def one_round(name: str, r: int) -> dict:
+            run.model.load_state_dict(weights[name])
+            record = run_round(run, engines[name], r)
+            weights[name] = {k: v.clone() for k, v in run.model.state_dict().items()}
+            return record
+
+        for name in names:
+            for r in range(first_timed - warmups[name], first_timed):
+                one_round(name, r)
+        per_round: dict[str, list[float]] = {n: [] for n in names}
+        for i in range(max((timed[n] for n in names), default=0)):
+            turn = [n for n in names if timed[n] > i]
+            for name in turn if i % 2 == 0 else turn[::-1]:
+                record = one_round(name, first_timed + i)
+                per_round[name].append(record["train_seconds"])
                 rss = common.current_rss_mb()
-                print(f"  {name} round {r}: {record['train_seconds']:.2f} s  loss {record['train_loss']:.4f}"
+                print(f"  {name} round {first_timed + i}: {record['train_seconds']:.2f} s  loss {record['train_loss']:.4f}"
                       + (f"  RSS now {rss:.0f} MiB" if rss is not None else ""), flush=True)
-            per_round[name] = times
+        for name, times in per_round.items():
             report(f"round time {name}: {common.spread(times)}  [{', '.join(f'{t:.2f}' for t in times)}]")
-            report(f"peak RSS after {name}: {common.peak_rss_mb():.0f} MiB")
         if {"vectorized", "sequential"} <= per_round.keys():
-            report(f"speed-up vectorized vs sequential: "
-                   f"{common.ratio(common.median(per_round['sequential']), common.median(per_round['vectorized']))}"
-                   f" (median round times; rounds {first_timed}..{first_timed + len(per_round['sequential']) - 1} in common)")
+            vec, seq = per_round["vectorized"], per_round["sequential"]
+            paired = [s / v for s, v in zip(seq, vec)]  # the same round, moments apart: robust to drifting load
+            report(f"speed-up vectorized vs sequential: {common.ratio(common.median(seq), common.median(vec))} "
+                   f"(ratio of medians); {common.median(paired):.1f}x (median of {len(paired)} same-round ratios: "
+                   f"{', '.join(f'{x:.1f}' for x in paired)})")
 
         valid_times = common.repeat(run.validate, args.eval_repeats)
         report(f"validation (1:{config.num_negatives_eval}, {run.split.num_users} users): {common.spread(valid_times)}")

@@ -113,3 +113,108 @@ def test_client_batches_are_deterministic_and_negatives_avoid_history():
     negatives = a.candidates[..., 1:][targets > 0]
     assert not np.isin(negatives, seq).any() and negatives.min() >= 1
     assert (a.candidates[targets == 0] == 0).all()
+
+
+# --- FedDMMR: memory slots as extra vmapped inputs, memory updates after every step, freezing ---
+
+
+def feddmmr_model():
+    from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    text, image = torch.randn(301, 12, generator=g), torch.randn(301, 8, generator=g)
+    text[0] = image[0] = 0
+    image[250:] = 0  # items without an image
+    features = {"text": torch.nn.functional.normalize(text, dim=-1), "image": torch.nn.functional.normalize(image, dim=-1)}
+    available = {"text": torch.arange(301) > 0, "image": (torch.arange(301) > 0) & (torch.arange(301) < 250)}
+    config = SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=1, num_heads=2, dropout=0.0)
+    return FedDMMR(FedDMMRConfig(config), features, available)
+
+
+def feddmmr_memories(m, num_users):
+    from feddmmr.memory.clients import ClientMemories, combined_features
+    from feddmmr.memory.two_tier import MemoryConfig
+
+    combined = combined_features([m.features_image, m.features_text])
+    return ClientMemories.empty(num_users, MemoryConfig(long_capacity=20, retrieve_long=10), combined)
+
+
+def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), **engine_options):
+    from feddmmr.model.losses import AuxiliaryWeights
+
+    global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
+    aggregator = FedAvg(global_params)
+    engine = make_engine(engine_name, m, **engine_options)
+    local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=memory,
+                          auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1), frozen=frozen)
+    reports = engine.train(global_params, batches, local, aggregator.add)
+    return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
+
+
+def test_vectorized_feddmmr_round_equals_sequential_round():
+    m = feddmmr_model()
+    batches = clients(num=6, epochs=2, batch_size=3)
+    memories = {name: feddmmr_memories(m, 6) for name in ("sequential", "vectorized")}
+    start, sequential, seq_reports = run_feddmmr("sequential", m, batches, memories["sequential"])
+    _, vectorized, vec_reports = run_feddmmr("vectorized", m, batches, memories["vectorized"],
+                                             chunk_clients=4, chunk_windows=12)
+    for name in start:
+        assert not torch.allclose(sequential[name], start[name]), name  # every parameter trains
+        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
+    assert [r.steps for r in vec_reports] == [r.steps for r in seq_reports]
+    assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
+    seq_state, vec_state = memories["sequential"].state.to_dict(), memories["vectorized"].state.to_dict()
+    assert int(seq_state["positives"].sum()) == 2 * sum(b.num_targets for b in batches)  # every positive, 2 epochs
+    assert int(seq_state["writes"].sum()) > 0
+    for name, tensor in seq_state.items():
+        torch.testing.assert_close(vec_state[name], tensor, msg=name)
+
+
+def test_memory_takes_each_steps_positives_in_time_order():
+    from feddmmr.memory.two_tier import MemoryConfig, empty_memory, update_memory
+
+    seq = np.arange(1, 62)  # 60 targets: 3 windows of 20
+    settings = BatchSettings(max_len=20, batch_size=2, epochs=1, num_negatives=2, num_items=300)
+    batch = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
+    ordered = batch.time_ordered_targets()
+    assert ordered.shape == (2, 40)
+    for step in range(2):
+        real = ordered[step][ordered[step] > 0]
+        assert np.all(np.diff(real) > 0)  # time order, whatever order the windows were drawn in
+        assert sorted(real.tolist()) == sorted(batch.candidates[step, ..., 0][batch.candidates[step, ..., 0] > 0].tolist())
+    # The short-term FIFO ends with the step's most recent positive.
+    config = MemoryConfig(short_capacity=5, long_capacity=5, retrieve_short=5, retrieve_long=0)
+    state = update_memory(empty_memory(1, config), torch.from_numpy(ordered[:1]), None,
+                          torch.zeros(1, 40), config)
+    assert state.short_items[0].tolist() == sorted(ordered[0][ordered[0] > 0].tolist())[-5:]
+
+
+@pytest.mark.parametrize("engine_name", ["sequential", "vectorized"])
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage):
+    from feddmmr.federated.stages import frozen_parameters
+
+    m = feddmmr_model()
+    m.use_mixture = stage != 1
+    frozen = frozen_parameters(m, stage)
+    assert frozen and len(frozen) < len(list(m.parameters()))
+    batches = clients(num=4, epochs=1, batch_size=3)
+    seen, changed = [], set()
+    global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
+
+    def check(client_params, weights):  # called once per client (sequential) or chunk (vectorized)
+        seen.append(set(client_params))
+        changed.update(n for n, p in client_params.items() if not torch.equal(p, global_params[n].expand_as(p)))
+        live = dict(m.named_parameters())
+        assert all(torch.equal(live[n].detach(), global_params[n]) for n in frozen)
+
+    from feddmmr.model.losses import AuxiliaryWeights
+
+    local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=feddmmr_memories(m, 4),
+                          auxiliary=AuxiliaryWeights(alignment=0.1), frozen=frozen)
+    make_engine(engine_name, m).train(global_params, batches, local, check)
+    assert seen and all(names.isdisjoint(frozen) for names in seen)  # frozen tensors are never aggregated
+    assert changed == set(global_params) - frozen  # the others all train
+    for name, p in m.named_parameters():  # the engine leaves the model as it was handed over
+        assert torch.equal(p.detach(), global_params[name]) and p.requires_grad

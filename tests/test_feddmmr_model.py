@@ -66,3 +66,45 @@ def test_feature_rows_must_match_the_item_count():
     feats, avail = text_features()
     with pytest.raises(ValueError, match="41 feature rows for 50 items"):
         FedDMMR(FedDMMRConfig(SASRecConfig(num_items=50, max_seq_len=8, hidden_dim=16, num_heads=2)), feats, avail)
+
+
+def test_full_ranking_scores_match_sampled_scores_and_chunking_changes_nothing():
+    model = FedDMMR(FedDMMRConfig(CONFIG), *text_features()).eval()
+    seq, cands, mem, mask = inputs()
+    every = model.score_all_last(seq, mem, mask)
+    assert every.shape == (3, 41)
+    torch.testing.assert_close(every.gather(1, cands[:, -1]), model.score_last(seq, cands[:, -1], mem, mask))
+    torch.testing.assert_close(model.score_all_last(seq, mem, mask, max_elements=100), every)
+
+
+def test_aux_outputs_and_the_auxiliary_losses():
+    from feddmmr.model.losses import AuxiliaryWeights, feddmmr_loss, next_item_loss
+
+    model = FedDMMR(FedDMMRConfig(CONFIG), *text_features()).eval()
+    seq, cands, mem, mask = inputs()
+    cands[0, :3] = 0  # padding targets
+    scores, aux = model(seq, cands, mem, mask, with_aux=True)
+    assert torch.equal(scores, model(seq, cands, mem, mask))
+    assert aux["router_weights"].shape == (3, 8, 5, 1) and aux["expert_positive"].shape == (3, 8, 1, 16)
+    total, main = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
+    loss_sum, count = next_item_loss(scores, cands[..., 0] > 0)
+    torch.testing.assert_close(total, loss_sum / count)
+    torch.testing.assert_close(main, loss_sum / count)
+    # One expert: its router weight is 1, so the load-balance term is exactly zero.
+    assert torch.equal(feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=1.0))[0], total)
+    # Alignment, by hand: mean_i (1 - cos(fused_i, E[pos_i])) * (1 + 0.5 sigmoid(CE_i)) over real targets.
+    aligned, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0, alignment=0.5))
+    valid = cands[..., 0] > 0
+    per_target = torch.logsumexp(scores, -1) - scores[..., 0]
+    cosine = torch.nn.functional.cosine_similarity(aux["fused_positive"], model.sasrec.item_embedding(cands[..., 0]), dim=-1)
+    expected = ((1 - cosine) * (1 + 0.5 * torch.sigmoid(per_target)))[valid].mean()
+    torch.testing.assert_close(aligned, total + 0.5 * expected)
+
+
+def test_stage_one_scores_as_sasrec():
+    model = FedDMMR(FedDMMRConfig(CONFIG), *text_features()).eval()
+    reference = SASRec(CONFIG).eval()
+    reference.load_state_dict(model.sasrec.state_dict())
+    model.use_mixture = False
+    seq, cands, mem, mask = inputs()
+    assert torch.equal(model(seq, cands, mem, mask), reference(seq, cands))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -121,22 +122,33 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("local_engine", ["sequential", "vectorized"])
-def test_a_flower_round_equals_a_local_round(tiny_data, tmp_path, local_engine):
-    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, engine="sequential"))
-    nodes = {node: {**cfg, "engine": local_engine} for node, cfg in partitions(3).items()}
-    grid = InProcessGrid(make_client_app(), nodes)
+@pytest.fixture(scope="module")
+def local_round(tiny_data, tmp_path_factory):
+    """One round of the local (vectorised) engine: what one Flower round must reproduce."""
+    return train(config(tiny_data, tmp_path_factory.mktemp("local"), num_rounds=1))
+
+
+def test_a_flower_round_equals_a_local_round(tiny_data, tmp_path, local_round):
+    grid = InProcessGrid(make_client_app(), partitions(3))
     flower = train_on_grid(grid, config(tiny_data, tmp_path / "flower", num_rounds=1, flower_supernodes=3))
-    assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
-    (local_record,), (flower_record,) = local.history, flower.history
+    assert_same_weights(weights(flower.run_dir), weights(local_round.run_dir))
+    (local_record,), (flower_record,) = local_round.history, flower.history
     assert flower_record["clients"] == local_record["clients"] == 30 and flower_record["failed_clients"] == 0
     assert flower_record["train_loss"] == pytest.approx(local_record["train_loss"], rel=1e-5)
     assert json.loads((flower.run_dir / "config.json").read_text())["engine"] == "flower"
 
 
+def test_frozen_weights_stay_on_the_nodes(tiny_data, tmp_path):
+    """Stage 3 freezes the item embedding: nodes leave it as it was and do not send it back."""
+    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, stage=3))
+    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
+                           config(tiny_data, tmp_path / "flower", num_rounds=1, stage=3))
+    assert flower.history[0]["failed_clients"] == 0
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
+
+
 def test_a_failing_node_is_left_out_and_logged(tiny_data, tmp_path, caplog):
-    """Partition 1 raises, partition 2 never replies: the round aggregates partition 0 alone,
-    which is the FedAvg of partition 0's users as the local engine computes it."""
+    """Partition 1 raises, partition 2 never replies: the round aggregates partition 0 alone."""
     grid = InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3), hang=frozenset({1002}))
     cfg = config(tiny_data, tmp_path / "flower", num_rounds=1, flower_supernodes=3, flower_round_timeout=0.5)
     with caplog.at_level("WARNING", logger="feddmmr"):
@@ -145,12 +157,14 @@ def test_a_failing_node_is_left_out_and_logged(tiny_data, tmp_path, caplog):
     survivors = record["clients"] - record["failed_clients"]
     assert 0 < survivors < record["clients"]
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert any("node 1001 failed, error reply (code 2): RuntimeError: injected failure on partition 1" in m for m in failures)
+    assert any("node 1001 failed, error reply (code 2): RuntimeError: injected failure on partition 1" in m
+               for m in failures)
     assert any("node 1002 failed, no reply within flower_round_timeout=0.5 s" in m for m in failures)
     assert all("users [" in m for m in failures)
 
-    # The same round with only partition 0's node gives the same model.
-    alone = InProcessGrid(make_client_app(), {1000: partitions(3)[1000]})
+    # The same round with only partition 0's node gives the same model, also when that node trains
+    # with the sequential engine (the other nodes in these tests use the vectorised one).
+    alone = InProcessGrid(make_client_app(), {1000: {**partitions(3)[1000], "engine": "sequential"}})
     only_zero = train_on_grid(alone, config(tiny_data, tmp_path / "alone", num_rounds=1, flower_supernodes=1))
     assert only_zero.history[0]["failed_clients"] == record["failed_clients"]
     assert_same_weights(weights(flower.run_dir), weights(only_zero.run_dir))
@@ -168,22 +182,24 @@ def test_a_node_whose_data_differs_from_the_servers_is_left_out(tiny_data, tmp_p
     assert any("does not match the server's" in r.getMessage() for r in caplog.records)
 
 
-def test_nodes_reading_their_own_files_train_like_partitions(tiny_data, tmp_path):
+def test_nodes_reading_their_own_files_train_like_the_local_engine(tiny_data, tmp_path, local_round):
+    """A deployment: each node reads only its own file (original ids, its own item numbering)."""
     from feddmmr.data.load import load_sequences
     from feddmmr.engines.flower.partition import write_node_files
 
     files = write_node_files(load_sequences(str(tiny_data)), 2, tmp_path / "nodes")
     own = InProcessGrid(make_client_app(), {10 + k: {"data-dir": str(path)} for k, path in enumerate(files)})
     by_files = train_on_grid(own, config(tiny_data, tmp_path / "files", num_rounds=1))
-    by_partitions = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
-                                  config(tiny_data, tmp_path / "partitions", num_rounds=1))
     assert by_files.history[0]["failed_clients"] == 0
-    assert_same_weights(weights(by_files.run_dir), weights(by_partitions.run_dir))
+    assert_same_weights(weights(by_files.run_dir), weights(local_round.run_dir))
 
 
 def test_run_config_round_trips_and_names_bad_values():
     cfg = TrainConfig(data_dir="x.txt", top_users=100, learning_rate=0.01, validate_every=None)
     assert from_flower_config(to_flower_config(cfg), "test") == cfg
+    assert to_flower_config(cfg)["modality"] == ""  # Flower's run config has no lists
+    listed = from_flower_config({"modality": "a=x.npz,b=y.npz", "model": "feddmmr"}, "test")
+    assert listed.modality == ["a=x.npz", "b=y.npz"]
     assert from_flower_config({"learning-rate": 1}, "test").learning_rate == 1.0
     with pytest.raises(ValueError, match=r"run config: num-rounds='5' \(str\); expected int"):
         from_flower_config({"num-rounds": "5"}, "run config")
@@ -198,6 +214,19 @@ def test_pyproject_declares_the_flower_app_with_every_setting():
     assert app["components"] == {"serverapp": "feddmmr.engines.flower.server_app:app",
                                  "clientapp": "feddmmr.engines.flower.client_app:app"}
     assert app["config"] == tomllib.loads(pyproject_block())["tool"]["flwr"]["app"]["config"]
+
+
+def run_with_hard_timeout(command: list[str], *, env: dict, cwd: Path, timeout: float) -> tuple[int, str]:
+    """Run in a new session and SIGKILL the whole group on timeout: Ray's processes with it."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the simulation did not finish within {timeout} s:\n{output[-4000:]}")
+    return process.returncode, output
 
 
 SIMULATION_SCRIPT = textwrap.dedent("""
@@ -225,22 +254,20 @@ SIMULATION_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_simulation_runs_two_rounds_with_a_failing_node(tiny_data, tmp_path):
+def test_simulation_runs_two_rounds_with_a_failing_node(tiny_data, tmp_path, local_round):
     settings = dict(config(tiny_data, tmp_path / "flower", num_rounds=2, validate_every=1, flower_supernodes=2,
                            flower_round_timeout=60.0).to_dict(), engine="flower")
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0"}
-    done = subprocess.run([sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(settings)], env=env,
-                          capture_output=True, text=True, timeout=SIMULATION_TIMEOUT, cwd=tmp_path)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    returncode, output = run_with_hard_timeout([sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(settings)],
+                                               env=env, cwd=tmp_path, timeout=SIMULATION_TIMEOUT)
+    assert returncode == 0, output[-4000:]
     run_dir = tmp_path / "flower"
     assert json.loads((run_dir / "final.json").read_text())["rounds_run"] == 2
     first, second = records(run_dir)
     assert first["failed_clients"] == 0 and 0 < second["failed_clients"] < second["clients"]
     assert "injected failure in round 2" in output and "left out of the round" in output
 
-    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, engine="sequential"))
     round_1 = torch.load(run_dir / "round-1.pt", weights_only=True)["model"]
-    assert_same_weights(round_1, weights(local.run_dir))
-    assert first["train_loss"] == pytest.approx(local.history[0]["train_loss"], rel=1e-5)
+    assert_same_weights(round_1, weights(local_round.run_dir))
+    assert first["train_loss"] == pytest.approx(local_round.history[0]["train_loss"], rel=1e-5)

@@ -63,9 +63,13 @@ def load_weights_into(model: torch.nn.Module, model_state: dict[str, torch.Tenso
 
     A tensor whose name the model lacks, or whose shape differs, is an error (the original's
     continue-pre-training silently loaded nothing). Model tensors the checkpoint lacks keep their
-    fresh initialisation and are listed in the log.
+    fresh initialisation and are listed in the log. A FedSASRec checkpoint loaded into FedDMMR
+    goes into FedDMMR's `sasrec.` backbone (its names are prefixed).
     """
     own = model.state_dict()
+    if hasattr(model, "sasrec") and not any(name.startswith("sasrec.") for name in model_state):
+        log.info("%s: a FedSASRec checkpoint: its tensors go into FedDMMR's sasrec. backbone", source)
+        model_state = {"sasrec." + name: t for name, t in model_state.items()}
     unknown = sorted(set(model_state) - set(own))
     if unknown:
         raise ValueError(f"{source}: tensors not in this model: {', '.join(unknown[:5])}")

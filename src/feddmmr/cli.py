@@ -45,6 +45,8 @@ def fail(message: str) -> typing.NoReturn:
 
 def _option_type(field: dataclasses.Field) -> type:
     hints = typing.get_type_hints(TrainConfig)
+    if typing.get_origin(hints[field.name]) is list:  # a repeatable option
+        return Optional[typing.List[typing.get_args(hints[field.name])[0]]]
     base = [a for a in typing.get_args(hints[field.name]) if a is not type(None)] or [hints[field.name]]
     return Optional[base[0]]
 
@@ -56,8 +58,8 @@ def _train_parameters() -> list[inspect.Parameter]:
         flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
         if _option_type(field) == Optional[bool]:
             flags = [f"{flags[0]}/--no-{name.replace('_', '-')}"] + flags[1:]
-        default = field.default
-        shown = "synthetic" if name == "data_dir" else default
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        shown = "synthetic" if name == "data_dir" else "none" if default == [] else default
         option = typer.Option(None, *flags, help=f"{field.metadata['help']} [default: {shown}]", show_default=False)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)))
     parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
@@ -85,6 +87,7 @@ def train_command(**options) -> None:
 
     setup_logging(options.pop("verbose"))
     config_file, resume = options.pop("config"), options.pop("resume")
+    options = {k: None if v == [] else v for k, v in options.items()}  # a repeatable option not given
     try:
         if resume is not None:
             given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
@@ -143,6 +146,23 @@ def evaluate_command(run_dir: Path = typer.Argument(..., help="a finished run di
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
     print(json.dumps(result, indent=2, sort_keys=True))
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="a run directory (finished or not)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="where to write the PNGs (default: RUN_DIR/plots)"),
+) -> None:
+    """Plot a run's metrics: training curves, and for FedDMMR router weights and memory statistics."""
+    from feddmmr.report import write_report
+
+    setup_logging()
+    try:
+        written = write_report(run_dir, output)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+    for path in written:
+        print(path)
 
 
 @data_app.command("download")

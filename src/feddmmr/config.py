@@ -28,7 +28,16 @@ class TrainConfig:
     top_users: int | None = _opt(None, "keep the N users with the most interactions (the seed: 1000)")
     min_length: int = _opt(3, "drop users with fewer items (leave-one-out needs 3)")
     # model
-    model: str = _opt("fedsasrec", "fedsasrec (ID-only SASRec)")
+    model: str = _opt("fedsasrec", "fedsasrec (ID-only SASRec) or feddmmr (SASRec + modality experts over a local memory)")
+    modality: list[str] = field(default_factory=list, metadata={
+        "help": "feddmmr: a modality feature file as NAME=FILE (e.g. text=features/ml-1m-text.npz); repeat for several"})
+    stage: int | None = _opt(None, "staged training: 1 ID-only backbone, 2 modality parts with the backbone frozen, "
+                                   "3 all but the item embedding (default: train everything)")
+    memory_long_capacity: int = _opt(200, "feddmmr: long-term memory slots per client")
+    memory_surprise: float = _opt(0.5, "feddmmr: loss threshold of the long-term write rule for memories without features")
+    load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss")
+    alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)")
+    contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts")
     max_seq_len: int = _opt(200, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")
@@ -64,7 +73,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "model": ("fedsasrec",),
+            "model": ("fedsasrec", "feddmmr"),
             "loss": ("ce", "bpr"),
             "engine": ("vectorized", "sequential", "flower"),
             "eval": ("sampled", "full"),
@@ -85,6 +94,34 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.flower_round_timeout <= 0:
             raise ValueError(f"flower_round_timeout must be > 0 seconds, got {self.flower_round_timeout}")
+        self._check_feddmmr()
+
+    def _check_feddmmr(self) -> None:
+        if isinstance(self.modality, str):  # a preset may give a single NAME=FILE
+            self.modality = [self.modality]
+        self.modality = list(self.modality)
+        from feddmmr.features.store import parse_modality_spec
+
+        names = [parse_modality_spec(spec)[0] for spec in self.modality]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must differ, got {', '.join(names)}")
+        if self.model == "feddmmr" and not self.modality:
+            raise ValueError("model=feddmmr needs at least one modality: --modality NAME=FILE (e.g. text=features/ml-1m-text.npz)")
+        if self.model != "feddmmr" and self.modality:
+            raise ValueError(f"modality is for model=feddmmr; model={self.model!r} is ID-only")
+        if self.stage is not None and self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
+        if self.stage == 2 and self.model != "feddmmr":
+            raise ValueError("stage=2 trains the modality parts of model=feddmmr; fedsasrec has none")
+        if self.model == "feddmmr" and (self.centralized or self.engine == "flower"):
+            raise ValueError("model=feddmmr runs on the vectorized or sequential engine (not flower or centralized yet)")
+        if self.contrastive_weight and len(self.modality) < 2:
+            raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
+        if self.memory_long_capacity < 1:
+            raise ValueError(f"memory_long_capacity must be >= 1, got {self.memory_long_capacity}")
+        for name in ("load_balance_weight", "alignment_weight", "contrastive_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

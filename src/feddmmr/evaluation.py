@@ -17,6 +17,7 @@ from feddmmr.federated.precision import Precision
 
 CUTOFFS = (5, 10, 20)
 EVAL_MODES = ("sampled", "full")
+EVAL_POSITIONS = 16384  # sequence positions encoded per evaluation batch
 
 
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
@@ -77,11 +78,16 @@ def evaluate(
     eval_set: EvalSet,
     mode: str = "sampled",
     *,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     precision: Precision | None = None,
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
+    """Ranking metrics of `model` on `eval_set`. FedDMMR: `memory` = (items, mask), each
+    [users, K], the memory slots each user's scores read (FedSASRec: None)."""
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
+    # Activations grow with users x positions: bound the positions per batch, not the users.
+    batch_size = batch_size or max(1, EVAL_POSITIONS // eval_set.inputs.shape[1])
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -89,15 +95,37 @@ def evaluate(
     for start in range(0, len(eval_set.inputs), batch_size):
         stop = min(start + batch_size, len(eval_set.inputs))
         inputs = eval_set.inputs[start:stop].to(device)
+        slots = () if memory is None else tuple(m[start:stop].to(device) for m in memory)
         with precision.autocast() if precision else contextlib.nullcontext():
             if mode == "sampled":
-                scores = model.score_last(inputs, eval_set.candidates[start:stop].to(device)).float()
+                scores = model.score_last(inputs, eval_set.candidates[start:stop].to(device), *slots).float()
                 ranks.append(ranks_of_first(scores).cpu())
             else:
-                all_scores = model.score_all_last(inputs).float()
+                all_scores = model.score_all_last(inputs, *slots).float()
                 ranks.append(_full_ranks(all_scores, eval_set, start, stop).cpu())
     model.train(was_training)
     return metrics_from_ranks(torch.cat(ranks).numpy())
+
+
+@torch.no_grad()
+def router_usage(model: torch.nn.Module, eval_set: EvalSet, memory: tuple[torch.Tensor, torch.Tensor],
+                 *, batch_size: int = 1024, precision: Precision | None = None) -> dict[str, float]:
+    """FedDMMR's mean router weight of each modality expert over the sampled candidates of
+    `eval_set` (each user reading its memory), keyed by modality name."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros(len(model.modalities), dtype=torch.float64)
+    count = 0
+    for start in range(0, len(eval_set.inputs), batch_size):
+        stop = min(start + batch_size, len(eval_set.inputs))
+        candidates = eval_set.candidates[start:stop].to(device).unsqueeze(1)  # [B, 1, n]
+        with precision.autocast() if precision else contextlib.nullcontext():
+            weights, _ = model.experts_and_router(candidates, *(m[start:stop].to(device) for m in memory))
+        total += weights.double().sum((0, 1, 2)).cpu()
+        count += candidates.numel()
+    model.train(was_training)
+    return {name: float(w) / max(count, 1) for name, w in zip(model.modalities, total)}
 
 
 def _full_ranks(all_scores: torch.Tensor, eval_set: EvalSet, start: int, stop: int) -> torch.Tensor:

@@ -23,13 +23,19 @@ from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.engines import LocalTraining, make_engine
-from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets
+from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
+from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.sampling import sample_clients
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
-from feddmmr.model.losses import next_item_loss
+from feddmmr.federated.stages import frozen_parameters
+from feddmmr.memory.clients import ClientMemories, combined_features
+from feddmmr.memory.two_tier import MemoryConfig, MemoryState
+from feddmmr.memory.two_tier import summary as memory_summary
+from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
+from feddmmr.model.losses import AuxiliaryWeights, next_item_loss
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
 log = logging.getLogger(__name__)
@@ -54,13 +60,44 @@ def round_seed(seed: int, round_number: int) -> int:
     return int(np.random.SeedSequence([seed, 3, round_number]).generate_state(1)[0])
 
 
-def build_model(config: TrainConfig, num_items: int, device: torch.device) -> SASRec:
+def build_model(config: TrainConfig, num_items: int, device: torch.device,
+                features: dict[str, AlignedFeatures] | None = None) -> SASRec | FedDMMR:
+    """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`)."""
     torch.manual_seed(config.seed)
-    model = SASRec(SASRecConfig(
+    sasrec = SASRecConfig(
         num_items=num_items, max_seq_len=config.max_seq_len, hidden_dim=config.hidden_dim,
         num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
-    ))
+    )
+    if config.model != "feddmmr":
+        return SASRec(sasrec).to(device)
+    if not features:
+        raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, split))")
+    model = FedDMMR(FedDMMRConfig(sasrec), {n: torch.from_numpy(f.matrix) for n, f in features.items()},
+                    {n: torch.from_numpy(f.available) for n, f in features.items()})
+    model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone
     return model.to(device)
+
+
+def load_run_features(config: TrainConfig, split: LeaveOneOut) -> dict[str, AlignedFeatures]:
+    """The modality features of `config.modality`, aligned to the dataset's items (FedDMMR)."""
+    features = [load_modality(spec, split.data.item_ids) for spec in config.modality]
+    return {f.name: f for f in features}
+
+
+def memory_config(config: TrainConfig) -> MemoryConfig:
+    defaults = MemoryConfig()
+    return MemoryConfig(long_capacity=config.memory_long_capacity, surprise_threshold=config.memory_surprise,
+                        retrieve_long=min(defaults.retrieve_long, config.memory_long_capacity))
+
+
+def make_memories(config: TrainConfig, num_users: int, features: dict[str, AlignedFeatures],
+                  device: torch.device) -> ClientMemories | None:
+    """Every user's (empty) memory for FedDMMR; None for FedSASRec. The memory compares items by
+    the combined feature: normalise(concat of the normalised modality features)."""
+    if config.model != "feddmmr":
+        return None
+    combined = combined_features([torch.from_numpy(features[name].matrix) for name in sorted(features)])
+    return ClientMemories.empty(num_users, memory_config(config), combined.to(device))
 
 
 @dataclass
@@ -86,6 +123,8 @@ class Run:
     valid_set: EvalSet
     test_set: EvalSet
     state: RunState
+    memory: ClientMemories | None = None  # FedDMMR: every user's memory
+    frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
 
     @property
     def checkpoints(self) -> Path:
@@ -101,10 +140,26 @@ class Run:
 
     def local_training(self) -> LocalTraining:
         c = self.config
-        return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision)
+        auxiliary = AuxiliaryWeights(c.load_balance_weight, c.alignment_weight, c.contrastive_weight)
+        return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
+                             auxiliary=auxiliary, frozen=self.frozen)
+
+    def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""
+        return None if self.memory is None else self.memory.retrieve(self.memory.state)
 
     def validate(self) -> dict[str, float]:
-        return evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision)
+        return evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision, memory=self.memory_slots())
+
+    def diagnostics(self) -> dict:
+        """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""
+        if self.memory is None:
+            return {}
+        out = {"memory": memory_summary(self.memory.state)}
+        if self.model.mixes:
+            out["router_weights"] = router_usage(self.model, self.valid_set, self.memory_slots(), precision=self.precision)
+            out["gate"] = float(self.model.gate.detach())
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,10 +192,13 @@ def prepare_run(config: TrainConfig, *, resume: bool = False) -> Run:
 
     device = resolve_device(config.device)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    model = build_model(config, split.num_items, device)
+    features = load_run_features(config, split)
+    model = build_model(config, split.num_items, device, features)
     state = RunState(early_stopping=EarlyStopping(patience=config.patience))
     run = Run(config, run_dir, split, model, device, precision,
-              ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state)
+              ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
+              memory=make_memories(config, split.num_users, features, device),
+              frozen=frozen_parameters(model, config.stage))
     if resume:
         restore(run)
     elif config.init_from:
@@ -163,6 +221,10 @@ def log_start(run: Run) -> None:
              c.num_negatives, c.num_negatives_eval, c.eval)
     log.info("validation: %s; early stopping after %s validated rounds without %s gain",
              run.schedule.describe(), c.patience or "no", SELECTION_METRIC)
+    if c.model == "feddmmr":
+        log.info("model feddmmr: modalities %s | memory LT %d, K %d slots | stage %s (%d of %d parameter tensors frozen)",
+                 ", ".join(run.model.modalities), c.memory_long_capacity, run.memory.config.retrieval_slots,
+                 c.stage or "none", len(run.frozen), len(list(run.model.parameters())))
     log.info("run directory: %s", run.run_dir)
 
 
@@ -175,7 +237,20 @@ def checkpoint_state(run: Run) -> dict:
         "history": st.history,
         "stopped_early": st.stopped_early,
         "loss_scale": run.precision.scale,
+        **memory_entry(run),
     }
+
+
+def memory_entry(run: Run) -> dict:
+    """The memories' part of a checkpoint (its tensors, not copies: save it before the next round)."""
+    return {} if run.memory is None else {"memory": run.memory.state.to_dict()}
+
+
+def load_memory(run: Run, saved: dict) -> None:
+    if run.memory is not None:
+        if "memory" not in saved:
+            raise ValueError(f"{run.run_dir}: the checkpoint holds no client memories (a run of another model?)")
+        run.memory.state = MemoryState.from_dict(saved["memory"])
 
 
 def restore(run: Run) -> None:
@@ -185,6 +260,7 @@ def restore(run: Run) -> None:
         return
     saved = load_checkpoint(path)
     run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
+    load_memory(run, saved)
     run.state = RunState(
         round=saved["round"],
         early_stopping=EarlyStopping(**saved["early_stopping"]),
@@ -221,7 +297,9 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     progress = progress_factory(round_number, len(users)) if progress_factory else None
     aggregator = FedAvg(global_params)
     reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
-    run.model.load_state_dict(aggregator.result(), strict=False)
+    new_params = aggregator.result()
+    new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
+    run.model.load_state_dict(new_params, strict=False)
 
     # The Flower engine reports only the clients whose node replied: average over those.
     targets = {b.user: b.num_targets for b in batches}
@@ -323,9 +401,11 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
         eval_started = time.perf_counter()
         if record["validated"]:
             record["val"] = run.validate()
+            record.update(run.diagnostics())
             if state.early_stopping.update(round_number, record["val"][SELECTION_METRIC]):
                 save_checkpoint(run.checkpoints / "best.pt",
-                                {"model": checkpoint_state(run)["model"], "round": round_number, "val": record["val"]})
+                                {"model": checkpoint_state(run)["model"], "round": round_number, "val": record["val"],
+                                 **memory_entry(run)})
             state.stopped_early = state.early_stopping.should_stop
         else:
             record["next_validation"] = run.schedule.next_validation(round_number)
@@ -352,10 +432,11 @@ def final_evaluation(run: Run) -> dict:
     """Test once, on the best validated model."""
     best = load_checkpoint(run.checkpoints / "best.pt")
     run.model.load_state_dict({k: v.to(run.device) for k, v in best["model"].items()})
+    load_memory(run, best)  # the memories of the best round
     final = {
         "best_round": best["round"],
         "valid": best["val"],
-        "test": evaluate(run.model, run.test_set, run.config.eval, precision=run.precision),
+        "test": evaluate(run.model, run.test_set, run.config.eval, precision=run.precision, memory=run.memory_slots()),
         "eval": run.config.eval,
         "rounds_run": run.state.round,
         "stopped_early": run.state.stopped_early,
@@ -377,8 +458,14 @@ def evaluate_run(run_dir: str | Path) -> dict:
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split)
     _, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
     device = resolve_device(config.device)
-    model = build_model(config, split.num_items, device)
+    features = load_run_features(config, split)
+    model = build_model(config, split.num_items, device, features)
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
+    memory = make_memories(config, split.num_users, features, device)
+    slots = None
+    if memory is not None:
+        memory.state = MemoryState.from_dict(best["memory"])
+        slots = memory.retrieve(memory.state)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    return {"best_round": best["round"], "test": evaluate(model, test_set, config.eval, precision=precision)}
+    return {"best_round": best["round"], "test": evaluate(model, test_set, config.eval, precision=precision, memory=slots)}

@@ -12,7 +12,7 @@ import torch
 
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
 from feddmmr.federated.batches import ClientBatches
-from feddmmr.model.losses import next_item_loss
+from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +31,42 @@ class SequentialEngine:
     ) -> list[ClientReport]:
         model = self.model
         device = next(model.parameters()).device
+        memory = local.memory
+        trainable = [p for n, p in model.named_parameters() if n not in local.frozen]
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in local.frozen)
         reports = []
         for client in clients:
             model.load_state_dict(global_params, strict=False)
             model.train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=local.learning_rate, weight_decay=local.weight_decay)
+            optimizer = torch.optim.Adam(trainable, lr=local.learning_rate, weight_decay=local.weight_decay)
             losses, skipped = [], 0
+            if memory is not None:
+                slots = memory.select([client.user], device)
+                positives = torch.from_numpy(client.time_ordered_targets()).to(device)
             for step in range(client.num_steps):
                 inputs = torch.from_numpy(client.inputs[step]).to(device)
                 candidates = torch.from_numpy(client.candidates[step]).to(device)
                 valid = candidates[..., 0] > 0
                 if not valid.any():
                     continue
-                with local.precision.autocast():
-                    scores = model(inputs, candidates)
-                total, count = next_item_loss(scores.float(), valid, local.loss)
-                loss = total / count
+                if memory is None:
+                    with local.precision.autocast():
+                        scores = model(inputs, candidates)
+                    total, count = next_item_loss(scores.float(), valid, local.loss)
+                    loss = objective = total / count
+                else:
+                    items, mask = memory.retrieve(slots)
+                    with local.precision.autocast():
+                        scores, aux = model(inputs, candidates, items[0], mask[0], with_aux=True)
+                    objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
+                    # The positives happened whatever this step's fate: the memory takes them.
+                    slots = memory.update(slots, positives[step : step + 1])
                 optimizer.zero_grad(set_to_none=True)
                 scale = local.precision.loss_scale()
-                (loss * scale).backward()
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+                (objective * scale).backward()
+                grads = [p.grad for p in trainable if p.grad is not None]
+                finite = bool(torch.isfinite(objective)) and all(bool(torch.isfinite(g).all()) for g in grads)
                 local.precision.update(not finite)
                 if not finite:
                     skipped += 1
@@ -63,10 +78,14 @@ class SequentialEngine:
                 losses.append(float(loss.detach()))
             if skipped:
                 log.warning("client %d: skipped %d steps with a non-finite loss or gradient", client.user, skipped)
-            params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters()}
+            if memory is not None:
+                memory.scatter([client.user], slots)
+            params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters() if n not in local.frozen}
             aggregate(params, torch.tensor([float(client.num_targets)], device=device))
             reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped))
             if progress:
                 progress(1)
         model.load_state_dict(global_params, strict=False)  # leave the model as it was handed over
+        for p in model.parameters():
+            p.requires_grad_(True)
         return reports

@@ -11,6 +11,11 @@ rows it reads (its items and sampled negatives, typically a fraction of the cata
 rows are written back before aggregation: the same result at a fraction of the optimiser work
 and memory, and a cost that follows the data rather than the catalogue size. With weight decay
 every row moves, so the full table is trained.
+
+FedDMMR: each client's retrieved memory slots [clients, K] are two more vmapped inputs, and the
+chunk's memories are updated after every step with that step's positives in time order (the
+same calls as the sequential engine). Frozen parameters (staged training) are shared by every
+client (not vmapped), get no gradient and are not handed to aggregation.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
 from feddmmr.federated.adam import BatchedAdam
-from feddmmr.federated.batches import ClientBatches, stack_batches
-from feddmmr.model.losses import next_item_loss
+from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
+from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +66,28 @@ class VectorizedEngine:
         self.chunk_windows = chunk_windows
 
     def _gradient_fn(self, local: LocalTraining):
+        """Per-client (gradients, (scaled objective, next-item loss)) of the trained parameters;
+        `frozen` parameters are shared by all clients and get no gradient."""
         model = self.model
+        if local.memory is not None:  # FedDMMR: the client's memory slots and the auxiliary losses
+            def memory_loss(params, frozen, inputs, candidates, memory_items, memory_mask, scale):
+                with local.precision.autocast():
+                    scores, aux = functional_call(model, {**params, **frozen},
+                                                  (inputs, candidates, memory_items, memory_mask), {"with_aux": True})
+                objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
+                return objective * scale, loss.detach()
 
-        def client_loss(params, inputs, candidates, scale):
+            return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, 0, None),
+                        randomness="different")
+
+        def client_loss(params, frozen, inputs, candidates, scale):
             with local.precision.autocast():
-                scores = functional_call(model, params, (inputs, candidates))
+                scores = functional_call(model, {**params, **frozen}, (inputs, candidates))
             total, count = next_item_loss(scores.float(), candidates[..., 0] > 0, local.loss)
             loss = total / count.clamp(min=1)
             return loss * scale, loss.detach()
 
-        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, 0, 0, None), randomness="different")
+        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, None, 0, 0, None), randomness="different")
 
     def train(
         self,
@@ -84,25 +101,39 @@ class VectorizedEngine:
         device = next(self.model.parameters()).device
         gradient_fn = self._gradient_fn(local)
         reports = []
-        compact = local.weight_decay == 0 and ITEM_TABLE in global_params
+        memory = local.memory
+        frozen = {n: p.detach() for n, p in global_params.items() if n in local.frozen}
+        trained = {n: p for n, p in global_params.items() if n not in local.frozen}
+        compact = local.weight_decay == 0 and ITEM_TABLE in trained
         for chunk in plan_chunks(clients, self.chunk_clients, self.chunk_windows):
             batch = stack_batches(chunk, device, compact_items=compact)
             size = len(chunk)
-            params = {n: p.detach().unsqueeze(0).repeat(size, *([1] * p.dim())) for n, p in global_params.items()
+            params = {n: p.detach().unsqueeze(0).repeat(size, *([1] * p.dim())) for n, p in trained.items()
                       if not (compact and n == ITEM_TABLE)}
             if compact:
                 params[ITEM_TABLE] = global_params[ITEM_TABLE].detach()[batch.item_rows]
             optimizer = BatchedAdam(params, lr=local.learning_rate, weight_decay=local.weight_decay)
             loss_sum = torch.zeros(size, dtype=torch.float64, device=device)
-            trained = torch.zeros(size, dtype=torch.int64, device=device)
+            steps_trained = torch.zeros(size, dtype=torch.int64, device=device)
             skipped = torch.zeros(size, dtype=torch.int64, device=device)
+            if memory is not None:
+                slots = memory.select(batch.users, device)
+                positives = stack_positives(chunk, device)
             for step in range(batch.inputs.shape[1]):
                 active = batch.active[:, step]
                 scale = local.precision.loss_scale()
-                grads, (_, losses) = gradient_fn(params, batch.inputs[:, step], batch.candidates[:, step], scale)
-                finite = torch.isfinite(losses)
-                for g in grads.values():
-                    finite &= torch.isfinite(g).flatten(1).all(1)
+                if memory is None:
+                    grads, (objectives, losses) = gradient_fn(params, frozen, batch.inputs[:, step],
+                                                              batch.candidates[:, step], scale)
+                else:
+                    items, mask = memory.retrieve(slots)
+                    grads, (objectives, losses) = gradient_fn(params, frozen, batch.inputs[:, step],
+                                                              batch.candidates[:, step], items, mask, scale)
+                    slots = memory.update(slots, positives[:, step])
+                # One reduction per tensor: a sum is non-finite exactly when some element is
+                # (inf, -inf or NaN), and it reads each gradient once instead of four times.
+                gradient_sums = sum(g.reshape(size, -1).sum(1) for g in grads.values())
+                finite = torch.isfinite(losses + objectives + gradient_sums)
                 non_finite = active & ~finite
                 local.precision.update(bool(non_finite.any()))
                 if scale != 1.0:
@@ -110,8 +141,10 @@ class VectorizedEngine:
                 step_active = active & finite
                 optimizer.step(grads, step_active)
                 loss_sum += torch.where(step_active, losses.double(), 0.0)
-                trained += step_active.long()
+                steps_trained += step_active.long()
                 skipped += non_finite.long()
+            if memory is not None:
+                memory.scatter(batch.users, slots)
             if compact:
                 params[ITEM_TABLE] = expand_rows(global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE])
             aggregate(params, batch.weights)
@@ -119,7 +152,8 @@ class VectorizedEngine:
                 if skipped[i]:
                     log.warning("client %d: skipped %d steps with a non-finite loss or gradient", user, int(skipped[i]))
                 reports.append(
-                    ClientReport(user, float(loss_sum[i] / max(int(trained[i]), 1)), int(trained[i]), int(skipped[i]))
+                    ClientReport(user, float(loss_sum[i] / max(int(steps_trained[i]), 1)), int(steps_trained[i]),
+                                 int(skipped[i]))
                 )
             if progress:
                 progress(size)

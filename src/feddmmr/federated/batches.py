@@ -37,10 +37,21 @@ class ClientBatches:
     inputs: np.ndarray
     candidates: np.ndarray
     num_targets: int
+    # [steps, rows]: which training window each row holds (window w is older than w+1); -1 = empty row
+    windows: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
         return self.inputs.shape[0]
+
+    def time_ordered_targets(self) -> np.ndarray:
+        """[steps, rows * max_len]: each step's targets in the user's time order (0 = padding),
+        what the memory sees after the step."""
+        if self.windows is None:
+            raise ValueError(f"client {self.user}: batches built without window indices")
+        order = np.argsort(self.windows, axis=1, kind="stable")
+        targets = np.take_along_axis(self.candidates[..., 0], order[..., None], axis=1)
+        return targets.reshape(self.num_steps, -1)
 
 
 def training_windows(sequence: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,16 +78,19 @@ def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings
     steps = settings.epochs * steps_per_epoch
     batch_inputs = np.zeros((steps, rows, settings.max_len), dtype=np.int64)
     batch_targets = np.zeros((steps, rows, settings.max_len), dtype=np.int64)
+    batch_windows = np.full((steps, rows), -1, dtype=np.int64)
     for epoch in range(settings.epochs):
         order = rng.permutation(num_windows)
         for step in range(steps_per_epoch):
             chosen = order[step * rows : (step + 1) * rows]
             batch_inputs[epoch * steps_per_epoch + step, : len(chosen)] = inputs[chosen]
             batch_targets[epoch * steps_per_epoch + step, : len(chosen)] = targets[chosen]
+            batch_windows[epoch * steps_per_epoch + step, : len(chosen)] = chosen
     negatives = sample_negatives(sequence, settings.num_items, batch_targets.shape + (settings.num_negatives,), rng)
     candidates = np.concatenate([batch_targets[..., None], negatives], axis=-1)
     candidates[batch_targets == 0] = 0
-    return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=len(sequence) - 1)
+    return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=len(sequence) - 1,
+                         windows=batch_windows)
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,15 @@ def touched_items(client: ClientBatches) -> tuple[np.ndarray, np.ndarray, np.nda
     """(sorted item ids the client's round reads, with 0 first; inputs and candidates in local ids)."""
     rows = np.unique(np.concatenate([[0], client.inputs.ravel(), client.candidates.ravel()]))
     return rows, np.searchsorted(rows, client.inputs), np.searchsorted(rows, client.candidates)
+
+
+def stack_positives(clients: list[ClientBatches], device: torch.device) -> torch.Tensor:
+    """[clients, steps, positives]: each client's `time_ordered_targets`, padded with 0."""
+    ordered = [c.time_ordered_targets() for c in clients]
+    out = np.zeros((len(clients), max(o.shape[0] for o in ordered), max(o.shape[1] for o in ordered)), dtype=np.int64)
+    for i, o in enumerate(ordered):
+        out[i, : o.shape[0], : o.shape[1]] = o
+    return torch.from_numpy(out).to(device)
 
 
 def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact_items: bool = False) -> StackedBatches:

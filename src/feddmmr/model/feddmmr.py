@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddmmr.model.sasrec import SASRec, SASRecConfig
+from feddmmr.model.sasrec import SASRec, SASRecConfig, dropout
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,15 @@ class ModalityExpert(nn.Module):
     def forward(self, queries: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """queries [B, L, n, d]; memory [B, K, d]; allowed [B, L, n, K] -> [B, L, n, d]."""
         q = self.query(queries)
-        k = self.key(memory)[:, None, None]  # [B, 1, 1, K, d]
-        v = self.value(memory)[:, None, None]
-        scores = (q.unsqueeze(-2) * k).sum(-1) / math.sqrt(q.shape[-1])  # [B, L, n, K]
+        k, v = self.key(memory), self.value(memory)  # [B, K, d]
+        # Matrix products, not broadcast products: a [B, L, n, K, d] intermediate would not fit
+        # in memory for a client's batch of full-length windows.
+        scores = torch.einsum("blnd,bkd->blnk", q, k) / math.sqrt(q.shape[-1])  # [B, L, n, K]
         scores = scores.masked_fill(~allowed, float("-inf"))
         # A candidate with no usable slot attends to nothing: its output is zero, not NaN.
         weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
-        mixed = (weights.unsqueeze(-1) * v).sum(-2)
-        return F.dropout(F.relu(self.norm(self.out(mixed))), self.dropout, self.training)
+        mixed = torch.einsum("blnk,bkd->blnd", weights, v)
+        return dropout(F.relu(self.norm(self.out(mixed))), self.dropout, self.training)
 
 
 class FedDMMR(nn.Module):
@@ -62,6 +63,8 @@ class FedDMMR(nn.Module):
         super().__init__()
         self.config = config
         self.sasrec = SASRec(config.sasrec)
+        # False: score as SASRec even with modalities (stage 1 trains the ID-only backbone).
+        self.use_mixture = True
         dim = config.sasrec.hidden_dim
         self.modalities = sorted(features)
         for name in self.modalities:
@@ -85,8 +88,18 @@ class FedDMMR(nn.Module):
         """P_m(F_m[items]) and availability of the items' feature."""
         return self.projections[name](getattr(self, f"features_{name}")[items]), getattr(self, f"available_{name}")[items]
 
+    @property
+    def mixes(self) -> bool:
+        """Whether scores use the modality experts (there are modalities and use_mixture is on)."""
+        return bool(self.modalities) and self.use_mixture
+
     def mixture(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the fused expert term sum_m w_m LN(o_m) [B, L, n, d]."""
+        weights, outputs = self.experts_and_router(candidates, memory_items, memory_mask)
+        return weights, (weights.unsqueeze(-1) * outputs).sum(-2)
+
+    def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
+        """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
         id_queries = self.sasrec.item_embedding(candidates)
         not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
         outputs, router_inputs, usable = [], [], []
@@ -103,28 +116,61 @@ class FedDMMR(nn.Module):
         # Candidates with no feature at all fall back to uniform weights over the (zero) experts.
         logits = logits.masked_fill(~usable & usable.any(-1, keepdim=True), float("-inf"))
         weights = torch.softmax(logits, dim=-1)
-        fused = (weights.unsqueeze(-1) * torch.stack(outputs, dim=-2)).sum(-2)
-        return weights, fused
+        return weights, torch.stack(outputs, dim=-2)
 
     def score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
               memory_mask: torch.Tensor) -> torch.Tensor:
         """Scores [B, L, n] from hidden states [B, L, d], candidates [B, L, n], memory [B, K]."""
-        if not self.modalities:
-            return self.sasrec.score(hidden, candidates)
-        _, expert_term = self.mixture(candidates, memory_items, memory_mask)
-        fused = hidden.unsqueeze(-2) + self.gate * expert_term
-        return (fused * self.sasrec.item_embedding(candidates)).sum(-1)
+        return self._score(hidden, candidates, memory_items, memory_mask)[0]
+
+    def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+               memory_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scores and what the training losses need besides them (see `forward(with_aux=True)`)."""
+        if not self.mixes:
+            aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
+            return self.sasrec.score(hidden, candidates), aux
+        weights, outputs = self.experts_and_router(candidates, memory_items, memory_mask)
+        fused = hidden.unsqueeze(-2) + self.gate * (weights.unsqueeze(-1) * outputs).sum(-2)
+        embeddings = self.sasrec.item_embedding(candidates)
+        scores = (fused * embeddings).sum(-1)
+        aux = {"fused_positive": fused[..., 0, :], "positive_embedding": embeddings[..., 0, :],
+               "router_weights": weights, "expert_positive": outputs[..., 0, :, :]}
+        return scores, aux
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                memory_mask: torch.Tensor) -> torch.Tensor:
-        """Scores [B, L, n] of candidates at every position; memory [B, K], or [K] shared by the batch."""
+                memory_mask: torch.Tensor, *, with_aux: bool = False):
+        """Scores [B, L, n] of candidates at every position; memory [B, K], or [K] shared by the batch.
+
+        `with_aux`: also return a dict for the auxiliary losses: `fused_positive` [B, L, d] (the
+        fused vector of each position's column-0 candidate, its target in training),
+        `positive_embedding` [B, L, d] (that candidate's item embedding) and, when the
+        experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
+        column-0 candidate's normalised expert outputs).
+        """
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
             memory_mask = memory_mask.expand(sequences.shape[0], -1)
-        return self.score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask)
+        scores, aux = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask)
+        return (scores, aux) if with_aux else scores
 
     def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                    memory_mask: torch.Tensor) -> torch.Tensor:
         """Scores [B, n] of candidates [B, n] after the whole sequence."""
         hidden = self.sasrec.encode(sequences)[:, -1:]
         return self.score(hidden, candidates.unsqueeze(1), memory_items, memory_mask)[:, 0]
+
+    def score_all_last(self, sequences: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor,
+                       *, max_elements: int = 1 << 24) -> torch.Tensor:
+        """Scores of every item (column 0 = padding) after the whole sequence: [B, num_items+1].
+
+        Items are scored in chunks of about `max_elements` / (B * d) so that the experts'
+        per-candidate tensors stay bounded whatever the catalogue size."""
+        hidden = self.sasrec.encode(sequences)[:, -1:]
+        if not self.mixes:
+            return hidden[:, 0] @ self.sasrec.item_embedding.weight.T
+        batch, dim = sequences.shape[0], hidden.shape[-1]
+        chunk = max(1, max_elements // (batch * dim))
+        items = torch.arange(self.config.sasrec.num_items + 1, device=sequences.device)
+        scores = [self.score(hidden, part.expand(batch, 1, -1), memory_items, memory_mask)[:, 0]
+                  for part in items.split(chunk)]
+        return torch.cat(scores, dim=1)

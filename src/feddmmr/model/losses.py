@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -13,11 +15,69 @@ def next_item_loss(scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce") 
 
     `scores` [..., 1+N] has the positive in column 0; `valid` [...] marks real targets.
     """
-    if kind == "ce":
-        per_target = torch.logsumexp(scores, dim=-1) - scores[..., 0]
-    elif kind == "bpr":
-        per_target = -F.logsigmoid(scores[..., :1] - scores[..., 1:]).mean(-1)
-    else:
-        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+    per_target = per_target_loss(scores, kind)
     weight = valid.to(per_target.dtype)
     return (per_target * weight).sum(), weight.sum()
+
+
+def per_target_loss(scores: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """The next-item loss of every target [...] from its scores [..., 1+N] (positive first)."""
+    if kind == "ce":
+        return torch.logsumexp(scores, dim=-1) - scores[..., 0]
+    if kind == "bpr":
+        return -F.logsigmoid(scores[..., :1] - scores[..., 1:]).mean(-1)
+    raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+
+
+@dataclass(frozen=True)
+class AuxiliaryWeights:
+    """FedDMMR's auxiliary losses, added to the next-item loss with these weights."""
+
+    load_balance: float = 0.01
+    alignment: float = 0.0
+    contrastive: float = 0.0
+    temperature: float = 0.07  # of the contrastive loss
+
+
+def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates: torch.Tensor, kind: str,
+                 weights: AuxiliaryWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training objective, next-item loss), both means over the valid targets of one step.
+
+    scores [B, L, 1+N]; candidates [B, L, 1+N] (target first, 0 = padding); `aux` from
+    `FedDMMR.forward(with_aux=True)`. With i a valid target and E the item embedding:
+    - next-item: mean_i loss_i (softmax CE over positive + negatives, or BPR);
+    - load balance: sum_m (mean over valid candidates of w_m - 1/M)^2;
+    - alignment: mean_i (1 - cos(fused_i, stopgrad E[pos_i])) * (1 + 0.5 sigmoid(loss_i)), the
+      drift-adaptive weight (detached): targets the model finds surprising weigh more;
+    - contrastive: symmetric InfoNCE between the target's first two expert outputs, the other
+      targets of the same window as negatives, per-target weight 1 + 0.5 sigmoid(loss_i).
+    """
+    valid = candidates[..., 0] > 0
+    mask = valid.to(scores.dtype)
+    count = mask.sum().clamp(min=1)
+    per_target = per_target_loss(scores, kind)
+    main = (per_target * mask).sum() / count
+    total = main
+    surprise = 1 + 0.5 * torch.sigmoid(per_target.detach())
+    router = aux.get("router_weights")
+    if weights.load_balance and router is not None:
+        live = ((candidates > 0) & valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
+        mean_weight = (router * live).sum((0, 1, 2)) / live.sum().clamp(min=1)
+        total = total + weights.load_balance * ((mean_weight - 1 / router.shape[-1]) ** 2).sum()
+    if weights.alignment:
+        target = aux["positive_embedding"].detach()
+        cosine = F.cosine_similarity(aux["fused_positive"].float(), target.float(), dim=-1, eps=1e-8)
+        total = total + weights.alignment * ((1 - cosine) * surprise * mask).sum() / count
+    experts = aux.get("expert_positive")
+    if weights.contrastive and experts is not None and experts.shape[-2] >= 2:
+        a = F.normalize(experts[..., 0, :].float(), dim=-1)  # [B, L, d]
+        b = F.normalize(experts[..., 1, :].float(), dim=-1)
+        logits = (a @ b.transpose(1, 2)) / weights.temperature  # [B, L, L]: targets of one window
+        keys = valid.unsqueeze(1)
+        diagonal = torch.diagonal(logits, dim1=1, dim2=2)
+        # A large finite fill, not -inf: a window without targets would give NaN gradients.
+        a_to_b = torch.logsumexp(logits.masked_fill(~keys, -1e9), dim=-1) - diagonal
+        b_to_a = torch.logsumexp(logits.transpose(1, 2).masked_fill(~keys, -1e9), dim=-1) - diagonal
+        infonce = torch.where(valid, (a_to_b + b_to_a) / 2, 0.0)
+        total = total + weights.contrastive * (infonce * surprise * mask).sum() / count
+    return total, main

@@ -71,12 +71,15 @@ def train_users(message: Message, context: Context) -> Message:
     engine = make_engine(str(context.node_config.get(LOCAL_ENGINE, "vectorized")), model,
                          chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows)
     precision = Precision(resolve_amp(config.amp, device), device.type)
+    frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
     with node_state(context, config, data.user_ids(), precision):
         reports = engine.train(global_params, batches,
-                               LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision),
+                               LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision,
+                                             frozen=frozen),
                                aggregator.add)
-    content = messages.train_reply_content(aggregator.result(), reports, {b.user: b.num_targets for b in batches})
+    trained = {name: p for name, p in aggregator.result().items() if name not in frozen}
+    content = messages.train_reply_content(trained, reports, {b.user: b.num_targets for b in batches})
     return Message(content, reply_to=message)
 
 

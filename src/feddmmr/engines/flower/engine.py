@@ -31,7 +31,7 @@ from feddmmr.federated.batches import ClientBatches
 log = logging.getLogger(__name__)
 
 # How often the server polls for replies: short next to a round, long next to a pull's cost.
-PULL_INTERVAL_SECONDS = 0.05
+PULL_INTERVAL_SECONDS = 0.1
 
 
 class FlowerEngine:
@@ -60,6 +60,9 @@ class FlowerEngine:
             raise RuntimeError("FlowerEngine.train needs the round number: call train(..., engine=engine, "
                                "progress_factory=engine.begin_round)")
         round_number, self.round_number = self.round_number, None
+        if local.memory is not None:
+            raise ValueError("the Flower engine trains FedSASRec only: client memories (model=feddmmr) "
+                             "do not travel to SuperNodes yet")
         if not self.known_nodes:
             self._wait_for_nodes()
         self._discover_nodes(round_number)
@@ -70,7 +73,8 @@ class FlowerEngine:
                                      weight_decay=local.weight_decay, loss=local.loss)
         params = ArrayRecord({name: p.detach().cpu() for name, p in global_params.items()})
         requests = {
-            node: messages.TrainRequest(round_number, users, [self.user_ids[u] for u in users], self.item_ids)
+            node: messages.TrainRequest(round_number, users, [self.user_ids[u] for u in users], self.item_ids,
+                                        sorted(local.frozen))
             for node, users in by_node.items()
         }
         sent = [Message(messages.train_content(config, request, params), node, MessageType.TRAIN,
@@ -88,7 +92,8 @@ class FlowerEngine:
                 failed[node] = _error(reply)
                 continue
             received = messages.read_train_reply(reply)
-            mismatch = _mismatch(received, {u: expected[u] for u in by_node[node]}, global_params)
+            trained = {name: p for name, p in global_params.items() if name not in local.frozen}
+            mismatch = _mismatch(received, {u: expected[u] for u in by_node[node]}, trained)
             if mismatch:
                 failed[node] = mismatch
                 continue
@@ -124,7 +129,8 @@ class FlowerEngine:
         sent = [Message(content, node, MessageType.QUERY, ttl=self.timeout, group_id=str(round_number)) for node in new]
         replies, missing = self._exchange(sent)
         for node, reason in missing.items():
-            log.warning("round %d: node %d did not list its users: %s; asking again next round", round_number, node, reason)
+            log.warning("round %d: node %d did not list its users: %s; asking again next round",
+                        round_number, node, reason)
         for node, reply in replies.items():
             if reply.has_error():
                 log.warning("round %d: node %d could not list its users, %s; asking again next round",
@@ -184,13 +190,14 @@ class FlowerEngine:
         return "[" + ", ".join(shown) + (f", ... ({len(users)} in all)]" if len(users) > 20 else "]")
 
 
-def _mismatch(received: messages.TrainReply, wanted: dict[int, int], global_params: dict[str, torch.Tensor]) -> str | None:
-    """Why a reply cannot be aggregated (its node's data or model differs from the server's), or None."""
+def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor]) -> str | None:
+    """Why a reply cannot be aggregated (its node's data or model differs from the server's), or None.
+    `trained`: the global weights the round trains (a node sends back exactly those)."""
     if received.num_targets != wanted or received.weight != sum(wanted.values()):
         return (f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
                 f"server's {wanted}: the node's data does not match the server's")
     shapes = {name: tuple(p.shape) for name, p in received.params.items()}
-    expected = {name: tuple(p.shape) for name, p in global_params.items()}
+    expected = {name: tuple(p.shape) for name, p in trained.items()}
     if shapes != expected:
         different = sorted(set(shapes.items()) ^ set(expected.items()))[:4]
         return f"its weights do not fit the server's model (e.g. {different})"

@@ -7,9 +7,11 @@ query (server -> every new node), reply:
 train (server -> each node holding sampled users of the round), reply:
     config    ConfigRecord  the run's TrainConfig, with the local training settings of the round
     round     ConfigRecord  round, users (the run's client indices), user-ids (their original
-                            ids), item-ids (the server's item catalog: dense id i = item-ids[i-1])
+                            ids), item-ids (the server's item catalog: dense id i = item-ids[i-1]),
+                            frozen (names of the weights this round's stage keeps as they are)
     params    ArrayRecord   the global weights
-    -> params ArrayRecord   the FedAvg mean of the node's users' updated weights
+    -> params ArrayRecord   the FedAvg mean of the node's users' updated weights (the trained
+                            ones: frozen weights are not sent back)
     -> report MetricRecord  num-examples (the node's FedAvg weight: its users' training targets)
                             and per user, in `users` order: num-targets, mean-loss, steps,
                             skipped-steps
@@ -60,13 +62,14 @@ class TrainRequest:
     users: list[int]
     user_ids: list[str]
     item_ids: list[str]
+    frozen: list[str]
 
 
 def train_content(config: TrainConfig, request: TrainRequest, params: ArrayRecord) -> RecordDict:
     return RecordDict({
         CONFIG: ConfigRecord(to_flower_config(config)),
         ROUND: ConfigRecord({"round": request.round, "users": request.users, "user-ids": request.user_ids,
-                             "item-ids": request.item_ids}),
+                             "item-ids": request.item_ids, "frozen": request.frozen}),
         PARAMS: params,
     })
 
@@ -74,14 +77,15 @@ def train_content(config: TrainConfig, request: TrainRequest, params: ArrayRecor
 def read_train_request(message: Message) -> TrainRequest:
     record = message.content[ROUND]
     return TrainRequest(int(record["round"]), [int(u) for u in record["users"]], list(record["user-ids"]),
-                        list(record["item-ids"]))
+                        list(record["item-ids"]), list(record["frozen"]))
 
 
 def read_params(message: Message) -> dict[str, torch.Tensor]:
     return message.content[PARAMS].to_torch_state_dict()
 
 
-def train_reply_content(params: dict[str, torch.Tensor], reports: list[ClientReport], num_targets: dict[int, int]) -> RecordDict:
+def train_reply_content(params: dict[str, torch.Tensor], reports: list[ClientReport],
+                        num_targets: dict[int, int]) -> RecordDict:
     reports = sorted(reports, key=lambda r: r.user)
     return RecordDict({
         PARAMS: ArrayRecord({name: p.detach().cpu() for name, p in params.items()}),

@@ -2,8 +2,9 @@
 
 The same mapping serves the run config (`[tool.flwr.app.config]` in pyproject.toml, overridden
 with `flwr run --run-config "num-rounds=20"`) and the settings the server sends with every
-message. Flower configs hold only bool, int, float and str, so an unset optional setting (None)
-travels as "".
+message. Flower configs hold only bool, int, float and str (`flwr run` rejects a pyproject.toml
+whose run config holds a list), so an unset optional setting (None) travels as "", and a list of
+strings (modality) as one comma-separated string ("" = empty list).
 
 `python -m feddmmr.engines.flower.run_config` prints the pyproject.toml block for the current
 TrainConfig fields.
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from feddmmr.config import FIELDS, TrainConfig
 
 NOT_SET = ""
+LIST_SEPARATOR = ","
 FlowerValue = typing.Union[bool, int, float, str]
 
 
@@ -26,7 +28,18 @@ def flower_key(name: str) -> str:
 
 
 def to_flower_config(config: TrainConfig) -> dict[str, FlowerValue]:
-    return {flower_key(name): NOT_SET if value is None else value for name, value in config.to_dict().items()}
+    return {flower_key(name): _flat(flower_key(name), value) for name, value in config.to_dict().items()}
+
+
+def _flat(key: str, value: typing.Any) -> FlowerValue:
+    if value is None:
+        return NOT_SET
+    if isinstance(value, list):
+        if any(LIST_SEPARATOR in item for item in value):
+            raise ValueError(f"{key}={value!r}: a Flower config joins a list with {LIST_SEPARATOR!r}, "
+                             f"so its items cannot contain one")
+        return LIST_SEPARATOR.join(value)
+    return value
 
 
 def from_flower_config(values: Mapping[str, typing.Any], source: str) -> TrainConfig:
@@ -46,6 +59,11 @@ def from_flower_config(values: Mapping[str, typing.Any], source: str) -> TrainCo
 
 
 def _typed(key: str, value: typing.Any, hint: typing.Any, source: str) -> typing.Any:
+    if typing.get_origin(hint) is list:  # a repeatable setting (modality)
+        if not isinstance(value, str):
+            raise ValueError(f"{source}: {key}={value!r} ({type(value).__name__}); expected one string of "
+                             f"{LIST_SEPARATOR!r}-separated items")
+        return value.split(LIST_SEPARATOR) if value else []
     optional = type(None) in typing.get_args(hint)
     (kind,) = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     if optional and value == NOT_SET:
@@ -61,7 +79,8 @@ def _typed(key: str, value: typing.Any, hint: typing.Any, source: str) -> typing
 def pyproject_block() -> str:
     """The `[tool.flwr.app.config]` table: every setting at its default, engine = flower."""
     config = dataclasses.replace(TrainConfig(), engine="flower")
-    lines = ["[tool.flwr.app.config]", '# feddmmr TrainConfig fields ("" = not set); override with flwr run --run-config']
+    lines = ["[tool.flwr.app.config]",
+             '# feddmmr TrainConfig fields ("" = not set); override with flwr run --run-config']
     for key, value in to_flower_config(config).items():
         lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
