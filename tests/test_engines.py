@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from feddmmr.engines import LocalTraining, make_engine
-from feddmmr.federated.adam import BatchedAdam
+from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches, touched_items, training_windows
 from feddmmr.federated.precision import Precision
@@ -27,11 +27,12 @@ def clients(num=9, epochs=2, batch_size=3):
     return out
 
 
-def run(engine_name, m, batches, weight_decay=1e-4, **engine_options):
+def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", **engine_options):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
-    local = LocalTraining(1e-2, weight_decay, "ce", Precision("off", "cpu"))
+    local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, "ce", Precision("off", "cpu"),
+                          optimizer=optimizer)
     reports = engine.train(global_params, batches, local, aggregator.add)
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
@@ -48,6 +49,34 @@ def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
         torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
     assert [r.steps for r in vec_reports] == [r.steps for r in seq_reports]
     assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
+
+
+def test_vectorized_round_with_client_sgd_equals_sequential_round():
+    m = model()
+    batches = clients()
+    start, sequential, _ = run("sequential", m, batches, 0.0, "sgd")
+    _, vectorized, _ = run("vectorized", m, batches, 0.0, "sgd", chunk_clients=4, chunk_windows=12)
+    for name in start:
+        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5)
+
+
+def test_batched_sgd_matches_torch_sgd_per_client():
+    torch.manual_seed(2)
+    start = torch.randn(3, 4)
+    grads = [torch.randn(3, 4) for _ in range(3)]
+    active = [torch.tensor([True, False, True]), torch.tensor([True, True, False]), torch.tensor([True, True, True])]
+    params = {"w": start.clone()}
+    sgd = BatchedSGD(params, lr=0.1, weight_decay=0.01)
+    for g, a in zip(grads, active):
+        sgd.step({"w": g}, a)
+    for client in range(3):
+        w = torch.nn.Parameter(start[client].clone())
+        reference = torch.optim.SGD([w], lr=0.1, weight_decay=0.01)
+        for g, a in zip(grads, active):
+            if a[client]:
+                w.grad = g[client].clone()
+                reference.step()
+        torch.testing.assert_close(params["w"][client], w.detach())
 
 
 def test_batched_adam_matches_torch_adam_per_client():

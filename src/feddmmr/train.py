@@ -142,7 +142,7 @@ class Run:
         c = self.config
         auxiliary = AuxiliaryWeights(c.load_balance_weight, c.alignment_weight, c.contrastive_weight)
         return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
-                             auxiliary=auxiliary, frozen=self.frozen)
+                             auxiliary=auxiliary, frozen=self.frozen, optimizer=c.local_optimizer)
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""

@@ -32,6 +32,7 @@ class LocalTraining:
     memory: ClientMemories | None = None
     auxiliary: AuxiliaryWeights = AuxiliaryWeights()
     frozen: frozenset[str] = frozenset()
+    optimizer: str = "adam"  # the client's optimiser, fresh every round: adam or sgd
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ class SequentialEngine:
         for client in clients:
             model.load_state_dict(global_params, strict=False)
             model.train()
-            optimizer = torch.optim.Adam(trainable, lr=local.learning_rate, weight_decay=local.weight_decay)
+            optimizer_class = torch.optim.Adam if local.optimizer == "adam" else torch.optim.SGD
+            optimizer = optimizer_class(trainable, lr=local.learning_rate, weight_decay=local.weight_decay)
             losses, skipped = [], 0
             if memory is not None:
                 slots = memory.select([client.user], device)

@@ -26,7 +26,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
-from feddmmr.federated.adam import BatchedAdam
+from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
 from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
@@ -60,7 +60,7 @@ def expand_rows(global_table: torch.Tensor, item_rows: torch.Tensor, local_table
 
 
 class VectorizedEngine:
-    def __init__(self, model: torch.nn.Module, *, chunk_clients: int = 16, chunk_windows: int = 256) -> None:
+    def __init__(self, model: torch.nn.Module, *, chunk_clients: int = 16, chunk_windows: int = 128) -> None:
         self.model = model
         self.chunk_clients = chunk_clients
         self.chunk_windows = chunk_windows
@@ -112,7 +112,7 @@ class VectorizedEngine:
                       if not (compact and n == ITEM_TABLE)}
             if compact:
                 params[ITEM_TABLE] = global_params[ITEM_TABLE].detach()[batch.item_rows]
-            optimizer = BatchedAdam(params, lr=local.learning_rate, weight_decay=local.weight_decay)
+            optimizer = LOCAL_OPTIMIZERS[local.optimizer](params, lr=local.learning_rate, weight_decay=local.weight_decay)
             loss_sum = torch.zeros(size, dtype=torch.float64, device=device)
             steps_trained = torch.zeros(size, dtype=torch.int64, device=device)
             skipped = torch.zeros(size, dtype=torch.int64, device=device)

@@ -57,3 +57,23 @@ class BatchedAdam:
                 self.params[n].index_copy_(0, index, p)
                 self.exp_avg[n].index_copy_(0, index, m)
                 self.exp_avg_sq[n].index_copy_(0, index, v)
+
+
+class BatchedSGD:
+    """Plain SGD (L2 weight decay added to the gradient), one per client; inactive clients keep
+    their parameters. Same update as `torch.optim.SGD` without momentum."""
+
+    def __init__(self, params: dict[str, torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
+        self.params, self.lr, self.weight_decay = params, lr, weight_decay
+
+    @torch.no_grad()
+    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+        for name, param in self.params.items():
+            grad = grads[name]
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
+            scale = (active.to(param.dtype) * self.lr).view((-1,) + (1,) * (param.dim() - 1))
+            param.sub_(grad * scale)
+
+
+LOCAL_OPTIMIZERS = {"adam": BatchedAdam, "sgd": BatchedSGD}
