@@ -247,3 +247,16 @@ def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage
     assert changed == set(global_params) - frozen  # the others all train
     for name, p in m.named_parameters():  # the engine leaves the model as it was handed over
         assert torch.equal(p.detach(), global_params[name]) and p.requires_grad
+
+
+def test_fedadam_steps_along_the_average_and_keeps_its_moments():
+    from feddmmr.federated.aggregation import ServerAdam
+
+    server = ServerAdam(lr=0.1, betas=(0.5, 0.5), tau=0.0)
+    new = server.step({"w": torch.zeros(2)}, {"w": torch.tensor([2.0, -0.5])})
+    # m = 0.5 * delta, v = 0.5 * delta^2 -> step = lr * 0.5 d / (sqrt(0.5) |d|) = lr * sign(d) / sqrt(2)
+    torch.testing.assert_close(new["w"], torch.tensor([0.1, -0.1]) / 2**0.5)
+    restored = ServerAdam(lr=0.1, betas=(0.5, 0.5), tau=0.0)
+    restored.load_state_dict(server.state_dict())
+    again = {"w": torch.tensor([1.0, 1.0])}
+    torch.testing.assert_close(restored.step(new, again)["w"], server.step(new, again)["w"])

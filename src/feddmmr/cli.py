@@ -26,7 +26,7 @@ app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 
 # Settings a resumed run may change: they do not affect the numbers it produces.
-RESUME_SAFE = {"device", "threads"}
+RESUME_SAFE = {"device", "threads", "flower_round_timeout"}
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -36,6 +36,7 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False, markup=False)],
         force=True,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower; chatty at INFO
 
 
 def fail(message: str) -> typing.NoReturn:

@@ -25,7 +25,7 @@ from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
-from feddmmr.federated.aggregation import FedAvg
+from feddmmr.federated.aggregation import FedAvg, ServerAdam
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.sampling import sample_clients
@@ -125,6 +125,7 @@ class Run:
     state: RunState
     memory: ClientMemories | None = None  # FedDMMR: every user's memory
     frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
+    server_optimizer: ServerAdam | None = None  # fedadam; None: plain FedAvg
 
     @property
     def checkpoints(self) -> Path:
@@ -198,7 +199,8 @@ def prepare_run(config: TrainConfig, *, resume: bool = False) -> Run:
     run = Run(config, run_dir, split, model, device, precision,
               ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
               memory=make_memories(config, split.num_users, features, device),
-              frozen=frozen_parameters(model, config.stage))
+              frozen=frozen_parameters(model, config.stage),
+              server_optimizer=ServerAdam(config.server_learning_rate) if config.server_optimizer == "fedadam" else None)
     if resume:
         restore(run)
     elif config.init_from:
@@ -237,6 +239,7 @@ def checkpoint_state(run: Run) -> dict:
         "history": st.history,
         "stopped_early": st.stopped_early,
         "loss_scale": run.precision.scale,
+        **({} if run.server_optimizer is None else {"server_optimizer": run.server_optimizer.state_dict()}),
         **memory_entry(run),
     }
 
@@ -268,6 +271,8 @@ def restore(run: Run) -> None:
         stopped_early=saved["stopped_early"],
     )
     run.precision.scale = saved["loss_scale"]
+    if run.server_optimizer is not None:
+        run.server_optimizer.load_state_dict(saved["server_optimizer"])
     # metrics.jsonl may hold a line written after the checkpoint: rewrite it from the checkpoint.
     write_metrics(run)
     log.info("resume: continuing %s after round %d", run.run_dir, run.state.round)
@@ -298,6 +303,8 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     aggregator = FedAvg(global_params)
     reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
     new_params = aggregator.result()
+    if run.server_optimizer is not None:
+        new_params = run.server_optimizer.step(global_params, new_params)
     new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
     run.model.load_state_dict(new_params, strict=False)
 

@@ -35,3 +35,37 @@ class FedAvg:
             name: (total / self.total_weight).to(self.global_params[name].dtype)
             for name, total in self.sums.items()
         }
+
+
+class ServerAdam:
+    """FedAdam (Reddi et al., ICLR 2021): the server treats the change FedAvg proposes as a
+    pseudo-gradient and takes an Adam step along it, instead of adopting the average outright.
+
+    Its moments persist across rounds (and checkpoints); `tau` is the paper's adaptivity
+    constant (Adam's epsilon), large so that tiny consistent changes are not blown up.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-3) -> None:
+        self.lr, self.betas, self.tau = lr, betas, tau
+        self.exp_avg: dict[str, torch.Tensor] = {}
+        self.exp_avg_sq: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def step(self, global_params: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        beta1, beta2 = self.betas
+        out = {}
+        for name, average in averaged.items():
+            delta = average - global_params[name]
+            m = self.exp_avg.setdefault(name, torch.zeros_like(delta))
+            v = self.exp_avg_sq.setdefault(name, torch.zeros_like(delta))
+            m.mul_(beta1).add_(delta, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(delta, delta, value=1 - beta2)
+            out[name] = global_params[name] + self.lr * m / (v.sqrt() + self.tau)
+        return out
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"exp_avg": dict(self.exp_avg), "exp_avg_sq": dict(self.exp_avg_sq)}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.exp_avg = {n: t.clone() for n, t in state["exp_avg"].items()}
+        self.exp_avg_sq = {n: t.clone() for n, t in state["exp_avg_sq"].items()}
