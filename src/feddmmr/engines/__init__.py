@@ -13,7 +13,7 @@ from feddmmr.engines.vectorized import VectorizedEngine
 ENGINES = ("vectorized", "sequential")
 
 
-def make_engine(name: str, model, *, chunk_clients: int = 16, chunk_windows: int = 128):
+def make_engine(name: str, model, *, chunk_clients: int = 16, chunk_windows: int = 64):
     if name == "vectorized":
         return VectorizedEngine(model, chunk_clients=chunk_clients, chunk_windows=chunk_windows)
     if name == "sequential":

@@ -60,7 +60,7 @@ def expand_rows(global_table: torch.Tensor, item_rows: torch.Tensor, local_table
 
 
 class VectorizedEngine:
-    def __init__(self, model: torch.nn.Module, *, chunk_clients: int = 16, chunk_windows: int = 128) -> None:
+    def __init__(self, model: torch.nn.Module, *, chunk_clients: int = 16, chunk_windows: int = 64) -> None:
         self.model = model
         self.chunk_clients = chunk_clients
         self.chunk_windows = chunk_windows
