@@ -23,6 +23,7 @@ from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.engines import LocalTraining, make_engine
+from feddmmr.engines.base import guarded_step
 from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg, ServerAdam
@@ -346,20 +347,9 @@ def run_centralized_epoch(run: Run, optimizer: torch.optim.Optimizer, round_numb
         with run.precision.autocast():
             scores = model(batch_inputs, batch_candidates)
         loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
-        loss = loss_sum / n.clamp(min=1)
-        optimizer.zero_grad(set_to_none=True)
-        scale = run.precision.loss_scale()
-        (loss * scale).backward()
-        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-        run.precision.update(not finite)
-        if not finite:
+        if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, run.precision):
             skipped += 1
             continue
-        if scale != 1.0:
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.div_(scale)
-        optimizer.step()
         total += float(loss_sum.detach())
         count += float(n)
     if skipped:

@@ -41,3 +41,26 @@ class ClientReport:
     mean_loss: float  # mean over the client's trained steps of the per-step mean target loss
     steps: int
     skipped_steps: int  # non-finite loss or gradient: never trained on
+
+
+def guarded_step(objective: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                 precision: Precision) -> bool:
+    """Backward and optimiser step of one module, never on a non-finite loss or gradient.
+
+    Under fp16 the loss is scaled for the backward pass and the gradients unscaled before the
+    step (the GradScaler rule: a non-finite step is skipped and the scale halved). Returns
+    whether the step was taken.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scale = precision.loss_scale()
+    (objective * scale).backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = bool(torch.isfinite(objective)) and all(bool(torch.isfinite(g).all()) for g in grads)
+    precision.update(not finite)
+    if not finite:
+        return False
+    if scale != 1.0:
+        for g in grads:
+            g.div_(scale)
+    optimizer.step()
+    return True

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, guarded_step
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
@@ -63,19 +63,9 @@ class SequentialEngine:
                     objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
                     # The positives happened whatever this step's fate: the memory takes them.
                     slots = memory.update(slots, positives[step : step + 1])
-                optimizer.zero_grad(set_to_none=True)
-                scale = local.precision.loss_scale()
-                (objective * scale).backward()
-                grads = [p.grad for p in trainable if p.grad is not None]
-                finite = bool(torch.isfinite(objective)) and all(bool(torch.isfinite(g).all()) for g in grads)
-                local.precision.update(not finite)
-                if not finite:
+                if not guarded_step(objective, trainable, optimizer, local.precision):
                     skipped += 1
                     continue
-                if scale != 1.0:
-                    for g in grads:
-                        g.div_(scale)
-                optimizer.step()
                 losses.append(float(loss.detach()))
             if skipped:
                 log.warning("client %d: skipped %d steps with a non-finite loss or gradient", client.user, skipped)
