@@ -127,3 +127,20 @@ def test_centralized_baseline_trains_on_the_same_split(tiny_data, tmp_path):
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
+
+
+def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path):
+    """With every client, one local step each on all its windows and plain SGD, FedAvg weighted by
+    training targets is exactly one full-batch gradient step on the pooled data: the whole
+    federated pipeline (batches, engine, aggregation) must reproduce centralised training."""
+    same = dict(num_rounds=1, validate_every=1, dropout=0.0, local_optimizer="sgd", learning_rate=0.5,
+                batch_size=10_000, local_epochs=1)
+    federated = train(config(tiny_data, tmp_path / "fed", client_fraction=1.0, **same))
+    centralized = train(config(tiny_data, tmp_path / "central", centralized=True, **same))
+    fed = load_checkpoint(federated.run_dir / "checkpoints" / "last.pt")["model"]
+    central = load_checkpoint(centralized.run_dir / "checkpoints" / "last.pt")["model"]
+    untrained = train(config(tiny_data, tmp_path / "still", client_fraction=1.0, **{**same, "learning_rate": 1e-12}))
+    start = load_checkpoint(untrained.run_dir / "checkpoints" / "last.pt")["model"]
+    assert not torch.allclose(fed["item_embedding.weight"], start["item_embedding.weight"])  # the step moved it
+    for name in fed:
+        torch.testing.assert_close(fed[name], central[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -381,7 +381,8 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
     c, state = run.config, run.state
     if engine is None and not c.centralized:
         engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
-    optimizer = (torch.optim.Adam(run.model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+    optimizer_class = torch.optim.Adam if c.local_optimizer == "adam" else torch.optim.SGD
+    optimizer = (optimizer_class(run.model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
                  if c.centralized else None)
     if c.centralized and state.round > 0:
         # The centralised optimiser state lives in the last checkpoint.
