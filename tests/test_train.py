@@ -1,7 +1,6 @@
 """End-to-end runs on a tiny dataset: outputs, determinism, resume, evaluate, init-from."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
