@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from feddmmr.config import FIELDS, TrainConfig, resolve_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens, describe a data folder.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.")
 app.add_typer(data_app, name="data")
 features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
 app.add_typer(features_app, name="features")
@@ -61,7 +61,7 @@ def _train_parameters() -> list[inspect.Parameter]:
             flags = [f"{flags[0]}/--no-{name.replace('_', '-')}"] + flags[1:]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         shown = "synthetic" if name == "data_dir" else "none" if default == [] else default
-        option = typer.Option(None, *flags, help=f"{field.metadata['help']} [default: {shown}]", show_default=False)
+        option = typer.Option(None, *flags, help=f"{field.metadata['help']} (default: {shown})", show_default=False)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)))
     parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                         default=typer.Option(None, "--config", help="preset file (YAML or JSON) of these settings")))
