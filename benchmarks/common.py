@@ -199,3 +199,10 @@ def write_section(path: str | Path, name: str, body: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_result(path: str | Path, key: str, title: str, lines: list[str]) -> None:
+    """Put a script's printed lines, under `title` and the machine line, into section `key` of `path`."""
+    body = "\n".join([f"### {title}", "", "```", machine_line(), *lines, "```"])
+    write_section(path, key, body)
+    print(f"wrote {path}")

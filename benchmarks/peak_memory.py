@@ -78,10 +78,8 @@ def main(argv=None) -> None:
     ]
     print("\n".join(lines))
     if args.write_docs:
-        body = "\n".join([f"### Peak memory: {label}, {setting['engine']}, {setting['num_rounds']} rounds",
-                          "", "```", common.machine_line(), *lines, "```"])
-        common.write_section(args.write_docs, f"peak-memory-{label}-{setting['engine']}", body)
-        print(f"wrote {args.write_docs}")
+        common.write_result(args.write_docs, f"peak-memory-{label}-{setting['engine']}",
+                            f"Peak memory: {label}, {setting['engine']}, {setting['num_rounds']} rounds", lines)
 
 
 if __name__ == "__main__":

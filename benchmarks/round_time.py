@@ -162,10 +162,8 @@ def main(argv=None) -> None:
                f"peak memory {peak / ref['peak_rss_mb']:.2f} of the original's (this process held both engines)")
 
     if args.write_docs:
-        body = "\n".join([f"### Round time: {label}, max_seq_len {args.max_seq_len}, batch {args.batch_size}",
-                          "", "```", common.machine_line(), *lines, "```"])
-        common.write_section(args.write_docs, f"round-time-{label}-L{args.max_seq_len}-B{args.batch_size}", body)
-        print(f"wrote {args.write_docs}")
+        common.write_result(args.write_docs, f"round-time-{label}-L{args.max_seq_len}-B{args.batch_size}",
+                            f"Round time: {label}, max_seq_len {args.max_seq_len}, batch {args.batch_size}", lines)
 
 
 if __name__ == "__main__":

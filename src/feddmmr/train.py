@@ -27,6 +27,7 @@ from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.engines.base import guarded_step
 from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
+from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.aggregation import FedAvg, ServerAdam
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
@@ -382,8 +383,8 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
     c, state = run.config, run.state
     if engine is None and not c.centralized:
         engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
-    optimizer_class = torch.optim.Adam if c.local_optimizer == "adam" else torch.optim.SGD
-    optimizer = (optimizer_class(run.model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+    optimizer = (TORCH_OPTIMIZERS[c.local_optimizer](run.model.parameters(), lr=c.learning_rate,
+                                                     weight_decay=c.weight_decay)
                  if c.centralized else None)
     if c.centralized and state.round > 0:
         # The centralised optimiser state lives in the last checkpoint.

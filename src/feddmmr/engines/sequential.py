@@ -11,6 +11,7 @@ import logging
 import torch
 
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, guarded_step
+from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
@@ -39,8 +40,8 @@ class SequentialEngine:
         for client in clients:
             model.load_state_dict(global_params, strict=False)
             model.train()
-            optimizer_class = torch.optim.Adam if local.optimizer == "adam" else torch.optim.SGD
-            optimizer = optimizer_class(trainable, lr=local.learning_rate, weight_decay=local.weight_decay)
+            optimizer = TORCH_OPTIMIZERS[local.optimizer](trainable, lr=local.learning_rate,
+                                                          weight_decay=local.weight_decay)
             losses, skipped = [], 0
             if memory is not None:
                 slots = memory.select([client.user], device)

@@ -77,3 +77,5 @@ class BatchedSGD:
 
 
 LOCAL_OPTIMIZERS = {"adam": BatchedAdam, "sgd": BatchedSGD}
+# The single-model counterparts (sequential engine, centralised baseline).
+TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
