@@ -232,6 +232,21 @@ def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage
         assert torch.equal(p.detach(), global_params[name]) and p.requires_grad
 
 
+def test_fedavgm_accumulates_the_average_change_and_keeps_its_buffer():
+    from feddmmr.federated.aggregation import ServerMomentum
+
+    server = ServerMomentum(lr=2.0, momentum=0.5)
+    first = server.step({"w": torch.zeros(2)}, {"w": torch.tensor([1.0, -2.0])})
+    torch.testing.assert_close(first["w"], torch.tensor([2.0, -4.0]))  # buffer = delta, lr 2
+    restored = ServerMomentum(lr=2.0, momentum=0.5)
+    restored.load_state_dict(server.state_dict())
+    target = {"w": torch.tensor([3.0, -4.0])}  # delta (1, 0): buffer 0.5 * (1, -2) + (1, 0)
+    torch.testing.assert_close(server.step(first, target)["w"], torch.tensor([5.0, -6.0]))
+    torch.testing.assert_close(restored.step(first, target)["w"], torch.tensor([5.0, -6.0]))
+    plain = ServerMomentum(lr=1.0, momentum=0.0)  # momentum 0, lr 1: FedAvg adopts the average
+    torch.testing.assert_close(plain.step({"w": torch.zeros(2)}, target)["w"], target["w"])
+
+
 def test_fedadam_steps_along_the_average_and_keeps_its_moments():
     from feddmmr.federated.aggregation import ServerAdam
 

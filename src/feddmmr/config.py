@@ -57,8 +57,9 @@ class TrainConfig:
     learning_rate: float = _opt(2e-3, "Adam learning rate")
     weight_decay: float = _opt(0.0, "L2 weight decay of the client optimiser")
     local_optimizer: str = _opt("adam", "the client's optimiser, fresh each round: adam or sgd")
-    server_optimizer: str = _opt("fedavg", "fedavg (adopt the weighted average) or fedadam (an Adam step along it)")
-    server_learning_rate: float = _opt(1e-2, "fedadam's server learning rate")
+    server_optimizer: str = _opt("fedavg", "fedavg (adopt the weighted average), fedavgm (server momentum along it) or fedadam (an Adam step along it)")
+    server_learning_rate: float = _opt(1e-2, "server learning rate of fedavgm (1 is FedAvg's step) and fedadam")
+    server_momentum: float = _opt(0.9, "fedavgm's momentum")
     num_negatives: int = _opt(4, "sampled negatives per training target")
     loss: str = _opt("ce", "ce (softmax over positive + negatives) or bpr")
     engine: str = _opt("vectorized", "vectorized, sequential or flower")
@@ -85,7 +86,7 @@ class TrainConfig:
             "model": ("fedsasrec", "feddmmr"),
             "loss": ("ce", "bpr"),
             "local_optimizer": ("adam", "sgd"),
-            "server_optimizer": ("fedavg", "fedadam"),
+            "server_optimizer": ("fedavg", "fedavgm", "fedadam"),
             "engine": ("vectorized", "sequential", "flower"),
             "eval": ("sampled", "full"),
             "amp": ("auto", "off", "fp16", "bf16"),

@@ -28,7 +28,7 @@ from feddmmr.engines.base import guarded_step
 from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
-from feddmmr.federated.aggregation import FedAvg, ServerAdam
+from feddmmr.federated.aggregation import FedAvg, ServerAdam, ServerMomentum
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.sampling import sample_clients
@@ -128,7 +128,7 @@ class Run:
     state: RunState
     memory: ClientMemories | None = None  # FedDMMR: every user's memory
     frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
-    server_optimizer: ServerAdam | None = None  # fedadam; None: plain FedAvg
+    server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
 
     @property
     def checkpoints(self) -> Path:
@@ -170,6 +170,14 @@ class Run:
 # Setting up (or resuming) a run
 
 
+def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | None:
+    if config.server_optimizer == "fedadam":
+        return ServerAdam(config.server_learning_rate)
+    if config.server_optimizer == "fedavgm":
+        return ServerMomentum(config.server_learning_rate, config.server_momentum)
+    return None
+
+
 def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -203,7 +211,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False) -> Run:
               ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
               memory=make_memories(config, split.num_users, features, device),
               frozen=frozen_parameters(model, config.stage),
-              server_optimizer=ServerAdam(config.server_learning_rate) if config.server_optimizer == "fedadam" else None)
+              server_optimizer=make_server_optimizer(config))
     if resume:
         restore(run)
     elif config.init_from:

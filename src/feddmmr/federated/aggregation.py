@@ -69,3 +69,31 @@ class ServerAdam:
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         self.exp_avg = {n: t.clone() for n, t in state["exp_avg"].items()}
         self.exp_avg_sq = {n: t.clone() for n, t in state["exp_avg_sq"].items()}
+
+
+class ServerMomentum:
+    """FedAvgM (Hsu et al. 2019): the server keeps a momentum buffer of the changes FedAvg
+    proposes and moves by `lr` times it. With momentum 0 and lr 1 it is plain FedAvg; lr > 1
+    extrapolates the average, which clients that partly cancel each other out make too short.
+    """
+
+    def __init__(self, lr: float, momentum: float = 0.9) -> None:
+        self.lr, self.momentum = lr, momentum
+        self.buffer: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def step(self, global_params: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, average in averaged.items():
+            delta = average - global_params[name]
+            buffer = self.buffer.get(name)
+            buffer = delta.clone() if buffer is None else buffer.mul_(self.momentum).add_(delta)
+            self.buffer[name] = buffer
+            out[name] = global_params[name] + self.lr * buffer
+        return out
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"buffer": dict(self.buffer)}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.buffer = {n: t.clone() for n, t in state["buffer"].items()}
