@@ -27,12 +27,12 @@ def clients(num=9, epochs=2, batch_size=3):
     return out
 
 
-def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", **engine_options):
+def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, **engine_options):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
     local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, "ce", Precision("off", "cpu"),
-                          optimizer=optimizer)
+                          optimizer=optimizer, clip_norm=clip_norm)
     reports = engine.train(global_params, batches, local, aggregator.add)
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
@@ -49,6 +49,20 @@ def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
         torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
     assert [r.steps for r in vec_reports] == [r.steps for r in seq_reports]
     assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
+
+
+def test_vectorized_round_with_clipped_updates_equals_sequential_round():
+    m = model()
+    batches = clients()
+    start, sequential, _ = run("sequential", m, batches, 0.0, clip_norm=0.05)
+    _, vectorized, _ = run("vectorized", m, batches, 0.0, clip_norm=0.05, chunk_clients=4, chunk_windows=12)
+    _, unclipped, _ = run("sequential", m, batches, 0.0)
+    for name in start:
+        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5)
+    # An unweighted mean of updates of norm <= 0.05 moves the model by at most 0.05.
+    moved = torch.sqrt(sum((sequential[n] - start[n]).double().pow(2).sum() for n in start))
+    unclipped_moved = torch.sqrt(sum((unclipped[n] - start[n]).double().pow(2).sum() for n in start))
+    assert 0.0 < moved <= 0.05 + 1e-6 < unclipped_moved
 
 
 def test_vectorized_round_with_client_sgd_equals_sequential_round():

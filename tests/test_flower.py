@@ -138,6 +138,17 @@ def test_a_flower_round_equals_a_local_round(tiny_data, tmp_path, local_round):
     assert json.loads((flower.run_dir / "config.json").read_text())["engine"] == "flower"
 
 
+def test_a_flower_dp_round_clips_on_the_nodes_like_the_local_engine(tiny_data, tmp_path):
+    pytest.importorskip("opacus")
+    dp = dict(num_rounds=1, dp_clip_norm=0.1, dp_noise_multiplier=0.5)
+    local = train(config(tiny_data, tmp_path / "local", **dp))
+    grid = InProcessGrid(make_client_app(), partitions(3))
+    flower = train_on_grid(grid, config(tiny_data, tmp_path / "flower", flower_supernodes=3, **dp))
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
+    assert flower.history[0]["failed_clients"] == 0
+    assert flower.history[0]["dp"] == local.history[0]["dp"] and local.history[0]["dp"]["epsilon"] > 0
+
+
 def test_frozen_weights_stay_on_the_nodes(tiny_data, tmp_path):
     """Stage 3 freezes the item embedding: nodes leave it as it was and do not send it back."""
     local = train(config(tiny_data, tmp_path / "local", num_rounds=1, stage=3))

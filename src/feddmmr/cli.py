@@ -78,6 +78,9 @@ def _round_line(record: dict) -> str:
         shown = f"val HR@10 {val['HR@10']:.4f}  NDCG@10 {val['NDCG@10']:.4f}"
     else:
         shown = f"val skipped (next at round {record['next_validation']})"
+    if "dp" in record:
+        epsilon = record["dp"]["epsilon"]
+        shown += "  DP epsilon " + ("inf" if epsilon is None else f"{epsilon:.2f}") + f" (delta {record['dp']['delta']:g})"
     return (f"round {record['round']:>3}  loss {record['train_loss']:.4f}  {shown}  "
             f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s")
 

@@ -60,6 +60,10 @@ class TrainConfig:
     server_optimizer: str = _opt("fedavg", "fedavg (adopt the weighted average), fedavgm (server momentum along it) or fedadam (an Adam step along it)")
     server_learning_rate: float = _opt(1e-2, "server learning rate of fedavgm (1 is FedAvg's step) and fedadam")
     server_momentum: float = _opt(0.9, "fedavgm's momentum")
+    # user-level differential privacy (DP-FedAvg; docs/PRIVACY.md)
+    dp_clip_norm: float | None = _opt(None, "DP on: clip each client's update to this L2 norm; clients are Poisson-sampled and count equally")
+    dp_noise_multiplier: float = _opt(0.0, "DP: Gaussian noise std on the sum of clipped updates, in units of dp_clip_norm")
+    dp_delta: float = _opt(1e-5, "DP: the delta at which epsilon is reported")
     num_negatives: int = _opt(4, "sampled negatives per training target")
     loss: str = _opt("ce", "ce (softmax over positive + negatives) or bpr")
     engine: str = _opt("vectorized", "vectorized, sequential or flower")
@@ -104,9 +108,24 @@ class TrainConfig:
             raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        self._check_privacy()
         if self.flower_round_timeout <= 0:
             raise ValueError(f"flower_round_timeout must be > 0 seconds, got {self.flower_round_timeout}")
         self._check_feddmmr()
+
+    def _check_privacy(self) -> None:
+        if self.dp_clip_norm is None:
+            if self.dp_noise_multiplier:
+                raise ValueError("dp_noise_multiplier needs dp_clip_norm: noise is calibrated to the clipping norm")
+            return
+        if self.dp_clip_norm <= 0:
+            raise ValueError(f"dp_clip_norm must be > 0, got {self.dp_clip_norm}")
+        if self.dp_noise_multiplier < 0:
+            raise ValueError(f"dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}")
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
+        if self.centralized:
+            raise ValueError("dp_clip_norm is user-level DP for federated rounds; --centralized pools the users")
 
     def _check_feddmmr(self) -> None:
         if isinstance(self.modality, str):  # a preset may give a single NAME=FILE

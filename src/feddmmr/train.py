@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,7 @@ from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.aggregation import FedAvg, ServerAdam, ServerMomentum
+from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.sampling import sample_clients
@@ -146,7 +148,8 @@ class Run:
         c = self.config
         auxiliary = AuxiliaryWeights(c.load_balance_weight, c.alignment_weight, c.contrastive_weight)
         return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
-                             auxiliary=auxiliary, frozen=self.frozen, optimizer=c.local_optimizer)
+                             auxiliary=auxiliary, frozen=self.frozen, optimizer=c.local_optimizer,
+                             clip_norm=c.dp_clip_norm)
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""
@@ -230,6 +233,11 @@ def log_start(run: Run) -> None:
     log.info("device %s | amp %s | engine %s | %s", run.device, run.precision.mode,
              "centralized" if c.centralized else c.engine,
              "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round")
+    if c.dp_clip_norm is not None:
+        log.info("differential privacy: DP-FedAvg, updates clipped to L2 norm %g, noise multiplier %g, "
+                 "Poisson sampling at rate %g, epsilon reported at delta %g%s", c.dp_clip_norm,
+                 c.dp_noise_multiplier, c.client_fraction, c.dp_delta,
+                 "" if c.dp_noise_multiplier else " (no noise: clipping only, no privacy guarantee)")
     log.info("negatives: %d per training target, %d per held-out item in %s evaluation",
              c.num_negatives, c.num_negatives_eval, c.eval)
     log.info("validation: %s; early stopping after %s validated rounds without %s gain",
@@ -304,14 +312,20 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
 
     global_params = run.params()
     eligible = np.flatnonzero(split.num_train_targets > 0)
-    users = sample_clients(eligible, c.client_fraction, c.seed, round_number)
+    if c.dp_clip_norm is None:
+        users = sample_clients(eligible, c.client_fraction, c.seed, round_number)
+        aggregator = FedAvg(global_params)
+    else:
+        users = poisson_sample(eligible, c.client_fraction, c.seed, round_number)
+        noise = torch.Generator().manual_seed(round_seed(c.seed, round_number) + 1)
+        aggregator = DPFedAvg(global_params, c.dp_clip_norm, c.dp_noise_multiplier,
+                              c.client_fraction * len(eligible), noise)
     settings = run.batch_settings()
     batches = [
         make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
         for u in users
     ]
     progress = progress_factory(round_number, len(users)) if progress_factory else None
-    aggregator = FedAvg(global_params)
     reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
     new_params = aggregator.result()
     if run.server_optimizer is not None:
@@ -332,6 +346,9 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
         "train_seconds": time.perf_counter() - started,
     }
+    if c.dp_clip_norm is not None:
+        epsilon = privacy_spent(c.dp_noise_multiplier, c.client_fraction, round_number, c.dp_delta)
+        record["dp"] = {"epsilon": epsilon if math.isfinite(epsilon) else None, "delta": c.dp_delta}
     return record
 
 

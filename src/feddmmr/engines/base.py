@@ -33,6 +33,8 @@ class LocalTraining:
     auxiliary: AuxiliaryWeights = AuxiliaryWeights()
     frozen: frozenset[str] = frozenset()
     optimizer: str = "adam"  # the client's optimiser, fresh every round: adam or sgd
+    # DP: each client's update is clipped to this L2 norm and weighs 1 (federated/privacy.py)
+    clip_norm: float | None = None
 
 
 @dataclass(frozen=True)

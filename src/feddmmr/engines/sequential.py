@@ -13,6 +13,7 @@ import torch
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, guarded_step
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
+from feddmmr.federated.privacy import clip_updates
 from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class SequentialEngine:
             if memory is not None:
                 memory.scatter([client.user], slots)
             params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters() if n not in local.frozen}
-            aggregate(params, torch.tensor([float(client.num_targets)], device=device))
+            weights = torch.tensor([float(client.num_targets)], device=device)
+            aggregate(*clip_updates(params, global_params, weights, local.clip_norm))
             reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped))
             if progress:
                 progress(1)

@@ -28,6 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
 from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
+from feddmmr.federated.privacy import clip_updates
 from feddmmr.model.losses import feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class VectorizedEngine:
                 memory.scatter(batch.users, slots)
             if compact:
                 params[ITEM_TABLE] = expand_rows(global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE])
-            aggregate(params, batch.weights)
+            aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm))
             for i, user in enumerate(batch.users):
                 if skipped[i]:
                     log.warning("client %d: skipped %d steps with a non-finite loss or gradient", user, int(skipped[i]))

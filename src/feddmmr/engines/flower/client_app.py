@@ -76,10 +76,11 @@ def train_users(message: Message, context: Context) -> Message:
     with node_state(context, config, data.user_ids(), precision):
         reports = engine.train(global_params, batches,
                                LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision,
-                                             frozen=frozen),
+                                             frozen=frozen, clip_norm=config.dp_clip_norm),
                                aggregator.add)
     trained = {name: p for name, p in aggregator.result().items() if name not in frozen}
-    content = messages.train_reply_content(trained, reports, {b.user: b.num_targets for b in batches})
+    content = messages.train_reply_content(trained, reports, {b.user: b.num_targets for b in batches},
+                                           aggregator.total_weight)
     return Message(content, reply_to=message)
 
 

@@ -93,7 +93,8 @@ class FlowerEngine:
                 continue
             received = messages.read_train_reply(reply)
             trained = {name: p for name, p in global_params.items() if name not in local.frozen}
-            mismatch = _mismatch(received, {u: expected[u] for u in by_node[node]}, trained)
+            mismatch = _mismatch(received, {u: expected[u] for u in by_node[node]}, trained,
+                                 clipped=local.clip_norm is not None)
             if mismatch:
                 failed[node] = mismatch
                 continue
@@ -190,10 +191,13 @@ class FlowerEngine:
         return "[" + ", ".join(shown) + (f", ... ({len(users)} in all)]" if len(users) > 20 else "]")
 
 
-def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor]) -> str | None:
+def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor],
+              clipped: bool) -> str | None:
     """Why a reply cannot be aggregated (its node's data or model differs from the server's), or None.
-    `trained`: the global weights the round trains (a node sends back exactly those)."""
-    if received.num_targets != wanted or received.weight != sum(wanted.values()):
+    `trained`: the global weights the round trains (a node sends back exactly those); `clipped`:
+    DP is on, so the node weighs each user 1."""
+    weight = len(wanted) if clipped else sum(wanted.values())
+    if received.num_targets != wanted or received.weight != weight:
         return (f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
                 f"server's {wanted}: the node's data does not match the server's")
     shapes = {name: tuple(p.shape) for name, p in received.params.items()}

@@ -12,7 +12,8 @@ train (server -> each node holding sampled users of the round), reply:
     params    ArrayRecord   the global weights
     -> params ArrayRecord   the FedAvg mean of the node's users' updated weights (the trained
                             ones: frozen weights are not sent back)
-    -> report MetricRecord  num-examples (the node's FedAvg weight: its users' training targets)
+    -> report MetricRecord  num-examples (the node's FedAvg weight: its users' training targets;
+                            with DP, its number of users, whose updates it clipped)
                             and per user, in `users` order: num-targets, mean-loss, steps,
                             skipped-steps
 
@@ -85,12 +86,12 @@ def read_params(message: Message) -> dict[str, torch.Tensor]:
 
 
 def train_reply_content(params: dict[str, torch.Tensor], reports: list[ClientReport],
-                        num_targets: dict[int, int]) -> RecordDict:
+                        num_targets: dict[int, int], weight: float) -> RecordDict:
     reports = sorted(reports, key=lambda r: r.user)
     return RecordDict({
         PARAMS: ArrayRecord({name: p.detach().cpu() for name, p in params.items()}),
         REPORT: MetricRecord({
-            NUM_EXAMPLES: sum(num_targets[r.user] for r in reports),
+            NUM_EXAMPLES: weight,
             "users": [r.user for r in reports],
             "num-targets": [num_targets[r.user] for r in reports],
             "mean-loss": [r.mean_loss for r in reports],
