@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def run_script(name: str, *args: str) -> str:
+def run_script(name: str, *args: str, timeout: float = 180) -> str:
     result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{name} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -31,6 +31,20 @@ def test_round_time_quick_prints_every_figure():
                   "speed-up vectorized vs sequential:", "validation (1:100", "peak RSS (whole process):",
                   "reference (issue", "speed-up vs reference: n/a"):
         assert label in out, f"{label!r} missing from:\n{out}"
+
+
+@pytest.mark.slow
+def test_flower_round_time_quick_prints_every_figure():
+    pytest.importorskip("flwr")
+    # Two Flower simulations (Ray start-up each) and two local runs; the script kills each run's
+    # process group after its own hard timeout (240 s each with --quick), so this one is generous.
+    out = run_script("flower_round_time.py", "--quick", "--threads", "1", timeout=1000)
+    for label in ("machine:", "setting: synthetic", "5 clients per round:", "20 clients per round:",
+                  "local 5 clients: rounds [", "flower 5 clients: rounds [", "flower 20 clients: rounds [",
+                  "peak summed RSS" if sys.platform == "linux" else "peak RSS", "flower/local", "start-up: local"):
+        assert label in out, f"{label!r} missing from:\n{out}"
+    rows = [line.split("|") for line in out.splitlines() if line.strip().startswith(("5 |", "20 |"))]
+    assert [int(row[0]) for row in rows] == [5, 20]
 
 
 def test_quality_dry_run_prints_commands_and_runs_nothing(tmp_path):

@@ -1,0 +1,93 @@
+"""FedDMMR vs FedSASRec, and FedDMMR's parts, on the same split and round budget.
+
+Every variant starts from the same FedSASRec checkpoint (the seed's recipe: FedDMMR is trained on
+top of a pre-trained ID backbone) and trains the same number of rounds with the defaults of
+`feddmmr train`; only the variant's flags differ:
+
+    fedsasrec      FedSASRec, continued (the baseline: the same rounds without any multimodal part)
+    feddmmr        FedDMMR with the text modality (memory + expert + router + gate)
+    prototypes     feddmmr + 5 global prototypes as slots of empty memories
+    alignment      feddmmr + the drift-adaptive alignment loss (lambda 0.1)
+
+    python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text FEATURES.npz          # seeds 0 1 2
+    python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text F.npz --seeds 0 --rounds 10 --variants fedsasrec feddmmr
+
+RUN_DIR: a FedSASRec run on the same data and seed (`feddmmr train --data-dir ... --top-users
+1000`); FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. With one
+modality the router has a single expert to weigh, so "no router" is not a separate variant; "no
+memory" leaves the expert nothing to read, which is FedSASRec. Runs go to
+OUT/<variant>/seed<N>/ and resume like benchmarks/quality.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from quality import execute, mean_std, read_run  # noqa: E402
+
+VARIANTS = {
+    "fedsasrec": [],
+    "feddmmr": ["--model", "feddmmr"],
+    "prototypes": ["--model", "feddmmr", "--prototypes", "5"],
+    "alignment": ["--model", "feddmmr", "--alignment-weight", "0.1"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init-from", required=True, help="the FedSASRec run (or checkpoint) every variant starts from")
+    p.add_argument("--text", required=True, help="text features of the items (feddmmr features text)")
+    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--out", default="/tmp/feddmmr-ablation")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    common.require_feddmmr()
+    data_dir, top_users, label = common.dataset(args.data)
+    failed = 0
+    for variant in args.variants:
+        for seed in args.seeds:
+            run_dir = Path(args.out) / label / variant / f"seed{seed}"
+            if (run_dir / "final.json").exists():
+                print(f"{variant} seed {seed}: done ({run_dir / 'final.json'})")
+                continue
+            modality = ["--modality", f"text={args.text}"] if "--model" in VARIANTS[variant] else []
+            setting = {"seed": seed, "num_rounds": args.rounds, "init_from": args.init_from,
+                       "validate_every": 2, "patience": 0, "threads": args.threads, "run_dir": str(run_dir)}
+            command = common.train_command(data_dir, top_users, setting, VARIANTS[variant] + modality)
+            if (run_dir / "checkpoints" / "last.pt").exists():
+                command = [sys.executable, "-m", "feddmmr", "train", "--resume", str(run_dir), "--threads", str(args.threads)]
+            print(f"{variant} seed {seed}: {' '.join(command)}", flush=True)
+            failed += not execute(command, run_dir)
+
+    lines = [f"data {label}: test metrics of the best validated round, {args.rounds} rounds from {args.init_from}",
+             "| variant | seeds | test HR@10 | test NDCG@10 | best rounds | train s per round (mean) |",
+             "|---|---|---|---|---|---|"]
+    for variant in args.variants:
+        runs = [r for s in args.seeds if (r := read_run(Path(args.out) / label / variant / f"seed{s}"))]
+        if runs:
+            per_round = sum(r["train_s"] / r["rounds_run"] for r in runs) / len(runs)
+            lines.append(f"| {variant} | {len(runs)}/{len(args.seeds)} | {mean_std([r['hr'] for r in runs])} | "
+                         f"{mean_std([r['ndcg'] for r in runs])} | {', '.join(str(r['best_round']) for r in runs)} | "
+                         f"{per_round:.1f} |")
+    print("\n" + "\n".join(lines))
+    if args.write_docs:
+        common.write_result(args.write_docs, f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec", lines)
+    if failed:
+        sys.exit(f"{failed} run(s) failed")
+
+
+if __name__ == "__main__":
+    main()
