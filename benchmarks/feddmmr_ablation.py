@@ -12,8 +12,10 @@ top of a pre-trained ID backbone) and trains the same number of rounds with the 
     python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text FEATURES.npz          # seeds 0 1 2
     python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text F.npz --seeds 0 --rounds 10 --variants fedsasrec feddmmr
 
-RUN_DIR: a FedSASRec run on the same data and seed (`feddmmr train --data-dir ... --top-users
-1000`); FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. With one
+RUN_DIR: a FedSASRec run on the same data (`feddmmr train --data-dir ... --top-users 1000`). One
+run may serve every seed: the leave-one-out split does not depend on the seed, so the backbone
+never saw any seed's validation or test items; the seeds then vary client sampling, negatives,
+dropout and the evaluation candidates of the compared rounds. FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. With one
 modality the router has a single expert to weigh, so "no router" is not a separate variant; "no
 memory" leaves the expert nothing to read, which is FedSASRec. Runs go to
 OUT/<variant>/seed<N>/ and resume like benchmarks/quality.py.
