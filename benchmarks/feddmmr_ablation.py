@@ -6,7 +6,6 @@ top of a pre-trained ID backbone) and trains the same number of rounds with the 
 
     fedsasrec      FedSASRec, continued (the baseline: the same rounds without any multimodal part)
     feddmmr        FedDMMR with the text modality (memory + expert + router + gate)
-    prototypes     feddmmr + 5 global prototypes as slots of empty memories
     alignment      feddmmr + the drift-adaptive alignment loss (lambda 0.1)
 
     python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text FEATURES.npz          # seeds 0 1 2
@@ -35,7 +34,6 @@ from quality import execute, mean_std, read_run  # noqa: E402
 VARIANTS = {
     "fedsasrec": [],
     "feddmmr": ["--model", "feddmmr"],
-    "prototypes": ["--model", "feddmmr", "--prototypes", "5"],
     "alignment": ["--model", "feddmmr", "--alignment-weight", "0.1"],
 }
 

@@ -85,8 +85,8 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], contrastive_weight=0.1)
 
 
-def test_resume_restores_the_memories_and_prototypes(tiny_data, text_file, tmp_path):
-    settings = dict(validate_every=1, patience=0, alignment_weight=0.1, prototypes=2)
+def test_resume_restores_the_memories(tiny_data, text_file, tmp_path):
+    settings = dict(validate_every=1, patience=0, alignment_weight=0.1)
     reference = train(config(tiny_data, tmp_path / "reference", text_file, num_rounds=4, **settings))
     train(config(tiny_data, tmp_path / "resumed", text_file, num_rounds=2, **settings))
     resumed = train(config(tiny_data, tmp_path / "resumed", text_file, num_rounds=4, **settings), resume=True)
@@ -97,7 +97,6 @@ def test_resume_restores_the_memories_and_prototypes(tiny_data, text_file, tmp_p
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     for name, tensor in a["memory"].items():
         assert torch.equal(b["memory"][name], tensor), name
-    assert a["prototype_items"].shape == (2,) and torch.equal(b["prototype_items"], a["prototype_items"])
     for name, tensor in a["model"].items():
         assert torch.equal(b["model"][name], tensor), name
 

@@ -348,34 +348,3 @@ def test_aggregate_prototypes_follows_the_weights_and_needs_k_uploads():
     torch.testing.assert_close(weighted[0], F.normalize(torch.tensor([9.0, 1.0]), dim=0))
     with pytest.raises(ValueError, match="N >= k"):
         aggregate_prototypes(uploads, k=3)
-
-
-def test_global_prototypes_are_the_items_nearest_the_clusters_of_the_uploads():
-    from feddmmr.memory.prototypes import global_prototype_items
-
-    config = MemoryConfig(short_capacity=2, long_capacity=4, retrieve_short=1, retrieve_long=1)
-    # uploads at 0, 80 (client 0) and 20, 100 degrees (client 1); items 5 and 6 sit at 10 and 90
-    # degrees, where the two global clusters' centres fall; item 7 has no feature
-    features = torch.cat([angle_features([0, 20, 80, 100, 10, 90]), torch.zeros(1, 2)])
-    embeddings = torch.zeros(2, 4, 2)
-    embeddings[0, :2], embeddings[1, :2] = features[[1, 3]], features[[2, 4]]
-    state = with_long_term(config, 2, items=[[1, 3, 0, 0], [2, 4, 0, 0]], frequency=[[1, 1, 0, 0]] * 2,
-                           refreshed=[[0] * 4] * 2, step=[2, 2], embeddings=embeddings)
-    items = global_prototype_items(state, features, k=2, seed=0, config=config)
-    assert sorted(items.tolist()) == [5, 6]
-    assert global_prototype_items(state, features, k=4, seed=0, config=config) is not None
-    alone = select(state, torch.tensor([0]))
-    assert global_prototype_items(alone, features, k=3, seed=0, config=config) is None  # 2 uploads < k
-
-
-def test_clients_with_empty_memories_read_the_prototypes():
-    from feddmmr.memory.clients import ClientMemories
-
-    config = MemoryConfig(short_capacity=3, long_capacity=4, retrieve_short=2, retrieve_long=2)
-    memories = ClientMemories.empty(2, config, angle_features([0, 90, 180, 270]))
-    memories.state = update_memory(memories.state, batch([1, 2], []), memories.features, None, config)
-    before = memories.retrieve(memories.state)
-    memories.prototype_items = torch.tensor([3, 4])
-    items, mask = memories.retrieve(memories.state)
-    assert torch.equal(items[0], before[0][0]) and torch.equal(mask[0], before[1][0])  # client 0 has a memory
-    assert items[1].tolist() == [3, 4, 0, 0] and mask[1].tolist() == [True, True, False, False]

@@ -40,7 +40,6 @@ class TrainConfig:
     stage: int | None = _opt(None, "staged training: 1 ID-only backbone, 2 modality parts with the backbone frozen, "
                                    "3 all but the item embedding (default: train everything)")
     memory_long_capacity: int = _opt(200, "feddmmr: long-term memory slots per client")
-    prototypes: int = _opt(0, "feddmmr: k global prototypes from the sampled clients' memories, read by clients whose memory is empty (0: off)")
     memory_surprise: float = _opt(0.5, "feddmmr: loss threshold of the long-term write rule for memories without features")
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss")
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)")
@@ -149,10 +148,6 @@ class TrainConfig:
             raise ValueError("model=feddmmr runs on the vectorized or sequential engine (not flower or centralized yet)")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
-        if self.prototypes < 0 or self.prototypes > self.memory_long_capacity:
-            raise ValueError(f"prototypes must be in [0, memory_long_capacity={self.memory_long_capacity}], got {self.prototypes}")
-        if self.prototypes and self.model != "feddmmr":
-            raise ValueError("prototypes summarise FedDMMR's client memories: they need model=feddmmr")
         if self.memory_long_capacity < 1:
             raise ValueError(f"memory_long_capacity must be >= 1, got {self.memory_long_capacity}")
         for name in ("load_balance_weight", "alignment_weight", "contrastive_weight"):

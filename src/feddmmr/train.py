@@ -37,8 +37,7 @@ from feddmmr.federated.sampling import sample_clients
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.federated.stages import frozen_parameters
 from feddmmr.memory.clients import ClientMemories, combined_features
-from feddmmr.memory.prototypes import global_prototype_items
-from feddmmr.memory.two_tier import MemoryConfig, MemoryState, select
+from feddmmr.memory.two_tier import MemoryConfig, MemoryState
 from feddmmr.memory.two_tier import summary as memory_summary
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.losses import AuxiliaryWeights, next_item_loss
@@ -266,10 +265,7 @@ def checkpoint_state(run: Run) -> dict:
 
 def memory_entry(run: Run) -> dict:
     """The memories' part of a checkpoint (its tensors, not copies: save it before the next round)."""
-    if run.memory is None:
-        return {}
-    prototypes = {} if run.memory.prototype_items is None else {"prototype_items": run.memory.prototype_items}
-    return {"memory": run.memory.state.to_dict(), **prototypes}
+    return {} if run.memory is None else {"memory": run.memory.state.to_dict()}
 
 
 def load_memory(run: Run, saved: dict) -> None:
@@ -277,7 +273,6 @@ def load_memory(run: Run, saved: dict) -> None:
         if "memory" not in saved:
             raise ValueError(f"{run.run_dir}: the checkpoint holds no client memories (a run of another model?)")
         run.memory.state = MemoryState.from_dict(saved["memory"])
-        run.memory.prototype_items = saved.get("prototype_items")
 
 
 def restore(run: Run) -> None:
@@ -337,8 +332,6 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         new_params = run.server_optimizer.step(global_params, new_params)
     new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
     run.model.load_state_dict(new_params, strict=False)
-    if c.prototypes:
-        exchange_prototypes(run, users, round_number)
 
     # The Flower engine reports only the clients whose node replied: average over those.
     targets = {b.user: b.num_targets for b in batches}
@@ -357,20 +350,6 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         epsilon = privacy_spent(c.dp_noise_multiplier, c.client_fraction, round_number, c.dp_delta)
         record["dp"] = {"epsilon": epsilon if math.isfinite(epsilon) else None, "delta": c.dp_delta}
     return record
-
-
-def exchange_prototypes(run: Run, users: np.ndarray, round_number: int) -> None:
-    """The round's clients upload prototypes of their memories; the server's k global ones
-    (as items) become the slots of every client whose memory is still empty."""
-    memory = run.memory
-    part = select(memory.state, torch.as_tensor(users, dtype=torch.int64))
-    items = global_prototype_items(part, memory.features, run.config.prototypes,
-                                   seed=round_seed(run.config.seed, round_number), config=memory.config)
-    if items is None:
-        log.info("round %d: fewer than %d prototypes uploaded; the global prototypes stay as they were",
-                 round_number, run.config.prototypes)
-        return
-    memory.prototype_items = items.cpu()
 
 
 def run_centralized_epoch(run: Run, optimizer: torch.optim.Optimizer, round_number: int) -> dict:

@@ -21,9 +21,6 @@ class ClientMemories:
     state: MemoryState  # [num_users, ...], on the CPU
     config: MemoryConfig
     features: torch.Tensor | None  # the combined item feature [num_items+1, D] (row 0 zeros), or None
-    # The server's global prototypes as items (memory/prototypes.py): the slots of a client whose
-    # memory is still empty (e.g. never sampled). None: no prototypes yet (or they are off).
-    prototype_items: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, num_users: int, config: MemoryConfig, features: torch.Tensor | None) -> ClientMemories:
@@ -38,16 +35,8 @@ class ClientMemories:
         scatter(self.state, torch.as_tensor(np.asarray(users, dtype=np.int64)), part)
 
     def retrieve(self, part: MemoryState) -> tuple[torch.Tensor, torch.Tensor]:
-        """(items [C, K], mask [C, K]) of the clients of `part`; a client with no slot gets the
-        prototype items (in its first slots), when there are prototypes."""
-        items, mask = retrieve(part, self.config)
-        if self.prototype_items is None:
-            return items, mask
-        empty = ~mask.any(1, keepdim=True)
-        k = len(self.prototype_items)
-        prototypes = self.prototype_items.to(items.device).expand(len(items), -1)
-        items = torch.cat([torch.where(empty, prototypes, items[:, :k]), items[:, k:]], dim=1)
-        return items, items != 0
+        """(items [C, K], mask [C, K]) of the clients of `part`."""
+        return retrieve(part, self.config)
 
     def update(self, part: MemoryState, positives: torch.Tensor, losses: torch.Tensor | None = None) -> MemoryState:
         """`part` after a local step whose positives [C, T] are in each user's time order (0 = none)."""

@@ -65,24 +65,6 @@ def aggregate_prototypes(protos: torch.Tensor, weights: torch.Tensor | None = No
     return centroids
 
 
-def global_prototype_items(state: MemoryState, features: torch.Tensor, k: int, seed: int,
-                           config: MemoryConfig | None = None) -> torch.Tensor | None:
-    """One round of prototype exchange: each client of `state` summarises its LT memory into k
-    prototypes, the server clusters the uploaded ones into k global prototypes, and each is
-    represented by its nearest item (cosine over the combined `features` [num_items+1, D]) so
-    that the model can read it like a memory slot. Returns the k item ids [k] (distinct
-    prototypes may share an item), or None while fewer than k prototypes were uploaded."""
-    protos, mask = client_prototypes(state, k, config=config)
-    uploaded = protos[mask]
-    if len(uploaded) < k:
-        return None
-    centroids = aggregate_prototypes(uploaded, k=k, seed=seed)
-    items = F.normalize(features.float().to(centroids.device), dim=-1)
-    cosines = centroids @ items.T
-    cosines[:, items.abs().sum(-1) == 0] = -torch.inf  # padding and items without features
-    return cosines.argmax(1)
-
-
 def _lloyd_step(points: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
     """One batched spherical k-means step: points [B, N, D] with weights [B, N] (0 = ignore),
