@@ -91,3 +91,20 @@ def test_a_dp_run_reports_its_privacy_budget_every_round(tmp_path, engine):
     assert epsilons == pytest.approx([privacy_spent(1.0, 0.2, r, 1e-5) for r in (1, 2)])
     # Poisson sampling: the cohort varies around 0.2 * 500 users
     assert all(60 <= r["clients"] <= 140 for r in records)
+
+
+def test_a_resumed_dp_run_draws_the_same_clients_and_noise(tmp_path):
+    pytest.importorskip("opacus")
+    from feddmmr.checkpoint import load_checkpoint
+    from feddmmr.train import train
+
+    settings = dict(validate_every=1, hidden_dim=16, num_blocks=1, num_heads=1, local_epochs=1, batch_size=8,
+                    dp_clip_norm=0.5, dp_noise_multiplier=1.0, threads=1, patience=0)
+    reference = train(TrainConfig(num_rounds=2, run_dir=str(tmp_path / "reference"), **settings))
+    train(TrainConfig(num_rounds=1, run_dir=str(tmp_path / "resumed"), **settings))
+    resumed = train(TrainConfig(num_rounds=2, run_dir=str(tmp_path / "resumed"), **settings), resume=True)
+    assert [r["clients"] for r in resumed.history] == [r["clients"] for r in reference.history]
+    assert [r["dp"] for r in resumed.history] == [r["dp"] for r in reference.history]
+    a = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
