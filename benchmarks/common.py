@@ -150,13 +150,14 @@ def peak_rss_mb(children: bool = False) -> float:
     return usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def current_rss_mb() -> float | None:
-    """Resident memory now (MiB), from /proc (Linux); None elsewhere. Printed per round, it
-    tells growth across rounds (a leak, fragmentation) from one heavy round."""
+def current_rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory now (MiB) of this process or of `pid`, from /proc (Linux); None elsewhere
+    or when the process is gone. Printed per round, it tells growth across rounds (a leak,
+    fragmentation) from one heavy round."""
     try:
-        with open("/proc/self/statm") as handle:
+        with open(f"/proc/{pid}/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
+    except (OSError, IndexError, ValueError):
         return None
 
 

@@ -146,14 +146,6 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 class TreeMemory:
     """Peak RSS summed over this process and its descendants, sampled in a background thread."""
 
@@ -177,7 +169,7 @@ class TreeMemory:
 
     def sample(self) -> None:
         tree = _process_tree(os.getpid())
-        total = sum(_rss_mb(pid) for pid in tree)
+        total = sum(common.current_rss_mb(pid) or 0.0 for pid in tree)  # a process gone meanwhile: 0
         if total > self.peak_mb:
             self.peak_mb, self.peak_processes = total, len(tree)
 

@@ -44,6 +44,15 @@ def fail(message: str) -> typing.NoReturn:
     raise typer.Exit(2)
 
 
+def run_or_fail(action: typing.Callable[[], typing.Any], errors: tuple[type[Exception], ...]) -> typing.Any:
+    """A command's one action with logging set up; the errors it expects become a clean exit 2."""
+    setup_logging()
+    try:
+        return action()
+    except errors as error:
+        fail(str(error))
+
+
 def _option_type(field: dataclasses.Field) -> type:
     hints = typing.get_type_hints(TrainConfig)
     if typing.get_origin(hints[field.name]) is list:  # a repeatable option
@@ -144,11 +153,7 @@ def evaluate_command(run_dir: Path = typer.Argument(..., help="a finished run di
     """Re-evaluate a run's best model on its saved test candidates (reproduces final.json)."""
     from feddmmr.train import evaluate_run
 
-    setup_logging()
-    try:
-        result = evaluate_run(run_dir)
-    except (ValueError, FileNotFoundError) as error:
-        fail(str(error))
+    result = run_or_fail(lambda: evaluate_run(run_dir), (ValueError, FileNotFoundError))
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
@@ -160,11 +165,7 @@ def report_command(
     """Plot a run's metrics: training curves, and for FedDMMR router weights and memory statistics."""
     from feddmmr.report import write_report
 
-    setup_logging()
-    try:
-        written = write_report(run_dir, output)
-    except (ValueError, FileNotFoundError) as error:
-        fail(str(error))
+    written = run_or_fail(lambda: write_report(run_dir, output), (ValueError, FileNotFoundError))
     for path in written:
         print(path)
 
@@ -177,11 +178,7 @@ def download_command(
     """Fetch an official MovieLens zip from GroupLens, verify its checksum and extract it."""
     from feddmmr.data.download import DownloadError, download_dataset
 
-    setup_logging()
-    try:
-        folder = download_dataset(name, cache_dir)
-    except (DownloadError, ValueError, KeyError) as error:
-        fail(str(error))
+    folder = run_or_fail(lambda: download_dataset(name, cache_dir), (DownloadError, ValueError, KeyError))
     print(folder)
 
 
@@ -195,11 +192,8 @@ def features_text_command(
     """Sentence embeddings of each item's text (title, year and genres for MovieLens)."""
     from feddmmr.features.text import build_text_features
 
-    setup_logging()
-    try:
-        path = build_text_features(data_dir, output, model_path=model, device=device)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        fail(str(error))
+    path = run_or_fail(lambda: build_text_features(data_dir, output, model_path=model, device=device),
+                       (ValueError, FileNotFoundError, ImportError))
     print(path)
 
 
@@ -214,11 +208,8 @@ def features_image_command(
     """CLIP image embeddings (ViT-B/32 by default) of a folder of item images."""
     from feddmmr.features.image import build_image_features
 
-    setup_logging()
-    try:
-        path = build_image_features(images, output, model=model, batch_size=batch_size, device=device)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        fail(str(error))
+    path = run_or_fail(lambda: build_image_features(images, output, model=model, batch_size=batch_size, device=device),
+                       (ValueError, FileNotFoundError, ImportError))
     print(path)
 
 
