@@ -282,3 +282,58 @@ def test_simulation_runs_two_rounds_with_a_failing_node(tiny_data, tmp_path, loc
     round_1 = torch.load(run_dir / "round-1.pt", weights_only=True)["model"]
     assert_same_weights(round_1, weights(local_round.run_dir))
     assert first["train_loss"] == pytest.approx(local_round.history[0]["train_loss"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def text_features(tiny_data, tmp_path_factory):
+    """Random 12-d features of the tiny dataset's items, 10 of them missing."""
+    import numpy as np
+
+    from feddmmr.features.store import save_features
+
+    ids = sorted({int(x) for line in tiny_data.read_text().splitlines() for x in line.split()[1:]})
+    path = tmp_path_factory.mktemp("features") / "text.npz"
+    save_features(path, np.array(ids[10:]), np.random.default_rng(0).normal(size=(len(ids) - 10, 12)).astype(np.float32))
+    return path
+
+
+def test_feddmmr_on_flower_keeps_memories_on_the_nodes_and_matches_the_local_engine(tiny_data, text_features,
+                                                                                      tmp_path):
+    """Two rounds, validated after each, then the test: the same weights, validation metrics,
+    memory and router statistics and test metrics as the vectorised engine, with the memories
+    only ever in the nodes' Contexts (the server's checkpoints hold none)."""
+    feddmmr = dict(num_rounds=2, validate_every=1, model="feddmmr", modality=[f"text={text_features}"],
+                   alignment_weight=0.1)
+    local = train(config(tiny_data, tmp_path / "local", **feddmmr))
+    grid = InProcessGrid(make_client_app(), partitions(3))
+    flower = train_on_grid(grid, config(tiny_data, tmp_path / "flower", flower_supernodes=3, **feddmmr))
+
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
+    for ours, theirs in zip(flower.history, local.history, strict=True):
+        assert ours["failed_clients"] == 0
+        assert ours["val"] == pytest.approx(theirs["val"], abs=1e-9)
+        assert ours["memory"] == pytest.approx(theirs["memory"])
+        assert ours["router_weights"] == pytest.approx(theirs["router_weights"])
+        assert ours["gate"] == pytest.approx(theirs["gate"])
+    assert flower.history[-1]["memory"]["long_term_size"] > 0
+    assert flower.final["best_round"] == local.final["best_round"]
+    assert flower.final["test"] == pytest.approx(local.final["test"], abs=1e-9)
+
+    for checkpoint in ("last.pt", "best.pt"):
+        assert "memory" not in load_checkpoint(flower.run_dir / "checkpoints" / checkpoint)
+    states = [context.state for context in grid.contexts.values()]
+    assert all("memory" in state for state in states)
+    # Each node keeps a copy of the memories of the best round only (the test read it).
+    assert all(sorted(k for k in state if k.startswith("memory@")) == [f"memory@{flower.final['best_round']}"]
+               for state in states)
+
+
+def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes(tiny_data, text_features, tmp_path):
+    from feddmmr.train import evaluate_run
+
+    cfg = config(tiny_data, tmp_path / "flower", num_rounds=1, model="feddmmr", modality=[f"text={text_features}"])
+    train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)
+    with pytest.raises(ValueError, match="cannot be resumed: its client memories lived on the SuperNodes"):
+        train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg, resume=True)
+    with pytest.raises(ValueError, match="kept its client memories on the SuperNodes"):
+        evaluate_run(tmp_path / "flower")

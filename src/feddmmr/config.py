@@ -146,8 +146,8 @@ class TrainConfig:
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.stage == 2 and self.model != "feddmmr":
             raise ValueError("stage=2 trains the modality parts of model=feddmmr; fedsasrec has none")
-        if self.model == "feddmmr" and (self.centralized or self.engine == "flower"):
-            raise ValueError("model=feddmmr runs on the vectorized or sequential engine (not flower or centralized yet)")
+        if self.model == "feddmmr" and self.centralized:
+            raise ValueError("model=feddmmr trains with client memories: it runs federated, not --centralized")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
         if self.memory_long_capacity < 1:

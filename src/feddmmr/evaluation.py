@@ -84,6 +84,21 @@ def evaluate(
 ) -> dict[str, float]:
     """Ranking metrics of `model` on `eval_set`. FedDMMR: `memory` = (items, mask), each
     [users, K], the memory slots each user's scores read (FedSASRec: None)."""
+    return metrics_from_ranks(held_out_ranks(model, eval_set, mode, batch_size=batch_size, precision=precision,
+                                             memory=memory))
+
+
+@torch.no_grad()
+def held_out_ranks(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    mode: str = "sampled",
+    *,
+    batch_size: int | None = None,
+    precision: Precision | None = None,
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> np.ndarray:
+    """[users] 0-based rank of each user's held-out item (see `evaluate`)."""
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
     # Activations grow with users x positions: bound the positions per batch, not the users.
@@ -104,7 +119,7 @@ def evaluate(
                 all_scores = model.score_all_last(inputs, *slots).float()
                 ranks.append(_full_ranks(all_scores, eval_set, start, stop).cpu())
     model.train(was_training)
-    return metrics_from_ranks(torch.cat(ranks).numpy())
+    return torch.cat(ranks).numpy()
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_c
 from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.engines.base import guarded_step
-from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, router_usage
+from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, metrics_from_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.aggregation import FedAvg, ServerAdam, ServerMomentum
@@ -42,6 +42,9 @@ from feddmmr.memory.two_tier import summary as memory_summary
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.losses import AuxiliaryWeights, next_item_loss
 from feddmmr.model.sasrec import SASRec, SASRecConfig
+
+if TYPE_CHECKING:  # Flower is an optional extra
+    from feddmmr.engines.flower.engine import FlowerEngine
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,11 @@ def make_memories(config: TrainConfig, num_users: int, features: dict[str, Align
     return ClientMemories.empty(num_users, memory_config(config), combined.to(device))
 
 
+def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
+    """FedDMMR's auxiliary loss weights of the run."""
+    return AuxiliaryWeights(config.load_balance_weight, config.alignment_weight, config.contrastive_weight)
+
+
 @dataclass
 class RunState:
     """Everything a resumed run needs besides the files it can rebuild from the config."""
@@ -131,6 +139,8 @@ class Run:
     memory: ClientMemories | None = None  # FedDMMR: every user's memory
     frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
     server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
+    # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate (memory is None)
+    nodes: FlowerEngine | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -146,17 +156,34 @@ class Run:
 
     def local_training(self) -> LocalTraining:
         c = self.config
-        auxiliary = AuxiliaryWeights(c.load_balance_weight, c.alignment_weight, c.contrastive_weight)
         return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
-                             auxiliary=auxiliary, frozen=self.frozen, optimizer=c.local_optimizer,
+                             auxiliary=auxiliary_weights(c), frozen=self.frozen, optimizer=c.local_optimizer,
                              clip_norm=c.dp_clip_norm)
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""
         return None if self.memory is None else self.memory.retrieve(self.memory.state)
 
-    def validate(self) -> dict[str, float]:
-        return evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision, memory=self.memory_slots())
+    def validate(self, round_number: int) -> tuple[dict[str, float], dict]:
+        """(validation metrics, diagnostics) of the model after `round_number`."""
+        if self.nodes is not None:
+            best = self.state.early_stopping.best_round
+            ranks, diagnostics = self.nodes.evaluate_on_nodes(self.params(), "valid", self.valid_set, round_number,
+                                                              round_number, [best] if best else [])
+            if self.model.mixes:
+                diagnostics["gate"] = float(self.model.gate.detach())
+            return metrics_from_ranks(ranks), diagnostics
+        metrics = evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision,
+                           memory=self.memory_slots())
+        return metrics, self.diagnostics()
+
+    def test(self, best_round: int) -> dict[str, float]:
+        """Test metrics of the model as it is now (the best round's, with that round's memories)."""
+        if self.nodes is not None:
+            ranks, _ = self.nodes.evaluate_on_nodes(self.params(), "test", self.test_set, self.state.round, best_round,
+                                                    [best_round])
+            return metrics_from_ranks(ranks)
+        return evaluate(self.model, self.test_set, self.config.eval, precision=self.precision, memory=self.memory_slots())
 
     def diagnostics(self) -> dict:
         """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""
@@ -185,10 +212,14 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run(config: TrainConfig, *, resume: bool = False) -> Run:
+def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes: bool = False) -> Run:
+    """`memories_on_nodes`: FedDMMR on Flower, whose client memories live on the SuperNodes."""
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
+    if memories_on_nodes and resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise ValueError(f"{run_dir}: a FedDMMR run on Flower cannot be resumed: its client memories lived on the "
+                         f"SuperNodes and ended with them; start a new run from its weights with --init-from {run_dir}")
     if not resume and (run_dir / "checkpoints" / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +243,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False) -> Run:
     state = RunState(early_stopping=EarlyStopping(patience=config.patience))
     run = Run(config, run_dir, split, model, device, precision,
               ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
-              memory=make_memories(config, split.num_users, features, device),
+              memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
               frozen=frozen_parameters(model, config.stage),
               server_optimizer=make_server_optimizer(config))
     if resume:
@@ -244,7 +275,7 @@ def log_start(run: Run) -> None:
              run.schedule.describe(), c.patience or "no", SELECTION_METRIC)
     if c.model == "feddmmr":
         log.info("model feddmmr: modalities %s | memory LT %d, K %d slots | stage %s (%d of %d parameter tensors frozen)",
-                 ", ".join(run.model.modalities), c.memory_long_capacity, run.memory.config.retrieval_slots,
+                 ", ".join(run.model.modalities), c.memory_long_capacity, memory_config(c).retrieval_slots,
                  c.stage or "none", len(run.frozen), len(list(run.model.parameters())))
     log.info("run directory: %s", run.run_dir)
 
@@ -404,7 +435,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
         from feddmmr.engines.flower import run_flower_simulation
 
         return run_flower_simulation(config, resume=resume, on_round=on_round)
-    run = prepare_run(config, resume=resume)
+    nodes = engine if config.model == "feddmmr" and hasattr(engine, "evaluate_on_nodes") else None
+    run = prepare_run(config, resume=resume, memories_on_nodes=nodes is not None)
+    run.nodes = nodes
     c, state = run.config, run.state
     if engine is None and not c.centralized:
         engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
@@ -425,8 +458,8 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
         record["validated"] = run.schedule.validates(round_number)
         eval_started = time.perf_counter()
         if record["validated"]:
-            record["val"] = run.validate()
-            record.update(run.diagnostics())
+            record["val"], diagnostics = run.validate(round_number)
+            record.update(diagnostics)
             if state.early_stopping.update(round_number, record["val"][SELECTION_METRIC]):
                 save_checkpoint(run.checkpoints / "best.pt",
                                 {"model": checkpoint_state(run)["model"], "round": round_number, "val": record["val"],
@@ -461,7 +494,7 @@ def final_evaluation(run: Run) -> dict:
     final = {
         "best_round": best["round"],
         "valid": best["val"],
-        "test": evaluate(run.model, run.test_set, run.config.eval, precision=run.precision, memory=run.memory_slots()),
+        "test": run.test(best["round"]),
         "eval": run.config.eval,
         "rounds_run": run.state.round,
         "stopped_early": run.state.stopped_early,
@@ -478,6 +511,9 @@ def evaluate_run(run_dir: str | Path) -> dict:
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")
     config = TrainConfig(**json.loads(config_path.read_text()))
+    if config.model == "feddmmr" and config.engine == "flower":
+        raise ValueError(f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
+                         f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
     split = leave_one_out(data)
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split)

@@ -195,13 +195,31 @@ def scatter(state: MemoryState, clients: torch.Tensor, sub_state: MemoryState) -
 
 def summary(state: MemoryState) -> dict[str, float]:
     """Diagnostics: mean tier sizes per client, LT write ratio, and total merges and evictions."""
-    positives = state.positives.sum().item()
+    return summary_from_totals(summary_totals(state))
+
+
+def summary_totals(state: MemoryState) -> dict[str, float]:
+    """Sums over the clients of `state` from which `summary` derives; totals of several groups of
+    clients (e.g. Flower nodes) add up to the totals of all of them."""
     return {
-        "short_term_size": (state.short_items != 0).sum(1).float().mean().item() if state.num_clients else 0.0,
-        "long_term_size": (state.long_items != 0).sum(1).float().mean().item() if state.num_clients else 0.0,
-        "write_ratio": state.writes.sum().item() / positives if positives else 0.0,
+        "clients": float(state.num_clients),
+        "short_term_slots": float((state.short_items != 0).sum().item()),
+        "long_term_slots": float((state.long_items != 0).sum().item()),
+        "writes": float(state.writes.sum().item()),
+        "positives": float(state.positives.sum().item()),
         "merges": float(state.merges.sum().item()),
         "evictions": float(state.evictions.sum().item()),
+    }
+
+
+def summary_from_totals(totals: dict[str, float]) -> dict[str, float]:
+    clients, positives = totals["clients"], totals["positives"]
+    return {
+        "short_term_size": totals["short_term_slots"] / clients if clients else 0.0,
+        "long_term_size": totals["long_term_slots"] / clients if clients else 0.0,
+        "write_ratio": totals["writes"] / positives if positives else 0.0,
+        "merges": totals["merges"],
+        "evictions": totals["evictions"],
     }
 
 

@@ -5,6 +5,12 @@
   random stream as the local engines (`make_client_batches(..., client_rng(seed, round, user))`),
   run `SequentialEngine`/`VectorizedEngine.train` over them with a FedAvg over the node's users,
   and reply with that mean and its weight. One node may hold one user (cross-device) or many.
+- evaluate (model=feddmmr): rank its users' held-out items with their memories and reply with
+  the ranks and memory/router statistics (never the memories).
+
+FedDMMR: the memories of the node's users live in its Context (and copies of them at validated
+rounds the server may still test); they are created empty on the first message and never sent.
+The node reads the modality feature files named in the run config from its own disk.
 
 Node config (`flower-supernode --node-config "..."`; see node_data.py for the data keys):
     engine = "vectorized" | "sequential"   the local engine (default vectorized)
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import functools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,14 +36,18 @@ from flwr.clientapp.typing import Mod
 from feddmmr.config import TrainConfig
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.engines.flower import messages
-from feddmmr.engines.flower.node_data import load_node_data
+from feddmmr.engines.flower.node_data import NodeData, load_node_data
+from feddmmr.evaluation import held_out_ranks, router_usage
+from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
-from feddmmr.train import build_model, resolve_device
+from feddmmr.memory.clients import ClientMemories
+from feddmmr.memory.two_tier import MemoryState, summary_totals
+from feddmmr.train import auxiliary_weights, build_model, make_memories, resolve_device
 
 LOCAL_ENGINE, DEVICE = "engine", "device"
-RNG_STATE, PRECISION_STATE = "rng", "precision"
+RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"
 
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
@@ -43,6 +55,7 @@ def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     client = ClientApp(mods=list(mods))
     client.query()(report_users)
     client.train()(train_users)
+    client.evaluate()(evaluate_users)
     return client
 
 
@@ -58,7 +71,8 @@ def train_users(message: Message, context: Context) -> Message:
     sequences = data.training_sequences(request.user_ids, request.item_ids)
 
     device = resolve_device(str(context.node_config.get(DEVICE, "auto")))
-    model = build_model(config, len(request.item_ids), device)
+    features = node_features(tuple(config.modality), tuple(request.item_ids))
+    model = build_model(config, len(request.item_ids), device, features)
     model.load_state_dict({n: p.to(device) for n, p in messages.read_params(message).items()}, strict=False)
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -73,15 +87,102 @@ def train_users(message: Message, context: Context) -> Message:
     precision = Precision(resolve_amp(config.amp, device), device.type)
     frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
+    memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
     with node_state(context, config, data.user_ids(), precision):
         reports = engine.train(global_params, batches,
                                LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision,
-                                             frozen=frozen, clip_norm=config.dp_clip_norm),
+                                             memory=memory, auxiliary=auxiliary_weights(config), frozen=frozen,
+                                             optimizer=config.local_optimizer, clip_norm=config.dp_clip_norm),
                                aggregator.add)
+    if memory is not None:
+        context.state[MEMORY_STATE] = ArrayRecord(memory.state.to_dict())
     trained = {name: p for name, p in aggregator.result().items() if name not in frozen}
     content = messages.train_reply_content(trained, reports, {b.user: b.num_targets for b in batches},
                                            aggregator.total_weight)
     return Message(content, reply_to=message)
+
+
+def evaluate_users(message: Message, context: Context) -> Message:
+    """FedDMMR's validation and test, on the node: each user's scores read the user's memory."""
+    config = messages.read_config(message)
+    request, candidates = messages.read_eval_request(message)
+    if config.model != "feddmmr":
+        raise ValueError(f"evaluate messages are for model=feddmmr (memories on the nodes); the run has "
+                         f"model={config.model!r}, which the server evaluates itself")
+    data = load_node_data(context.node_config, config)
+    device = resolve_device(str(context.node_config.get(DEVICE, "auto")))
+    features = node_features(tuple(config.modality), tuple(request.item_ids))
+    model = build_model(config, len(request.item_ids), device, features)
+    model.load_state_dict({n: p.to(device) for n, p in messages.read_params(message).items()}, strict=False)
+    precision = Precision(resolve_amp(config.amp, device), device.type)
+
+    memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
+    snapshot = MEMORY_STATE if request.which == "valid" else f"{MEMORY_STATE}@{request.memory_round}"
+    if snapshot not in context.state:
+        raise RuntimeError(f"this node has no memories of round {request.memory_round} (was it restarted?): "
+                           f"the run's test needs the memories of its best round")
+    memory.state = MemoryState.from_dict(context.state[snapshot].to_torch_state_dict())
+    users = memory.select(request.users, device)
+    slots = memory.retrieve(users)
+    eval_set = data.held_out_set(request.user_ids, request.item_ids, request.which, config.max_seq_len, candidates)
+    ranks = held_out_ranks(model, eval_set, config.eval, precision=precision, memory=slots)
+    # A validated round's memories are kept while the round may still prove the best; copies the
+    # server no longer names are dropped.
+    keep = set(request.keep_rounds)
+    if request.which == "valid":
+        context.state[f"{MEMORY_STATE}@{request.round}"] = ArrayRecord(memory.state.to_dict())
+        keep.add(request.round)
+    for key in [k for k in context.state if k.startswith(f"{MEMORY_STATE}@") and int(k.split("@")[1]) not in keep]:
+        del context.state[key]
+    diagnostics = None
+    if request.which == "valid":
+        diagnostics = {"users": float(len(request.users)),
+                       **{f"memory.{k}": v for k, v in summary_totals(users).items()}}
+        if model.mixes:
+            usage = router_usage(model, eval_set, slots, precision=precision)
+            diagnostics.update({f"router.{name}": weight for name, weight in usage.items()})
+    return Message(messages.evaluate_reply_content(request.users, [int(r) for r in ranks], diagnostics),
+                   reply_to=message)
+
+
+@dataclass
+class NodeMemories(ClientMemories):
+    """The memories of a node's users (rows in the node's own user order), addressed by the run's
+    user indices, which the batches carry."""
+
+    rows: dict[int, int] = field(default_factory=dict)
+
+    def select(self, users, device: torch.device) -> MemoryState:
+        return super().select([self.rows[int(u)] for u in users], device)
+
+    def scatter(self, users, part: MemoryState) -> None:
+        super().scatter([self.rows[int(u)] for u in users], part)
+
+
+def node_memories(context: Context, config: TrainConfig, data: NodeData, users: list[int], user_ids: list[str],
+                  features: dict[str, AlignedFeatures], device: torch.device) -> NodeMemories | None:
+    """FedDMMR: the memories of every user of the node as of its last round (empty at first),
+    addressable by the `users` of the message; None for FedSASRec."""
+    saved = MEMORY_STATE in context.state
+    # Empty memories for every user at first; later only the settings (0 users), the state is the saved one.
+    fresh = make_memories(config, 0 if saved else len(data.user_ids()), features, device)
+    if fresh is None:
+        return None
+    held = {uid: row for row, uid in enumerate(data.user_ids())}
+    memory = NodeMemories(fresh.state, fresh.config, fresh.features, rows={u: held[uid] for u, uid in zip(users, user_ids)})
+    if saved:
+        memory.state = MemoryState.from_dict(context.state[MEMORY_STATE].to_torch_state_dict())
+    else:
+        context.state[MEMORY_STATE] = ArrayRecord(memory.state.to_dict())
+    return memory
+
+
+@functools.lru_cache(maxsize=2)
+def node_features(modality: tuple[str, ...], catalog: tuple[str, ...]) -> dict[str, AlignedFeatures]:
+    """The run's modality features (the files its config names, read from this node's disk),
+    aligned to the server's item catalog."""
+    item_ids = np.array(["", *catalog])  # index 0: padding
+    return {f.name: f for f in (load_modality(spec, item_ids) for spec in modality)}
 
 
 @contextlib.contextmanager

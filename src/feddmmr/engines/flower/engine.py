@@ -10,6 +10,10 @@ counts: each node rebuilds its users' batches from its own data (see client_app.
    timed out or sent data that does not match the server's is logged with its users and left
    out; the others' FedAvg means go to `aggregate`, weighted by their training targets (so the
    result is the FedAvg over every user that was trained, as in the local engines).
+
+FedDMMR's memories stay on the nodes, so its validation and test run there too
+(`evaluate_on_nodes`): every node ranks its users' held-out items with their memories and sends
+back the ranks and memory/router statistics; the run turns the ranks into metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
@@ -26,7 +31,9 @@ from flwr.serverapp import Grid
 from feddmmr.config import TrainConfig
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
 from feddmmr.engines.flower import messages
+from feddmmr.evaluation import EvalSet
 from feddmmr.federated.batches import ClientBatches
+from feddmmr.memory.two_tier import summary_from_totals
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +68,8 @@ class FlowerEngine:
                                "progress_factory=engine.begin_round)")
         round_number, self.round_number = self.round_number, None
         if local.memory is not None:
-            raise ValueError("the Flower engine trains FedSASRec only: client memories (model=feddmmr) "
-                             "do not travel to SuperNodes yet")
+            raise ValueError("client memories (model=feddmmr) stay on the SuperNodes: the server's run must "
+                             "not hold them (train(..., engine=FlowerEngine) leaves them to the nodes)")
         if not self.known_nodes:
             self._wait_for_nodes()
         self._discover_nodes(round_number)
@@ -106,6 +113,45 @@ class FlowerEngine:
             log.warning("round %d: node %d failed, %s; users %s left out of the round", round_number, node, reason,
                         self._ids(by_node[node]))
         return reports
+
+    def evaluate_on_nodes(self, global_params: dict[str, torch.Tensor], which: str, eval_set: EvalSet,
+                          round_number: int, memory_round: int, keep_rounds: list[int]) -> tuple[np.ndarray, dict]:
+        """FedDMMR: rank every user's held-out item on the node that holds the user's memory.
+
+        `which`: "valid" (the nodes read their current memories and keep a copy as
+        `memory_round`'s) or "test" (they read their copy of `memory_round`); `keep_rounds`: the
+        copies the nodes keep. Returns the ranks of the users whose node answered, and the
+        diagnostics of a validation (memory summary, mean router weights) over them."""
+        if not self.known_nodes:
+            self._wait_for_nodes()
+        self._discover_nodes(round_number)
+        by_node = self._route(list(range(len(self.user_ids))), round_number)
+        params = ArrayRecord({name: p.detach().cpu() for name, p in global_params.items()})
+        sent = []
+        for node, users in by_node.items():
+            request = messages.EvalRequest(round_number, which, users, [self.user_ids[u] for u in users],
+                                           self.item_ids, memory_round, keep_rounds)
+            content = messages.evaluate_content(self.config, request, params, eval_set.candidates[users])
+            sent.append(Message(content, node, MessageType.EVALUATE, ttl=self.timeout, group_id=f"{round_number}-{which}"))
+        replies, failed = self._exchange(sent)
+        ranks: dict[int, int] = {}
+        totals: dict[str, float] = {}
+        for node, reply in replies.items():
+            if reply.has_error():
+                failed[node] = _error(reply)
+                continue
+            node_ranks, diagnostics = messages.read_evaluate_reply(reply)
+            ranks.update(node_ranks)
+            for key, value in (diagnostics or {}).items():
+                # Router weights are means over the node's users: sum them weighted by its users.
+                weight = diagnostics["users"] if key.startswith("router.") else 1.0
+                totals[key] = totals.get(key, 0.0) + weight * value
+        for node, reason in failed.items():
+            log.warning("round %d: node %d failed in evaluation (%s), %s; its users %s are left out of the %s metrics",
+                        round_number, node, which, reason, self._ids(by_node[node]), which)
+        if not ranks:
+            raise RuntimeError(f"round {round_number}: no node answered the {which} evaluation")
+        return np.array([ranks[u] for u in sorted(ranks)]), _diagnostics(totals)
 
     # -----------------------------------------------------------------------------------------
 
@@ -189,6 +235,18 @@ class FlowerEngine:
         """Users as the nodes know them: their original ids."""
         shown = [self.user_ids[u] for u in users[:20]]
         return "[" + ", ".join(shown) + (f", ... ({len(users)} in all)]" if len(users) > 20 else "]")
+
+
+def _diagnostics(totals: dict[str, float]) -> dict:
+    """The run's diagnostics from the nodes' summed statistics (empty after a test)."""
+    if not totals:
+        return {}
+    out = {"memory": summary_from_totals({k.removeprefix("memory."): v for k, v in totals.items()
+                                          if k.startswith("memory.")})}
+    router = {k.removeprefix("router."): v / totals["users"] for k, v in totals.items() if k.startswith("router.")}
+    if router:
+        out["router_weights"] = router
+    return out
 
 
 def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor],

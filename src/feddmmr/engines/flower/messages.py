@@ -17,6 +17,21 @@ train (server -> each node holding sampled users of the round), reply:
                             and per user, in `users` order: num-targets, mean-loss, steps,
                             skipped-steps
 
+evaluate (server -> each node holding users; model=feddmmr, whose memories never leave the
+nodes), reply:
+    config     ConfigRecord  the run's TrainConfig
+    evaluate   ConfigRecord  round, which ("valid" or "test"), users, user-ids, item-ids,
+                             memory-round (validation: the round just trained, whose memories the
+                             node reads and keeps a copy of; test: the best round, whose copy it
+                             reads), keep-rounds (the copies the node keeps; others are dropped)
+    params     ArrayRecord   the global weights
+    candidates ArrayRecord   candidates [users, 1+N] in dense ids, held-out item first (sampled
+                             evaluation; absent for full ranking)
+    -> ranks   MetricRecord  users, ranks (0-based rank of each user's held-out item)
+    -> diagnostics MetricRecord  validation only: memory totals (`summary_totals`, keys
+                             "memory.<name>") and each expert's mean router weight over the
+                             node's users ("router.<modality>"); "users" weighs them
+
 Ids travel as strings: a node's own file may read them as integers or as labels.
 The client's own state (its RNG, its loss scale) stays in its Context and is never sent.
 """
@@ -116,3 +131,56 @@ def read_train_reply(message: Message) -> TrainReply:
                for u, loss, steps, skipped in zip(users, report["mean-loss"], report["steps"], report["skipped-steps"])]
     return TrainReply(read_params(message), float(report[NUM_EXAMPLES]),
                       dict(zip(users, (int(n) for n in report["num-targets"]))), reports)
+
+
+EVALUATE, CANDIDATES, RANKS, DIAGNOSTICS = "evaluate", "candidates", "ranks", "diagnostics"
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    round: int
+    which: str  # "valid" or "test"
+    users: list[int]
+    user_ids: list[str]
+    item_ids: list[str]
+    memory_round: int
+    keep_rounds: list[int]
+
+
+def evaluate_content(config: TrainConfig, request: EvalRequest, params: ArrayRecord,
+                     candidates: torch.Tensor | None) -> RecordDict:
+    content = RecordDict({
+        CONFIG: ConfigRecord(to_flower_config(config)),
+        EVALUATE: ConfigRecord({"round": request.round, "which": request.which, "users": request.users,
+                                "user-ids": request.user_ids, "item-ids": request.item_ids,
+                                "memory-round": request.memory_round, "keep-rounds": request.keep_rounds}),
+        PARAMS: params,
+    })
+    if candidates is not None:
+        content[CANDIDATES] = ArrayRecord({CANDIDATES: candidates.cpu()})
+    return content
+
+
+def read_eval_request(message: Message) -> tuple[EvalRequest, np.ndarray | None]:
+    record = message.content[EVALUATE]
+    request = EvalRequest(int(record["round"]), str(record["which"]), [int(u) for u in record["users"]],
+                          list(record["user-ids"]), list(record["item-ids"]), int(record["memory-round"]),
+                          [int(r) for r in record["keep-rounds"]])
+    candidates = None
+    if CANDIDATES in message.content:
+        candidates = message.content[CANDIDATES].to_torch_state_dict()[CANDIDATES].numpy()
+    return request, candidates
+
+
+def evaluate_reply_content(users: list[int], ranks: list[int], diagnostics: dict[str, float] | None) -> RecordDict:
+    content = RecordDict({RANKS: MetricRecord({"users": users, "ranks": ranks})})
+    if diagnostics is not None:
+        content[DIAGNOSTICS] = MetricRecord(diagnostics)
+    return content
+
+
+def read_evaluate_reply(message: Message) -> tuple[dict[int, int], dict[str, float] | None]:
+    record = message.content[RANKS]
+    ranks = dict(zip((int(u) for u in record["users"]), (int(r) for r in record["ranks"])))
+    diagnostics = dict(message.content[DIAGNOSTICS]) if DIAGNOSTICS in message.content else None
+    return ranks, diagnostics

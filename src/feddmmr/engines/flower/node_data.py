@@ -19,11 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
-from feddmmr.data.split import LeaveOneOut, leave_one_out
+from feddmmr.data.split import LeaveOneOut, last_items, leave_one_out
 from feddmmr.data.types import SequenceData
+from feddmmr.evaluation import EvalSet
 
 DATA_DIR = "data-dir"
 FORMAT = "format"
@@ -61,20 +63,56 @@ class NodeData:
     def training_sequences(self, user_ids: Sequence[str], catalog: Sequence[str]) -> list[np.ndarray]:
         """Each user's training items as indices into `catalog` (the server's item ids; index 0 is
         padding, so item catalog[i - 1] is dense id i)."""
+        to_catalog = self._translator(catalog)
+        return [to_catalog(uid, self.split.train_sequence(row)) for uid, row in self._rows(user_ids)]
+
+    def held_out_set(self, user_ids: Sequence[str], catalog: Sequence[str], which: str, max_len: int,
+                     candidates: np.ndarray | None) -> EvalSet:
+        """What evaluating `user_ids` (in this order) ranks, in `catalog`'s dense ids: the validation
+        item after the training items (`which="valid"`), or the test item after the training items
+        and the validation item ("test"). `candidates` [users, 1+N] (the server's, held-out item
+        first) for sampled evaluation, None for full ranking."""
+        if which not in ("valid", "test"):
+            raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        to_catalog = self._translator(catalog)
+        histories, targets = [], []
+        for uid, row in self._rows(user_ids):
+            held_out = to_catalog(uid, np.array([self.split.valid_items[row], self.split.test_items[row]]))
+            train = to_catalog(uid, self.split.train_sequence(row))
+            histories.append(train if which == "valid" else np.append(train, held_out[0]))
+            targets.append(held_out[0] if which == "valid" else held_out[1])
+        offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])]).astype(np.int64)
+        items = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
+        targets = np.array(targets, dtype=np.int64)
+        if candidates is not None and not np.array_equal(candidates[:, 0], targets):
+            wrong = [uid for uid, c, t in zip(user_ids, candidates[:, 0], targets) if c != t]
+            raise ValueError(f"users {wrong[:5]}: the server's held-out items differ from this node's "
+                             f"({len(wrong)} in all); the node's data does not match the server's")
+        return EvalSet(inputs=torch.from_numpy(last_items(offsets, items, max_len)),
+                       candidates=None if candidates is None else torch.from_numpy(candidates),
+                       targets=torch.from_numpy(targets), seen_offsets=offsets, seen_items=items)
+
+    def _rows(self, user_ids: Sequence[str]) -> list[tuple[str, int]]:
         rows = {uid: row for row, uid in enumerate(self.user_ids())}
+        missing = [uid for uid in user_ids if uid not in rows]
+        if missing:
+            raise KeyError(f"this node holds no user {missing[0]!r} (it holds {len(rows)} users)")
+        return [(uid, rows[uid]) for uid in user_ids]
+
+    def _translator(self, catalog: Sequence[str]):
+        """to_catalog(user id, items in this node's numbering) -> the same items as catalog indices."""
         dense = {item: i + 1 for i, item in enumerate(catalog)}
         own_items = [str(i) for i in self.split.data.item_ids.tolist()]
-        sequences = []
-        for uid in user_ids:
-            if uid not in rows:
-                raise KeyError(f"this node holds no user {uid!r} (it holds {len(rows)} users)")
-            original = [own_items[i] for i in self.split.train_sequence(rows[uid]).tolist()]
+
+        def to_catalog(uid: str, items: np.ndarray) -> np.ndarray:
+            original = [own_items[i] for i in items.tolist()]
             unknown = [item for item in original if item not in dense]
             if unknown:
                 raise ValueError(f"user {uid}: items {unknown[:5]} are not in the server's item catalog "
                                  f"({len(unknown)} in all); the node's data does not match the server's")
-            sequences.append(np.array([dense[item] for item in original], dtype=np.int64))
-        return sequences
+            return np.array([dense[item] for item in original], dtype=np.int64)
+
+        return to_catalog
 
 
 def load_node_data(node_config: Mapping[str, object], config: TrainConfig) -> NodeData:

@@ -1,9 +1,10 @@
 """The ServerApp: our own run loop (feddmmr.train.train) with the FlowerEngine.
 
 Validation schedule, early stopping, checkpoints, metrics.jsonl and final.json come from the same
-code as a local run; only the local updates go to the SuperNodes. Validation and test stay
-central: the server reads the dataset named in the run config for them (and for the user ids and
-item catalog it routes and trains by); nodes train on their own copies of their users' data.
+code as a local run; only the local updates go to the SuperNodes. FedSASRec's validation and test
+stay central: the server reads the dataset named in the run config for them (and for the user ids,
+item catalog and candidates it routes, trains and evaluates by); nodes train on their own copies of
+their users' data. FedDMMR's memories stay on the nodes, which therefore also evaluate it.
 
 `app` reads its TrainConfig from the Flower run config (`flwr run`, see run_config.py);
 `run_flower_simulation` builds one around a TrainConfig and gets the RunResult back.
