@@ -337,3 +337,11 @@ def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes
         train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg, resume=True)
     with pytest.raises(ValueError, match="kept its client memories on the SuperNodes"):
         evaluate_run(tmp_path / "flower")
+
+
+def test_nodes_train_with_the_runs_local_optimizer(tiny_data, tmp_path):
+    sgd = dict(num_rounds=1, local_optimizer="sgd", learning_rate=0.5)
+    local = train(config(tiny_data, tmp_path / "local", **sgd))
+    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **sgd))
+    assert flower.history[0]["failed_clients"] == 0
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
