@@ -361,71 +361,84 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
                      pairwise: torch.Tensor | None, write: torch.Tensor, config: MemoryConfig) -> None:
     """Apply the LT writes of every positive, in time order, to `state` (in place).
 
-    Each step computes every client's would-be write and applies it where `write` holds (clients
-    not writing keep their values): whole-batch elementwise ops are cheaper than gathering the
-    writing clients' rows first, since most clients write at most steps.
+    Each step computes every client's would-be write at once: whole-batch ops are cheaper than
+    gathering the writing clients' rows first, since most clients write at most steps. This loop
+    is a chain of small tensor ops per positive, so its cost is their count: clients that do not
+    write at a step write into a scratch slot (an extra last column, dropped at the end) instead of
+    masking every update, and the merge and eviction counts are summed once after the loop.
     """
+    capacity = state.long_capacity
+    items, frequency, refreshed = (_with_scratch_slot(t) for t in
+                                   (state.long_items, state.long_frequency, state.long_refreshed))
+    cosines = long_embeddings = None
     if embeddings is not None:
         # Cosines [C, Lt, T] of every LT slot with every positive, computed once against the LT as
         # it is now; each write then updates its slot's row from these and the positives'
-        # `pairwise` cosines without touching D (see _write_embeddings): a batched matrix-vector
+        # `pairwise` cosines without touching D (see _write_embedding): a batched matrix-vector
         # product per positive would read all LT embeddings T times and dominate the run time.
-        cosines = torch.bmm(state.long_embeddings, embeddings.transpose(1, 2))
-    rows = torch.arange(state.num_clients, device=state.device)
-    for t, anyone in enumerate(write.any(0).tolist()):
-        if not anyone:
-            continue
-        writing, items, now = write[:, t], positives[:, t], state.step + t
-        empty = state.long_items == 0
+        cosines = _with_scratch_slot(torch.bmm(state.long_embeddings, embeddings.transpose(1, 2)))
+        long_embeddings = _with_scratch_slot(state.long_embeddings)
+    now = state.step.unsqueeze(1) + torch.arange(positives.shape[1], device=state.device)  # [C, T]
+    # Only a client with more writes than empty slots can find its LT full: when there is none
+    # (most blocks), the utilities of the eviction rule are not needed.
+    can_evict = bool((write.sum(1) > (state.long_items == 0).sum(1)).any())
+    steps = [t for t, anyone in enumerate(write.any(0).tolist()) if anyone]
+    merged, evicted = [], []
+    for t in steps:
+        empty = items[:, :capacity] == 0
         if embeddings is None:
-            similarity, threshold = (state.long_items == items.unsqueeze(1)).float(), 1.0
+            similarity, threshold = (items[:, :capacity] == positives[:, t:t + 1]).float(), 1.0
         else:
-            similarity, threshold = cosines[:, :, t], config.merge_threshold
+            similarity, threshold = cosines[:, :capacity, t], config.merge_threshold
         best_similarity, best_slot = similarity.masked_fill(empty, -math.inf).max(1)
         merge = best_similarity >= threshold
-        add_slot, full = _slot_for_new_entry(state, empty, now, config)
-        slot = torch.where(merge, best_slot, add_slot)
-
+        # An added entry goes to the first empty slot, or, when LT is full, to the slot of lowest
+        # utility (argmin returns the first, i.e. lowest-index, slot among ties).
+        add_slot = empty.to(torch.int8).argmax(1)
+        if can_evict:
+            full = ~empty.any(1)
+            utilities = _utility(frequency[:, :capacity], refreshed[:, :capacity], now[:, t], config.age_scale)
+            add_slot = torch.where(full, utilities.argmin(1), add_slot)
+            evicted.append(~merge & full)
+        # [C, 1]: where each client writes; the scratch slot for those not writing.
+        slot = torch.where(write[:, t], torch.where(merge, best_slot, add_slot), capacity).unsqueeze(1)
         if embeddings is not None:
-            _write_embeddings(state, embeddings, cosines, pairwise, rows, slot, writing, merge, t, config.ema)
-        _write_slot(state.long_items, rows, slot, writing & ~merge, items)
-        _write_slot(state.long_frequency, rows, slot, writing,
-                    torch.where(merge, state.long_frequency[rows, slot] + 1, 1))
-        _write_slot(state.long_refreshed, rows, slot, writing, now)
-        state.merges += writing & merge
-        state.evictions += writing & ~merge & full
+            _write_embedding(long_embeddings, cosines, embeddings[:, t], pairwise[:, t], slot, merge, config.ema)
+        items.scatter_(1, slot.masked_fill(merge.unsqueeze(1), capacity), positives[:, t:t + 1])  # a merge keeps the item
+        old_frequency = frequency.gather(1, slot)
+        frequency.scatter_(1, slot, torch.where(merge.unsqueeze(1), old_frequency + 1, 1))
+        refreshed.scatter_(1, slot, now[:, t:t + 1])
+        merged.append(merge)
+
+    state.long_items, state.long_frequency, state.long_refreshed = (
+        t[:, :capacity].contiguous() for t in (items, frequency, refreshed))
+    if embeddings is not None:
+        state.long_embeddings = long_embeddings[:, :capacity].contiguous()
+    if steps:
+        writing = write[:, steps]
+        state.merges += (writing & torch.stack(merged, 1)).sum(1)
+        if evicted:
+            state.evictions += (writing & torch.stack(evicted, 1)).sum(1)
 
 
-def _write_slot(values: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor, chosen: torch.Tensor,
-                new: torch.Tensor) -> None:
-    """values[c, slot[c]] = new[c] for the `chosen` clients c (rows = all client indices), in place."""
-    values[rows, slot] = torch.where(chosen, new, values[rows, slot])
+def _with_scratch_slot(values: torch.Tensor) -> torch.Tensor:
+    """A copy of `values` [C, Lt, ...] with one more (zero) slot at index Lt."""
+    return torch.cat([values, values.new_zeros((values.shape[0], 1, *values.shape[2:]))], dim=1)
 
 
-def _slot_for_new_entry(state: MemoryState, empty: torch.Tensor, now: torch.Tensor,
-                        config: MemoryConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where an added entry goes: the first empty slot, or, when LT is full, the slot of lowest
-    utility (argmin returns the first, i.e. lowest-index, slot among ties). Also returns whether
-    LT is full (the add is an eviction)."""
-    full = ~empty.any(1)
-    first_empty = empty.to(torch.int8).argmax(1)
-    value = _utility(state.long_frequency, state.long_refreshed, now, config.age_scale)
-    return torch.where(full, value.argmin(1), first_empty), full
-
-
-def _write_embeddings(state: MemoryState, embeddings: torch.Tensor, cosines: torch.Tensor,
-                      pairwise: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor,
-                      writing: torch.Tensor, merge: torch.Tensor, t: int, ema: float) -> None:
-    """Write positive t's embedding into `slot` (as is, or EMA-merged) for the writing clients and
-    update that slot's cosines [C, T] with all positives: the merged embedding is
-    (ema*old + (1-ema)*new) / norm, so its cosine with positive u is
-    (ema*cos(old, u) + (1-ema)*cos(new, u)) / norm."""
-    incoming, old = embeddings[:, t], state.long_embeddings[rows, slot]
+def _write_embedding(long_embeddings: torch.Tensor, cosines: torch.Tensor, incoming: torch.Tensor,
+                     incoming_cosines: torch.Tensor, slot: torch.Tensor, merge: torch.Tensor, ema: float) -> None:
+    """Write the embeddings `incoming` [C, D] into `slot` [C, 1] (as is, or EMA-merged where
+    `merge`) and update that slot's cosines [C, T] with all positives from `incoming_cosines`
+    (the incoming positive's): the merged embedding is (ema*old + (1-ema)*new) / norm, so its
+    cosine with positive u is (ema*cos(old, u) + (1-ema)*cos(new, u)) / norm."""
+    embedding_slot = slot.unsqueeze(2).expand(-1, -1, long_embeddings.shape[2])
+    old = long_embeddings.gather(1, embedding_slot).squeeze(1)
     mixed = ema * old + (1 - ema) * incoming
     norm = mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    new = torch.where(merge.unsqueeze(1), mixed / norm, incoming)
-    state.long_embeddings[rows, slot] = torch.where(writing.unsqueeze(1), new, old)
-    old_cosines = cosines[rows, slot]
-    merged_cosines = (ema * old_cosines + (1 - ema) * pairwise[:, t]) / norm
-    new_cosines = torch.where(merge.unsqueeze(1), merged_cosines, pairwise[:, t])
-    cosines[rows, slot] = torch.where(writing.unsqueeze(1), new_cosines, old_cosines)
+    merge = merge.unsqueeze(1)
+    long_embeddings.scatter_(1, embedding_slot, torch.where(merge, mixed / norm, incoming).unsqueeze(1))
+    cosine_slot = slot.unsqueeze(2).expand(-1, -1, cosines.shape[2])
+    old_cosines = cosines.gather(1, cosine_slot).squeeze(1)
+    merged_cosines = (ema * old_cosines + (1 - ema) * incoming_cosines) / norm
+    cosines.scatter_(1, cosine_slot, torch.where(merge, merged_cosines, incoming_cosines).unsqueeze(1))

@@ -32,6 +32,14 @@ class FedDMMRConfig:
     gate_init: float = 0.1
 
 
+def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """sum_m w_m o_m [B, L, n, d] from weights [B, L, n, M] and the M outputs [B, L, n, d]."""
+    total = weights[..., 0, None] * outputs[0]
+    for m in range(1, len(outputs)):
+        total = total + weights[..., m, None] * outputs[m]
+    return total
+
+
 class ModalityExpert(nn.Module):
     """Attention of each candidate's query over the memory, then a small feed-forward."""
 
@@ -46,16 +54,22 @@ class ModalityExpert(nn.Module):
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """queries [B, L, n, d]; memory [B, K, d]; allowed [B, L, n, K] -> [B, L, n, d]."""
-        q = self.query(queries)
+        # The query and output projections are linear, so they are folded into the K memory
+        # slots instead of being applied to every candidate (n*L per window, K is ~20):
+        # query(x).k = x.(k Wq) + bq.k and out(A v) = A (v Wo^T) + bo. Same function, a fraction
+        # of the work: the two per-candidate d x d products were the experts' largest cost.
         k, v = self.key(memory), self.value(memory)  # [B, K, d]
+        keys = k @ self.query.weight  # [B, K, d]
+        key_bias = k @ self.query.bias  # [B, K]
         # Matrix products, not broadcast products: a [B, L, n, K, d] intermediate would not fit
         # in memory for a client's batch of full-length windows.
-        scores = torch.einsum("blnd,bkd->blnk", q, k) / math.sqrt(q.shape[-1])  # [B, L, n, K]
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = torch.einsum("blnd,bkd->blnk", queries, keys) + key_bias[:, None, None, :]
+        scores = scores.masked_fill(~allowed, float("-inf")) / math.sqrt(queries.shape[-1])  # [B, L, n, K]
         # A candidate with no usable slot attends to nothing: its output is zero, not NaN.
         weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
-        mixed = torch.einsum("blnk,bkd->blnd", weights, v)
-        return dropout(F.relu(self.norm(self.out(mixed))), self.dropout, self.training)
+        values = F.linear(v, self.out.weight)  # [B, K, d]
+        out = torch.einsum("blnk,bkd->blnd", weights, values) + self.out.bias
+        return dropout(F.relu(self.norm(out)), self.dropout, self.training)
 
 
 class FedDMMR(nn.Module):
@@ -95,12 +109,23 @@ class FedDMMR(nn.Module):
 
     def mixture(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the fused expert term sum_m w_m LN(o_m) [B, L, n, d]."""
-        weights, outputs = self.experts_and_router(candidates, memory_items, memory_mask)
-        return weights, (weights.unsqueeze(-1) * outputs).sum(-2)
+        weights, outputs = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
+                                                    memory_items, memory_mask)
+        return weights, _weighted_sum(weights, outputs)
 
     def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
-        id_queries = self.sasrec.item_embedding(candidates)
+        weights, outputs = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
+                                                    memory_items, memory_mask)
+        return weights, torch.stack(outputs, dim=-2)
+
+    def _experts_and_router(self, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+                            memory_mask: torch.Tensor):
+        """`experts_and_router` given the candidates' item embeddings [B, L, n, d] (the ID
+        queries), which scoring reuses: one lookup (and one gradient scatter) instead of two.
+        The expert outputs are a list of M [B, L, n, d] tensors: stacking them would copy every
+        candidate's outputs once more."""
+        id_queries = embeddings
         not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
         outputs, router_inputs, usable = [], [], []
         for name in self.modalities:
@@ -111,12 +136,19 @@ class FedDMMR(nn.Module):
             outputs.append(self.expert_norms[name](self.experts[name](queries, mem_proj, allowed)))
             router_inputs.append(queries)
             usable.append(cand_avail)
+        return self._route(router_inputs, usable), outputs
+
+    def _route(self, router_inputs: list[torch.Tensor], usable: list[torch.Tensor]) -> torch.Tensor:
+        """Router weights [B, L, n, M] from the candidates' queries and feature availability."""
+        if len(router_inputs) == 1:
+            # A softmax over one expert is 1 whatever its logit (and passes no gradient back): the
+            # router's MLP over every candidate would be pure cost.
+            return torch.ones_like(usable[0], dtype=router_inputs[0].dtype).unsqueeze(-1)
         logits = self.router(torch.cat(router_inputs, dim=-1))
         usable = torch.stack(usable, dim=-1)
         # Candidates with no feature at all fall back to uniform weights over the (zero) experts.
         logits = logits.masked_fill(~usable & usable.any(-1, keepdim=True), float("-inf"))
-        weights = torch.softmax(logits, dim=-1)
-        return weights, torch.stack(outputs, dim=-2)
+        return torch.softmax(logits, dim=-1)
 
     def score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
               memory_mask: torch.Tensor) -> torch.Tensor:
@@ -129,12 +161,12 @@ class FedDMMR(nn.Module):
         if not self.mixes:
             aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
             return self.sasrec.score(hidden, candidates), aux
-        weights, outputs = self.experts_and_router(candidates, memory_items, memory_mask)
-        fused = hidden.unsqueeze(-2) + self.gate * (weights.unsqueeze(-1) * outputs).sum(-2)
         embeddings = self.sasrec.item_embedding(candidates)
+        weights, outputs = self._experts_and_router(embeddings, candidates, memory_items, memory_mask)
+        fused = hidden.unsqueeze(-2) + self.gate * _weighted_sum(weights, outputs)
         scores = (fused * embeddings).sum(-1)
         aux = {"fused_positive": fused[..., 0, :], "positive_embedding": embeddings[..., 0, :],
-               "router_weights": weights, "expert_positive": outputs[..., 0, :, :]}
+               "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
         return scores, aux
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
