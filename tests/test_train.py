@@ -105,8 +105,9 @@ def test_init_from_loads_every_tensor_and_rejects_other_shapes(tiny_data, tmp_pa
     first = train(config(tiny_data, tmp_path / "first", num_rounds=2))
     best = load_checkpoint(first.run_dir / "checkpoints" / "best.pt")["model"]
     with caplog.at_level("INFO"):
+        # FedAvg of clients that hardly move: the server adopts the loaded weights as they were.
         second = train(config(tiny_data, tmp_path / "second", num_rounds=1, learning_rate=1e-12,
-                              init_from=str(first.run_dir / "checkpoints" / "best.pt")))
+                              server_optimizer="fedavg", init_from=str(first.run_dir / "checkpoints" / "best.pt")))
     assert f"loaded {len(best)} tensors" in caplog.text
     after = load_checkpoint(second.run_dir / "checkpoints" / "last.pt")["model"]
     for name in best:
@@ -133,7 +134,7 @@ def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path
     training targets is exactly one full-batch gradient step on the pooled data: the whole
     federated pipeline (batches, engine, aggregation) must reproduce centralised training."""
     same = dict(num_rounds=1, validate_every=1, dropout=0.0, local_optimizer="sgd", learning_rate=0.5,
-                batch_size=10_000, local_epochs=1)
+                batch_size=10_000, local_epochs=1, server_optimizer="fedavg")
     federated = train(config(tiny_data, tmp_path / "fed", client_fraction=1.0, **same))
     centralized = train(config(tiny_data, tmp_path / "central", centralized=True, **same))
     fed = load_checkpoint(federated.run_dir / "checkpoints" / "last.pt")["model"]

@@ -202,7 +202,7 @@ class Run:
 
 def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | None:
     if config.server_optimizer == "fedadam":
-        return ServerAdam(config.server_learning_rate)
+        return ServerAdam(config.server_learning_rate, tau=config.server_epsilon)
     if config.server_optimizer == "fedavgm":
         return ServerMomentum(config.server_learning_rate, config.server_momentum)
     return None

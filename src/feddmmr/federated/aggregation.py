@@ -42,10 +42,11 @@ class ServerAdam:
     pseudo-gradient and takes an Adam step along it, instead of adopting the average outright.
 
     Its moments persist across rounds (and checkpoints); `tau` is the paper's adaptivity
-    constant (Adam's epsilon), large so that tiny consistent changes are not blown up.
+    constant (Adam's epsilon). It must be small next to the changes: with SGD clients these are
+    a learning rate times a mean gradient, often ~1e-3 per weight.
     """
 
-    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-3) -> None:
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-8) -> None:
         self.lr, self.betas, self.tau = lr, betas, tau
         self.exp_avg: dict[str, torch.Tensor] = {}
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
