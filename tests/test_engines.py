@@ -272,3 +272,24 @@ def test_fedadam_steps_along_the_average_and_keeps_its_moments():
     restored.load_state_dict(server.state_dict())
     again = {"w": torch.tensor([1.0, 1.0])}
     torch.testing.assert_close(restored.step(new, again)["w"], server.step(new, again)["w"])
+
+
+def test_the_server_optimiser_follows_the_config():
+    from feddmmr.config import TrainConfig
+    from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
+    from feddmmr.train import make_server_optimizer
+
+    default = make_server_optimizer(TrainConfig())
+    assert isinstance(default, ServerAdam) and (default.lr, default.tau) == (3e-3, 1e-6)
+    tuned = make_server_optimizer(TrainConfig(server_learning_rate=0.5, server_epsilon=1e-3))
+    assert (tuned.lr, tuned.tau) == (0.5, 1e-3)
+    # epsilon keeps a change far below it from becoming a full step: 1e-9 moves by lr * ~1e-3
+    tiny = tuned.step({"w": torch.zeros(1)}, {"w": torch.tensor([1e-9])})["w"]
+    assert 0 < float(tiny) < 1e-6
+    momentum = make_server_optimizer(TrainConfig(server_optimizer="fedavgm", server_momentum=0.5))
+    assert isinstance(momentum, ServerMomentum) and momentum.momentum == 0.5
+    assert make_server_optimizer(TrainConfig(server_optimizer="fedavg")) is None
+    with pytest.raises(ValueError, match="server_epsilon must be >= 0, got -1"):
+        TrainConfig(server_epsilon=-1)
+    with pytest.raises(ValueError, match="server_learning_rate must be > 0, got 0"):
+        TrainConfig(server_learning_rate=0)

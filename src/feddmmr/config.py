@@ -113,6 +113,10 @@ class TrainConfig:
             raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.server_learning_rate <= 0:
+            raise ValueError(f"server_learning_rate must be > 0, got {self.server_learning_rate}")
+        if self.server_epsilon < 0:
+            raise ValueError(f"server_epsilon must be >= 0, got {self.server_epsilon}")
         self._check_privacy()
         if self.flower_round_timeout <= 0:
             raise ValueError(f"flower_round_timeout must be > 0 seconds, got {self.flower_round_timeout}")
