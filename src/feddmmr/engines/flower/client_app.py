@@ -70,10 +70,8 @@ def train_users(message: Message, context: Context) -> Message:
     data = load_node_data(context.node_config, config)
     sequences = data.training_sequences(request.user_ids, request.item_ids)
 
-    device = resolve_device(str(context.node_config.get(DEVICE, "auto")))
-    features = node_features(tuple(config.modality), tuple(request.item_ids))
-    model = build_model(config, len(request.item_ids), device, features)
-    model.load_state_dict({n: p.to(device) for n, p in messages.read_params(message).items()}, strict=False)
+    model, features, precision = node_model(message, context, config, request.item_ids)
+    device = next(model.parameters()).device
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     # Exactly the batches run_round would build for these users on the server.
@@ -84,7 +82,6 @@ def train_users(message: Message, context: Context) -> Message:
 
     engine = make_engine(str(context.node_config.get(LOCAL_ENGINE, "vectorized")), model,
                          chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows)
-    precision = Precision(resolve_amp(config.amp, device), device.type)
     frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
@@ -110,11 +107,8 @@ def evaluate_users(message: Message, context: Context) -> Message:
         raise ValueError(f"evaluate messages are for model=feddmmr (memories on the nodes); the run has "
                          f"model={config.model!r}, which the server evaluates itself")
     data = load_node_data(context.node_config, config)
-    device = resolve_device(str(context.node_config.get(DEVICE, "auto")))
-    features = node_features(tuple(config.modality), tuple(request.item_ids))
-    model = build_model(config, len(request.item_ids), device, features)
-    model.load_state_dict({n: p.to(device) for n, p in messages.read_params(message).items()}, strict=False)
-    precision = Precision(resolve_amp(config.amp, device), device.type)
+    model, features, precision = node_model(message, context, config, request.item_ids)
+    device = next(model.parameters()).device
 
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
     snapshot = MEMORY_STATE if request.which == "valid" else f"{MEMORY_STATE}@{request.memory_round}"
@@ -143,6 +137,16 @@ def evaluate_users(message: Message, context: Context) -> Message:
             diagnostics.update({f"router.{name}": weight for name, weight in usage.items()})
     return Message(messages.evaluate_reply_content(request.users, [int(r) for r in ranks], diagnostics),
                    reply_to=message)
+
+
+def node_model(message: Message, context: Context, config: TrainConfig, catalog: list[str]):
+    """(the run's model with the message's global weights, its modality features, the precision)
+    on this node's device."""
+    device = resolve_device(str(context.node_config.get(DEVICE, "auto")))
+    features = node_features(tuple(config.modality), tuple(catalog))
+    model = build_model(config, len(catalog), device, features)
+    model.load_state_dict({n: p.to(device) for n, p in messages.read_params(message).items()}, strict=False)
+    return model, features, Precision(resolve_amp(config.amp, device), device.type)
 
 
 @dataclass
