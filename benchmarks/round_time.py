@@ -139,7 +139,7 @@ def main(argv=None) -> None:
                    f"(ratio of medians); {common.median(paired):.1f}x (median of {len(paired)} same-round ratios: "
                    f"{', '.join(f'{x:.1f}' for x in paired)})")
 
-        valid_times = common.repeat(run.validate, args.eval_repeats)
+        valid_times = common.repeat(lambda: run.validate(run.state.round), args.eval_repeats)
         report(f"validation (1:{config.num_negatives_eval}, {run.split.num_users} users): {common.spread(valid_times)}")
         peak = common.peak_rss_mb()
         report(f"peak RSS (whole process): {peak:.0f} MiB")
