@@ -1,7 +1,7 @@
 """A training run from start to finish: data, split, candidates, rounds, early stopping, test.
 
 `run_round` is one federated round, top to bottom: sample clients, build their batches, train
-them locally on the engine, aggregate (FedAvg, optionally a FedAdam server step). `train` runs the
+them locally on the engine, aggregate (FedAvg, then by default a FedAdam server step). `train` runs the
 rounds: validation when the schedule says so, early stopping, checkpoints, then one test.
 """
 

@@ -18,7 +18,7 @@ Progress = Callable[[int], None]
 
 @dataclass
 class LocalTraining:
-    """How each client trains locally (a fresh Adam per client per round).
+    """How each client trains locally (a fresh optimiser per client per round: SGD or Adam).
 
     FedDMMR: `memory` holds every client's memory; the model reads the client's retrieved slots
     and the memory takes each local step's positives after the step, and the auxiliary losses

@@ -1,4 +1,4 @@
-"""The reference engine: one client after another, a plain PyTorch module and torch.optim.Adam.
+"""The reference engine: one client after another, a plain PyTorch module and a torch.optim optimiser.
 
 It is the readable definition of a local update that the
 vectorised engine must reproduce, and the path for debugging a single client.

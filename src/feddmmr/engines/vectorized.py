@@ -2,7 +2,7 @@
 
 Each client's copy of the parameters is a slice of tensors with a leading client dimension;
 `torch.func.vmap(grad(...))` computes every client's gradient of its own loss in one pass over
-the batched model, and `BatchedAdam` applies one independent Adam per client. Clients are
+the batched model, and `BatchedAdam` (or `BatchedSGD`) applies one independent optimiser per client. Clients are
 processed in chunks (sorted by size so that little padding is computed) to bound memory.
 
 Without weight decay, an item-embedding row that a client's round never reads gets a zero
