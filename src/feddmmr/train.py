@@ -264,6 +264,14 @@ def log_start(run: Run) -> None:
     log.info("device %s | amp %s | engine %s | %s", run.device, run.precision.mode,
              "centralized" if c.centralized else c.engine,
              "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round")
+    if c.centralized:
+        log.info("centralised optimiser: %s, lr %g, batches of %d windows (the clients' settings); the measured "
+                 "centralised recipe is --local-optimizer adam --learning-rate 1e-3 --batch-size 64 --dropout 0.2",
+                 c.local_optimizer, c.learning_rate, c.batch_size)
+    else:
+        log.info("local training: %s, lr %g, %d epochs of batches of %d windows | server: %s%s", c.local_optimizer,
+                 c.learning_rate, c.local_epochs, c.batch_size, c.server_optimizer,
+                 "" if c.server_optimizer == "fedavg" else f", lr {c.server_learning_rate:g}")
     if c.dp_clip_norm is not None:
         log.info("differential privacy: DP-FedAvg, updates clipped to L2 norm %g, noise multiplier %g, "
                  "Poisson sampling at rate %g, epsilon reported at delta %g%s", c.dp_clip_norm,
