@@ -90,3 +90,11 @@ def test_train_command_lets_extra_flags_override_the_setting():
     command = common.train_command(None, 40, {"max_seq_len": 50, "batch_size": 64}, ["--max_seq_len=200"])
     assert "--max-seq-len" not in command and command[-1] == "--max_seq_len=200"
     assert command[command.index("--batch-size") + 1] == "64"
+
+
+@pytest.mark.slow
+def test_feddmmr_round_time_quick_prints_both_models_and_the_ratio():
+    out = run_script("feddmmr_round_time.py", "--quick")
+    for label in ("machine:", "setting: synthetic", "round time feddmmr: median", "round time fedsasrec: median",
+                  "FedDMMR vs FedSASRec round:"):
+        assert label in out, f"{label!r} missing from:\n{out}"
