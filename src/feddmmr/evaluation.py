@@ -72,20 +72,9 @@ def make_eval_sets(split: LeaveOneOut, max_len: int, valid_candidates: np.ndarra
     return valid, test
 
 
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    eval_set: EvalSet,
-    mode: str = "sampled",
-    *,
-    batch_size: int | None = None,
-    precision: Precision | None = None,
-    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """Ranking metrics of `model` on `eval_set`. FedDMMR: `memory` = (items, mask), each
-    [users, K], the memory slots each user's scores read (FedSASRec: None)."""
-    return metrics_from_ranks(held_out_ranks(model, eval_set, mode, batch_size=batch_size, precision=precision,
-                                             memory=memory))
+def evaluate(model: torch.nn.Module, eval_set: EvalSet, mode: str = "sampled", **options) -> dict[str, float]:
+    """Ranking metrics of `model` on `eval_set`; `options` as for `held_out_ranks`."""
+    return metrics_from_ranks(held_out_ranks(model, eval_set, mode, **options))
 
 
 @torch.no_grad()
@@ -98,7 +87,8 @@ def held_out_ranks(
     precision: Precision | None = None,
     memory: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """[users] 0-based rank of each user's held-out item (see `evaluate`)."""
+    """[users] 0-based rank of each user's held-out item. FedDMMR: `memory` = (items, mask), each
+    [users, K], the memory slots each user's scores read (FedSASRec: None)."""
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
     # Activations grow with users x positions: bound the positions per batch, not the users.

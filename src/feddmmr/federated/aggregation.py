@@ -46,7 +46,7 @@ class ServerAdam:
     a learning rate times a mean gradient, often ~1e-3 per weight.
     """
 
-    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-8) -> None:
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), tau: float = 1e-6) -> None:
         self.lr, self.betas, self.tau = lr, betas, tau
         self.exp_avg: dict[str, torch.Tensor] = {}
         self.exp_avg_sq: dict[str, torch.Tensor] = {}

@@ -107,12 +107,6 @@ class FedDMMR(nn.Module):
         """Whether scores use the modality experts (there are modalities and use_mixture is on)."""
         return bool(self.modalities) and self.use_mixture
 
-    def mixture(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
-        """Router weights [B, L, n, M] and the fused expert term sum_m w_m LN(o_m) [B, L, n, d]."""
-        weights, outputs = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
-                                                    memory_items, memory_mask)
-        return weights, _weighted_sum(weights, outputs)
-
     def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
         weights, outputs = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,

@@ -110,12 +110,9 @@ def evaluate_users(message: Message, context: Context) -> Message:
     model, features, precision = node_model(message, context, config, request.item_ids)
     device = next(model.parameters()).device
 
-    memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
+    # Validation reads the current memories, the test the copy kept at the best round.
     snapshot = MEMORY_STATE if request.which == "valid" else f"{MEMORY_STATE}@{request.memory_round}"
-    if snapshot not in context.state:
-        raise RuntimeError(f"this node has no memories of round {request.memory_round} (was it restarted?): "
-                           f"the run's test needs the memories of its best round")
-    memory.state = MemoryState.from_dict(context.state[snapshot].to_torch_state_dict())
+    memory = node_memories(context, config, data, request.users, request.user_ids, features, device, snapshot)
     users = memory.select(request.users, device)
     slots = memory.retrieve(users)
     eval_set = data.held_out_set(request.user_ids, request.item_ids, request.which, config.max_seq_len, candidates)
@@ -164,10 +161,14 @@ class NodeMemories(ClientMemories):
 
 
 def node_memories(context: Context, config: TrainConfig, data: NodeData, users: list[int], user_ids: list[str],
-                  features: dict[str, AlignedFeatures], device: torch.device) -> NodeMemories | None:
-    """FedDMMR: the memories of every user of the node as of its last round (empty at first),
-    addressable by the `users` of the message; None for FedSASRec."""
-    saved = MEMORY_STATE in context.state
+                  features: dict[str, AlignedFeatures], device: torch.device,
+                  record: str = MEMORY_STATE) -> NodeMemories | None:
+    """FedDMMR: the memories of every user of the node saved under `record` (by default the
+    current ones, empty at first), addressable by the `users` of the message; None for FedSASRec."""
+    saved = record in context.state
+    if not saved and record != MEMORY_STATE:
+        raise RuntimeError(f"this node has no memories {record!r} (was it restarted?): the run's test needs "
+                           f"the memories of its best round")
     # Empty memories for every user at first; later only the settings (0 users), the state is the saved one.
     fresh = make_memories(config, 0 if saved else len(data.user_ids()), features, device)
     if fresh is None:
@@ -175,7 +176,7 @@ def node_memories(context: Context, config: TrainConfig, data: NodeData, users: 
     held = {uid: row for row, uid in enumerate(data.user_ids())}
     memory = NodeMemories(fresh.state, fresh.config, fresh.features, rows={u: held[uid] for u, uid in zip(users, user_ids)})
     if saved:
-        memory.state = MemoryState.from_dict(context.state[MEMORY_STATE].to_torch_state_dict())
+        memory.state = MemoryState.from_dict(context.state[record].to_torch_state_dict())
     else:
         context.state[MEMORY_STATE] = ArrayRecord(memory.state.to_dict())
     return memory

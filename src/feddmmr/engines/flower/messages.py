@@ -26,7 +26,8 @@ nodes), reply:
                              reads), keep-rounds (the copies the node keeps; others are dropped)
     params     ArrayRecord   the global weights
     candidates ArrayRecord   candidates [users, 1+N] in dense ids, held-out item first (sampled
-                             evaluation; absent for full ranking)
+                             evaluation ranks them; the node checks the held-out item and the
+                             router statistics read them in either mode)
     -> ranks   MetricRecord  users, ranks (0-based rank of each user's held-out item)
     -> diagnostics MetricRecord  validation only: memory totals (`summary_totals`, keys
                              "memory.<name>") and each expert's mean router weight over the
@@ -148,28 +149,23 @@ class EvalRequest:
 
 
 def evaluate_content(config: TrainConfig, request: EvalRequest, params: ArrayRecord,
-                     candidates: torch.Tensor | None) -> RecordDict:
-    content = RecordDict({
+                     candidates: torch.Tensor) -> RecordDict:
+    return RecordDict({
         CONFIG: ConfigRecord(to_flower_config(config)),
         EVALUATE: ConfigRecord({"round": request.round, "which": request.which, "users": request.users,
                                 "user-ids": request.user_ids, "item-ids": request.item_ids,
                                 "memory-round": request.memory_round, "keep-rounds": request.keep_rounds}),
         PARAMS: params,
+        CANDIDATES: ArrayRecord({CANDIDATES: candidates.cpu()}),
     })
-    if candidates is not None:
-        content[CANDIDATES] = ArrayRecord({CANDIDATES: candidates.cpu()})
-    return content
 
 
-def read_eval_request(message: Message) -> tuple[EvalRequest, np.ndarray | None]:
+def read_eval_request(message: Message) -> tuple[EvalRequest, np.ndarray]:
     record = message.content[EVALUATE]
     request = EvalRequest(int(record["round"]), str(record["which"]), [int(u) for u in record["users"]],
                           list(record["user-ids"]), list(record["item-ids"]), int(record["memory-round"]),
                           [int(r) for r in record["keep-rounds"]])
-    candidates = None
-    if CANDIDATES in message.content:
-        candidates = message.content[CANDIDATES].to_torch_state_dict()[CANDIDATES].numpy()
-    return request, candidates
+    return request, message.content[CANDIDATES].to_torch_state_dict()[CANDIDATES].numpy()
 
 
 def evaluate_reply_content(users: list[int], ranks: list[int], diagnostics: dict[str, float] | None) -> RecordDict:

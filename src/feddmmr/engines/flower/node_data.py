@@ -67,11 +67,11 @@ class NodeData:
         return [to_catalog(uid, self.split.train_sequence(row)) for uid, row in self._rows(user_ids)]
 
     def held_out_set(self, user_ids: Sequence[str], catalog: Sequence[str], which: str, max_len: int,
-                     candidates: np.ndarray | None) -> EvalSet:
+                     candidates: np.ndarray) -> EvalSet:
         """What evaluating `user_ids` (in this order) ranks, in `catalog`'s dense ids: the validation
         item after the training items (`which="valid"`), or the test item after the training items
-        and the validation item ("test"). `candidates` [users, 1+N] (the server's, held-out item
-        first) for sampled evaluation, None for full ranking."""
+        and the validation item ("test"). `candidates` [users, 1+N]: the server's, held-out item first,
+        which must be this node's held-out item."""
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
         to_catalog = self._translator(catalog)
@@ -84,12 +84,12 @@ class NodeData:
         offsets = np.concatenate([[0], np.cumsum([len(h) for h in histories])]).astype(np.int64)
         items = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
         targets = np.array(targets, dtype=np.int64)
-        if candidates is not None and not np.array_equal(candidates[:, 0], targets):
+        if not np.array_equal(candidates[:, 0], targets):
             wrong = [uid for uid, c, t in zip(user_ids, candidates[:, 0], targets) if c != t]
             raise ValueError(f"users {wrong[:5]}: the server's held-out items differ from this node's "
                              f"({len(wrong)} in all); the node's data does not match the server's")
         return EvalSet(inputs=torch.from_numpy(last_items(offsets, items, max_len)),
-                       candidates=None if candidates is None else torch.from_numpy(candidates),
+                       candidates=torch.from_numpy(candidates),
                        targets=torch.from_numpy(targets), seen_offsets=offsets, seen_items=items)
 
     def _rows(self, user_ids: Sequence[str]) -> list[tuple[str, int]]:
