@@ -5,7 +5,9 @@ top of a pre-trained ID backbone) and trains the same number of rounds with the 
 `feddmmr train`; only the variant's flags differ:
 
     fedsasrec      FedSASRec, continued (the baseline: the same rounds without any multimodal part)
-    feddmmr        FedDMMR with the text modality (memory + expert + router + gate)
+    feddmmr        FedDMMR with the text modality (memory + expert + gate)
+    two-modalities FedDMMR with text and genre modalities, weighed by the learned router
+    no-router      two-modalities with uniform router weights (`--router uniform`)
     alignment      feddmmr + the drift-adaptive alignment loss (lambda 0.1)
 
     python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text FEATURES.npz          # seeds 0 1 2
@@ -14,10 +16,11 @@ top of a pre-trained ID backbone) and trains the same number of rounds with the 
 RUN_DIR: a FedSASRec run on the same data (`feddmmr train --data-dir ... --top-users 1000`). One
 run may serve every seed: the leave-one-out split does not depend on the seed, so the backbone
 never saw any seed's validation or test items; the seeds then vary client sampling, negatives,
-dropout and the evaluation candidates of the compared rounds. FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. With one
-modality the router has a single expert to weigh, so "no router" is not a separate variant; "no
-memory" leaves the expert nothing to read, which is FedSASRec. Runs go to
-OUT/<variant>/seed<N>/ and resume like benchmarks/quality.py.
+dropout and the evaluation candidates of the compared rounds. FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. The genre modality
+(a second one, so that the router has experts to weigh) is each movie's genre multi-hot vector
+from movies.dat (`--movies`; default: beside the data file), written to OUT/genres.npz. "No
+memory" leaves the experts nothing to read, which is FedSASRec. Runs go to OUT/<variant>/seed<N>/
+and resume like benchmarks/quality.py.
 """
 
 from __future__ import annotations
@@ -27,21 +30,46 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from quality import execute, mean_std, read_run  # noqa: E402
 
+# Each variant's flags; TEXT and GENRES stand for the modality specs.
 VARIANTS = {
     "fedsasrec": [],
-    "feddmmr": ["--model", "feddmmr"],
-    "alignment": ["--model", "feddmmr", "--alignment-weight", "0.1"],
+    "feddmmr": ["--model", "feddmmr", "TEXT"],
+    "two-modalities": ["--model", "feddmmr", "TEXT", "GENRES"],
+    "no-router": ["--model", "feddmmr", "TEXT", "GENRES", "--router", "uniform"],
+    "alignment": ["--model", "feddmmr", "TEXT", "--alignment-weight", "0.1"],
 }
+
+
+def write_genre_features(movies: Path, output: Path) -> Path:
+    """Genre multi-hot rows of the movies in MovieLens-1M's movies.dat (MovieID::Title::G1|G2)."""
+    ids, genres = [], []
+    with movies.open(encoding="latin-1") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = line.rstrip("\r\n").split("::")
+            if len(fields) != 3:
+                sys.exit(f"{movies}, line {number}: expected MovieID::Title::Genre1|Genre2, got {line.strip()!r}")
+            ids.append(int(fields[0]))
+            genres.append([g for g in fields[2].split("|") if g])
+    names = sorted({g for row in genres for g in row})
+    matrix = np.zeros((len(ids), len(names)), dtype=np.float32)
+    for row, movie_genres in enumerate(genres):
+        matrix[row, [names.index(g) for g in movie_genres]] = 1.0
+    from feddmmr.features.store import save_features
+
+    return save_features(output, np.asarray(ids, dtype=np.int64), matrix)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init-from", required=True, help="the FedSASRec run (or checkpoint) every variant starts from")
     p.add_argument("--text", required=True, help="text features of the items (feddmmr features text)")
+    p.add_argument("--movies", help="MovieLens-1M movies.dat for the genre modality (default: beside the data file)")
     p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -56,6 +84,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     common.require_feddmmr()
     data_dir, top_users, label = common.dataset(args.data)
+    genres = None
+    if any("GENRES" in VARIANTS[v] for v in args.variants):
+        movies = Path(args.movies) if args.movies else Path(data_dir or ".").parent / "movies.dat"
+        if not movies.exists():
+            sys.exit(f"{movies}: no movies.dat for the genre modality; pass --movies PATH")
+        genres = write_genre_features(movies, Path(args.out) / "genres.npz")
+    specs = {"TEXT": ["--modality", f"text={args.text}"], "GENRES": ["--modality", f"genre={genres}"]}
     failed = 0
     for variant in args.variants:
         for seed in args.seeds:
@@ -63,10 +98,10 @@ def main(argv=None) -> None:
             if (run_dir / "final.json").exists():
                 print(f"{variant} seed {seed}: done ({run_dir / 'final.json'})")
                 continue
-            modality = ["--modality", f"text={args.text}"] if "--model" in VARIANTS[variant] else []
+            flags = [part for flag in VARIANTS[variant] for part in specs.get(flag, [flag])]
             setting = {"seed": seed, "num_rounds": args.rounds, "init_from": args.init_from,
                        "validate_every": 2, "patience": 0, "threads": args.threads, "run_dir": str(run_dir)}
-            command = common.train_command(data_dir, top_users, setting, VARIANTS[variant] + modality)
+            command = common.train_command(data_dir, top_users, setting, flags)
             if (run_dir / "checkpoints" / "last.pt").exists():
                 command = [sys.executable, "-m", "feddmmr", "train", "--resume", str(run_dir), "--threads", str(args.threads)]
             print(f"{variant} seed {seed}: {' '.join(command)}", flush=True)

@@ -98,3 +98,23 @@ def test_feddmmr_round_time_quick_prints_both_models_and_the_ratio():
     for label in ("machine:", "setting: synthetic", "round time feddmmr: median", "round time fedsasrec: median",
                   "FedDMMR vs FedSASRec round:"):
         assert label in out, f"{label!r} missing from:\n{out}"
+
+
+def test_the_ablations_genre_modality_is_each_movies_genre_multi_hot(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling modules by name
+    try:
+        spec = importlib.util.spec_from_file_location("bench_ablation", BENCHMARKS / "feddmmr_ablation.py")
+        ablation = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ablation)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from feddmmr.features.store import load_features
+
+    movies = tmp_path / "movies.dat"
+    movies.write_bytes("1::Toy Story (1995)::Animation|Comedy\n7::Caf\xe9 (1999)::Drama\n".encode("latin-1"))
+    ids, matrix = load_features(ablation.write_genre_features(movies, tmp_path / "genres.npz"))
+    assert ids.tolist() == [1, 7]  # columns: Animation, Comedy, Drama
+    assert matrix.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    movies.write_text("1::Toy Story (1995)\n")
+    with pytest.raises(SystemExit, match=r"movies.dat, line 1: expected MovieID::Title::Genre1\|Genre2"):
+        ablation.write_genre_features(movies, tmp_path / "bad.npz")

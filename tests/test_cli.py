@@ -36,6 +36,8 @@ def test_config_file_presets_and_flags_override_them(tmp_path):
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="engine='gpu' is not one of"):
         TrainConfig(engine="gpu")
+    with pytest.raises(ValueError, match="router='none' is not one of learned, uniform"):
+        TrainConfig(router="none")
     with pytest.raises(ValueError, match="client_fraction must be in"):
         TrainConfig(client_fraction=0)
 

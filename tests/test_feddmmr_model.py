@@ -108,3 +108,42 @@ def test_stage_one_scores_as_sasrec():
     model.use_mixture = False
     seq, cands, mem, mask = inputs()
     assert torch.equal(model(seq, cands, mem, mask), reference(seq, cands))
+
+
+def test_uniform_router_weighs_the_available_modalities_equally_and_has_no_parameters():
+    features, available = text_features()
+    torch.manual_seed(2)
+    features["genre"] = torch.nn.functional.normalize(torch.randn(41, 6), dim=-1)
+    available["genre"] = available["text"].clone()
+    available["genre"][1:11] = False  # items 1-10 have no genre feature
+    model = FedDMMR(FedDMMRConfig(CONFIG, learned_router=False), features, available).eval()
+    assert not hasattr(model, "router") and not any(name.startswith("router") for name, _ in model.named_parameters())
+    learned = FedDMMR(FedDMMRConfig(CONFIG), features, available)
+    assert any(name.startswith("router.") for name, _ in learned.named_parameters())
+    seq, cands, mem, mask = inputs()
+    weights, _ = model.experts_and_router(cands, mem, mask)  # modalities in name order: genre, text
+    genre_missing = (cands >= 1) & (cands <= 10)
+    expected = torch.where(genre_missing.unsqueeze(-1), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]))
+    assert genre_missing.any() and (~genre_missing).any()
+    torch.testing.assert_close(weights, expected)
+
+
+def test_the_expert_computes_its_definition():
+    """The folded products equal the expert written out: attention of query(q) over key(M),
+    q = projection(feature) where the feature is available, else the ID embedding."""
+    from feddmmr.model.feddmmr import ModalityExpert
+
+    torch.manual_seed(3)
+    expert, projection = ModalityExpert(16, dropout=0.0), torch.nn.Linear(12, 16)
+    features, fallback = torch.randn(2, 3, 4, 12), torch.randn(2, 3, 4, 16)
+    available = torch.rand(2, 3, 4) > 0.3
+    memory = torch.randn(2, 5, 16)
+    allowed = torch.rand(2, 3, 4, 5) > 0.4
+    allowed[0, 0, 0] = False  # a candidate with no usable slot: output of an empty attention
+    queries = torch.where(available.unsqueeze(-1), projection(features), fallback)
+    scores = torch.einsum("blnd,bkd->blnk", expert.query(queries), expert.key(memory)) / 4.0
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    expected = torch.relu(expert.norm(expert.out(torch.einsum("blnk,bkd->blnd", weights, expert.value(memory)))))
+    got = expert(features, available, projection, fallback, memory, allowed)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0, 0, 0], torch.relu(expert.norm(expert.out.bias)))

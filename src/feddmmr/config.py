@@ -45,6 +45,8 @@ class TrainConfig:
                                    "3 all but the item embedding (default: train everything)")
     memory_long_capacity: int = _opt(200, "feddmmr: long-term memory slots per client")
     memory_surprise: float = _opt(0.5, "feddmmr: loss threshold of the long-term write rule for memories without features")
+    router: str = _opt("learned", "feddmmr: learned (an MLP over the candidate's features weighs the experts) or "
+                                  "uniform (equal weights over the candidate's available modalities: the no-router ablation)")
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss")
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)")
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts")
@@ -93,6 +95,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {
             "model": ("fedsasrec", "feddmmr"),
+            "router": ("learned", "uniform"),
             "loss": ("ce", "bpr"),
             "local_optimizer": ("adam", "sgd"),
             "server_optimizer": ("fedavg", "fedavgm", "fedadam"),

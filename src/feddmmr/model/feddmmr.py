@@ -7,7 +7,8 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   Linear -> LayerNorm -> ReLU -> Dropout; a memory slot holding the candidate itself is masked
   (otherwise training learns "in memory => positive", which never holds for a held-out item);
 - router: MLP over the candidate's projected features -> softmax weights over the modality
-  experts, unavailable modalities masked;
+  experts, unavailable modalities masked (or, `learned_router=False`, equal weights over the
+  available ones: the "no router" ablation);
 - fusion: fused = h + g * sum_m w_m LN(o_m), g a learnable scalar;
 - score: <fused, E[c]>.
 With no modality the model is SASRec exactly: fused = h.
@@ -30,10 +31,13 @@ class FedDMMRConfig:
     sasrec: SASRecConfig
     router_hidden: tuple[int, int] = (128, 64)
     gate_init: float = 0.1
+    learned_router: bool = True
 
 
 def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
     """sum_m w_m o_m [B, L, n, d] from weights [B, L, n, M] and the M outputs [B, L, n, d]."""
+    if len(outputs) == 1:
+        return outputs[0]  # one expert's router weight is 1 (see `_route`): skip a pass over every candidate
     total = weights[..., 0, None] * outputs[0]
     for m in range(1, len(outputs)):
         total = total + weights[..., m, None] * outputs[m]
@@ -52,19 +56,27 @@ class ModalityExpert(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-8)
         self.dropout = dropout
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """queries [B, L, n, d]; memory [B, K, d]; allowed [B, L, n, K] -> [B, L, n, d]."""
-        # The query and output projections are linear, so they are folded into the K memory
-        # slots instead of being applied to every candidate (n*L per window, K is ~20):
-        # query(x).k = x.(k Wq) + bq.k and out(A v) = A (v Wo^T) + bo. Same function, a fraction
-        # of the work: the two per-candidate d x d products were the experts' largest cost.
+    def forward(self, features: torch.Tensor, available: torch.Tensor, projection: nn.Linear,
+                fallback: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The expert's output [B, L, n, d] for the candidates' queries: projection(features)
+        [B, L, n, D] where `available` [B, L, n], else `fallback` [B, L, n, d] (their ID
+        embeddings); memory [B, K, d]; allowed [B, L, n, K]."""
+        # Every linear map on the candidates' side is folded into the K memory slots instead of
+        # being applied to each of the n*L candidates of a window (K is ~20):
+        # query(x).k = x.(k Wq) + bq.k, projection(f).y = f.(y P) + bP.y and
+        # out(A v) = A (v Wo^T) + bo. Same function, a fraction of the work: projecting each
+        # candidate's D-dim feature to d was the experts' largest cost.
         k, v = self.key(memory), self.value(memory)  # [B, K, d]
         keys = k @ self.query.weight  # [B, K, d]
         key_bias = k @ self.query.bias  # [B, K]
+        feature_keys = keys @ projection.weight  # [B, K, D]
+        feature_bias = keys @ projection.bias  # [B, K]
         # Matrix products, not broadcast products: a [B, L, n, K, d] intermediate would not fit
         # in memory for a client's batch of full-length windows.
-        scores = torch.einsum("blnd,bkd->blnk", queries, keys) + key_bias[:, None, None, :]
-        scores = scores.masked_fill(~allowed, float("-inf")) / math.sqrt(queries.shape[-1])  # [B, L, n, K]
+        by_feature = torch.einsum("blnf,bkf->blnk", features, feature_keys) + feature_bias[:, None, None, :]
+        by_id = torch.einsum("blnd,bkd->blnk", fallback, keys)
+        scores = torch.where(available.unsqueeze(-1), by_feature, by_id) + key_bias[:, None, None, :]
+        scores = scores.masked_fill(~allowed, float("-inf")) / math.sqrt(keys.shape[-1])  # [B, L, n, K]
         # A candidate with no usable slot attends to nothing: its output is zero, not NaN.
         weights = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
         values = F.linear(v, self.out.weight)  # [B, K, d]
@@ -93,10 +105,12 @@ class FedDMMR(nn.Module):
         self.expert_norms = nn.ModuleDict({m: nn.LayerNorm(dim, eps=1e-8) for m in self.modalities})
         if not self.modalities:
             return  # ID-only: exactly SASRec
+        self.gate = nn.Parameter(torch.tensor(config.gate_init))
+        if not config.learned_router:
+            return
         h1, h2 = config.router_hidden
         self.router = nn.Sequential(nn.Linear(dim * len(self.modalities), h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
                                     nn.Linear(h2, len(self.modalities)))
-        self.gate = nn.Parameter(torch.tensor(config.gate_init))
 
     def _projected(self, name: str, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """P_m(F_m[items]) and availability of the items' feature."""
@@ -119,27 +133,33 @@ class FedDMMR(nn.Module):
         queries), which scoring reuses: one lookup (and one gradient scatter) instead of two.
         The expert outputs are a list of M [B, L, n, d] tensors: stacking them would copy every
         candidate's outputs once more."""
-        id_queries = embeddings
         not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
-        outputs, router_inputs, usable = [], [], []
+        outputs, usable = [], []
         for name in self.modalities:
-            cand_proj, cand_avail = self._projected(name, candidates)
-            mem_proj, mem_avail = self._projected(name, memory_items)
-            queries = torch.where(cand_avail.unsqueeze(-1), cand_proj, id_queries)
-            allowed = not_self & (memory_mask & mem_avail)[:, None, None, :]
-            outputs.append(self.expert_norms[name](self.experts[name](queries, mem_proj, allowed)))
-            router_inputs.append(queries)
-            usable.append(cand_avail)
-        return self._route(router_inputs, usable), outputs
+            features = getattr(self, f"features_{name}")[candidates]
+            available = getattr(self, f"available_{name}")[candidates]
+            memory, memory_available = self._projected(name, memory_items)
+            allowed = not_self & (memory_mask & memory_available)[:, None, None, :]
+            expert = self.experts[name](features, available, self.projections[name], embeddings, memory, allowed)
+            outputs.append(self.expert_norms[name](expert))
+            usable.append(available)
+        return self._route(candidates, embeddings, usable), outputs
 
-    def _route(self, router_inputs: list[torch.Tensor], usable: list[torch.Tensor]) -> torch.Tensor:
-        """Router weights [B, L, n, M] from the candidates' queries and feature availability."""
-        if len(router_inputs) == 1:
+    def _route(self, candidates: torch.Tensor, embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
+        """Router weights [B, L, n, M] from the candidates' queries (their projected features, or
+        ID `embeddings` where a feature is unavailable) and feature availability `usable`."""
+        if len(usable) == 1:
             # A softmax over one expert is 1 whatever its logit (and passes no gradient back): the
             # router's MLP over every candidate would be pure cost.
-            return torch.ones_like(usable[0], dtype=router_inputs[0].dtype).unsqueeze(-1)
-        logits = self.router(torch.cat(router_inputs, dim=-1))
+            return torch.ones_like(usable[0], dtype=embeddings.dtype).unsqueeze(-1)
         usable = torch.stack(usable, dim=-1)
+        if self.config.learned_router:
+            queries = [torch.where(usable[..., m, None], self._projected(name, candidates)[0], embeddings)
+                       for m, name in enumerate(self.modalities)]
+            logits = self.router(torch.cat(queries, dim=-1))
+        else:
+            # Equal logits: after the mask below, equal weights over the available modalities.
+            logits = torch.zeros(usable.shape, dtype=embeddings.dtype, device=usable.device)
         # Candidates with no feature at all fall back to uniform weights over the (zero) experts.
         logits = logits.masked_fill(~usable & usable.any(-1, keepdim=True), float("-inf"))
         return torch.softmax(logits, dim=-1)
