@@ -370,14 +370,17 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     capacity = state.long_capacity
     items, frequency, refreshed = (_with_scratch_slot(t) for t in
                                    (state.long_items, state.long_frequency, state.long_refreshed))
-    cosines = long_embeddings = None
+    slots = incoming = None
     if embeddings is not None:
-        # Cosines [C, Lt, T] of every LT slot with every positive, computed once against the LT as
-        # it is now; each write then updates its slot's row from these and the positives'
-        # `pairwise` cosines without touching D (see _write_embedding): a batched matrix-vector
-        # product per positive would read all LT embeddings T times and dominate the run time.
-        cosines = _with_scratch_slot(torch.bmm(state.long_embeddings, embeddings.transpose(1, 2)))
-        long_embeddings = _with_scratch_slot(state.long_embeddings)
+        # Each slot's row is [its embedding (D) | its cosines with every positive (T)]: the cosines
+        # are computed once against the LT as it is now, and each write then updates its slot's
+        # row from the positive's own row [embedding | `pairwise` cosines] (see _write_embedding):
+        # a batched matrix-vector product per positive would read all LT embeddings T times and
+        # dominate the run time. One row holds both so that a write is one gather and one scatter.
+        dim = embeddings.shape[2]
+        slots = _with_scratch_slot(torch.cat(
+            [state.long_embeddings, torch.bmm(state.long_embeddings, embeddings.transpose(1, 2))], dim=2))
+        incoming = torch.cat([embeddings, pairwise], dim=2)  # [C, T, D + T]
     now = state.step.unsqueeze(1) + torch.arange(positives.shape[1], device=state.device)  # [C, T]
     # Only a client with more writes than empty slots can find its LT full: when there is none
     # (most blocks), the utilities of the eviction rule are not needed.
@@ -389,7 +392,7 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
         if embeddings is None:
             similarity, threshold = (items[:, :capacity] == positives[:, t:t + 1]).float(), 1.0
         else:
-            similarity, threshold = cosines[:, :capacity, t], config.merge_threshold
+            similarity, threshold = slots[:, :capacity, dim + t], config.merge_threshold
         best_similarity, best_slot = similarity.masked_fill(empty, -math.inf).max(1)
         merge = best_similarity >= threshold
         # An added entry goes to the first empty slot, or, when LT is full, to the slot of lowest
@@ -403,7 +406,7 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
         # [C, 1]: where each client writes; the scratch slot for those not writing.
         slot = torch.where(write[:, t], torch.where(merge, best_slot, add_slot), capacity).unsqueeze(1)
         if embeddings is not None:
-            _write_embedding(long_embeddings, cosines, embeddings[:, t], pairwise[:, t], slot, merge, config.ema)
+            _write_embedding(slots, incoming[:, t], dim, slot, merge, config.ema)
         items.scatter_(1, slot.masked_fill(merge.unsqueeze(1), capacity), positives[:, t:t + 1])  # a merge keeps the item
         old_frequency = frequency.gather(1, slot)
         frequency.scatter_(1, slot, torch.where(merge.unsqueeze(1), old_frequency + 1, 1))
@@ -413,7 +416,7 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     state.long_items, state.long_frequency, state.long_refreshed = (
         t[:, :capacity].contiguous() for t in (items, frequency, refreshed))
     if embeddings is not None:
-        state.long_embeddings = long_embeddings[:, :capacity].contiguous()
+        state.long_embeddings = slots[:, :capacity, :dim].contiguous()
     if steps:
         writing = write[:, steps]
         state.merges += (writing & torch.stack(merged, 1)).sum(1)
@@ -426,19 +429,13 @@ def _with_scratch_slot(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values, values.new_zeros((values.shape[0], 1, *values.shape[2:]))], dim=1)
 
 
-def _write_embedding(long_embeddings: torch.Tensor, cosines: torch.Tensor, incoming: torch.Tensor,
-                     incoming_cosines: torch.Tensor, slot: torch.Tensor, merge: torch.Tensor, ema: float) -> None:
-    """Write the embeddings `incoming` [C, D] into `slot` [C, 1] (as is, or EMA-merged where
-    `merge`) and update that slot's cosines [C, T] with all positives from `incoming_cosines`
-    (the incoming positive's): the merged embedding is (ema*old + (1-ema)*new) / norm, so its
-    cosine with positive u is (ema*cos(old, u) + (1-ema)*cos(new, u)) / norm."""
-    embedding_slot = slot.unsqueeze(2).expand(-1, -1, long_embeddings.shape[2])
-    old = long_embeddings.gather(1, embedding_slot).squeeze(1)
-    mixed = ema * old + (1 - ema) * incoming
-    norm = mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    merge = merge.unsqueeze(1)
-    long_embeddings.scatter_(1, embedding_slot, torch.where(merge, mixed / norm, incoming).unsqueeze(1))
-    cosine_slot = slot.unsqueeze(2).expand(-1, -1, cosines.shape[2])
-    old_cosines = cosines.gather(1, cosine_slot).squeeze(1)
-    merged_cosines = (ema * old_cosines + (1 - ema) * incoming_cosines) / norm
-    cosines.scatter_(1, cosine_slot, torch.where(merge, merged_cosines, incoming_cosines).unsqueeze(1))
+def _write_embedding(slots: torch.Tensor, incoming: torch.Tensor, dim: int, slot: torch.Tensor, merge: torch.Tensor,
+                     ema: float) -> None:
+    """Write the positive's row `incoming` [C, D + T] (its embedding, then its cosines with all
+    positives) into `slot` [C, 1] of `slots` [C, Lt+1, D + T]: as is, or EMA-merged where
+    `merge`. The merged embedding is (ema*old + (1-ema)*new) / norm, so its cosine with positive u
+    is (ema*cos(old, u) + (1-ema)*cos(new, u)) / norm: the same mix and division of the whole row."""
+    index = slot.unsqueeze(2).expand(-1, -1, slots.shape[2])
+    mixed = ema * slots.gather(1, index).squeeze(1) + (1 - ema) * incoming
+    norm = mixed[:, :dim].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    slots.scatter_(1, index, torch.where(merge.unsqueeze(1), mixed / norm, incoming).unsqueeze(1))
