@@ -126,6 +126,10 @@ def test_uniform_router_weighs_the_available_modalities_equally_and_has_no_param
     expected = torch.where(genre_missing.unsqueeze(-1), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]))
     assert genre_missing.any() and (~genre_missing).any()
     torch.testing.assert_close(weights, expected)
+    routed, _ = learned.eval().experts_and_router(cands, mem, mask)  # the MLP: weights vary, unavailable ones 0
+    torch.testing.assert_close(routed.sum(-1), torch.ones(cands.shape))
+    assert torch.equal(routed[..., 0][genre_missing], torch.zeros(int(genre_missing.sum())))
+    assert routed[..., 0][~genre_missing].std() > 0
 
 
 def test_the_expert_computes_its_definition():

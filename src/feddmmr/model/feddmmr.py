@@ -73,6 +73,8 @@ class ModalityExpert(nn.Module):
         feature_bias = keys @ projection.bias  # [B, K]
         # Matrix products, not broadcast products: a [B, L, n, K, d] intermediate would not fit
         # in memory for a client's batch of full-length windows.
+        # Both kinds of query are scored and then selected: the vectorised engine's vmap allows
+        # no branch on which candidates have a feature.
         by_feature = torch.einsum("blnf,bkf->blnk", features, feature_keys) + feature_bias[:, None, None, :]
         by_id = torch.einsum("blnd,bkd->blnk", fallback, keys)
         scores = torch.where(available.unsqueeze(-1), by_feature, by_id) + key_bias[:, None, None, :]
@@ -134,27 +136,26 @@ class FedDMMR(nn.Module):
         The expert outputs are a list of M [B, L, n, d] tensors: stacking them would copy every
         candidate's outputs once more."""
         not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
-        outputs, usable = [], []
+        outputs, features, usable = [], [], []
         for name in self.modalities:
-            features = getattr(self, f"features_{name}")[candidates]
-            available = getattr(self, f"available_{name}")[candidates]
+            features.append(getattr(self, f"features_{name}")[candidates])
+            usable.append(getattr(self, f"available_{name}")[candidates])
             memory, memory_available = self._projected(name, memory_items)
             allowed = not_self & (memory_mask & memory_available)[:, None, None, :]
-            expert = self.experts[name](features, available, self.projections[name], embeddings, memory, allowed)
+            expert = self.experts[name](features[-1], usable[-1], self.projections[name], embeddings, memory, allowed)
             outputs.append(self.expert_norms[name](expert))
-            usable.append(available)
-        return self._route(candidates, embeddings, usable), outputs
+        return self._route(features, embeddings, usable), outputs
 
-    def _route(self, candidates: torch.Tensor, embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
-        """Router weights [B, L, n, M] from the candidates' queries (their projected features, or
-        ID `embeddings` where a feature is unavailable) and feature availability `usable`."""
+    def _route(self, features: list[torch.Tensor], embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
+        """Router weights [B, L, n, M] from the candidates' queries (their projected `features`,
+        or ID `embeddings` where a feature is unavailable) and feature availability `usable`."""
         if len(usable) == 1:
             # A softmax over one expert is 1 whatever its logit (and passes no gradient back): the
             # router's MLP over every candidate would be pure cost.
             return torch.ones_like(usable[0], dtype=embeddings.dtype).unsqueeze(-1)
         usable = torch.stack(usable, dim=-1)
         if self.config.learned_router:
-            queries = [torch.where(usable[..., m, None], self._projected(name, candidates)[0], embeddings)
+            queries = [torch.where(usable[..., m, None], self.projections[name](features[m]), embeddings)
                        for m, name in enumerate(self.modalities)]
             logits = self.router(torch.cat(queries, dim=-1))
         else:
