@@ -48,21 +48,18 @@ VARIANTS = {
 
 def write_genre_features(movies: Path, output: Path) -> Path:
     """Genre multi-hot rows of the movies in MovieLens-1M's movies.dat (MovieID::Title::G1|G2)."""
-    ids, genres = [], []
-    with movies.open(encoding="latin-1") as lines:
-        for number, line in enumerate(lines, start=1):
-            fields = line.rstrip("\r\n").split("::")
-            if len(fields) != 3:
-                sys.exit(f"{movies}, line {number}: expected MovieID::Title::Genre1|Genre2, got {line.strip()!r}")
-            ids.append(int(fields[0]))
-            genres.append([g for g in fields[2].split("|") if g])
-    names = sorted({g for row in genres for g in row})
-    matrix = np.zeros((len(ids), len(names)), dtype=np.float32)
-    for row, movie_genres in enumerate(genres):
-        matrix[row, [names.index(g) for g in movie_genres]] = 1.0
     from feddmmr.features.store import save_features
+    from feddmmr.features.text import ItemTextError, read_ml1m_movies
 
-    return save_features(output, np.asarray(ids, dtype=np.int64), matrix)
+    try:
+        rows = read_ml1m_movies(movies)
+    except ItemTextError as error:
+        sys.exit(str(error))
+    names = sorted({genre for *_, genres in rows for genre in genres})
+    matrix = np.zeros((len(rows), len(names)), dtype=np.float32)
+    for row, (*_, genres) in enumerate(rows):
+        matrix[row, [names.index(genre) for genre in genres]] = 1.0
+    return save_features(output, np.asarray([item_id for _, item_id, _, _ in rows], dtype=np.int64), matrix)
 
 
 def parse_args(argv=None):

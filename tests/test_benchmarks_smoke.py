@@ -116,5 +116,5 @@ def test_the_ablations_genre_modality_is_each_movies_genre_multi_hot(tmp_path):
     assert ids.tolist() == [1, 7]  # columns: Animation, Comedy, Drama
     assert matrix.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     movies.write_text("1::Toy Story (1995)\n")
-    with pytest.raises(SystemExit, match=r"movies.dat, line 1: expected MovieID::Title::Genre1\|Genre2"):
+    with pytest.raises(SystemExit, match=r"movies.dat, line 1: expected MovieID::Title \(Year\)::Genre1\|Genre2"):
         ablation.write_genre_features(movies, tmp_path / "bad.npz")

@@ -94,6 +94,15 @@ def _movielens_text(title: str, genres: list[str]) -> str:
 
 def _read_ml1m_movies(path: Path) -> dict[ItemId, str]:
     texts: dict[ItemId, str] = {}
+    for line_number, item_id, title, genres in read_ml1m_movies(path):
+        _add_text(texts, item_id, _movielens_text(title, genres), path, line_number)
+    return texts
+
+
+def read_ml1m_movies(path: str | Path) -> list[tuple[int, int, str, list[str]]]:
+    """(line number, MovieID, title, genres) of each movie in MovieLens-1M's movies.dat."""
+    path = Path(path)
+    movies = []
     with path.open(encoding=MOVIELENS_ENCODING) as lines:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -105,10 +114,9 @@ def _read_ml1m_movies(path: Path) -> dict[ItemId, str]:
                     f"got {line.strip()!r}"
                 )
             item_id = _int_field(path, line_number, fields[0], "MovieID")
-            genres = [genre for genre in fields[2].strip().split("|") if genre]
-            text = _movielens_text(fields[1].strip(), genres)
-            _add_text(texts, item_id, text, path, line_number)
-    return texts
+            movies.append((line_number, item_id, fields[1].strip(),
+                           [genre for genre in fields[2].strip().split("|") if genre]))
+    return movies
 
 
 def _read_ml100k_items(path: Path) -> dict[ItemId, str]:
