@@ -110,6 +110,26 @@ def test_merge_goes_into_the_most_similar_entry():
     assert long_term(state) == {"items": [1, 2, 0], "frequency": [1, 2, 0], "refreshed": [0, 4, 0]}
 
 
+def test_writes_reach_holes_and_entries_past_them_while_other_clients_write_nothing():
+    # Client 0's LT has entries at slots 0 and 4 only; client 1's is empty and it writes nothing.
+    # Item 3 (90 deg) is far from everything: added into slot 1, the first hole. Item 4 (260 deg)
+    # is novel against ST = [3] (cos -0.98) and has cos 0.98 with item 2 (270 deg): it merges
+    # into slot 4, past the holes.
+    config = MemoryConfig(short_capacity=1, long_capacity=6, retrieve_short=1, retrieve_long=2)
+    features = angle_features([0, 270, 90, 260])
+    embeddings = torch.zeros(2, 6, 2)
+    embeddings[0, 0], embeddings[0, 4] = features[1], features[2]
+    state = with_long_term(config, 2, [[1, 0, 0, 0, 2, 0], [0] * 6], [[1, 0, 0, 0, 1, 0], [0] * 6],
+                           [[0, 0, 0, 0, 1, 0], [0] * 6], [2, 0], embeddings=embeddings)
+    state = update_memory(state, batch([3, 4], []), features, None, config)
+    assert long_term(state, 0) == {"items": [1, 3, 0, 0, 2, 0], "frequency": [1, 1, 0, 0, 2, 0],
+                                   "refreshed": [0, 2, 0, 0, 3, 0]}
+    torch.testing.assert_close(state.long_embeddings[0, 1], features[3])
+    torch.testing.assert_close(state.long_embeddings[0, 4], F.normalize(0.9 * features[2] + 0.1 * features[4], dim=0))
+    assert (state.merges.tolist(), state.writes.tolist()) == ([1, 0], [2, 0])
+    assert long_term(state, 1) == {"items": [0] * 6, "frequency": [0] * 6, "refreshed": [0] * 6}
+
+
 EYE3 = torch.cat([torch.zeros(1, 3), torch.eye(3)])  # items 1, 2, 3 = the three unit axes
 
 

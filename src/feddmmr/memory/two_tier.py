@@ -265,32 +265,36 @@ def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.T
     _check_update_inputs(state, positives, features, losses, config)
     positives, losses = _compact(positives.to(state.device, torch.int64),
                                  None if losses is None else losses.to(state.device))
-    unit_features = has_feature = None
     if features is not None:
-        # Normalised once here so that every dot product below is a cosine whatever the caller passed.
-        unit_features = F.normalize(features.to(state.device, state.long_embeddings.dtype), dim=-1)
-        has_feature = (unit_features != 0).any(1)
+        features = features.to(state.device, state.long_embeddings.dtype)
     new = state.clone()
     length = int((positives != 0).sum(1).max().item()) if positives.numel() else 0
     for start in range(0, length, _BLOCK):
         block = slice(start, min(start + _BLOCK, length))
-        _update_block(new, positives[:, block], unit_features, has_feature,
-                      None if losses is None else losses[:, block], config)
+        _update_block(new, positives[:, block], features, None if losses is None else losses[:, block], config)
     return new
 
 
-def _update_block(state: MemoryState, positives: torch.Tensor, unit_features: torch.Tensor | None,
-                  has_feature: torch.Tensor | None, losses: torch.Tensor | None, config: MemoryConfig) -> None:
+def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.Tensor | None,
+                  losses: torch.Tensor | None, config: MemoryConfig) -> None:
     """`update_memory` for one block of compacted positives, in place."""
     counts = (positives != 0).sum(1)
-    if unit_features is None:
+    if features is None:
         embeddings = pairwise = None
         write = (positives != 0) & (losses >= config.surprise_threshold)
     else:
-        embeddings = unit_features[positives]
-        pairwise = torch.bmm(embeddings, embeddings.transpose(1, 2))
-        novelty = _novelty(state.short_items, unit_features[state.short_items], positives, embeddings, pairwise)
-        write = (positives != 0) & has_feature[positives] & (novelty >= config.novelty_threshold)
+        # Only the rows used are normalised (so that every dot product below is a cosine whatever
+        # the caller passed), not the whole catalogue at every step.
+        history_items = torch.cat([state.short_items, positives], dim=1)  # [C, S+T]
+        history = features[history_items]
+        norms = history.norm(dim=-1, keepdim=True)
+        history = history / norms.clamp_min(1e-12)  # F.normalize, keeping the norms
+        embeddings = history[:, state.short_capacity:]
+        cosines = torch.bmm(embeddings, history.transpose(1, 2))  # [C, T, S+T]
+        novelty = _novelty(history_items, cosines)
+        pairwise = cosines[:, :, state.short_capacity:]
+        has_feature = norms[:, state.short_capacity:, 0] > 0
+        write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
     _write_long_term(state, positives, embeddings, pairwise, write, config)
     state.short_items = _append_short_term(state.short_items, positives, counts)
     state.step += counts
@@ -331,20 +335,19 @@ def _compact(positives: torch.Tensor, losses: torch.Tensor | None) -> tuple[torc
     return positives.gather(1, order), None if losses is None else losses.gather(1, order)
 
 
-def _novelty(short_items: torch.Tensor, short_embeddings: torch.Tensor, positives: torch.Tensor,
-             embeddings: torch.Tensor, pairwise: torch.Tensor) -> torch.Tensor:
-    """Novelty [C, T] of every positive against the ST as it is when that positive arrives.
+def _novelty(history: torch.Tensor, cosines: torch.Tensor) -> torch.Tensor:
+    """Novelty [C, T] of every positive against the ST as it is when that positive arrives, from
+    `history` [C, S+T] (the ST, then the positives) and the positives' cosines with it `cosines`
+    [C, T, S+T].
 
     ST does not depend on LT decisions, so the ST seen by positive t is known in advance: the S
-    entries before it in history = [ST | positives], i.e. history columns [t, t+S). All
-    positives are scored at once from their cosines with the ST and with each other.
+    entries before it in history, i.e. history columns [t, t+S). All positives are scored at once.
     """
-    capacity = short_items.shape[1]
-    cosines = torch.cat([torch.bmm(embeddings, short_embeddings.transpose(1, 2)), pairwise], dim=2)
-    row = torch.arange(positives.shape[1], device=cosines.device).unsqueeze(1)
+    capacity = history.shape[1] - cosines.shape[1]
+    row = torch.arange(cosines.shape[1], device=cosines.device).unsqueeze(1)
     column = torch.arange(cosines.shape[2], device=cosines.device).unsqueeze(0)
     in_window = (column >= row) & (column < row + capacity)
-    present = in_window.unsqueeze(0) & (torch.cat([short_items, positives], dim=1) != 0).unsqueeze(1)
+    present = in_window.unsqueeze(0) & (history != 0).unsqueeze(1)
     best = cosines.masked_fill(~present, -math.inf).amax(-1)
     return torch.where(present.any(-1), 1 - best, torch.ones_like(best))
 
@@ -361,67 +364,78 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
                      pairwise: torch.Tensor | None, write: torch.Tensor, config: MemoryConfig) -> None:
     """Apply the LT writes of every positive, in time order, to `state` (in place).
 
+    Only two narrow parts of the block can change LT, and the work is cut to them (writes are
+    rare: about 1% of positives with text features): the positives that some client writes, and
+    the slots that a write can reach. Slots fill lowest index first and are never emptied, so a
+    client's writes land below (its last used slot + 1 + its writes), or anywhere once its LT is
+    full.
+
     Each step computes every client's would-be write at once: whole-batch ops are cheaper than
-    gathering the writing clients' rows first, since most clients write at most steps. This loop
-    is a chain of small tensor ops per positive, so its cost is their count: clients that do not
-    write at a step write into a scratch slot (an extra last column, dropped at the end) instead of
-    masking every update, and the merge and eviction counts are summed once after the loop.
+    gathering the writing clients' rows first. This loop is a chain of small tensor ops per
+    positive, so its cost is their count: clients that do not write at a step write into a
+    scratch slot (an extra last column, dropped at the end) instead of masking every update, and
+    the merge and eviction counts are summed once after the loop.
     """
+    steps = write.any(0).nonzero().squeeze(1)
+    if len(steps) == 0:
+        return
+    positives, write = positives[:, steps], write[:, steps]
     capacity = state.long_capacity
-    items, frequency, refreshed = (_with_scratch_slot(t) for t in
+    used = state.long_items != 0
+    extent = (used * torch.arange(1, capacity + 1, device=state.device)).amax(1)  # last used slot + 1
+    width = min(capacity, int((extent + write.sum(1)).max()))
+    items, frequency, refreshed = (_with_scratch_slot(t[:, :width]) for t in
                                    (state.long_items, state.long_frequency, state.long_refreshed))
     slots = incoming = None
     if embeddings is not None:
-        # Each slot's row is [its embedding (D) | its cosines with every positive (T)]: the cosines
-        # are computed once against the LT as it is now, and each write then updates its slot's
-        # row from the positive's own row [embedding | `pairwise` cosines] (see _write_embedding):
-        # a batched matrix-vector product per positive would read all LT embeddings T times and
-        # dominate the run time. One row holds both so that a write is one gather and one scatter.
-        dim = embeddings.shape[2]
-        slots = _with_scratch_slot(torch.cat(
-            [state.long_embeddings, torch.bmm(state.long_embeddings, embeddings.transpose(1, 2))], dim=2))
-        incoming = torch.cat([embeddings, pairwise], dim=2)  # [C, T, D + T]
-    now = state.step.unsqueeze(1) + torch.arange(positives.shape[1], device=state.device)  # [C, T]
+        # Each slot's row is [its embedding (D) | its cosines with every written positive]: the
+        # cosines are computed once against the LT as it is now, and each write then updates its
+        # slot's row from the positive's own row [embedding | cosines] (see _write_embedding): a
+        # batched matrix-vector product per positive would read all LT embeddings at every write.
+        # One row holds both so that a write is one gather and one scatter. An empty slot's
+        # cosines are -inf so that it never looks like a merge target.
+        embeddings, dim = embeddings[:, steps], embeddings.shape[2]
+        long_embeddings = state.long_embeddings[:, :width]
+        cosines = torch.bmm(long_embeddings, embeddings.transpose(1, 2)).masked_fill(~used[:, :width, None], -math.inf)
+        slots = _with_scratch_slot(torch.cat([long_embeddings, cosines], dim=2))
+        incoming = torch.cat([embeddings, pairwise[:, steps][:, :, steps]], dim=2)  # [C, steps, D + steps]
+    now = state.step.unsqueeze(1) + steps  # [C, steps]
     # Only a client with more writes than empty slots can find its LT full: when there is none
     # (most blocks), the utilities of the eviction rule are not needed.
-    can_evict = bool((write.sum(1) > (state.long_items == 0).sum(1)).any())
-    steps = [t for t, anyone in enumerate(write.any(0).tolist()) if anyone]
+    can_evict = bool((write.sum(1) > capacity - used.sum(1)).any())
     merged, evicted = [], []
-    for t in steps:
-        empty = items[:, :capacity] == 0
+    for t in range(len(steps)):
+        empty = items[:, :width] == 0
         if embeddings is None:
-            similarity, threshold = (items[:, :capacity] == positives[:, t:t + 1]).float(), 1.0
+            similarity, threshold = (items[:, :width] == positives[:, t:t + 1]).float(), 1.0  # empty: item 0, never equal
         else:
-            similarity, threshold = slots[:, :capacity, dim + t], config.merge_threshold
-        best_similarity, best_slot = similarity.masked_fill(empty, -math.inf).max(1)
+            similarity, threshold = slots[:, :width, dim + t], config.merge_threshold
+        best_similarity, best_slot = similarity.max(1)
         merge = best_similarity >= threshold
         # An added entry goes to the first empty slot, or, when LT is full, to the slot of lowest
         # utility (argmin returns the first, i.e. lowest-index, slot among ties).
         add_slot = empty.to(torch.int8).argmax(1)
-        if can_evict:
+        if can_evict:  # then width == capacity
             full = ~empty.any(1)
-            utilities = _utility(frequency[:, :capacity], refreshed[:, :capacity], now[:, t], config.age_scale)
+            utilities = _utility(frequency[:, :width], refreshed[:, :width], now[:, t], config.age_scale)
             add_slot = torch.where(full, utilities.argmin(1), add_slot)
             evicted.append(~merge & full)
         # [C, 1]: where each client writes; the scratch slot for those not writing.
-        slot = torch.where(write[:, t], torch.where(merge, best_slot, add_slot), capacity).unsqueeze(1)
+        slot = torch.where(write[:, t], torch.where(merge, best_slot, add_slot), width).unsqueeze(1)
         if embeddings is not None:
             _write_embedding(slots, incoming[:, t], dim, slot, merge, config.ema)
-        items.scatter_(1, slot.masked_fill(merge.unsqueeze(1), capacity), positives[:, t:t + 1])  # a merge keeps the item
+        items.scatter_(1, slot.masked_fill(merge.unsqueeze(1), width), positives[:, t:t + 1])  # a merge keeps the item
         old_frequency = frequency.gather(1, slot)
         frequency.scatter_(1, slot, torch.where(merge.unsqueeze(1), old_frequency + 1, 1))
         refreshed.scatter_(1, slot, now[:, t:t + 1])
         merged.append(merge)
 
-    state.long_items, state.long_frequency, state.long_refreshed = (
-        t[:, :capacity].contiguous() for t in (items, frequency, refreshed))
-    if embeddings is not None:
-        state.long_embeddings = slots[:, :capacity, :dim].contiguous()
-    if steps:
-        writing = write[:, steps]
-        state.merges += (writing & torch.stack(merged, 1)).sum(1)
-        if evicted:
-            state.evictions += (writing & torch.stack(evicted, 1)).sum(1)
+    for name, values in (("long_items", items), ("long_frequency", frequency), ("long_refreshed", refreshed),
+                         *((("long_embeddings", slots[..., :dim]),) if embeddings is not None else ())):
+        getattr(state, name)[:, :width] = values[:, :width]
+    state.merges += (write & torch.stack(merged, 1)).sum(1)
+    if evicted:
+        state.evictions += (write & torch.stack(evicted, 1)).sum(1)
 
 
 def _with_scratch_slot(values: torch.Tensor) -> torch.Tensor:
