@@ -7,6 +7,7 @@ subprocess with a hard timeout, since a Ray that cannot start may hang and ignor
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ class InProcessGrid(Grid):
                          for node, cfg in nodes.items()}
         self.hang = hang
         self.replies: dict[str, Message] = {}
+        self.sent_back: list[Message] = []  # every reply, as the server could see it
         # Set by Flower's runtimes in a ServerApp's process; new Messages read it.
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
@@ -81,17 +83,20 @@ class InProcessGrid(Grid):
             if node in self.hang and message.metadata.message_type == "train":
                 continue
             try:
-                reply = self.client_app(message, self.contexts[node])
+                # A copy, as a node receives it over the network (SecAgg+ sends one content to all).
+                reply = self.client_app(copy.deepcopy(message), self.contexts[node])
             except Exception as error:  # the simulation turns a raising ClientApp into an error reply
                 reply = Message(Error(code=2, reason=f"{type(error).__name__}: {error}"), reply_to=message)
             self.replies[message.metadata.message_id] = reply
+            self.sent_back.append(reply)
         return ids
 
     def pull_messages(self, message_ids):
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
     def send_and_receive(self, messages, *, timeout=None):
-        raise NotImplementedError
+        """What SecAgg+'s workflow uses: the replies of the nodes that answer (none from a hung node)."""
+        return self.pull_messages(self.push_messages(messages))
 
 
 def partitions(count: int) -> dict[int, dict]:
@@ -157,6 +162,90 @@ def test_with_fedavg_a_flower_round_equals_a_local_round_to_float_rounding(tiny_
     flower = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
                            config(tiny_data, tmp_path / "flower", flower_supernodes=3, **fedavg))
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir), fedadam_rounds=0)
+
+
+# Secure rounds train at the default client lr (updates up to ~0.1 here), so that an error in the
+# unmasked mean shows far above SecAgg+'s quantization step (2 * range / 2**22, 5e-7 at range 1).
+SECURE_FEDAVG = dict(num_rounds=1, server_optimizer="fedavg", engine="flower", flower_supernodes=3, learning_rate=1.0)
+
+
+def assert_same_up_to_quantization(actual: dict, expected: dict) -> None:
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=4 * 2 / 2**22, msg=name)
+
+
+def test_a_secure_round_equals_a_plain_round_and_no_node_sends_its_update_in_the_clear(tiny_data, tmp_path):
+    """SecAgg+: the server unmasks the nodes' weighted mean update, equal to FedAvg's up to the
+    quantization, and twice the same with the same seed."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    fedavg = SECURE_FEDAVG
+    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)), config(tiny_data, tmp_path / "plain", **fedavg))
+    grids, runs = [], []
+    for attempt in range(2):
+        grids.append(InProcessGrid(make_client_app(), partitions(3)))
+        runs.append(train_on_grid(grids[-1], config(tiny_data, tmp_path / f"secure{attempt}",
+                                                    flower_secure_aggregation=True, **fedavg)))
+    secure = runs[0]
+    assert secure.history[0]["failed_clients"] == 0 and secure.history[0]["clients"] == plain.history[0]["clients"]
+    assert secure.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-6)
+    assert_same_up_to_quantization(weights(secure.run_dir), weights(plain.run_dir))
+    first, again = weights(secure.run_dir), weights(runs[1].run_dir)
+    assert all(torch.equal(first[name], again[name]) for name in first)
+
+    train_replies = [r for r in grids[0].sent_back if r.metadata.message_type == "train" and "report" in r.content]
+    assert len(train_replies) == 3
+    for reply in train_replies:
+        assert all(len(record) == 0 for record in reply.content.array_records.values())  # no weights in the clear
+        assert RECORD_KEY_CONFIGS in reply.content  # the masked update
+
+
+def test_a_secure_round_rebuilds_the_masks_of_a_node_that_fails_mid_round(tiny_data, tmp_path, caplog):
+    """Partition 1 raises in training: the other two nodes' mean is unmasked without it, and
+    equals the plain round that leaves the same node out."""
+    fedavg = SECURE_FEDAVG
+    plain = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
+                          config(tiny_data, tmp_path / "plain", **fedavg))
+    with caplog.at_level("WARNING", logger="feddmmr"):
+        secure = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
+                               config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **fedavg))
+    (record,) = secure.history
+    assert record["failed_clients"] == plain.history[0]["failed_clients"] > 0
+    assert any("node 1001 failed" in r.getMessage() and "injected failure on partition 1" in r.getMessage()
+               for r in caplog.records)
+    assert_same_up_to_quantization(weights(secure.run_dir), weights(plain.run_dir))
+
+
+def test_a_secure_dp_round_equals_a_plain_dp_round(tiny_data, tmp_path):
+    """Nodes clip each user's update, SecAgg+ hides the nodes' updates, the server's DP sum is the same."""
+    pytest.importorskip("opacus")
+    dp = dict(SECURE_FEDAVG, dp_clip_norm=0.1)
+    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)), config(tiny_data, tmp_path / "plain", **dp))
+    secure = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
+                           config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **dp))
+    assert secure.history[0]["failed_clients"] == 0 and secure.history[0]["clients"] == plain.history[0]["clients"]
+    assert_same_up_to_quantization(weights(secure.run_dir), weights(plain.run_dir))
+
+
+def test_a_node_whose_update_leaves_the_secure_range_fails_loudly(tiny_data, tmp_path, caplog):
+    cfg = config(tiny_data, tmp_path / "secure", num_rounds=1, engine="flower", flower_supernodes=2,
+                 flower_secure_aggregation=True, flower_secagg_clipping_range=1e-9)
+    with caplog.at_level("WARNING", logger="feddmmr"):
+        run = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)
+    assert run.history[0]["failed_clients"] == run.history[0]["clients"]
+    assert any("outside flower_secagg_clipping_range=1e-09" in r.getMessage() for r in caplog.records)
+    # The model is left as it was: the same as a round in which every node crashed.
+    crashed = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(0), fail_on_partition(1)]), partitions(2)),
+                            config(tiny_data, tmp_path / "crashed", num_rounds=1, engine="flower", flower_supernodes=2))
+    unchanged, expected = weights(run.run_dir), weights(crashed.run_dir)
+    assert all(torch.equal(unchanged[name], expected[name]) for name in expected)
+
+
+def test_secure_aggregation_is_a_flower_setting(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="flower_secure_aggregation is for engine=flower"):
+        config(tiny_data, tmp_path, flower_secure_aggregation=True)
+    with pytest.raises(ValueError, match="flower_secagg_clipping_range must be > 0, got 0"):
+        config(tiny_data, tmp_path, engine="flower", flower_secagg_clipping_range=0.0)
 
 
 def test_a_flower_dp_round_clips_on_the_nodes_like_the_local_engine(tiny_data, tmp_path):

@@ -79,6 +79,8 @@ class TrainConfig:
     chunk_windows: int = _opt(64, "vectorized engine: padded windows per step at most")
     flower_supernodes: int = _opt(2, "flower engine: SuperNodes the simulation starts (a deployment waits for this many before round 1)")
     flower_round_timeout: float = _opt(600.0, "flower engine: seconds a round waits for replies; nodes that miss it count as failed")
+    flower_secure_aggregation: bool = _opt(False, "flower engine: SecAgg+ (Flower's secaggplus), the server sees only the weighted mean of the nodes' updates (docs/PRIVACY.md)")
+    flower_secagg_clipping_range: float = _opt(1.0, "flower engine, secure aggregation: updates are quantized in [-range, range]; a node whose update leaves it fails the round")
     # evaluation
     eval: str = _opt("sampled", "sampled (1:N candidates) or full (rank all items)")
     num_negatives_eval: int = _opt(100, "negatives per held-out item in sampled evaluation")
@@ -123,6 +125,11 @@ class TrainConfig:
         self._check_privacy()
         if self.flower_round_timeout <= 0:
             raise ValueError(f"flower_round_timeout must be > 0 seconds, got {self.flower_round_timeout}")
+        if self.flower_secure_aggregation and self.engine != "flower":
+            raise ValueError(f"flower_secure_aggregation is for engine=flower (the SuperNodes mask their updates), "
+                             f"got engine={self.engine!r}")
+        if not self.flower_secagg_clipping_range > 0:
+            raise ValueError(f"flower_secagg_clipping_range must be > 0, got {self.flower_secagg_clipping_range}")
         self._check_feddmmr()
 
     def _check_privacy(self) -> None:

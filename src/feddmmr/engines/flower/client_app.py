@@ -37,6 +37,7 @@ from feddmmr.config import TrainConfig
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.node_data import NodeData, load_node_data
+from feddmmr.engines.flower.secure_aggregation import secure_aggregation_mod
 from feddmmr.evaluation import held_out_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg
@@ -51,8 +52,9 @@ RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"
 
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
-    """`mods` wrap every handler (Flower's hook for e.g. DP clipping or message-size limits)."""
-    client = ClientApp(mods=list(mods))
+    """`mods` wrap every handler (Flower's hook for e.g. DP clipping or message-size limits),
+    inside the SecAgg+ mod (which acts on the train messages of secure rounds only)."""
+    client = ClientApp(mods=[secure_aggregation_mod, *mods])
     client.query()(report_users)
     client.train()(train_users)
     client.evaluate()(evaluate_users)

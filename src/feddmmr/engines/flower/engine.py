@@ -9,7 +9,9 @@ counts: each node rebuilds its users' batches from its own data (see client_app.
 3. replies are collected until all arrive or `flower_round_timeout` passes; a node that raised,
    timed out or sent data that does not match the server's is logged with its users and left
    out; the others' FedAvg means go to `aggregate`, weighted by their training targets (so the
-   result is the FedAvg over every user that was trained, as in the local engines).
+   result is the FedAvg over every user that was trained, as in the local engines). With
+   `flower_secure_aggregation`, steps 2-3 run through SecAgg+ (secure_aggregation.py) and the
+   server receives only the weighted mean of the nodes' updates.
 
 FedDMMR's memories stay on the nodes, so its validation and test run there too
 (`evaluate_on_nodes`): every node ranks its users' held-out items with their memories and sends
@@ -31,6 +33,7 @@ from flwr.serverapp import Grid
 from feddmmr.config import TrainConfig
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
 from feddmmr.engines.flower import messages
+from feddmmr.engines.flower.secure_aggregation import secure_mean_update
 from feddmmr.evaluation import EvalSet
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.memory.two_tier import summary_from_totals
@@ -84,24 +87,27 @@ class FlowerEngine:
                                         sorted(local.frozen))
             for node, users in by_node.items()
         }
-        sent = [Message(messages.train_content(config, request, params), node, MessageType.TRAIN,
-                        ttl=self.timeout, group_id=str(round_number)) for node, request in requests.items()]
+        contents = {node: messages.train_content(config, request, params) for node, request in requests.items()}
+        wanted = {node: {u: expected[u] for u in users} for node, users in by_node.items()}
+        trained = {name: p for name, p in global_params.items() if name not in local.frozen}
+        clipped = local.clip_norm is not None
+        if self.config.flower_secure_aggregation:
+            return self._train_securely(round_number, contents, wanted, trained, clipped, aggregate)
 
         def advance(node: int) -> None:
             if progress:
                 progress(len(by_node[node]))
 
-        replies, missing = self._exchange(sent, advance)
-        failed = dict(missing)
+        sent = [Message(content, node, MessageType.TRAIN, ttl=self.timeout, group_id=str(round_number))
+                for node, content in contents.items()]
+        replies, failed = self._exchange(sent, advance)
         reports = []
         for node, reply in replies.items():
             if reply.has_error():
                 failed[node] = _error(reply)
                 continue
             received = messages.read_train_reply(reply)
-            trained = {name: p for name, p in global_params.items() if name not in local.frozen}
-            mismatch = _mismatch(received, {u: expected[u] for u in by_node[node]}, trained,
-                                 clipped=local.clip_norm is not None)
+            mismatch = _mismatch(received, wanted[node], trained, clipped)
             if mismatch:
                 failed[node] = mismatch
                 continue
@@ -109,10 +115,40 @@ class FlowerEngine:
             aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
                       torch.tensor([received.weight], device=device))
             reports.extend(received.reports)
+        self._log_failures(round_number, failed, by_node)
+        return reports
+
+    def _train_securely(self, round_number: int, contents: dict, wanted: dict[int, dict[int, int]],
+                        trained: dict[str, torch.Tensor], clipped: bool, aggregate: Aggregate) -> list[ClientReport]:
+        """The round's training through SecAgg+: the server gets the weighted mean update of the
+        nodes that answered, and their reports. A node whose report shows data that differs from
+        the server's cannot be taken out of that mean afterwards: the whole round is then dropped."""
+        weights = {node: float(len(users) if clipped else sum(users.values())) for node, users in wanted.items()}
+        mean, replies = secure_mean_update(self.grid, round_number, contents, weights, sorted(trained),
+                                           self.config.flower_secagg_clipping_range, self.timeout)
+        failed = {node: _error(reply) for node, reply in replies.items() if reply.has_error()}
+        received = {node: messages.read_train_reply(reply) for node, reply in replies.items() if node not in failed}
+        mismatches = {node: reason for node, reply in received.items()
+                      if (reason := _mismatch(reply, wanted[node], trained, clipped, secure=True))}
+        if mean is None or mismatches:
+            why = ("secure aggregation could not finish: too few nodes answered to unmask the sum" if mean is None
+                   else "the round's secure aggregate is dropped: a node's data differs from the server's")
+            failed.update({node: mismatches.get(node, why) for node in contents if node not in failed})
+            received = {}
+        failed.update({node: "no reply in the secure aggregation" for node in contents
+                       if node not in failed and node not in received})
+        self._log_failures(round_number, failed, {node: list(users) for node, users in wanted.items()})
+        if not received:
+            return []
+        device = next(iter(trained.values())).device
+        aggregate({name: (trained[name] + mean[name].to(device)).unsqueeze(0) for name in trained},
+                  torch.tensor([sum(reply.weight for reply in received.values())], device=device))
+        return [report for reply in received.values() for report in reply.reports]
+
+    def _log_failures(self, round_number: int, failed: dict[int, str], by_node: dict[int, list[int]]) -> None:
         for node, reason in failed.items():
             log.warning("round %d: node %d failed, %s; users %s left out of the round", round_number, node, reason,
                         self._ids(by_node[node]))
-        return reports
 
     def evaluate_on_nodes(self, global_params: dict[str, torch.Tensor], which: str, eval_set: EvalSet,
                           round_number: int, memory_round: int, keep_rounds: list[int]) -> tuple[np.ndarray, dict]:
@@ -250,14 +286,17 @@ def _diagnostics(totals: dict[str, float]) -> dict:
 
 
 def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor],
-              clipped: bool) -> str | None:
+              clipped: bool, secure: bool = False) -> str | None:
     """Why a reply cannot be aggregated (its node's data or model differs from the server's), or None.
     `trained`: the global weights the round trains (a node sends back exactly those); `clipped`:
-    DP is on, so the node weighs each user 1."""
+    DP is on, so the node weighs each user 1; `secure`: the weights are masked, only the report
+    can be checked."""
     weight = len(wanted) if clipped else sum(wanted.values())
     if received.num_targets != wanted or received.weight != weight:
         return (f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
                 f"server's {wanted}: the node's data does not match the server's")
+    if secure:
+        return None
     shapes = {name: tuple(p.shape) for name, p in received.params.items()}
     expected = {name: tuple(p.shape) for name, p in trained.items()}
     if shapes != expected:

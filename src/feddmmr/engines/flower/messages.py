@@ -11,7 +11,8 @@ train (server -> each node holding sampled users of the round), reply:
                             frozen (names of the weights this round's stage keeps as they are)
     params    ArrayRecord   the global weights
     -> params ArrayRecord   the FedAvg mean of the node's users' updated weights (the trained
-                            ones: frozen weights are not sent back)
+                            ones: frozen weights are not sent back); with secure aggregation
+                            the node's update instead, masked (see secure_aggregation.py)
     -> report MetricRecord  num-examples (the node's FedAvg weight: its users' training targets;
                             with DP, its number of users, whose updates it clipped)
                             and per user, in `users` order: num-targets, mean-loss, steps,
@@ -130,7 +131,8 @@ def read_train_reply(message: Message) -> TrainReply:
     users = [int(u) for u in report["users"]]
     reports = [ClientReport(u, float(loss), int(steps), int(skipped))
                for u, loss, steps, skipped in zip(users, report["mean-loss"], report["steps"], report["skipped-steps"])]
-    return TrainReply(read_params(message), float(report[NUM_EXAMPLES]),
+    params = read_params(message) if PARAMS in message.content else {}  # none under secure aggregation
+    return TrainReply(params, float(report[NUM_EXAMPLES]),
                       dict(zip(users, (int(n) for n in report["num-targets"]))), reports)
 
 
