@@ -4,6 +4,7 @@ for 10, 100 and 1,000 clients per round; start-up time; peak memory (issue #4).
     python benchmarks/flower_round_time.py                          # full ML-1M (6,040 users), seed setting, 3 rounds
     python benchmarks/flower_round_time.py --clients 10 100 --rounds 5 --supernodes 4
     python benchmarks/flower_round_time.py --data synthetic         # 500 users: counts above 500 are capped
+    python benchmarks/flower_round_time.py --data ml-1m-top1000 --clients 200 --secure-aggregation  # + Flower with SecAgg+
     python benchmarks/flower_round_time.py --quick                  # tiny synthetic run, 1-1.5 min on 2 cores (smoke test)
 
 For every client count N, both engines run the same config and seed (client_fraction = N /
@@ -54,7 +55,7 @@ from feddmmr.config import TrainConfig  # noqa: E402
 
 RESULT_PREFIX = "RESULT "
 PROGRESS_PREFIX = "progress: "
-ENGINES = ("local", "flower")
+ENGINES = ("local", "flower", "flower-secagg")  # flower-secagg: with SecAgg+ (--secure-aggregation)
 # Flower and Ray, quiet and offline (docs/DEPLOY.md, tests/test_flower.py).
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
@@ -81,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="hard limit (s) on each run: its process group is killed after it (Ray can hang)")
     p.add_argument("--sample-interval", type=float, default=0.2, help="seconds between memory samples")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="also run the Flower simulation with SecAgg+ and report its round time against plain Flower's")
     p.add_argument("--verbose", action="store_true", help="show each run's whole output (Flower's and Ray's logs)")
     p.add_argument("--quick", action="store_true",
                    help="synthetic data, 5 and 20 clients, tiny model, 2 rounds: 1-1.5 min on 2 cores (smoke test)")
@@ -117,7 +120,8 @@ def make_config(args, data_dir, top_users, clients: int, eligible: int, run_dir:
                "client_fraction": clients / eligible}  # sample_clients takes round(fraction * eligible) = clients
     return TrainConfig(data_dir=data_dir, top_users=top_users, run_dir=run_dir, threads=args.threads,
                        device=args.device, seed=args.seed, num_rounds=args.rounds, validate_every=args.rounds,
-                       patience=0, engine="flower" if engine == "flower" else "vectorized",
+                       patience=0, engine="vectorized" if engine == "local" else "flower",
+                       flower_secure_aggregation=engine == "flower-secagg",
                        flower_supernodes=args.supernodes, **setting)
 
 
@@ -189,7 +193,7 @@ def measure_one(args, engine: str, clients: int) -> dict:
     import feddmmr.train as train_module
 
     import_started = time.perf_counter()
-    if engine == "flower":
+    if engine != "local":
         from feddmmr.engines.flower import run_flower_simulation as run
         from feddmmr.engines.flower.engine import FlowerEngine
     else:
@@ -208,7 +212,7 @@ def measure_one(args, engine: str, clients: int) -> dict:
         return original_round(run_, engine_, round_number, progress_factory)
 
     train_module.run_round = timed_round
-    if engine == "flower":
+    if engine != "local":
         for name in ("_wait_for_nodes", "_discover_nodes"):
             original = getattr(FlowerEngine, name, None)
             if original is None:  # the engine changed: the "nodes" figure is then missing, nothing else
@@ -311,11 +315,11 @@ def describe(r: dict) -> str:
     rounds = ", ".join(f"{s:.2f}" for s in r["round_seconds"])
     nodes = f" (nodes {r['node_seconds']:.2f} s)" if r.get("node_seconds") is not None else ""
     memory = f"peak RSS {r['peak_rss_mb']:.0f} MiB"
-    if r["engine"] == "flower" and r["peak_tree_mb"] is not None:
+    if r["engine"] != "local" and r["peak_tree_mb"] is not None:
         memory = (f"peak summed RSS {r['peak_tree_mb']:.0f} MiB over {r['peak_tree_processes']} processes "
                   f"(this one alone: {r['peak_rss_mb']:.0f} MiB)")
     failed = f" | {r['failed_clients']} clients failed" if r["failed_clients"] else ""
-    imports = f" (+ importing Flower {r['import_seconds']:.2f} s)" if r["engine"] == "flower" else ""
+    imports = f" (+ importing Flower {r['import_seconds']:.2f} s)" if r["engine"] != "local" else ""
     return (f"{r['engine']} {r['clients']} clients: rounds [{rounds}] s{nodes} | start-up {r['startup_seconds']:.2f} s"
             f"{imports} | evaluation {r['eval_seconds']:.2f} s | whole run "
             f"{r['wall_seconds']:.1f} s | losses [{', '.join(f'{x:.4f}' for x in r['losses'])}] | "
@@ -387,6 +391,12 @@ def main(argv=None) -> None:
         flower = run_one(args, argv, "flower", n)
         report(describe(flower))
         pairs.append((local, flower))
+        if args.secure_aggregation:
+            secure = run_one(args, argv, "flower-secagg", n)
+            report(describe(secure))
+            plain, masked = common.median(steady(flower["round_seconds"])), common.median(steady(secure["round_seconds"]))
+            report(f"{n} clients: Flower round with SecAgg+ {masked:.2f} s vs without {plain:.2f} s: "
+                   f"{common.ratio(masked, plain)}")
     for line in table(pairs, args.rounds):
         report(line)
 
