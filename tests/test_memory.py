@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from feddmmr.memory import (
     MemoryConfig,
     MemoryState,
-    aggregate_prototypes,
-    client_prototypes,
     empty_memory,
     retrieve,
     scatter,
@@ -327,44 +325,3 @@ def test_bad_inputs_are_rejected_with_clear_errors():
         update_memory(state, batch([1], [2]), torch.zeros(41, 3), None, config)
     with pytest.raises(ValueError, match="capacities"):
         update_memory(state, batch([1], [2]), None, torch.ones(2, 1), MemoryConfig())
-
-
-# --- prototypes ------------------------------------------------------------------------------
-
-def test_client_prototypes_find_obvious_clusters_and_mask_small_memories():
-    config = MemoryConfig(short_capacity=2, long_capacity=6, retrieve_short=1, retrieve_long=1)
-    near_x = F.normalize(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [1.0, 0, 0.1]]), dim=1)
-    near_y = F.normalize(torch.tensor([[0.1, 1.0, 0], [-0.1, 1.0, 0], [0, 1.0, 0.1]]), dim=1)
-    embeddings = torch.zeros(3, 6, 3)
-    embeddings[0] = torch.cat([near_x, near_y])
-    embeddings[1, 0] = near_y[0]
-    state = with_long_term(config, 3, items=[[1, 2, 3, 4, 5, 6], [4, 0, 0, 0, 0, 0], [0] * 6],
-                           frequency=[[1] * 6, [1] + [0] * 5, [0] * 6], refreshed=[[0] * 6] * 3, step=[6, 6, 6],
-                           embeddings=embeddings)
-    protos, mask = client_prototypes(state, k=2)
-    assert protos.shape == (3, 2, 3) and mask.tolist() == [[True, True], [True, False], [False, False]]
-    found = sorted(protos[0].argmax(1).tolist())
-    assert found == [0, 1]  # one prototype per cluster
-    for proto in protos[0]:
-        axis = torch.eye(3)[proto.argmax()]
-        assert float(proto @ axis) > 0.99
-    torch.testing.assert_close(protos[1, 0], near_y[0])
-    assert not protos[1, 1].any() and not protos[2].any()
-
-
-def test_aggregate_prototypes_clusters_uploads_deterministically():
-    generator = torch.Generator().manual_seed(7)
-    uploads = torch.cat([torch.eye(3)[i] + 0.05 * torch.randn(10, 3, generator=generator) for i in range(3)])
-    centres = aggregate_prototypes(uploads, k=3, seed=0)
-    assert centres.shape == (3, 3)
-    torch.testing.assert_close(centres.norm(dim=1), torch.ones(3))
-    assert sorted(centres.argmax(1).tolist()) == [0, 1, 2] and (centres.max(1).values > 0.99).all()
-    assert torch.equal(aggregate_prototypes(uploads, k=3, seed=0), centres)
-
-
-def test_aggregate_prototypes_follows_the_weights_and_needs_k_uploads():
-    uploads = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    weighted = aggregate_prototypes(uploads, torch.tensor([9.0, 1.0]), k=1)
-    torch.testing.assert_close(weighted[0], F.normalize(torch.tensor([9.0, 1.0]), dim=0))
-    with pytest.raises(ValueError, match="N >= k"):
-        aggregate_prototypes(uploads, k=3)

@@ -1,7 +1,6 @@
 """FedDMMR's local dynamic memory: a two-tier (short-term FIFO + long-term) memory per client,
-stored for all clients as batched tensors, and the prototypes that summarise it."""
+stored for all clients as batched tensors."""
 
-from feddmmr.memory.prototypes import aggregate_prototypes, client_prototypes
 from feddmmr.memory.two_tier import (
     MemoryConfig,
     MemoryState,
@@ -15,6 +14,6 @@ from feddmmr.memory.two_tier import (
 )
 
 __all__ = [
-    "MemoryConfig", "MemoryState", "aggregate_prototypes", "client_prototypes", "empty_memory",
+    "MemoryConfig", "MemoryState", "empty_memory",
     "retrieve", "scatter", "select", "summary", "update_memory", "utility",
 ]
