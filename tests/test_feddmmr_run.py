@@ -83,6 +83,15 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(model="feddmmr", modality=["x.npz"])
     with pytest.raises(ValueError, match="contrastive"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], contrastive_weight=0.1)
+    with pytest.raises(ValueError, match=r"memory_novelty must be in \[0, 2\] \(1 - a cosine\), got 2.5"):
+        TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=2.5)
+
+
+def test_the_novelty_setting_reaches_the_memory():
+    from feddmmr.train import memory_config
+
+    assert memory_config(TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=0.4)).novelty_threshold == 0.4
+    assert memory_config(TrainConfig()).novelty_threshold == 0.583  # the seed's value
 
 
 def test_resume_restores_the_memories(tiny_data, text_file, tmp_path):

@@ -45,6 +45,7 @@ class TrainConfig:
                                    "3 all but the item embedding (default: train everything)")
     memory_long_capacity: int = _opt(200, "feddmmr: long-term memory slots per client")
     memory_surprise: float = _opt(0.5, "feddmmr: loss threshold of the long-term write rule for memories without features")
+    memory_novelty: float = _opt(0.583, "feddmmr: novelty (1 - the highest cosine with the short-term memory) an item needs to enter the long-term memory")
     router: str = _opt("learned", "feddmmr: learned (an MLP over the candidate's features weighs the experts) or "
                                   "uniform (equal weights over the candidate's available modalities: the no-router ablation)")
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss")
@@ -169,6 +170,8 @@ class TrainConfig:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
         if self.memory_long_capacity < 1:
             raise ValueError(f"memory_long_capacity must be >= 1, got {self.memory_long_capacity}")
+        if not 0.0 <= self.memory_novelty <= 2.0:  # 1 - cosine lies in [0, 2]; also rejects NaN
+            raise ValueError(f"memory_novelty must be in [0, 2] (1 - a cosine), got {self.memory_novelty}")
         for name in ("load_balance_weight", "alignment_weight", "contrastive_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
