@@ -280,7 +280,7 @@ def test_the_server_optimiser_follows_the_config():
     from feddmmr.train import make_server_optimizer
 
     default = make_server_optimizer(TrainConfig())
-    assert isinstance(default, ServerAdam) and (default.lr, default.tau) == (3e-3, 1e-6)
+    assert isinstance(default, ServerAdam) and (default.lr, default.tau) == (8e-3, 1e-6)
     tuned = make_server_optimizer(TrainConfig(server_learning_rate=0.5, server_epsilon=1e-3))
     assert (tuned.lr, tuned.tau) == (0.5, 1e-3)
     # epsilon keeps a change far below it from becoming a full step: 1e-9 moves by lr * ~1e-3
