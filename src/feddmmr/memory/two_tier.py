@@ -24,9 +24,8 @@ import math
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
-_BLOCK = 128  # positives processed per block: bounds the [C, block, block + S + Lt] similarity tensors
+_BLOCK = 128  # positives processed per block: bounds the [C, block, S + block] cosine tensors
 
 
 @dataclass(frozen=True)
