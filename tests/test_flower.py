@@ -179,13 +179,13 @@ def test_a_secure_round_equals_a_plain_round_and_no_node_sends_its_update_in_the
     quantization, and twice the same with the same seed."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-    fedavg = SECURE_FEDAVG
-    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)), config(tiny_data, tmp_path / "plain", **fedavg))
+    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
+                          config(tiny_data, tmp_path / "plain", **SECURE_FEDAVG))
     grids, runs = [], []
     for attempt in range(2):
         grids.append(InProcessGrid(make_client_app(), partitions(3)))
         runs.append(train_on_grid(grids[-1], config(tiny_data, tmp_path / f"secure{attempt}",
-                                                    flower_secure_aggregation=True, **fedavg)))
+                                                    flower_secure_aggregation=True, **SECURE_FEDAVG)))
     secure = runs[0]
     assert secure.history[0]["failed_clients"] == 0 and secure.history[0]["clients"] == plain.history[0]["clients"]
     assert secure.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-6)
@@ -203,12 +203,11 @@ def test_a_secure_round_equals_a_plain_round_and_no_node_sends_its_update_in_the
 def test_a_secure_round_rebuilds_the_masks_of_a_node_that_fails_mid_round(tiny_data, tmp_path, caplog):
     """Partition 1 raises in training: the other two nodes' mean is unmasked without it, and
     equals the plain round that leaves the same node out."""
-    fedavg = SECURE_FEDAVG
     plain = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
-                          config(tiny_data, tmp_path / "plain", **fedavg))
+                          config(tiny_data, tmp_path / "plain", **SECURE_FEDAVG))
     with caplog.at_level("WARNING", logger="feddmmr"):
         secure = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
-                               config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **fedavg))
+                               config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **SECURE_FEDAVG))
     (record,) = secure.history
     assert record["failed_clients"] == plain.history[0]["failed_clients"] > 0
     assert any("node 1001 failed" in r.getMessage() and "injected failure on partition 1" in r.getMessage()
