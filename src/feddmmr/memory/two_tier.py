@@ -278,13 +278,13 @@ def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.T
                   losses: torch.Tensor | None, config: MemoryConfig) -> None:
     """`update_memory` for one block of compacted positives, in place."""
     counts = (positives != 0).sum(1)
+    history_items = torch.cat([state.short_items, positives], dim=1)  # [C, S+T]: the ST, then the positives
     if features is None:
         embeddings = pairwise = None
         write = (positives != 0) & (losses >= config.surprise_threshold)
     else:
         # Only the rows used are normalised (so that every dot product below is a cosine whatever
         # the caller passed), not the whole catalogue at every step.
-        history_items = torch.cat([state.short_items, positives], dim=1)  # [C, S+T]
         history = features[history_items]
         norms = history.norm(dim=-1, keepdim=True)
         history = history / norms.clamp_min(1e-12)  # F.normalize, keeping the norms
@@ -295,7 +295,7 @@ def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.T
         has_feature = norms[:, state.short_capacity:, 0] > 0
         write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
     _write_long_term(state, positives, embeddings, pairwise, write, config)
-    state.short_items = _append_short_term(state.short_items, positives, counts)
+    state.short_items = _append_short_term(history_items, state.short_capacity, counts)
     state.step += counts
     state.positives += counts
     state.writes += write.sum(1)
@@ -351,11 +351,10 @@ def _novelty(history: torch.Tensor, cosines: torch.Tensor) -> torch.Tensor:
     return torch.where(present.any(-1), 1 - best, torch.ones_like(best))
 
 
-def _append_short_term(short_items: torch.Tensor, positives: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The ST after appending each client's `counts` compacted positives: the last S entries of
-    [ST | its positives]."""
-    history = torch.cat([short_items, positives], dim=1)
-    window = counts.unsqueeze(1) + torch.arange(short_items.shape[1], device=history.device)
+def _append_short_term(history: torch.Tensor, capacity: int, counts: torch.Tensor) -> torch.Tensor:
+    """The ST after appending each client's `counts` compacted positives: the last S = `capacity`
+    entries of `history` = [ST | its positives]."""
+    window = counts.unsqueeze(1) + torch.arange(capacity, device=history.device)
     return history.gather(1, window)
 
 

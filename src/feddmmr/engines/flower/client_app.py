@@ -22,7 +22,6 @@ The node's torch RNG (dropout) and fp16 loss scale persist in its Context, never
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from flwr.clientapp.typing import Mod
 from feddmmr.config import TrainConfig
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.engines.flower import messages
-from feddmmr.engines.flower.node_data import NodeData, load_node_data
+from feddmmr.engines.flower.node_data import NodeData, load_node_data, node_seed
 from feddmmr.engines.flower.secure_aggregation import secure_aggregation_mod
 from feddmmr.evaluation import held_out_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
@@ -49,6 +48,7 @@ from feddmmr.train import auxiliary_weights, build_model, make_memories, resolve
 
 LOCAL_ENGINE, DEVICE = "engine", "device"
 RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"
+DROPOUT_STREAM = 5  # node_seed key of the node's torch stream
 
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
@@ -202,7 +202,7 @@ def node_state(context: Context, config: TrainConfig, user_ids: list[str], preci
         if "cuda" in saved and precision.device_type == "cuda":
             torch.cuda.set_rng_state(saved["cuda"])
     else:
-        torch.manual_seed(node_seed(config.seed, user_ids))
+        torch.manual_seed(node_seed(config.seed, user_ids, DROPOUT_STREAM))
     if PRECISION_STATE in state:
         precision.scale = float(state[PRECISION_STATE]["loss-scale"])
     yield
@@ -211,12 +211,6 @@ def node_state(context: Context, config: TrainConfig, user_ids: list[str], preci
         rng["cuda"] = torch.cuda.get_rng_state()
     state[RNG_STATE] = ArrayRecord(rng)
     state[PRECISION_STATE] = ConfigRecord({"loss-scale": precision.scale})
-
-
-def node_seed(seed: int, user_ids: list[str]) -> int:
-    """A seed of the node's own: nodes hold different users, so their streams differ."""
-    digest = hashlib.sha256("\n".join(sorted(user_ids)).encode()).digest()
-    return int(np.random.SeedSequence([seed, 5, int.from_bytes(digest[:8], "little")]).generate_state(1)[0])
 
 
 app = make_client_app()

@@ -92,7 +92,7 @@ class FlowerEngine:
         trained = {name: p for name, p in global_params.items() if name not in local.frozen}
         clipped = local.clip_norm is not None
         if self.config.flower_secure_aggregation:
-            return self._train_securely(round_number, contents, wanted, trained, clipped, aggregate)
+            return self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate)
 
         def advance(node: int) -> None:
             if progress:
@@ -118,8 +118,9 @@ class FlowerEngine:
         self._log_failures(round_number, failed, by_node)
         return reports
 
-    def _train_securely(self, round_number: int, contents: dict, wanted: dict[int, dict[int, int]],
-                        trained: dict[str, torch.Tensor], clipped: bool, aggregate: Aggregate) -> list[ClientReport]:
+    def _train_securely(self, round_number: int, contents: dict, by_node: dict[int, list[int]],
+                        wanted: dict[int, dict[int, int]], trained: dict[str, torch.Tensor], clipped: bool,
+                        aggregate: Aggregate) -> list[ClientReport]:
         """The round's training through SecAgg+: the server gets the weighted mean update of the
         nodes that answered, and their reports. A node whose report shows data that differs from
         the server's cannot be taken out of that mean afterwards: the whole round is then dropped."""
@@ -137,7 +138,7 @@ class FlowerEngine:
             received = {}
         failed.update({node: "no reply in the secure aggregation" for node in contents
                        if node not in failed and node not in received})
-        self._log_failures(round_number, failed, {node: list(users) for node, users in wanted.items()})
+        self._log_failures(round_number, failed, by_node)
         if not received:
             return []
         device = next(iter(trained.values())).device

@@ -15,6 +15,7 @@ server (the last two items are the server's validation and test items, never tra
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -152,3 +153,10 @@ def _partition(data_dir: str | None, data_format: str | None, top_users: int | N
 @functools.lru_cache(maxsize=2)
 def _dataset(data_dir: str | None, data_format: str | None, top_users: int | None, min_length: int) -> SequenceData:
     return load_sequences(data_dir, format=data_format, top_users=top_users, min_length=min_length)
+
+
+def node_seed(seed: int, user_ids: list[str], *keys: int) -> int:
+    """A seed of the node's own for the stream named by `keys`: nodes hold different users, so
+    their streams differ."""
+    digest = hashlib.sha256("\n".join(sorted(user_ids)).encode()).digest()
+    return int(np.random.SeedSequence([seed, *keys, int.from_bytes(digest[:8], "little")]).generate_state(1)[0])

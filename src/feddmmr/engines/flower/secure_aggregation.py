@@ -24,7 +24,6 @@ users so that runs repeat.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -43,12 +42,14 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from feddmmr.engines.flower import messages
+from feddmmr.engines.flower.node_data import node_seed
 
 log = logging.getLogger(__name__)
 
 # Shares and reconstruction threshold, as fractions of the round's nodes: every node shares its
 # secrets with all others, and the masks of up to half of them can be rebuilt if they drop out.
 NUM_SHARES, RECONSTRUCTION_THRESHOLD = 1.0, 0.5
+ROUNDING_STREAM = 7  # node_seed key of the stochastic rounding
 
 
 def secure_mean_update(grid: Grid, round_number: int, contents: dict[int, RecordDict], weights: dict[int, float],
@@ -75,10 +76,9 @@ def secure_mean_update(grid: Grid, round_number: int, contents: dict[int, Record
     workflow = _Workflow(contents, num_shares=NUM_SHARES, reconstruction_threshold=RECONSTRUCTION_THRESHOLD,
                          max_weight=max(weights.values()), clipping_range=clipping_range, timeout=timeout)
     workflow(recorder, context)
-    if strategy.mean is None:
-        return None, recorder.replies
-    return {name: torch.from_numpy(np.asarray(array, dtype=np.float32)) for name, array in zip(names, strategy.mean)}, \
-        recorder.replies
+    mean = None if strategy.mean is None else {
+        name: torch.from_numpy(np.asarray(array, dtype=np.float32)) for name, array in zip(names, strategy.mean)}
+    return mean, recorder.replies
 
 
 class _Workflow(SecAggPlusWorkflow):
@@ -134,25 +134,26 @@ def secure_aggregation_mod(message: Message, context: Context, call_next: Client
         return call_next(message, context)
     if messages.ROUND not in message.content:  # key exchange and unmasking: no training, no quantization
         return secaggplus_mod(message, context, call_next)
-    with _numpy_seeded(message):
-        return secaggplus_mod(message, context, lambda m, c: _as_update(m, call_next(m, c)))
+    config, request = messages.read_config(message), messages.read_train_request(message)
+    with _numpy_seeded(node_seed(config.seed, request.user_ids, request.round, ROUNDING_STREAM)):
+        return secaggplus_mod(message, context,
+                              lambda m, c: _as_update(m, call_next(m, c), config.flower_secagg_clipping_range))
 
 
-def _as_update(message: Message, reply: Message) -> Message:
+def _as_update(message: Message, reply: Message, clipping_range: float) -> Message:
     """The node's train reply in the layout secaggplus_mod masks: its update and weight
     (`fitres.*` records); its report travels alongside, unmasked."""
     if reply.has_error():
         return reply
-    config = messages.read_config(message)
     received = messages.read_train_reply(reply)
     global_params = messages.read_params(message)
     names = sorted(received.params)
     update = [(received.params[name] - global_params[name]).numpy() for name in names]
     for name, values in zip(names, update):
         largest = float(np.abs(values).max(initial=0.0))
-        if largest > config.flower_secagg_clipping_range:
+        if largest > clipping_range:
             raise ValueError(f"update of {name} reaches {largest:.3g}, outside flower_secagg_clipping_range="
-                             f"{config.flower_secagg_clipping_range:g}: secure aggregation would clip it; raise the range")
+                             f"{clipping_range:g}: secure aggregation would clip it; raise the range")
     weight = received.weight
     if weight != int(weight):
         raise ValueError(f"secure aggregation needs an integer FedAvg weight, got {weight}")
@@ -163,15 +164,10 @@ def _as_update(message: Message, reply: Message) -> Message:
 
 
 @contextlib.contextmanager
-def _numpy_seeded(message: Message) -> Iterator[None]:
-    """numpy's global generator (SecAgg+'s stochastic rounding) seeded from the run's seed, the
-    round and the node's users, and restored after."""
-    config = messages.read_config(message)
-    request = messages.read_train_request(message)
-    digest = hashlib.sha256("\n".join(request.user_ids).encode()).digest()
+def _numpy_seeded(seed: int) -> Iterator[None]:
+    """numpy's global generator (SecAgg+'s stochastic rounding) seeded, and restored after."""
     saved = np.random.get_state()
-    np.random.seed(np.random.SeedSequence([config.seed, request.round, 7, int.from_bytes(digest[:8], "little")])
-                   .generate_state(1)[0])
+    np.random.seed(seed)
     try:
         yield
     finally:
