@@ -1,8 +1,9 @@
 """FedDMMR vs FedSASRec, and FedDMMR's parts, on the same split and round budget.
 
 Every variant starts from the same FedSASRec checkpoint (the seed's recipe: FedDMMR is trained on
-top of a pre-trained ID backbone) and trains the same number of rounds with the defaults of
-`feddmmr train`; only the variant's flags differ:
+top of a pre-trained ID backbone) and trains the same number of rounds with the same pinned recipe (`RECIPE`: the federated defaults of
+`feddmmr train` when it was last run, written out so that a later change of default cannot mix
+settings between the rows of one table); only the variant's flags differ:
 
     fedsasrec      FedSASRec, continued (the baseline: the same rounds without any multimodal part)
     feddmmr        FedDMMR with the text modality (memory + expert + gate)
@@ -35,6 +36,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from quality import execute, mean_std, read_run  # noqa: E402
+
+# The training recipe every variant shares, pinned rather than taken from `feddmmr train`'s defaults:
+# an earlier table mixed rows run before and after the default server lr changed.
+RECIPE = ["--local-optimizer", "sgd", "--learning-rate", "1.0", "--batch-size", "4", "--local-epochs", "2",
+          "--server-optimizer", "fedadam", "--server-learning-rate", "8e-3", "--num-negatives", "4",
+          "--dropout", "0.1"]
 
 # Each variant's flags; TEXT and GENRES stand for the modality specs.
 VARIANTS = {
@@ -98,7 +105,7 @@ def main(argv=None) -> None:
             if (run_dir / "final.json").exists():
                 print(f"{variant} seed {seed}: done ({run_dir / 'final.json'})")
                 continue
-            flags = [part for flag in VARIANTS[variant] for part in specs.get(flag, [flag])]
+            flags = RECIPE + [part for flag in VARIANTS[variant] for part in specs.get(flag, [flag])]
             setting = {"seed": seed, "num_rounds": args.rounds, "init_from": args.init_from,
                        "validate_every": 2, "patience": 0, "threads": args.threads, "run_dir": str(run_dir)}
             command = common.train_command(data_dir, top_users, setting, flags)

@@ -31,7 +31,7 @@ from feddmmr.checkpoint import load_checkpoint  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
 from feddmmr.engines.flower.client_app import make_client_app  # noqa: E402
 from feddmmr.engines.flower.run_config import from_flower_config, pyproject_block, to_flower_config  # noqa: E402
-from feddmmr.engines.flower.server_app import train_on_grid  # noqa: E402
+from feddmmr.engines.flower.server_app import make_server_app, train_on_grid  # noqa: E402
 from feddmmr.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -454,3 +454,59 @@ def test_nodes_train_with_the_runs_local_optimizer(tiny_data, tmp_path):
     flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **sgd))
     assert flower.history[0]["failed_clients"] == 0
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
+
+
+def test_a_resumed_flower_run_repeats_the_uninterrupted_one(tiny_data, tmp_path, caplog):
+    """A Flower run stopped after round 2 and resumed by the ServerApp from its run config
+    (`resume = true`, as after a restarted SuperLink) on fresh nodes with empty state ends with the
+    weights, clients and metrics of a run that never stopped: the nodes keep nothing a later round
+    needs, and the server's checkpoint has the rest."""
+    settings = dict(validate_every=1, patience=0, flower_supernodes=2, engine="flower")
+    reference = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
+                              config(tiny_data, tmp_path / "reference", num_rounds=4, **settings))
+    # The first run stops after round 2 of 4, as if killed (the CLI resumes only with the same config).
+    stop = RuntimeError("killed after round 2")
+
+    def kill_after_round_2(record):
+        if record["round"] == 2:
+            raise stop
+
+    full = config(tiny_data, tmp_path / "resumed", num_rounds=4, **settings)
+    with pytest.raises(RuntimeError, match="killed after round 2"):
+        train_on_grid(InProcessGrid(make_client_app(), partitions(2)), full, on_round=kill_after_round_2)
+    results = []
+    server_app = make_server_app(deliver=results.append)
+    run_config = {**to_flower_config(full), "resume": True, "threads": 1}
+    with caplog.at_level("INFO", logger="feddmmr"):
+        server_app(InProcessGrid(make_client_app(), partitions(2)),
+                   Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    assert f"resume: continuing {tmp_path / 'resumed'} after round 2" in caplog.text
+    (resumed,) = results
+    assert [r["round"] for r in resumed.history] == [1, 2, 3, 4]
+    for ours, theirs in zip(resumed.history, reference.history):
+        assert ours["clients"] == theirs["clients"] and ours["val"] == theirs["val"]
+        assert ours["train_loss"] == theirs["train_loss"]
+    assert resumed.final["test"] == reference.final["test"]
+    expected = weights(reference.run_dir)
+    for name, tensor in weights(resumed.run_dir).items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_resuming_from_the_run_config_takes_the_saved_config_and_refuses_other_settings(tiny_data, tmp_path):
+    from feddmmr.engines.flower.run_config import from_run_config
+
+    saved = config(tiny_data, tmp_path / "run", num_rounds=3, engine="flower")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved.to_dict()))
+    values = to_flower_config(saved)
+    assert from_run_config(values) == (saved, False)
+    resumed, resume = from_run_config({**values, "resume": True, "threads": 1})  # threads: a safe change
+    assert resume and resumed.threads == 1 and resumed.num_rounds == 3
+    with pytest.raises(ValueError, match="asks for other values of num-rounds, learning-rate; drop those"):
+        from_run_config({**values, "resume": True, "num-rounds": 5, "learning-rate": 0.1})
+    with pytest.raises(ValueError, match='resume=true continues the run in run-dir; set run-dir="PATH"'):
+        from_run_config({**values, "resume": True, "run-dir": ""})
+    with pytest.raises(ValueError, match="does not exist; is run-dir a feddmmr run"):
+        from_run_config({**values, "resume": True, "run-dir": str(tmp_path / "elsewhere")})
+    with pytest.raises(ValueError, match="resume='yes' .str.; expected true or false"):
+        from_run_config({**values, "resume": "yes"})

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feddmmr.config import FIELDS, TrainConfig, resolve_config
+from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, resolve_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.")
@@ -24,9 +24,6 @@ app.add_typer(data_app, name="data")
 features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
 app.add_typer(features_app, name="features")
 console = Console(stderr=True)
-
-# Settings a resumed run may change: they do not affect the numbers it produces.
-RESUME_SAFE = {"device", "threads", "flower_round_timeout"}
 
 
 def setup_logging(verbose: bool = False) -> None:

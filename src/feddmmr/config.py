@@ -204,6 +204,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+# Settings a resumed run may change: they do not affect the numbers it produces.
+RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout"})
+
+
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults, then the preset file, then explicit overrides (None means 'not given')."""
     values = read_config_file(config_file) if config_file else {}

@@ -6,6 +6,10 @@ message. Flower configs hold only bool, int, float and str (`flwr run` rejects a
 whose run config holds a list), so an unset optional setting (None) travels as "", and a list of
 strings (modality) as one comma-separated string ("" = empty list).
 
+The run config has one key more than TrainConfig: `resume` (false by default), which continues
+the run in `run-dir` from its last checkpoint, like `feddmmr train --resume` (a deployed run whose
+SuperLink was restarted).
+
 `python -m feddmmr.engines.flower.run_config` prints the pyproject.toml block for the current
 TrainConfig fields.
 """
@@ -15,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 
-from feddmmr.config import FIELDS, TrainConfig
+from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, resolve_config
 
 NOT_SET = ""
+RESUME = "resume"  # the run config's key that is not a TrainConfig field
 LIST_SEPARATOR = ","
 FlowerValue = typing.Union[bool, int, float, str]
 
@@ -58,6 +64,34 @@ def from_flower_config(values: Mapping[str, typing.Any], source: str) -> TrainCo
     return TrainConfig(**settings)
 
 
+def from_run_config(values: Mapping[str, typing.Any]) -> tuple[TrainConfig, bool]:
+    """(the TrainConfig, whether to resume) of a ServerApp's run config.
+
+    With `resume = true` the run continues with the config saved in `run-dir`, as `feddmmr train
+    --resume` does: a run config asking for other settings (besides those a resumed run may
+    change) is an error, not a silent mix of two configs."""
+    values = dict(values)
+    resume = values.pop(RESUME, False)
+    if not isinstance(resume, bool):
+        raise ValueError(f"run config: {RESUME}={resume!r} ({type(resume).__name__}); expected true or false")
+    requested = from_flower_config(values, "run config")
+    if not resume:
+        return requested, False
+    if not requested.run_dir:
+        raise ValueError(f'run config: {RESUME}=true continues the run in run-dir; set run-dir="PATH"')
+    saved_file = Path(requested.run_dir) / "config.json"
+    if not saved_file.exists():
+        raise ValueError(f"run config: {RESUME}=true, but {saved_file} does not exist; is run-dir a feddmmr run?")
+    saved = resolve_config(saved_file)
+    differing = [flower_key(name) for name in FIELDS if name not in RESUME_SAFE | {"run_dir"}
+                 and getattr(saved, name) != getattr(requested, name)]
+    if differing:
+        raise ValueError(f"run config: {RESUME}=true continues {requested.run_dir} with its saved config, but the run "
+                         f"config asks for other values of {', '.join(differing)}; drop those overrides "
+                         f"(or start a new run in another run-dir)")
+    return dataclasses.replace(saved, **{name: getattr(requested, name) for name in RESUME_SAFE}), True
+
+
 def _typed(key: str, value: typing.Any, hint: typing.Any, source: str) -> typing.Any:
     if typing.get_origin(hint) is list:  # a repeatable setting (modality)
         if not isinstance(value, str):
@@ -83,6 +117,8 @@ def pyproject_block() -> str:
              '# feddmmr TrainConfig fields ("" = not set); override with flwr run --run-config']
     for key, value in to_flower_config(config).items():
         lines.append(f"{key} = {_toml_value(value)}")
+    lines.append("# not a TrainConfig field: true continues the run in run-dir from its last checkpoint")
+    lines.append(f"{RESUME} = false")
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
 from feddmmr.engines.flower.engine import FlowerEngine
-from feddmmr.engines.flower.run_config import from_flower_config
+from feddmmr.engines.flower.run_config import from_run_config
 from feddmmr.train import RunResult, train
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 def make_server_app(config: TrainConfig | None = None, *, resume: bool = False,
                     on_round: Callable[[dict], None] | None = None,
                     deliver: Callable[[RunResult], None] | None = None) -> ServerApp:
-    """`config` None: take it from the run config. `deliver` receives the run's result."""
+    """`config` None: take it (and whether to resume) from the run config. `deliver` receives the
+    run's result."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_config = config if config is not None else from_flower_config(context.run_config, "run config")
-        result = train_on_grid(grid, run_config, resume=resume, on_round=on_round)
+        run_config, resuming = (config, resume) if config is not None else from_run_config(context.run_config)
+        result = train_on_grid(grid, run_config, resume=resuming, on_round=on_round)
         if deliver:
             deliver(result)
 
