@@ -1,27 +1,35 @@
 """FedDMMR vs FedSASRec, and FedDMMR's parts, on the same split and round budget.
 
-Every variant starts from the same FedSASRec checkpoint (the seed's recipe: FedDMMR is trained on
-top of a pre-trained ID backbone) and trains the same number of rounds with the same pinned recipe (`RECIPE`: the federated defaults of
-`feddmmr train` when it was last run, written out so that a later change of default cannot mix
-settings between the rows of one table); only the variant's flags differ:
+Every variant trains the same number of rounds with the same pinned recipe (`RECIPE`: the
+federated defaults of `feddmmr train` when it was last run, written out so that a later change of
+default cannot mix settings between the rows of one table); only the variant's flags differ:
 
-    fedsasrec      FedSASRec, continued (the baseline: the same rounds without any multimodal part)
+    fedsasrec      FedSASRec (the baseline: the same rounds without any multimodal part)
     feddmmr        FedDMMR with the text modality (memory + expert + gate)
     two-modalities FedDMMR with text and genre modalities, weighed by the learned router
     no-router      two-modalities with uniform router weights (`--router uniform`)
     alignment      feddmmr + the drift-adaptive alignment loss (lambda 0.1)
+    novelty-0.4    feddmmr with the long-term memory's novelty threshold at 0.4 (seed's: 0.583)
+
+Two ways to start:
+- `--init-from RUN_DIR`: every variant continues from the same FedSASRec checkpoint (the seed's
+  recipe: FedDMMR trained on top of a pre-trained ID backbone), validated every 2 rounds, no early
+  stop. RUN_DIR: a FedSASRec run on the same data (`feddmmr train --data-dir ... --top-users
+  1000`). One run may serve every seed: the leave-one-out split does not depend on the seed, so
+  the backbone never saw any seed's validation or test items; the seeds then vary client
+  sampling, negatives, dropout and the evaluation candidates of the compared rounds.
+- without it, from scratch: every variant trains `--rounds` rounds from a fresh model, with the
+  validation schedule and early stopping of `feddmmr train` (patience 5).
 
     python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text FEATURES.npz          # seeds 0 1 2
     python benchmarks/feddmmr_ablation.py --init-from RUN_DIR --text F.npz --seeds 0 --rounds 10 --variants fedsasrec feddmmr
+    python benchmarks/feddmmr_ablation.py --text F.npz --rounds 50 --variants fedsasrec feddmmr  # from scratch
 
-RUN_DIR: a FedSASRec run on the same data (`feddmmr train --data-dir ... --top-users 1000`). One
-run may serve every seed: the leave-one-out split does not depend on the seed, so the backbone
-never saw any seed's validation or test items; the seeds then vary client sampling, negatives,
-dropout and the evaluation candidates of the compared rounds. FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. The genre modality
+FEATURES: `feddmmr features text --data-dir ml-1m/ --output FEATURES.npz`. The genre modality
 (a second one, so that the router has experts to weigh) is each movie's genre multi-hot vector
 from movies.dat (`--movies`; default: beside the data file), written to OUT/genres.npz. "No
-memory" leaves the experts nothing to read, which is FedSASRec. Runs go to OUT/<variant>/seed<N>/
-and resume like benchmarks/quality.py.
+memory" leaves the experts nothing to read, which is FedSASRec. Runs go to
+OUT/<data>/<variant>/seed<N>/ and resume like benchmarks/quality.py.
 """
 
 from __future__ import annotations
@@ -74,7 +82,8 @@ def write_genre_features(movies: Path, output: Path) -> Path:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init-from", required=True, help="the FedSASRec run (or checkpoint) every variant starts from")
+    p.add_argument("--init-from", help="the FedSASRec run (or checkpoint) every variant continues from "
+                                        "(default: every variant trains from scratch)")
     p.add_argument("--text", required=True, help="text features of the items (feddmmr features text)")
     p.add_argument("--movies", help="MovieLens-1M movies.dat for the genre modality (default: beside the data file)")
     p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
@@ -106,15 +115,17 @@ def main(argv=None) -> None:
                 print(f"{variant} seed {seed}: done ({run_dir / 'final.json'})")
                 continue
             flags = RECIPE + [part for flag in VARIANTS[variant] for part in specs.get(flag, [flag])]
-            setting = {"seed": seed, "num_rounds": args.rounds, "init_from": args.init_from,
-                       "validate_every": 2, "patience": 0, "threads": args.threads, "run_dir": str(run_dir)}
+            setting = {"seed": seed, "num_rounds": args.rounds, "threads": args.threads, "run_dir": str(run_dir),
+                       **({"init_from": args.init_from, "validate_every": 2, "patience": 0} if args.init_from
+                          else {"patience": 5})}
             command = common.train_command(data_dir, top_users, setting, flags)
             if (run_dir / "checkpoints" / "last.pt").exists():
                 command = [sys.executable, "-m", "feddmmr", "train", "--resume", str(run_dir), "--threads", str(args.threads)]
             print(f"{variant} seed {seed}: {' '.join(command)}", flush=True)
             failed += not execute(command, run_dir)
 
-    lines = [f"data {label}: test metrics of the best validated round, {args.rounds} rounds from {args.init_from}",
+    start = f"from {args.init_from}" if args.init_from else "from scratch"
+    lines = [f"data {label}: test metrics of the best validated round, {args.rounds} rounds {start}",
              "| variant | seeds | test HR@10 | test NDCG@10 | best rounds | train s per round (mean) |",
              "|---|---|---|---|---|---|"]
     for variant in args.variants:
@@ -126,7 +137,9 @@ def main(argv=None) -> None:
                          f"{per_round:.1f} |")
     print("\n" + "\n".join(lines))
     if args.write_docs:
-        common.write_result(args.write_docs, f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec", lines)
+        key, title = ((f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec") if args.init_from else
+                      (f"feddmmr-from-scratch-{label}", "FedDMMR vs FedSASRec, from scratch"))
+        common.write_result(args.write_docs, key, title, lines)
     if failed:
         sys.exit(f"{failed} run(s) failed")
 
