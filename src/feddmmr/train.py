@@ -514,8 +514,24 @@ def final_evaluation(run: Run) -> dict:
     return final
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
-    """Re-evaluate a finished run's best model on its saved candidates (reproduces final.json)."""
+@dataclass
+class BestModel:
+    """A finished run's best model, ready to evaluate: its memories' retrieved slots (FedDMMR) and
+    the run's validation and test sets on its saved candidates."""
+
+    config: TrainConfig
+    round: int
+    model: torch.nn.Module
+    memory_slots: tuple[torch.Tensor, torch.Tensor] | None  # (items [users, K], mask)
+    valid_set: EvalSet
+    test_set: EvalSet
+    precision: Precision
+
+    def evaluate(self, eval_set: EvalSet) -> dict[str, float]:
+        return evaluate(self.model, eval_set, self.config.eval, precision=self.precision, memory=self.memory_slots)
+
+
+def load_best_model(run_dir: str | Path) -> BestModel:
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
@@ -527,7 +543,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
     split = leave_one_out(data)
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split)
-    _, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
+    valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
     device = resolve_device(config.device)
     features = load_run_features(config, split)
     model = build_model(config, split.num_items, device, features)
@@ -539,4 +555,10 @@ def evaluate_run(run_dir: str | Path) -> dict:
         memory.state = MemoryState.from_dict(best["memory"])
         slots = memory.retrieve(memory.state)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    return {"best_round": best["round"], "test": evaluate(model, test_set, config.eval, precision=precision, memory=slots)}
+    return BestModel(config, best["round"], model, slots, valid_set, test_set, precision)
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Re-evaluate a finished run's best model on its saved candidates (reproduces final.json)."""
+    best = load_best_model(run_dir)
+    return {"best_round": best.round, "test": best.evaluate(best.test_set)}
