@@ -118,3 +118,69 @@ def test_the_ablations_genre_modality_is_each_movies_genre_multi_hot(tmp_path):
     movies.write_text("1::Toy Story (1995)\n")
     with pytest.raises(SystemExit, match=r"movies.dat, line 1: expected MovieID::Title \(Year\)::Genre1\|Genre2"):
         ablation.write_genre_features(movies, tmp_path / "bad.npz")
+
+
+TINY_RUN = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
+                client_fraction=0.5, learning_rate=0.5, num_rounds=2, validate_every=1, threads=1)
+
+
+def _item_features(tiny_data: Path, path: Path) -> Path:
+    import numpy as np
+
+    from feddmmr.features.store import save_features
+
+    ids = sorted({int(x) for line in tiny_data.read_text().splitlines() for x in line.split()[1:]})
+    return save_features(path, np.array(ids), np.random.default_rng(0).normal(size=(len(ids), 12)).astype(np.float32))
+
+
+def _final(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def test_the_gate_scan_at_factor_1_reproduces_the_runs_own_metrics(tiny_data, tmp_path):
+    from feddmmr.config import TrainConfig
+    from feddmmr.train import train
+
+    features = _item_features(tiny_data, tmp_path / "text.npz")
+    run = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "run"), model="feddmmr",
+                            modality=[f"text={features}"], **TINY_RUN)).run_dir
+    out = run_script("feddmmr_gate_scan.py", str(run), "--factors", "0", "1")
+    final = _final(run)
+    assert (f"g x 1: valid HR@10 {final['valid']['HR@10']:.3f} NDCG@10 {final['valid']['NDCG@10']:.4f} | "
+            f"test HR@10 {final['test']['HR@10']:.3f} NDCG@10 {final['test']['NDCG@10']:.4f}") in out, out
+    assert "g x 0: valid HR@10" in out
+
+
+def test_content_signal_starts_from_the_runs_own_metrics_and_tries_every_history(tiny_data, tmp_path):
+    from feddmmr.config import TrainConfig
+    from feddmmr.train import train
+
+    run = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "run"), **TINY_RUN)).run_dir
+    features = _item_features(tiny_data, tmp_path / "text.npz")
+    out = run_script("content_signal.py", str(run), "--features", f"text={features}")
+    final = _final(run)
+    assert (f"the model alone: valid HR@10 {final['valid']['HR@10']:.3f}, test HR@10 {final['test']['HR@10']:.3f} "
+            f"NDCG@10 {final['test']['NDCG@10']:.4f}") in out, out
+    for history in ("mean of last 5", "max of last 5", "mean of last 50", "max of last 50"):
+        assert f"{history}: alone valid HR@10" in out, out
+
+
+def test_content_scores_average_and_max_over_the_real_history_items_only():
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_content", BENCHMARKS / "content_signal.py")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        content = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(content)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    features = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # row 0: padding
+    inputs = torch.tensor([[0, 0, 1, 2]])  # left-padded history: items 1, 2
+    scores = content.content_scores(features, inputs, torch.tensor([[3, 1]]), k=3)
+    torch.testing.assert_close(scores["mean of last 3"], torch.tensor([[0.7, 0.5]]))  # (0.6 + 0.8) / 2, (1 + 0) / 2
+    torch.testing.assert_close(scores["max of last 3"], torch.tensor([[0.8, 1.0]]))
+    scores = content.content_scores(features, inputs, torch.tensor([[3, 1]]), k=1)  # the last item only: 2
+    torch.testing.assert_close(scores["mean of last 1"], torch.tensor([[0.8, 0.0]]))
