@@ -10,6 +10,7 @@ default cannot mix settings between the rows of one table); only the variant's f
     no-router      two-modalities with uniform router weights (`--router uniform`)
     alignment      feddmmr + the drift-adaptive alignment loss (lambda 0.1)
     novelty-0.4    feddmmr with the long-term memory's novelty threshold at 0.4 (seed's: 0.583)
+    content-match  feddmmr + the content-match term (`--content-match`, not in the seed's design)
 
 Two ways to start:
 - `--init-from RUN_DIR`: every variant continues from the same FedSASRec checkpoint (the seed's
@@ -61,6 +62,9 @@ VARIANTS = {
     # The seed's novelty threshold (0.583) almost never fires on text features, whose cosines are
     # high (mean 0.44): 0.4 lets about 1 in 5 positives into the long-term memory.
     "novelty-0.4": ["--model", "feddmmr", "TEXT", "--memory-novelty", "0.4"],
+    # The score also gets how closely the candidate's feature matches the memory (its highest
+    # cosine), which the experts' softmax and LayerNorms cannot pass on (docs/BENCHMARKS.md).
+    "content-match": ["--model", "feddmmr", "TEXT", "--content-match"],
 }
 
 

@@ -151,3 +151,37 @@ def test_the_expert_computes_its_definition():
     got = expert(features, available, projection, fallback, memory, allowed)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[0, 0, 0], torch.relu(expert.norm(expert.out.bias)))
+
+
+def test_content_match_adds_the_weighted_highest_cosine_with_the_usable_memory_slots():
+    feats, avail = text_features()
+    avail["text"][5] = False  # item 5 has no feature: its row is zeros
+    feats["text"][5] = 0
+    torch.manual_seed(0)
+    plain = FedDMMR(FedDMMRConfig(CONFIG), feats, avail).eval()
+    torch.manual_seed(0)
+    matched = FedDMMR(FedDMMRConfig(CONFIG, content_match=True), feats, avail).eval()
+    assert matched.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["match_weights"]
+    with torch.no_grad():
+        matched.match_weights.fill_(0.3)
+    seq = torch.randint(1, 41, (1, 8), generator=torch.Generator().manual_seed(2))
+    # Candidates: 7 (its slots: 3, 9 usable, 7 itself and the empty slot excluded), 5 (no feature), 9.
+    cands = torch.tensor([7, 5, 9]).expand(1, 8, 3)
+    memory = torch.tensor([[3, 7, 9, 0]])
+    extra = matched(seq, cands, memory, memory > 0) - plain(seq, cands, memory, memory > 0)
+    f = feats["text"]
+    expected = 0.3 * 16 ** 0.5 * torch.stack([torch.max(f[7] @ f[3], f[7] @ f[9]), torch.tensor(0.0),
+                                              torch.max(f[9] @ f[3], f[9] @ f[7])])
+    torch.testing.assert_close(extra, expected.expand(1, 8, 3))
+    # A candidate whose only memory slot is itself has nothing to match: no extra score.
+    alone = torch.tensor([[7, 0, 0, 0]])
+    torch.testing.assert_close(matched(seq, cands[..., :1], alone, alone > 0), plain(seq, cands[..., :1], alone, alone > 0))
+    assert matched.scalars() == {"gate": pytest.approx(0.1), "match_weights": {"text": pytest.approx(0.3)}}
+
+
+def test_content_match_weights_start_at_the_gate_init_and_get_gradients():
+    model = FedDMMR(FedDMMRConfig(CONFIG, content_match=True), *text_features())
+    assert model.match_weights.tolist() == pytest.approx([0.1])
+    seq, cands, mem, mask = inputs()
+    model(seq, cands, mem, mask).sum().backward()
+    assert model.match_weights.grad is not None and model.match_weights.grad.abs().sum() > 0

@@ -77,6 +77,8 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(modality=["text=x.npz"])
     with pytest.raises(ValueError, match="stage=2"):
         TrainConfig(stage=2)
+    with pytest.raises(ValueError, match="content_match matches .* it needs model=feddmmr"):
+        TrainConfig(content_match=True)
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], stage=4)
     with pytest.raises(ValueError, match="NAME=FILE"):

@@ -52,6 +52,8 @@ class TrainConfig:
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss")
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)")
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts")
+    content_match: bool = _opt(False, "feddmmr: add to the score a learned weight times the candidate's highest feature "
+                                      "cosine with the user's memory slots (not in the seed's design; docs/BENCHMARKS.md)")
     max_seq_len: int = _opt(50, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")
@@ -167,6 +169,8 @@ class TrainConfig:
             raise ValueError("stage=2 trains the modality parts of model=feddmmr; fedsasrec has none")
         if self.model == "feddmmr" and self.centralized:
             raise ValueError("model=feddmmr trains with client memories: it runs federated, not --centralized")
+        if self.content_match and self.model != "feddmmr":
+            raise ValueError("content_match matches a candidate's modality features with the memory: it needs model=feddmmr")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
         if self.memory_long_capacity < 1:

@@ -80,7 +80,7 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
         return SASRec(sasrec).to(device)
     if not features:
         raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, split))")
-    model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned"),
+    model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned", content_match=config.content_match),
                     {n: torch.from_numpy(f.matrix) for n, f in features.items()},
                     {n: torch.from_numpy(f.available) for n, f in features.items()})
     model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone
@@ -173,7 +173,7 @@ class Run:
             ranks, diagnostics = self.nodes.evaluate_on_nodes(self.params(), "valid", self.valid_set, round_number,
                                                               round_number, [best] if best else [])
             if self.model.mixes:
-                diagnostics["gate"] = float(self.model.gate.detach())
+                diagnostics.update(self.model.scalars())
             return metrics_from_ranks(ranks), diagnostics
         metrics = evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision,
                            memory=self.memory_slots())
@@ -194,7 +194,7 @@ class Run:
         out = {"memory": memory_summary(self.memory.state)}
         if self.model.mixes:
             out["router_weights"] = router_usage(self.model, self.valid_set, self.memory_slots(), precision=self.precision)
-            out["gate"] = float(self.model.gate.detach())
+            out.update(self.model.scalars())
         return out
 
 

@@ -10,7 +10,13 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   experts, unavailable modalities masked (or, `learned_router=False`, equal weights over the
   available ones: the "no router" ablation);
 - fusion: fused = h + g * sum_m w_m LN(o_m), g a learnable scalar;
-- score: <fused, E[c]>.
+- score: <fused, E[c]>;
+- optional content match (`content_match=True`, not in the seed's design): the score also gets
+  sqrt(d) * sum_m mu_m * max_k cos(F_m[c], F_m[M_k]) over the usable memory slots, mu_m learnable
+  (init `gate_init`). The experts cannot carry this signal: their softmax over the slots keeps
+  only the candidate's relative similarity to each slot, and their LayerNorms drop the output's
+  size, so how closely a candidate matches the user's recent items never reaches the score
+  (measured with benchmarks/content_signal.py: docs/BENCHMARKS.md).
 With no modality the model is SASRec exactly: fused = h.
 """
 
@@ -32,6 +38,7 @@ class FedDMMRConfig:
     router_hidden: tuple[int, int] = (128, 64)
     gate_init: float = 0.1
     learned_router: bool = True
+    content_match: bool = False
 
 
 def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -108,6 +115,8 @@ class FedDMMR(nn.Module):
         if not self.modalities:
             return  # ID-only: exactly SASRec
         self.gate = nn.Parameter(torch.tensor(config.gate_init))
+        if config.content_match:
+            self.match_weights = nn.Parameter(torch.full((len(self.modalities),), config.gate_init))
         if not config.learned_router:
             return
         h1, h2 = config.router_hidden
@@ -118,6 +127,14 @@ class FedDMMR(nn.Module):
         """P_m(F_m[items]) and availability of the items' feature."""
         return self.projections[name](getattr(self, f"features_{name}")[items]), getattr(self, f"available_{name}")[items]
 
+    def scalars(self) -> dict:
+        """The learned scalars of the fusion, for the run's diagnostics: the gate g and, with
+        `content_match`, each modality's match weight mu_m."""
+        out = {"gate": float(self.gate.detach())}
+        if self.config.content_match:
+            out["match_weights"] = {name: float(w) for name, w in zip(self.modalities, self.match_weights.detach())}
+        return out
+
     @property
     def mixes(self) -> bool:
         """Whether scores use the modality experts (there are modalities and use_mixture is on)."""
@@ -125,8 +142,8 @@ class FedDMMR(nn.Module):
 
     def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
-        weights, outputs = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
-                                                    memory_items, memory_mask)
+        weights, outputs, _ = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
+                                                       memory_items, memory_mask)
         return weights, torch.stack(outputs, dim=-2)
 
     def _experts_and_router(self, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
@@ -134,9 +151,10 @@ class FedDMMR(nn.Module):
         """`experts_and_router` given the candidates' item embeddings [B, L, n, d] (the ID
         queries), which scoring reuses: one lookup (and one gradient scatter) instead of two.
         The expert outputs are a list of M [B, L, n, d] tensors: stacking them would copy every
-        candidate's outputs once more."""
+        candidate's outputs once more. Also returns the content matches, one [B, L, n] per
+        modality (an empty list without `content_match`)."""
         not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
-        outputs, features, usable = [], [], []
+        outputs, features, usable, matches = [], [], [], []
         for name in self.modalities:
             features.append(getattr(self, f"features_{name}")[candidates])
             usable.append(getattr(self, f"available_{name}")[candidates])
@@ -144,7 +162,17 @@ class FedDMMR(nn.Module):
             allowed = not_self & (memory_mask & memory_available)[:, None, None, :]
             expert = self.experts[name](features[-1], usable[-1], self.projections[name], embeddings, memory, allowed)
             outputs.append(self.expert_norms[name](expert))
-        return self._route(features, embeddings, usable), outputs
+            if self.config.content_match:
+                matches.append(self._content_match(name, features[-1], memory_items, allowed))
+        return self._route(features, embeddings, usable), outputs, matches
+
+    def _content_match(self, name: str, features: torch.Tensor, memory_items: torch.Tensor,
+                       allowed: torch.Tensor) -> torch.Tensor:
+        """max_k cos(F[c], F[M_k]) [B, L, n] over the `allowed` slots; 0 for a candidate with no
+        feature or no usable slot. Features are unit rows (zero where unavailable)."""
+        cosines = torch.einsum("blnf,bkf->blnk", features, getattr(self, f"features_{name}")[memory_items])
+        best = cosines.masked_fill(~allowed, float("-inf")).amax(-1)
+        return torch.where(torch.isfinite(best), best, torch.zeros_like(best))
 
     def _route(self, features: list[torch.Tensor], embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
         """Router weights [B, L, n, M] from the candidates' queries (their projected `features`,
@@ -177,9 +205,11 @@ class FedDMMR(nn.Module):
             aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
             return self.sasrec.score(hidden, candidates), aux
         embeddings = self.sasrec.item_embedding(candidates)
-        weights, outputs = self._experts_and_router(embeddings, candidates, memory_items, memory_mask)
+        weights, outputs, matches = self._experts_and_router(embeddings, candidates, memory_items, memory_mask)
         fused = hidden.unsqueeze(-2) + self.gate * _weighted_sum(weights, outputs)
         scores = (fused * embeddings).sum(-1)
+        if matches:
+            scores = scores + math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
         aux = {"fused_positive": fused[..., 0, :], "positive_embedding": embeddings[..., 0, :],
                "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
         return scores, aux
