@@ -141,7 +141,7 @@ def main(argv=None) -> None:
                          f"{per_round:.1f} |")
     print("\n" + "\n".join(lines))
     if args.write_docs:
-        key, title = ((f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec") if args.init_from else
+        key, title = ((f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec, from a FedSASRec backbone") if args.init_from else
                       (f"feddmmr-from-scratch-{label}", "FedDMMR vs FedSASRec, from scratch"))
         common.write_result(args.write_docs, key, title, lines)
     if failed:
