@@ -42,7 +42,6 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     common.require_feddmmr()
-    from feddmmr.data.load import load_sequences
     from feddmmr.evaluation import metrics_from_ranks, ranks_of_first
     from feddmmr.features.store import load_modality
     from feddmmr.train import load_best_model
@@ -57,9 +56,7 @@ def main(argv=None) -> None:
         best = load_best_model(run_dir)
         if best.config.model != "fedsasrec":
             sys.exit(f"{run_dir}: model {best.config.model!r}; this measures what content adds to an ID-only model")
-        c = best.config
-        item_ids = load_sequences(c.data_dir, format=c.format, top_users=c.top_users, min_length=c.min_length).item_ids
-        features = torch.from_numpy(load_modality(args.features, item_ids).matrix)
+        features = torch.from_numpy(load_modality(args.features, best.item_ids).matrix)
         model = best.model.eval()
         model_scores, content = {}, {}
         for name, eval_set in (("valid", best.valid_set), ("test", best.test_set)):

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, resolve_config
+from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.")
@@ -103,11 +103,7 @@ def train_command(**options) -> None:
             given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
             if given or config_file:
                 fail(f"--resume continues with the run's saved config; drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
-            saved = resume / "config.json"
-            if not saved.exists():
-                fail(f"--resume {resume}: no config.json there; is it a feddmmr run directory?")
-            config = resolve_config(saved, **{k: options[k] for k in RESUME_SAFE})
-            config.run_dir = str(resume)
+            config = saved_config(resume, **{k: options[k] for k in RESUME_SAFE})
         else:
             config = resolve_config(config_file, **options)
     except (ValueError, FileNotFoundError) as error:

@@ -212,6 +212,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout"})
 
 
+def saved_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """The config a run saved in RUN_DIR/config.json, then `overrides` (None means 'not given'),
+    with run_dir = `run_dir` (the folder may have moved since)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")
+    config = resolve_config(path, **overrides)
+    config.run_dir = str(run_dir)
+    return config
+
+
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults, then the preset file, then explicit overrides (None means 'not given')."""
     values = read_config_file(config_file) if config_file else {}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from feddmmr.checkpoint import load_checkpoint, load_weights_into, save_checkpoint, write_json, write_text
-from feddmmr.config import TrainConfig
+from feddmmr.config import TrainConfig, saved_config
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.split import LeaveOneOut, leave_one_out
@@ -522,6 +522,7 @@ class BestModel:
     config: TrainConfig
     round: int
     model: torch.nn.Module
+    item_ids: np.ndarray  # the dataset's item ids by dense id (what modality files are aligned to)
     memory_slots: tuple[torch.Tensor, torch.Tensor] | None  # (items [users, K], mask)
     valid_set: EvalSet
     test_set: EvalSet
@@ -533,10 +534,7 @@ class BestModel:
 
 def load_best_model(run_dir: str | Path) -> BestModel:
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")
-    config = TrainConfig(**json.loads(config_path.read_text()))
+    config = saved_config(run_dir)
     if config.model == "feddmmr" and config.engine == "flower":
         raise ValueError(f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
                          f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
@@ -555,7 +553,7 @@ def load_best_model(run_dir: str | Path) -> BestModel:
         memory.state = MemoryState.from_dict(best["memory"])
         slots = memory.retrieve(memory.state)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    return BestModel(config, best["round"], model, slots, valid_set, test_set, precision)
+    return BestModel(config, best["round"], model, split.data.item_ids, slots, valid_set, test_set, precision)
 
 
 def evaluate_run(run_dir: str | Path) -> dict:

@@ -51,6 +51,15 @@ def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.T
     return total
 
 
+def _content_match(features: torch.Tensor, memory_features: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """max_k cos(F[c], F[M_k]) [B, L, n] of the candidates' features [B, L, n, D] with the memory's
+    [B, K, D] over the `allowed` [B, L, n, K] slots; 0 for a candidate with no feature or no usable
+    slot. Features are unit rows (zero where unavailable)."""
+    cosines = torch.einsum("blnf,bkf->blnk", features, memory_features)
+    best = cosines.masked_fill(~allowed, float("-inf")).amax(-1)
+    return torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+
+
 class ModalityExpert(nn.Module):
     """Attention of each candidate's query over the memory, then a small feed-forward."""
 
@@ -123,10 +132,6 @@ class FedDMMR(nn.Module):
         self.router = nn.Sequential(nn.Linear(dim * len(self.modalities), h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
                                     nn.Linear(h2, len(self.modalities)))
 
-    def _projected(self, name: str, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """P_m(F_m[items]) and availability of the items' feature."""
-        return self.projections[name](getattr(self, f"features_{name}")[items]), getattr(self, f"available_{name}")[items]
-
     def scalars(self) -> dict:
         """The learned scalars of the fusion, for the run's diagnostics: the gate g and, with
         `content_match`, each modality's match weight mu_m."""
@@ -158,21 +163,15 @@ class FedDMMR(nn.Module):
         for name in self.modalities:
             features.append(getattr(self, f"features_{name}")[candidates])
             usable.append(getattr(self, f"available_{name}")[candidates])
-            memory, memory_available = self._projected(name, memory_items)
+            memory_features = getattr(self, f"features_{name}")[memory_items]  # [B, K, D]
+            memory_available = getattr(self, f"available_{name}")[memory_items]
             allowed = not_self & (memory_mask & memory_available)[:, None, None, :]
-            expert = self.experts[name](features[-1], usable[-1], self.projections[name], embeddings, memory, allowed)
+            expert = self.experts[name](features[-1], usable[-1], self.projections[name], embeddings,
+                                        self.projections[name](memory_features), allowed)
             outputs.append(self.expert_norms[name](expert))
             if self.config.content_match:
-                matches.append(self._content_match(name, features[-1], memory_items, allowed))
+                matches.append(_content_match(features[-1], memory_features, allowed))
         return self._route(features, embeddings, usable), outputs, matches
-
-    def _content_match(self, name: str, features: torch.Tensor, memory_items: torch.Tensor,
-                       allowed: torch.Tensor) -> torch.Tensor:
-        """max_k cos(F[c], F[M_k]) [B, L, n] over the `allowed` slots; 0 for a candidate with no
-        feature or no usable slot. Features are unit rows (zero where unavailable)."""
-        cosines = torch.einsum("blnf,bkf->blnk", features, getattr(self, f"features_{name}")[memory_items])
-        best = cosines.masked_fill(~allowed, float("-inf")).amax(-1)
-        return torch.where(torch.isfinite(best), best, torch.zeros_like(best))
 
     def _route(self, features: list[torch.Tensor], embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
         """Router weights [B, L, n, M] from the candidates' queries (their projected `features`,

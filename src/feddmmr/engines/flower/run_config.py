@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 
-from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, resolve_config
+from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, saved_config
 
 NOT_SET = ""
 RESUME = "resume"  # the run config's key that is not a TrainConfig field
@@ -82,14 +82,16 @@ def from_run_config(values: Mapping[str, typing.Any]) -> tuple[TrainConfig, bool
     saved_file = Path(requested.run_dir) / "config.json"
     if not saved_file.exists():
         raise ValueError(f"run config: {RESUME}=true, but {saved_file} does not exist; is run-dir a feddmmr run?")
-    saved = resolve_config(saved_file)
-    differing = [flower_key(name) for name in FIELDS if name not in RESUME_SAFE | {"run_dir"}
+    saved = saved_config(requested.run_dir, **{name: getattr(requested, name) for name in RESUME_SAFE})
+    # A run config holds every setting (pyproject's defaults and the overrides), so what it asks
+    # for cannot be told from what it merely repeats: compare values instead of given keys.
+    differing = [flower_key(name) for name in FIELDS if name not in RESUME_SAFE
                  and getattr(saved, name) != getattr(requested, name)]
     if differing:
         raise ValueError(f"run config: {RESUME}=true continues {requested.run_dir} with its saved config, but the run "
                          f"config asks for other values of {', '.join(differing)}; drop those overrides "
                          f"(or start a new run in another run-dir)")
-    return dataclasses.replace(saved, **{name: getattr(requested, name) for name in RESUME_SAFE}), True
+    return saved, True
 
 
 def _typed(key: str, value: typing.Any, hint: typing.Any, source: str) -> typing.Any:
