@@ -10,7 +10,10 @@ default cannot mix settings between the rows of one table); only the variant's f
     no-router      two-modalities with uniform router weights (`--router uniform`)
     alignment      feddmmr + the drift-adaptive alignment loss (lambda 0.1)
     novelty-0.4    feddmmr with the long-term memory's novelty threshold at 0.4 (seed's: 0.583)
-    content-match  feddmmr + the content-match term (`--content-match`, not in the seed's design)
+    content-match  feddmmr + the content match with the last 5 items (`--content-history 5`, not in
+                   the seed's design)
+    held-out       content-match with the modality side trained on held-out targets only
+                   (`--holdout-content`, not in the seed's design)
 
 Two ways to start:
 - `--init-from RUN_DIR`: every variant continues from the same FedSASRec checkpoint (the seed's
@@ -62,9 +65,12 @@ VARIANTS = {
     # The seed's novelty threshold (0.583) almost never fires on text features, whose cosines are
     # high (mean 0.44): 0.4 lets about 1 in 5 positives into the long-term memory.
     "novelty-0.4": ["--model", "feddmmr", "TEXT", "--memory-novelty", "0.4"],
-    # The score also gets how closely the candidate's feature matches the memory (its highest
-    # cosine), which the experts' softmax and LayerNorms cannot pass on (docs/BENCHMARKS.md).
-    "content-match": ["--model", "feddmmr", "TEXT", "--content-match"],
+    # The score also gets how closely the candidate's feature matches the user's last 5 items (its
+    # highest cosine), which the experts' softmax and LayerNorms cannot pass on (docs/BENCHMARKS.md).
+    "content-match": ["--model", "feddmmr", "TEXT", "--content-history", "5"],
+    # The modality side learns from the targets the backbone never trains on: what it adds there is
+    # what it adds to a held-out item.
+    "held-out": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content"],
 }
 
 

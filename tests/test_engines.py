@@ -144,7 +144,7 @@ def test_client_batches_are_deterministic_and_negatives_avoid_history():
 # --- FedDMMR: memory slots as extra vmapped inputs, memory updates after every step, freezing ---
 
 
-def feddmmr_model(content_match: bool = False):
+def feddmmr_model(**options):
     from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def feddmmr_model(content_match: bool = False):
     features = {"text": torch.nn.functional.normalize(text, dim=-1), "image": torch.nn.functional.normalize(image, dim=-1)}
     available = {"text": torch.arange(301) > 0, "image": (torch.arange(301) > 0) & (torch.arange(301) < 250)}
     config = SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=1, num_heads=2, dropout=0.0)
-    return FedDMMR(FedDMMRConfig(config, content_match=content_match), features, available)
+    return FedDMMR(FedDMMRConfig(config, **options), features, available)
 
 
 def feddmmr_memories(m, num_users):
@@ -178,9 +178,9 @@ def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), **engine_op
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
-@pytest.mark.parametrize("content_match", [False, True])
-def test_vectorized_feddmmr_round_equals_sequential_round(content_match):
-    m = feddmmr_model(content_match)
+@pytest.mark.parametrize("options", [{}, {"content_history": 5, "holdout_content": True}])
+def test_vectorized_feddmmr_round_equals_sequential_round(options):
+    m = feddmmr_model(**options)
     batches = clients(num=6, epochs=2, batch_size=3)
     memories = {name: feddmmr_memories(m, 6) for name in ("sequential", "vectorized")}
     start, sequential, seq_reports = run_feddmmr("sequential", m, batches, memories["sequential"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
+from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig, recent_items
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
 CONFIG = SASRecConfig(num_items=40, max_seq_len=8, hidden_dim=16, num_heads=2, dropout=0.0)
@@ -153,35 +153,80 @@ def test_the_expert_computes_its_definition():
     torch.testing.assert_close(got[0, 0, 0], torch.relu(expert.norm(expert.out.bias)))
 
 
-def test_content_match_adds_the_weighted_highest_cosine_with_the_usable_memory_slots():
+def test_recent_items_are_each_positions_last_k_inputs():
+    seq = torch.tensor([[0, 0, 4, 5, 6]])
+    assert recent_items(seq, 2).tolist() == [[[0, 0], [0, 0], [0, 4], [4, 5], [5, 6]]]
+    assert recent_items(seq, 1).tolist() == [[[0], [0], [4], [5], [6]]]
+
+
+def test_content_match_adds_the_weighted_highest_cosine_with_the_users_last_items():
     feats, avail = text_features()
     avail["text"][5] = False  # item 5 has no feature: its row is zeros
     feats["text"][5] = 0
     torch.manual_seed(0)
     plain = FedDMMR(FedDMMRConfig(CONFIG), feats, avail).eval()
     torch.manual_seed(0)
-    matched = FedDMMR(FedDMMRConfig(CONFIG, content_match=True), feats, avail).eval()
+    matched = FedDMMR(FedDMMRConfig(CONFIG, content_history=2), feats, avail).eval()
     assert matched.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["match_weights"]
     with torch.no_grad():
         matched.match_weights.fill_(0.3)
-    seq = torch.randint(1, 41, (1, 8), generator=torch.Generator().manual_seed(2))
-    # Candidates: 7 (its slots: 3, 9 usable, 7 itself and the empty slot excluded), 5 (no feature), 9.
-    cands = torch.tensor([7, 5, 9]).expand(1, 8, 3)
+    seq = torch.tensor([[0, 0, 0, 3, 5, 9, 7, 2]])
+    cands = torch.tensor([7, 5, 11]).expand(1, 8, 3)  # 5: no feature
     memory = torch.tensor([[3, 7, 9, 0]])
     extra = matched(seq, cands, memory, memory > 0) - plain(seq, cands, memory, memory > 0)
     f = feats["text"]
-    expected = 0.3 * 16 ** 0.5 * torch.stack([torch.max(f[7] @ f[3], f[7] @ f[9]), torch.tensor(0.0),
-                                              torch.max(f[9] @ f[3], f[9] @ f[7])])
-    torch.testing.assert_close(extra, expected.expand(1, 8, 3))
-    # A candidate whose only memory slot is itself has nothing to match: no extra score.
-    alone = torch.tensor([[7, 0, 0, 0]])
-    torch.testing.assert_close(matched(seq, cands[..., :1], alone, alone > 0), plain(seq, cands[..., :1], alone, alone > 0))
+
+    def best(candidate, items):  # the highest cosine with the usable items; 0 with none
+        return max((float(f[candidate] @ f[i]) for i in items), default=0.0)
+
+    # Position t reads items t-1 and t: nothing (padding), then 3, then 3 and 5 (5 has no feature) ...
+    reads = [[], [], [], [3], [3], [9], [9, 7], [7, 2]]
+    expected = torch.tensor([[[0.3 * 16 ** 0.5 * best(c, items) if c != 5 else 0.0 for c in (7, 5, 11)]
+                              for items in reads]])
+    torch.testing.assert_close(extra, expected)
+    # The last position's scores are what evaluation reads, one candidate set or every item.
+    torch.testing.assert_close(matched.score_last(seq, cands[:, -1], memory, memory > 0)
+                               - plain.score_last(seq, cands[:, -1], memory, memory > 0), expected[:, -1])
+    every = matched.score_all_last(seq, memory, memory > 0) - plain.score_all_last(seq, memory, memory > 0)
+    torch.testing.assert_close(every[:, [7, 5, 11]], expected[:, -1])
     assert matched.scalars() == {"gate": pytest.approx(0.1), "match_weights": {"text": pytest.approx(0.3)}}
 
 
 def test_content_match_weights_start_at_the_gate_init_and_get_gradients():
-    model = FedDMMR(FedDMMRConfig(CONFIG, content_match=True), *text_features())
+    model = FedDMMR(FedDMMRConfig(CONFIG, content_history=5), *text_features())
     assert model.match_weights.tolist() == pytest.approx([0.1])
     seq, cands, mem, mask = inputs()
     model(seq, cands, mem, mask).sum().backward()
     assert model.match_weights.grad is not None and model.match_weights.grad.abs().sum() > 0
+
+
+def gradients(model, seq, cands, mem, mask):
+    """Each parameter's gradient of the summed scores (zeros where it gets none)."""
+    model.zero_grad()
+    model(seq, cands, mem, mask).sum().backward()
+    return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the_backbone():
+    torch.manual_seed(0)
+    plain = FedDMMR(FedDMMRConfig(CONFIG, content_history=3), *text_features())
+    held = FedDMMR(FedDMMRConfig(CONFIG, content_history=3, holdout_content=True), *text_features())
+    held.load_state_dict(plain.state_dict())
+    seq, cands, mem, mask = inputs()
+    torch.testing.assert_close(held(seq, cands, mem, mask), plain(seq, cands, mem, mask))  # same scores
+    last_only, all_but_last = cands.clone(), cands.clone()
+    last_only[:, :-1] = 0  # padding candidates: the item embedding's row 0, which gets no gradient
+    all_but_last[:, -1] = 0
+    from_last = gradients(held, seq, last_only, mem, mask)
+    from_rest = gradients(held, seq, all_but_last, mem, mask)
+    reference = gradients(plain, seq, cands, mem, mask)
+    trained = [name for name, grad in reference.items() if grad.any()]  # one modality: the router is unused
+    assert len(trained) > 20
+    for name in trained:
+        backbone = name.startswith("sasrec.")
+        assert bool(from_last[name].any()) is not backbone, name  # the last position: the modality side only
+        assert bool(from_rest[name].any()) is backbone, name  # the others: the backbone only
+    # Together they are the plain model's gradients, each taken from its own positions.
+    both = gradients(held, seq, cands, mem, mask)
+    for name, grad in both.items():
+        torch.testing.assert_close(grad, from_last[name] + from_rest[name], msg=name)

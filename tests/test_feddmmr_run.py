@@ -77,8 +77,12 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(modality=["text=x.npz"])
     with pytest.raises(ValueError, match="stage=2"):
         TrainConfig(stage=2)
-    with pytest.raises(ValueError, match="content_match matches .* it needs model=feddmmr"):
-        TrainConfig(content_match=True)
+    with pytest.raises(ValueError, match="content_history matches .* it needs model=feddmmr"):
+        TrainConfig(content_history=5)
+    with pytest.raises(ValueError, match="holdout_content trains the modality side of model=feddmmr"):
+        TrainConfig(holdout_content=True)
+    with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=50\].*got 51"):
+        TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=51)
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], stage=4)
     with pytest.raises(ValueError, match="NAME=FILE"):

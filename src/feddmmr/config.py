@@ -52,8 +52,11 @@ class TrainConfig:
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss")
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)")
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts")
-    content_match: bool = _opt(False, "feddmmr: add to the score a learned weight times the candidate's highest feature "
-                                      "cosine with the user's memory slots (not in the seed's design; docs/BENCHMARKS.md)")
+    content_history: int = _opt(0, "feddmmr: add to the score a learned weight times the candidate's highest feature "
+                                   "cosine with the user's last N items; 0: off (not in the seed's design; docs/BENCHMARKS.md)")
+    holdout_content: bool = _opt(False, "feddmmr: the last target of each training window trains only the modality side "
+                                        "(projections, experts, router, gate, content weights) and the others only the ID "
+                                        "backbone (not in the seed's design; docs/BENCHMARKS.md)")
     max_seq_len: int = _opt(50, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")
@@ -169,8 +172,13 @@ class TrainConfig:
             raise ValueError("stage=2 trains the modality parts of model=feddmmr; fedsasrec has none")
         if self.model == "feddmmr" and self.centralized:
             raise ValueError("model=feddmmr trains with client memories: it runs federated, not --centralized")
-        if self.content_match and self.model != "feddmmr":
-            raise ValueError("content_match matches a candidate's modality features with the memory: it needs model=feddmmr")
+        if self.content_history < 0 or self.content_history > self.max_seq_len:
+            raise ValueError(f"content_history must be in [0, max_seq_len={self.max_seq_len}] (items matched; 0: off), "
+                             f"got {self.content_history}")
+        if self.content_history and self.model != "feddmmr":
+            raise ValueError("content_history matches a candidate's modality features with the user's items: it needs model=feddmmr")
+        if self.holdout_content and self.model != "feddmmr":
+            raise ValueError("holdout_content trains the modality side of model=feddmmr; fedsasrec has none")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
         if self.memory_long_capacity < 1:

@@ -11,12 +11,20 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   available ones: the "no router" ablation);
 - fusion: fused = h + g * sum_m w_m LN(o_m), g a learnable scalar;
 - score: <fused, E[c]>;
-- optional content match (`content_match=True`, not in the seed's design): the score also gets
-  sqrt(d) * sum_m mu_m * max_k cos(F_m[c], F_m[M_k]) over the usable memory slots, mu_m learnable
-  (init `gate_init`). The experts cannot carry this signal: their softmax over the slots keeps
-  only the candidate's relative similarity to each slot, and their LayerNorms drop the output's
-  size, so how closely a candidate matches the user's recent items never reaches the score
-  (measured with benchmarks/content_signal.py: docs/BENCHMARKS.md).
+- optional content match (`content_history=k` > 0, not in the seed's design): the score also gets
+  sqrt(d) * sum_m mu_m * max_j cos(F_m[c], F_m[x_j]) over the user's last k items x_j (those the
+  sequence expert reads up to the position), mu_m learnable (init `gate_init`). The experts cannot
+  carry this signal: their softmax over the slots keeps only the candidate's relative similarity
+  to each slot, and their LayerNorms drop the output's size (measured with
+  benchmarks/content_signal.py: docs/BENCHMARKS.md). It reads the sequence, not the memory: during
+  local training the memory holds the positives of the windows drawn so far, in random window
+  order, not the items just before the position;
+- optional held-out training (`holdout_content=True`, not in the seed's design): the last target
+  of every training window trains only the modality side (projections, experts, router, g, mu)
+  and every other target only the ID backbone (SASRec). The backbone fits its training targets,
+  so on them the modality side's best weight is about zero (trained on them, g and mu fall); on
+  targets the backbone never fits it learns what it adds to a held-out item, the case that the
+  validation and test ask about. Only gradients change: the scores are the same.
 With no modality the model is SASRec exactly: fused = h.
 """
 
@@ -38,7 +46,8 @@ class FedDMMRConfig:
     router_hidden: tuple[int, int] = (128, 64)
     gate_init: float = 0.1
     learned_router: bool = True
-    content_match: bool = False
+    content_history: int = 0
+    holdout_content: bool = False
 
 
 def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -51,12 +60,19 @@ def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.T
     return total
 
 
-def _content_match(features: torch.Tensor, memory_features: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """max_k cos(F[c], F[M_k]) [B, L, n] of the candidates' features [B, L, n, D] with the memory's
-    [B, K, D] over the `allowed` [B, L, n, K] slots; 0 for a candidate with no feature or no usable
-    slot. Features are unit rows (zero where unavailable)."""
-    cosines = torch.einsum("blnf,bkf->blnk", features, memory_features)
-    best = cosines.masked_fill(~allowed, float("-inf")).amax(-1)
+def recent_items(sequences: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, L, k]: the items at positions t-k+1..t of `sequences` [B, L] for every t (0 before the start)."""
+    length = sequences.shape[-1]
+    index = torch.arange(length, device=sequences.device)[:, None] + torch.arange(k, device=sequences.device)
+    return F.pad(sequences, (k - 1, 0))[:, index]
+
+
+def _content_match(features: torch.Tensor, history_features: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """max_j cos(F[c], F[x_j]) [B, L, n] of the candidates' features [B, L, n, D] with their
+    position's history [B, L, k, D] over the `allowed` [B, L, k] items; 0 for a candidate with no
+    feature or a position with no usable item. Features are unit rows (zero where unavailable)."""
+    cosines = torch.einsum("blnf,blkf->blnk", features, history_features)
+    best = cosines.masked_fill(~allowed[:, :, None, :], float("-inf")).amax(-1)
     return torch.where(torch.isfinite(best), best, torch.zeros_like(best))
 
 
@@ -124,7 +140,7 @@ class FedDMMR(nn.Module):
         if not self.modalities:
             return  # ID-only: exactly SASRec
         self.gate = nn.Parameter(torch.tensor(config.gate_init))
-        if config.content_match:
+        if config.content_history:
             self.match_weights = nn.Parameter(torch.full((len(self.modalities),), config.gate_init))
         if not config.learned_router:
             return
@@ -134,9 +150,9 @@ class FedDMMR(nn.Module):
 
     def scalars(self) -> dict:
         """The learned scalars of the fusion, for the run's diagnostics: the gate g and, with
-        `content_match`, each modality's match weight mu_m."""
+        `content_history`, each modality's match weight mu_m."""
         out = {"gate": float(self.gate.detach())}
-        if self.config.content_match:
+        if self.config.content_history:
             out["match_weights"] = {name: float(w) for name, w in zip(self.modalities, self.match_weights.detach())}
         return out
 
@@ -148,29 +164,28 @@ class FedDMMR(nn.Module):
     def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
         weights, outputs, _ = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
-                                                       memory_items, memory_mask)
+                                                       memory_items, memory_mask, None)
         return weights, torch.stack(outputs, dim=-2)
 
     def _experts_and_router(self, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                            memory_mask: torch.Tensor):
+                            memory_mask: torch.Tensor, history: torch.Tensor | None):
         """`experts_and_router` given the candidates' item embeddings [B, L, n, d] (the ID
         queries), which scoring reuses: one lookup (and one gradient scatter) instead of two.
         The expert outputs are a list of M [B, L, n, d] tensors: stacking them would copy every
-        candidate's outputs once more. Also returns the content matches, one [B, L, n] per
-        modality (an empty list without `content_match`)."""
+        candidate's outputs once more. Also returns the content matches with the `history`
+        [B, L, k] (`recent_items`), one [B, L, n] per modality (an empty list without it)."""
         not_self = memory_items[:, None, None, :] != candidates.unsqueeze(-1)  # [B, L, n, K]
         outputs, features, usable, matches = [], [], [], []
         for name in self.modalities:
-            features.append(getattr(self, f"features_{name}")[candidates])
-            usable.append(getattr(self, f"available_{name}")[candidates])
-            memory_features = getattr(self, f"features_{name}")[memory_items]  # [B, K, D]
-            memory_available = getattr(self, f"available_{name}")[memory_items]
-            allowed = not_self & (memory_mask & memory_available)[:, None, None, :]
+            table, available = getattr(self, f"features_{name}"), getattr(self, f"available_{name}")
+            features.append(table[candidates])
+            usable.append(available[candidates])
+            allowed = not_self & (memory_mask & available[memory_items])[:, None, None, :]
             expert = self.experts[name](features[-1], usable[-1], self.projections[name], embeddings,
-                                        self.projections[name](memory_features), allowed)
+                                        self.projections[name](table[memory_items]), allowed)
             outputs.append(self.expert_norms[name](expert))
-            if self.config.content_match:
-                matches.append(_content_match(features[-1], memory_features, allowed))
+            if history is not None:
+                matches.append(_content_match(features[-1], table[history], (history > 0) & available[history]))
         return self._route(features, embeddings, usable), outputs, matches
 
     def _route(self, features: list[torch.Tensor], embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
@@ -193,23 +208,40 @@ class FedDMMR(nn.Module):
         return torch.softmax(logits, dim=-1)
 
     def score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-              memory_mask: torch.Tensor) -> torch.Tensor:
-        """Scores [B, L, n] from hidden states [B, L, d], candidates [B, L, n], memory [B, K]."""
-        return self._score(hidden, candidates, memory_items, memory_mask)[0]
+              memory_mask: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [B, L, n] from hidden states [B, L, d], candidates [B, L, n], memory [B, K] and,
+        with `content_history`, the items each position has read (`recent_items`, [B, L, k])."""
+        return self._score(hidden, candidates, memory_items, memory_mask, history)[0]
 
     def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-               memory_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Scores and what the training losses need besides them (see `forward(with_aux=True)`)."""
+               memory_mask: torch.Tensor, history: torch.Tensor | None,
+               holdout: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
+
+        `holdout` [L] (with `holdout_content`): positions whose loss trains only the modality
+        side; the others train only the backbone. Same scores either way."""
         if not self.mixes:
             aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
             return self.sasrec.score(hidden, candidates), aux
+        if self.config.content_history and history is None:
+            raise ValueError("content_history: the score needs the items each position has read (history)")
         embeddings = self.sasrec.item_embedding(candidates)
-        weights, outputs, matches = self._experts_and_router(embeddings, candidates, memory_items, memory_mask)
-        fused = hidden.unsqueeze(-2) + self.gate * _weighted_sum(weights, outputs)
-        scores = (fused * embeddings).sum(-1)
+        # The modality side reads the ID embeddings (its fallback queries, the dot product) but,
+        # held out, must not train them.
+        side_embeddings = embeddings if holdout is None else embeddings.detach()
+        weights, outputs, matches = self._experts_and_router(side_embeddings, candidates, memory_items, memory_mask,
+                                                             history if self.config.content_history else None)
+        mixture = self.gate * _weighted_sum(weights, outputs)  # fused = hidden + mixture
+        backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
+        side = (mixture * side_embeddings).sum(-1)
         if matches:
-            scores = scores + math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
-        aux = {"fused_positive": fused[..., 0, :], "positive_embedding": embeddings[..., 0, :],
+            side = side + math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
+        if holdout is None:
+            scores = backbone + side
+        else:
+            held_out = holdout[:, None]  # [L, 1]: broadcast over the candidates
+            scores = torch.where(held_out, backbone.detach() + side, backbone + side.detach())
+        aux = {"fused_positive": hidden + mixture[..., 0, :], "positive_embedding": embeddings[..., 0, :],
                "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
         return scores, aux
 
@@ -222,18 +254,32 @@ class FedDMMR(nn.Module):
         `positive_embedding` [B, L, d] (that candidate's item embedding) and, when the
         experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
         column-0 candidate's normalised expert outputs).
+
+        With `holdout_content`, the last position's loss trains only the modality side and the
+        others' only the backbone: in training windows the last position is the window's most
+        recent target (`federated/batches.py`).
         """
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
             memory_mask = memory_mask.expand(sequences.shape[0], -1)
-        scores, aux = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask)
+        length = sequences.shape[-1]
+        history = recent_items(sequences, self.config.content_history) if self.config.content_history else None
+        holdout = None
+        if self.config.holdout_content:
+            holdout = torch.arange(length, device=sequences.device) == length - 1
+        scores, aux = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history, holdout)
         return (scores, aux) if with_aux else scores
+
+    def _last_history(self, sequences: torch.Tensor) -> torch.Tensor | None:
+        """[B, 1, k]: the last k items of each sequence (with `content_history`)."""
+        k = self.config.content_history
+        return recent_items(sequences, k)[:, -1:] if k else None
 
     def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                    memory_mask: torch.Tensor) -> torch.Tensor:
         """Scores [B, n] of candidates [B, n] after the whole sequence."""
         hidden = self.sasrec.encode(sequences)[:, -1:]
-        return self.score(hidden, candidates.unsqueeze(1), memory_items, memory_mask)[:, 0]
+        return self.score(hidden, candidates.unsqueeze(1), memory_items, memory_mask, self._last_history(sequences))[:, 0]
 
     def score_all_last(self, sequences: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor,
                        *, max_elements: int = 1 << 24) -> torch.Tensor:
@@ -247,6 +293,7 @@ class FedDMMR(nn.Module):
         batch, dim = sequences.shape[0], hidden.shape[-1]
         chunk = max(1, max_elements // (batch * dim))
         items = torch.arange(self.config.sasrec.num_items + 1, device=sequences.device)
-        scores = [self.score(hidden, part.expand(batch, 1, -1), memory_items, memory_mask)[:, 0]
+        history = self._last_history(sequences)
+        scores = [self.score(hidden, part.expand(batch, 1, -1), memory_items, memory_mask, history)[:, 0]
                   for part in items.split(chunk)]
         return torch.cat(scores, dim=1)
