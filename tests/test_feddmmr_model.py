@@ -207,13 +207,19 @@ def gradients(model, seq, cands, mem, mask):
     return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the_backbone():
+def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the_backbone_on_its_own_score():
     torch.manual_seed(0)
     plain = FedDMMR(FedDMMRConfig(CONFIG, content_history=3), *text_features())
     held = FedDMMR(FedDMMRConfig(CONFIG, content_history=3, holdout_content=True), *text_features())
     held.load_state_dict(plain.state_dict())
     seq, cands, mem, mask = inputs()
-    torch.testing.assert_close(held(seq, cands, mem, mask), plain(seq, cands, mem, mask))  # same scores
+    # The last position scores as the full model, the others as the backbone alone (what each trains).
+    scores = held(seq, cands, mem, mask)
+    torch.testing.assert_close(scores[:, -1], plain(seq, cands, mem, mask)[:, -1])
+    torch.testing.assert_close(scores[:, :-1], plain.sasrec(seq, cands)[:, :-1])
+    assert not torch.allclose(scores[:, :-1], plain(seq, cands, mem, mask)[:, :-1])
+    # Evaluation scores with the full model.
+    torch.testing.assert_close(held.score_last(seq, cands[:, 0], mem, mask), plain.score_last(seq, cands[:, 0], mem, mask))
     last_only, all_but_last = cands.clone(), cands.clone()
     last_only[:, :-1] = 0  # padding candidates: the item embedding's row 0, which gets no gradient
     all_but_last[:, -1] = 0

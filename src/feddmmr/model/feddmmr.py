@@ -19,12 +19,15 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   benchmarks/content_signal.py: docs/BENCHMARKS.md). It reads the sequence, not the memory: during
   local training the memory holds the positives of the windows drawn so far, in random window
   order, not the items just before the position;
-- optional held-out training (`holdout_content=True`, not in the seed's design): the last target
-  of every training window trains only the modality side (projections, experts, router, g, mu)
-  and every other target only the ID backbone (SASRec). The backbone fits its training targets,
-  so on them the modality side's best weight is about zero (trained on them, g and mu fall); on
-  targets the backbone never fits it learns what it adds to a held-out item, the case that the
-  validation and test ask about. Only gradients change: the scores are the same.
+- optional held-out training (`holdout_content=True`, not in the seed's design), stacking: the
+  last target of every training window trains only the modality side (projections, experts,
+  router, g, mu) on top of the backbone's score, and every other target trains only the ID
+  backbone (SASRec) on its own score. The backbone fits its training targets, so on them the
+  modality side's best weight is about zero (trained on them, g and mu fall); on targets the
+  backbone never fits it learns what it adds to a held-out item, the case that the validation
+  and test ask about. The backbone learns on its own score, not on its score plus the modality
+  side's: learning the residual left it weaker by what the modality side added
+  (docs/BENCHMARKS.md). Scoring (evaluation) is unchanged: backbone + modality side.
 With no modality the model is SASRec exactly: fused = h.
 """
 
@@ -219,7 +222,8 @@ class FedDMMR(nn.Module):
         """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
 
         `holdout` [L] (with `holdout_content`): positions whose loss trains only the modality
-        side; the others train only the backbone. Same scores either way."""
+        side, on top of the (untrained there) backbone's score; the others' scores are the
+        backbone's alone, which they train."""
         if not self.mixes:
             aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
             return self.sasrec.score(hidden, candidates), aux
@@ -240,7 +244,7 @@ class FedDMMR(nn.Module):
             scores = backbone + side
         else:
             held_out = holdout[:, None]  # [L, 1]: broadcast over the candidates
-            scores = torch.where(held_out, backbone.detach() + side, backbone + side.detach())
+            scores = torch.where(held_out, backbone.detach() + side, backbone)
         aux = {"fused_positive": hidden + mixture[..., 0, :], "positive_embedding": embeddings[..., 0, :],
                "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
         return scores, aux
@@ -255,9 +259,9 @@ class FedDMMR(nn.Module):
         experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
         column-0 candidate's normalised expert outputs).
 
-        With `holdout_content`, the last position's loss trains only the modality side and the
-        others' only the backbone: in training windows the last position is the window's most
-        recent target (`federated/batches.py`).
+        With `holdout_content` (training), the last position's scores train only the modality
+        side and the others' are the backbone's alone: in training windows the last position is
+        the window's most recent target (`federated/batches.py`).
         """
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
