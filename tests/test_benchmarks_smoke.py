@@ -140,18 +140,26 @@ def _final(run_dir: Path) -> dict:
     return json.loads((run_dir / "final.json").read_text())
 
 
-def test_the_gate_scan_at_factor_1_reproduces_the_runs_own_metrics(tiny_data, tmp_path):
+@pytest.mark.parametrize("content", [{}, {"content_history": 3, "holdout_content": True}])
+def test_the_gate_scan_at_factor_1_reproduces_the_runs_own_metrics(tiny_data, tmp_path, content):
     from feddmmr.config import TrainConfig
     from feddmmr.train import train
 
     features = _item_features(tiny_data, tmp_path / "text.npz")
     run = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "run"), model="feddmmr",
-                            modality=[f"text={features}"], **TINY_RUN)).run_dir
-    out = run_script("feddmmr_gate_scan.py", str(run), "--factors", "0", "1")
+                            modality=[f"text={features}"], **content, **TINY_RUN)).run_dir
+    extra = ["--match-factors", "0", "1"] if content else []
+    out = run_script("feddmmr_gate_scan.py", str(run), "--factors", "0", "1", *extra)
     final = _final(run)
-    assert (f"g x 1: valid HR@10 {final['valid']['HR@10']:.3f} NDCG@10 {final['valid']['NDCG@10']:.4f} | "
+    trained, backbone = ("g x 1 mu x 1", "g x 0 mu x 0") if content else ("g x 1", "g x 0")
+    assert (f"{trained}: valid HR@10 {final['valid']['HR@10']:.3f} NDCG@10 {final['valid']['NDCG@10']:.4f} | "
             f"test HR@10 {final['test']['HR@10']:.3f} NDCG@10 {final['test']['NDCG@10']:.4f}") in out, out
-    assert "g x 0: valid HR@10" in out
+    assert f"{backbone}: valid HR@10" in out
+    if content:
+        assert out.count("valid HR@10") == 4  # every pair of factors
+    else:  # a run without content-match weights has none to scale
+        with pytest.raises(AssertionError, match="no content-match weights to scale"):
+            run_script("feddmmr_gate_scan.py", str(run), "--match-factors", "0")
 
 
 def test_content_signal_starts_from_the_runs_own_metrics_and_tries_every_history(tiny_data, tmp_path):

@@ -23,7 +23,16 @@ def test_train_and_evaluate_from_the_command_line(tiny_data, tmp_path):
     final = json.loads((run_dir / "final.json").read_text())
     evaluated = runner.invoke(app, ["evaluate", str(run_dir)])
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.stdout[evaluated.stdout.index("{"):])["test"] == final["test"]
+    again = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    assert (again["test"], again["valid"], again["eval"]) == (final["test"], final["valid"], "sampled")
+    full = runner.invoke(app, ["evaluate", str(run_dir), "--eval", "full"])
+    assert full.exit_code == 0, full.output
+    ranked = json.loads(full.stdout[full.stdout.index("{"):])
+    assert ranked["eval"] == "full" and ranked["best_round"] == final["best_round"]
+    # Every item outranks the held-out item at least as often as 100 sampled ones do.
+    assert ranked["test"]["MRR"] <= final["test"]["MRR"] and ranked["test"] != final["test"]
+    wrong = runner.invoke(app, ["evaluate", str(run_dir), "--eval", "all"])
+    assert wrong.exit_code == 2 and "unknown eval mode 'all'; expected one of ('sampled', 'full')" in wrong.output
 
 
 def test_config_file_presets_and_flags_override_them(tmp_path):

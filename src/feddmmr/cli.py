@@ -142,11 +142,15 @@ app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(t
 
 
 @app.command("evaluate")
-def evaluate_command(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
-    """Re-evaluate a run's best model on its saved test candidates (reproduces final.json)."""
+def evaluate_command(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    eval: str = typer.Option(None, "--eval", help="sampled (1:N candidates) or full (every item); default: the run's own"),
+) -> None:
+    """Re-evaluate a run's best model on its validation and test users (with the run's own ranking,
+    reproduces final.json)."""
     from feddmmr.train import evaluate_run
 
-    result = run_or_fail(lambda: evaluate_run(run_dir), (ValueError, FileNotFoundError))
+    result = run_or_fail(lambda: evaluate_run(run_dir, eval), (ValueError, FileNotFoundError))
     print(json.dumps(result, indent=2, sort_keys=True))
 
 

@@ -529,8 +529,10 @@ class BestModel:
     test_set: EvalSet
     precision: Precision
 
-    def evaluate(self, eval_set: EvalSet) -> dict[str, float]:
-        return evaluate(self.model, eval_set, self.config.eval, precision=self.precision, memory=self.memory_slots)
+    def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
+        """Metrics on `eval_set`, ranking as `mode` says (default: the run's own `eval`)."""
+        return evaluate(self.model, eval_set, mode or self.config.eval, precision=self.precision,
+                        memory=self.memory_slots)
 
 
 def load_best_model(run_dir: str | Path) -> BestModel:
@@ -557,7 +559,10 @@ def load_best_model(run_dir: str | Path) -> BestModel:
     return BestModel(config, best["round"], model, split.data.item_ids, slots, valid_set, test_set, precision)
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
-    """Re-evaluate a finished run's best model on its saved candidates (reproduces final.json)."""
+def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
+    """Re-evaluate a finished run's best model on its saved candidates (reproduces final.json's test),
+    or with another ranking `mode` (sampled or full; default: the run's own)."""
     best = load_best_model(run_dir)
-    return {"best_round": best.round, "test": best.evaluate(best.test_set)}
+    mode = mode or best.config.eval
+    return {"best_round": best.round, "eval": mode, "valid": best.evaluate(best.valid_set, mode),
+            "test": best.evaluate(best.test_set, mode)}
