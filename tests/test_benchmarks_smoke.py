@@ -193,3 +193,24 @@ def test_content_scores_average_and_max_over_the_real_history_items_only():
     torch.testing.assert_close(scores["max of last 3"], torch.tensor([[0.8, 1.0]]))
     scores = content.content_scores(features, inputs, torch.tensor([[3, 1]]), k=1)  # the last item only: 2
     torch.testing.assert_close(scores["mean of last 1"], torch.tensor([[0.8, 0.0]]))
+
+
+def test_paired_comparison_reads_each_runs_own_metrics_and_differences_per_user(tiny_data, tmp_path):
+    from feddmmr.config import TrainConfig
+    from feddmmr.train import train
+
+    features = _item_features(tiny_data, tmp_path / "text.npz")
+    plain = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "a"), **TINY_RUN)).run_dir
+    held_out = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "b"), model="feddmmr",
+                                 modality=[f"text={features}"], content_history=3, holdout_content=True,
+                                 **TINY_RUN)).run_dir
+    out = run_script("paired_comparison.py", "--a", str(plain), "--b", str(held_out))
+    a, b = _final(plain)["test"], _final(held_out)["test"]
+    assert (f"test sampled: HR@10 {b['HR@10']:.4f} - {a['HR@10']:.4f} = {b['HR@10'] - a['HR@10']:+.4f} | "
+            f"NDCG@10 {b['NDCG@10']:.4f} - {a['NDCG@10']:.4f}") in out, out
+    assert "test    full: HR@10" in out and "pooled over 1 pair(s), B - A:" in out
+    # A run against itself differs by nothing, user by user.
+    same = run_script("paired_comparison.py", "--a", str(plain), "--b", str(plain))
+    assert same.count("HR@10 +0.0000 (se 0.0000) | NDCG@10 +0.0000 (se 0.0000)") == 4, same
+    with pytest.raises(AssertionError, match="--a has 2 runs and --b 1"):
+        run_script("paired_comparison.py", "--a", str(plain), str(plain), "--b", str(held_out))
