@@ -218,8 +218,10 @@ def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the
     torch.testing.assert_close(scores[:, -1], plain(seq, cands, mem, mask)[:, -1])
     torch.testing.assert_close(scores[:, :-1], plain.sasrec(seq, cands)[:, :-1])
     assert not torch.allclose(scores[:, :-1], plain(seq, cands, mem, mask)[:, :-1])
-    # Evaluation scores with the full model.
+    # Evaluation scores with the full model, at every position.
     torch.testing.assert_close(held.score_last(seq, cands[:, 0], mem, mask), plain.score_last(seq, cands[:, 0], mem, mask))
+    torch.testing.assert_close(held.eval()(seq, cands, mem, mask), plain.eval()(seq, cands, mem, mask))
+    held.train()
     last_only, all_but_last = cands.clone(), cands.clone()
     last_only[:, :-1] = 0  # padding candidates: the item embedding's row 0, which gets no gradient
     all_but_last[:, -1] = 0

@@ -56,7 +56,7 @@ class TrainConfig:
                                    "cosine with the user's last N items; 0: off (not in the seed's design; docs/BENCHMARKS.md)")
     holdout_content: bool = _opt(False, "feddmmr: the last target of each training window trains only the modality side "
                                         "(projections, experts, router, gate, content weights) and the others only the ID "
-                                        "backbone (not in the seed's design; docs/BENCHMARKS.md)")
+                                        "backbone, on its own score (not in the seed's design; docs/BENCHMARKS.md)")
     max_seq_len: int = _opt(50, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")

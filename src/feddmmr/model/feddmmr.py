@@ -259,9 +259,9 @@ class FedDMMR(nn.Module):
         experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
         column-0 candidate's normalised expert outputs).
 
-        With `holdout_content` (training), the last position's scores train only the modality
-        side and the others' are the backbone's alone: in training windows the last position is
-        the window's most recent target (`federated/batches.py`).
+        With `holdout_content`, in training mode, the last position's scores train only the
+        modality side and the others' are the backbone's alone: in training windows the last
+        position is the window's most recent target (`federated/batches.py`).
         """
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
@@ -269,7 +269,7 @@ class FedDMMR(nn.Module):
         length = sequences.shape[-1]
         history = recent_items(sequences, self.config.content_history) if self.config.content_history else None
         holdout = None
-        if self.config.holdout_content:
+        if self.config.holdout_content and self.training:  # a split of the training loss only
             holdout = torch.arange(length, device=sequences.device) == length - 1
         scores, aux = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history, holdout)
         return (scores, aux) if with_aux else scores
