@@ -234,7 +234,7 @@ def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the
         backbone = name.startswith("sasrec.")
         assert bool(from_last[name].any()) is not backbone, name  # the last position: the modality side only
         assert bool(from_rest[name].any()) is backbone, name  # the others: the backbone only
-    # Together they are the plain model's gradients, each taken from its own positions.
+    # All positions at once: the sum of the two parts (no position's loss reaches the other side).
     both = gradients(held, seq, cands, mem, mask)
     for name, grad in both.items():
         torch.testing.assert_close(grad, from_last[name] + from_rest[name], msg=name)
