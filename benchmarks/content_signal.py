@@ -61,8 +61,7 @@ def main(argv=None) -> None:
         model_scores, content = {}, {}
         for name, eval_set in (("valid", best.valid_set), ("test", best.test_set)):
             with torch.no_grad():
-                hidden = model.encode(eval_set.inputs)[:, -1:]
-                model_scores[name] = model.score(hidden, eval_set.candidates[:, None])[:, 0]
+                model_scores[name] = model.score_last(eval_set.inputs, eval_set.candidates)
             content[name] = {key: value for k in HISTORY
                              for key, value in content_scores(features, eval_set.inputs, eval_set.candidates, k).items()}
         base = {name: metrics(model_scores[name]) for name in model_scores}

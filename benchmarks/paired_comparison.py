@@ -30,12 +30,6 @@ import common  # noqa: E402
 MODES = ("sampled", "full")
 
 
-def per_user(ranks: np.ndarray) -> dict[str, np.ndarray]:
-    """HR@10 and NDCG@10 of each user from the 0-based ranks of their held-out items."""
-    hit = ranks < 10
-    return {"HR@10": hit.astype(float), "NDCG@10": np.where(hit, 1 / np.log2(ranks + 2.0), 0.0)}
-
-
 def mean_and_error(values: np.ndarray) -> str:
     return f"{values.mean():+.4f} (se {values.std(ddof=1) / np.sqrt(len(values)):.4f})"
 
@@ -49,21 +43,20 @@ def main(argv=None) -> None:
     if len(args.a) != len(args.b):
         sys.exit(f"--a has {len(args.a)} runs and --b {len(args.b)}: give one run of each per seed, paired in order")
     common.require_feddmmr()
-    from feddmmr.evaluation import held_out_ranks
+    from feddmmr.evaluation import user_metrics
     from feddmmr.train import load_best_model
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())
 
-    def user_metrics(run_dir: Path) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    def metrics_by_user(run_dir: Path) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         best = load_best_model(run_dir)
-        return {(split, mode): per_user(held_out_ranks(best.model, eval_set, mode, precision=best.precision,
-                                                       memory=best.memory_slots))
+        return {(split, mode): user_metrics(best.ranks(eval_set, mode), 10)
                 for split, eval_set in (("valid", best.valid_set), ("test", best.test_set)) for mode in MODES}
 
     pooled: dict[tuple[str, str, str], list[np.ndarray]] = {}
     for run_a, run_b in zip(args.a, args.b):
-        a, b = user_metrics(run_a), user_metrics(run_b)
+        a, b = metrics_by_user(run_a), metrics_by_user(run_b)
         print(f"{run_b} - {run_a}:")
         for key in a:
             if len(a[key]["HR@10"]) != len(b[key]["HR@10"]):

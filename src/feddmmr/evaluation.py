@@ -20,14 +20,17 @@ EVAL_MODES = ("sampled", "full")
 EVAL_POSITIONS = 16384  # sequence positions encoded per evaluation batch
 
 
+def user_metrics(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Each user's HR@k and NDCG@k [users] from the 0-based ranks of their held-out items."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < k
+    return {f"HR@{k}": hit.astype(np.float64), f"NDCG@{k}": np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)}
+
+
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     """HR@K, NDCG@K (K in 5, 10, 20) and MRR from 0-based ranks of the held-out items."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    out: dict[str, float] = {}
-    for k in CUTOFFS:
-        hit = ranks < k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out = {name: float(values.mean()) for k in CUTOFFS for name, values in user_metrics(ranks, k).items()}
     out["MRR"] = float((1.0 / (ranks + 1.0)).mean())
     return out
 

@@ -26,7 +26,7 @@ from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_c
 from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.engines import LocalTraining, make_engine
 from feddmmr.engines.base import guarded_step
-from feddmmr.evaluation import EvalSet, evaluate, make_eval_sets, metrics_from_ranks, router_usage
+from feddmmr.evaluation import EvalSet, evaluate, held_out_ranks, make_eval_sets, metrics_from_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.aggregation import FedAvg, ServerAdam, ServerMomentum
@@ -529,10 +529,14 @@ class BestModel:
     test_set: EvalSet
     precision: Precision
 
+    def ranks(self, eval_set: EvalSet, mode: str | None = None) -> np.ndarray:
+        """[users] 0-based rank of each held-out item, ranking as `mode` says (default: the run's own `eval`)."""
+        return held_out_ranks(self.model, eval_set, mode or self.config.eval, precision=self.precision,
+                              memory=self.memory_slots)
+
     def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
-        """Metrics on `eval_set`, ranking as `mode` says (default: the run's own `eval`)."""
-        return evaluate(self.model, eval_set, mode or self.config.eval, precision=self.precision,
-                        memory=self.memory_slots)
+        """Metrics on `eval_set` (`mode` as for `ranks`)."""
+        return metrics_from_ranks(self.ranks(eval_set, mode))
 
 
 def load_best_model(run_dir: str | Path) -> BestModel:

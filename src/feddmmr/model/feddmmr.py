@@ -236,13 +236,15 @@ class FedDMMR(nn.Module):
         weights, outputs, matches = self._experts_and_router(side_embeddings, candidates, memory_items, memory_mask,
                                                              history if self.config.content_history else None)
         mixture = self.gate * _weighted_sum(weights, outputs)  # fused = hidden + mixture
-        backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
-        side = (mixture * side_embeddings).sum(-1)
+        match = 0.0
         if matches:
-            side = side + math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
+            match = math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
         if holdout is None:
-            scores = backbone + side
+            # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
+            scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
         else:
+            backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
+            side = (mixture * side_embeddings).sum(-1) + match
             held_out = holdout[:, None]  # [L, 1]: broadcast over the candidates
             scores = torch.where(held_out, backbone.detach() + side, backbone)
         aux = {"fused_positive": hidden + mixture[..., 0, :], "positive_embedding": embeddings[..., 0, :],
