@@ -8,9 +8,11 @@ mean difference and, pooled over the pairs, the mean and its standard error. Pai
 users' own difficulty from the comparison, which the spread of two separate means keeps: on
 1,000 users one run's HR@10 has a binomial standard error of about 0.015.
 
-The pooled standard error treats every (pair, user) difference as independent; seeds of one
-split share their users, so it understates the uncertainty somewhat. Read it with the per-pair
-means.
+Two summaries over the pairs:
+- pooled: every (pair, user) difference together. Its standard error treats them as
+  independent; seeds of one split share their users, so it understates the uncertainty.
+- across pairs: the mean of the pairs' mean differences, with the standard error of their spread
+  (one value per seed, so it holds the training's seed-to-seed noise) and how many pairs B leads.
 
     python benchmarks/paired_comparison.py --a FEDSASREC_S0 FEDSASREC_S1 --b FEDDMMR_S0 FEDDMMR_S1
 """
@@ -31,7 +33,8 @@ MODES = ("sampled", "full")
 
 
 def mean_and_error(values: np.ndarray) -> str:
-    return f"{values.mean():+.4f} (se {values.std(ddof=1) / np.sqrt(len(values)):.4f})"
+    error = f"{values.std(ddof=1) / np.sqrt(len(values)):.4f}" if len(values) > 1 else "n/a"
+    return f"{values.mean():+.4f} (se {error})"
 
 
 def main(argv=None) -> None:
@@ -72,6 +75,14 @@ def main(argv=None) -> None:
         for mode in MODES:
             print(f"  {split:>5} {mode:>7}: " + " | ".join(
                 f"{metric} {mean_and_error(np.concatenate(pooled[(split, mode, metric)]))}" for metric in ("HR@10", "NDCG@10")))
+    print(f"across the {len(args.a)} pair(s), B - A: mean of the pairs' means (se of their spread), pairs where B leads:")
+    for split in ("valid", "test"):
+        for mode in MODES:
+            parts = []
+            for metric in ("HR@10", "NDCG@10"):
+                means = np.array([difference.mean() for difference in pooled[(split, mode, metric)]])
+                parts.append(f"{metric} {mean_and_error(means)}, {int((means > 0).sum())} of {len(means)} ahead")
+            print(f"  {split:>5} {mode:>7}: " + " | ".join(parts))
 
 
 if __name__ == "__main__":

@@ -209,8 +209,12 @@ def test_paired_comparison_reads_each_runs_own_metrics_and_differences_per_user(
     assert (f"test sampled: HR@10 {b['HR@10']:.4f} - {a['HR@10']:.4f} = {b['HR@10'] - a['HR@10']:+.4f} | "
             f"NDCG@10 {b['NDCG@10']:.4f} - {a['NDCG@10']:.4f}") in out, out
     assert "test    full: HR@10" in out and "pooled over 1 pair(s), B - A:" in out
-    # A run against itself differs by nothing, user by user.
-    same = run_script("paired_comparison.py", "--a", str(plain), "--b", str(plain))
+    # One pair: no spread across pairs to give a standard error from.
+    assert (f"test sampled: HR@10 {b['HR@10'] - a['HR@10']:+.4f} (se n/a), "
+            f"{int(b['HR@10'] > a['HR@10'])} of 1 ahead") in out, out
+    # A run against itself differs by nothing, user by user and pair by pair.
+    same = run_script("paired_comparison.py", "--a", str(plain), str(plain), "--b", str(plain), str(plain))
     assert same.count("HR@10 +0.0000 (se 0.0000) | NDCG@10 +0.0000 (se 0.0000)") == 4, same
+    assert same.count("HR@10 +0.0000 (se 0.0000), 0 of 2 ahead | NDCG@10 +0.0000 (se 0.0000), 0 of 2 ahead") == 4, same
     with pytest.raises(AssertionError, match="--a has 2 runs and --b 1"):
         run_script("paired_comparison.py", "--a", str(plain), str(plain), "--b", str(held_out))
