@@ -212,9 +212,16 @@ def test_paired_comparison_reads_each_runs_own_metrics_and_differences_per_user(
     # One pair: no spread across pairs to give a standard error from.
     assert (f"test sampled: HR@10 {b['HR@10'] - a['HR@10']:+.4f} (se n/a), "
             f"{int(b['HR@10'] > a['HR@10'])} of 1 ahead") in out, out
-    # A run against itself differs by nothing, user by user and pair by pair.
-    same = run_script("paired_comparison.py", "--a", str(plain), str(plain), "--b", str(plain), str(plain))
+    # A run against itself differs by nothing, user by user.
+    same = run_script("paired_comparison.py", "--a", str(plain), "--b", str(plain))
     assert same.count("HR@10 +0.0000 (se 0.0000) | NDCG@10 +0.0000 (se 0.0000)") == 4, same
-    assert same.count("HR@10 +0.0000 (se 0.0000), 0 of 2 ahead | NDCG@10 +0.0000 (se 0.0000), 0 of 2 ahead") == 4, same
+    # Two pairs, one the other swapped: pair means d and -d, so their mean is 0, the standard error
+    # of their spread |d| (std sqrt(2)|d| over sqrt(2) pairs), and B leads in one pair.
+    swapped = run_script("paired_comparison.py", "--a", str(plain), str(held_out), "--b", str(held_out), str(plain))
+    d = b["NDCG@10"] - a["NDCG@10"]
+    assert d != 0, "the tiny runs should differ for this check to mean anything"
+    across = swapped.split("across the 2 pair(s)")[1]
+    test_line = next(line for line in across.splitlines() if "test sampled:" in line)
+    assert test_line.endswith(f"NDCG@10 +0.0000 (se {abs(d):.4f}), 1 of 2 ahead"), swapped
     with pytest.raises(AssertionError, match="--a has 2 runs and --b 1"):
         run_script("paired_comparison.py", "--a", str(plain), str(plain), "--b", str(held_out))
