@@ -16,6 +16,7 @@ memories and saved candidates are read; nothing is trained).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -52,17 +53,15 @@ def main(argv=None) -> None:
         print(f"{run_dir}: best round {best.round}, "
               + ", ".join(f"{name} = {', '.join(f'{v:.4f}' for v in value.reshape(-1).tolist())}"
                           for name, value in trained.items()))
-        for factor in args.factors:
-            for match_factor in args.match_factors:
-                factors = {"g": factor, "mu": match_factor}
-                for name, param in scaled.items():
-                    param.data = trained[name] * factors[name]
-                valid, test = best.evaluate(best.valid_set), best.evaluate(best.test_set)
-                label = " ".join(f"{name} x {factors[name]:g}" for name in scaled)
-                print(f"  {label}: valid HR@10 {valid['HR@10']:.3f} NDCG@10 {valid['NDCG@10']:.4f} | "
-                      f"test HR@10 {test['HR@10']:.3f} NDCG@10 {test['NDCG@10']:.4f}", flush=True)
-        for name, param in scaled.items():
-            param.data = trained[name]
+        # The model is scaled in place and dropped with `best` after its run: nothing to restore.
+        for factor, match_factor in itertools.product(args.factors, args.match_factors):
+            factors = {"g": factor, "mu": match_factor}
+            for name, param in scaled.items():
+                param.data = trained[name] * factors[name]
+            valid, test = best.evaluate(best.valid_set), best.evaluate(best.test_set)
+            label = " ".join(f"{name} x {factors[name]:g}" for name in scaled)
+            print(f"  {label}: valid HR@10 {valid['HR@10']:.3f} NDCG@10 {valid['NDCG@10']:.4f} | "
+                  f"test HR@10 {test['HR@10']:.3f} NDCG@10 {test['NDCG@10']:.4f}", flush=True)
 
 
 if __name__ == "__main__":
