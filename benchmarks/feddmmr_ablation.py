@@ -71,6 +71,10 @@ VARIANTS = {
     # The modality side learns from the targets the backbone never trains on: what it adds there is
     # what it adds to a held-out item.
     "held-out": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content"],
+    # As held-out, but the backbone also trains on the held-out targets, so it misses none (the
+    # user's most recent training item included).
+    "held-out-backbone": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content",
+                          "--holdout-backbone"],
 }
 
 

@@ -178,7 +178,8 @@ def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), **engine_op
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
-@pytest.mark.parametrize("options", [{}, {"content_history": 5, "holdout_content": True}])
+@pytest.mark.parametrize("options", [{}, {"content_history": 5, "holdout_content": True},
+                                     {"content_history": 5, "holdout_content": True, "holdout_backbone": True}])
 def test_vectorized_feddmmr_round_equals_sequential_round(options):
     m = feddmmr_model(**options)
     batches = clients(num=6, epochs=2, batch_size=3)

@@ -238,3 +238,42 @@ def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the
     both = gradients(held, seq, cands, mem, mask)
     for name, grad in both.items():
         torch.testing.assert_close(grad, from_last[name] + from_rest[name], msg=name)
+
+
+def parameter_gradients(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_holdout_backbone_trains_the_backbone_on_every_target_and_the_side_on_the_last_on_top_of_it():
+    from feddmmr.model.losses import AuxiliaryWeights, feddmmr_loss, next_item_loss
+
+    torch.manual_seed(0)
+    plain = FedDMMR(FedDMMRConfig(CONFIG, content_history=3), *text_features())
+    both = FedDMMR(FedDMMRConfig(CONFIG, content_history=3, holdout_content=True, holdout_backbone=True),
+                   *text_features())
+    both.load_state_dict(plain.state_dict())
+    seq, cands, mem, mask = inputs()
+    cands[0, -1] = 0  # a padded last target: it trains neither side
+    valid = cands[..., 0] > 0
+    scores, aux = both(seq, cands, mem, mask, with_aux=True)
+    # Every position scores as the backbone alone; the last one's stacked score rides in aux.
+    torch.testing.assert_close(scores, plain.sasrec(seq, cands))
+    torch.testing.assert_close(aux["held_out_scores"], plain(seq, cands, mem, mask)[:, -1:])
+    torch.testing.assert_close(both.eval()(seq, cands, mem, mask), plain.eval()(seq, cands, mem, mask))
+    both.train(), plain.train()
+    objective, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
+    count = valid.sum()
+    backbone_loss = next_item_loss(plain.sasrec(seq, cands), valid, "ce")[0] / count
+    side_loss = next_item_loss(plain(seq, cands, mem, mask)[:, -1:], valid[:, -1:], "ce")[0] / count
+    torch.testing.assert_close(objective, backbone_loss + side_loss)  # the padded target adds nothing
+    got = parameter_gradients(both, objective)
+    from_backbone_loss = parameter_gradients(plain, backbone_loss)
+    from_side_loss = parameter_gradients(plain, side_loss)
+    side = [n for n, g in from_side_loss.items() if not n.startswith("sasrec.") and g.any()]
+    assert len(side) > 10
+    for name, grad in got.items():
+        # The backbone learns from its own loss only; the side from the last targets only.
+        expected = from_backbone_loss[name] if name.startswith("sasrec.") else from_side_loss[name]
+        torch.testing.assert_close(grad, expected, msg=name)

@@ -81,6 +81,8 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(content_history=5)
     with pytest.raises(ValueError, match="holdout_content trains the modality side of model=feddmmr"):
         TrainConfig(holdout_content=True)
+    with pytest.raises(ValueError, match="holdout_backbone changes how holdout_content trains: it needs holdout_content"):
+        TrainConfig(model="feddmmr", modality=["text=t.npz"], holdout_backbone=True)
     with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=50\].*got 51"):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=51)
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):

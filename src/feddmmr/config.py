@@ -57,6 +57,8 @@ class TrainConfig:
     holdout_content: bool = _opt(False, "feddmmr: the last target of each training window trains only the modality side "
                                         "(projections, experts, router, gate, content weights) and the others only the ID "
                                         "backbone, on its own score (not in the seed's design; docs/BENCHMARKS.md)")
+    holdout_backbone: bool = _opt(False, "feddmmr, with holdout_content: the backbone trains on the held-out targets too "
+                                         "(on its own score); they still train the modality side on top of it")
     max_seq_len: int = _opt(50, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")
@@ -179,6 +181,8 @@ class TrainConfig:
             raise ValueError("content_history matches a candidate's modality features with the user's items: it needs model=feddmmr")
         if self.holdout_content and self.model != "feddmmr":
             raise ValueError("holdout_content trains the modality side of model=feddmmr; fedsasrec has none")
+        if self.holdout_backbone and not self.holdout_content:
+            raise ValueError("holdout_backbone changes how holdout_content trains: it needs holdout_content")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
         if self.memory_long_capacity < 1:

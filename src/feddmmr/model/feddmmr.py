@@ -28,6 +28,9 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   and test ask about. The backbone learns on its own score, not on its score plus the modality
   side's: learning the residual left it weaker by what the modality side added
   (docs/BENCHMARKS.md). Scoring (evaluation) is unchanged: backbone + modality side.
+  With `holdout_backbone=True` the backbone also trains on those last targets (on its own score,
+  so it misses none of its training targets, the user's most recent one included), and they
+  train the modality side a second time, on the backbone's detached score plus its own.
 With no modality the model is SASRec exactly: fused = h.
 """
 
@@ -51,6 +54,7 @@ class FedDMMRConfig:
     learned_router: bool = True
     content_history: int = 0
     holdout_content: bool = False
+    holdout_backbone: bool = False
 
 
 def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -218,12 +222,13 @@ class FedDMMR(nn.Module):
 
     def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                memory_mask: torch.Tensor, history: torch.Tensor | None,
-               holdout: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               holdout: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
 
-        `holdout` [L] (with `holdout_content`): positions whose loss trains only the modality
+        `holdout` (with `holdout_content`): the last position's loss trains only the modality
         side, on top of the (untrained there) backbone's score; the others' scores are the
-        backbone's alone, which they train."""
+        backbone's alone, which they train. With `holdout_backbone` every position's score is
+        the backbone's and the last position's stacked score goes to aux["held_out_scores"]."""
         if not self.mixes:
             aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
             return self.sasrec.score(hidden, candidates), aux
@@ -232,24 +237,25 @@ class FedDMMR(nn.Module):
         embeddings = self.sasrec.item_embedding(candidates)
         # The modality side reads the ID embeddings (its fallback queries, the dot product) but,
         # held out, must not train them.
-        side_embeddings = embeddings if holdout is None else embeddings.detach()
+        side_embeddings = embeddings.detach() if holdout else embeddings
         weights, outputs, matches = self._experts_and_router(side_embeddings, candidates, memory_items, memory_mask,
                                                              history if self.config.content_history else None)
         mixture = self.gate * _weighted_sum(weights, outputs)  # fused = hidden + mixture
         match = 0.0
         if matches:
             match = math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
-        if holdout is None:
-            # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
-            scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
-        else:
-            backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
-            side = (mixture * side_embeddings).sum(-1) + match
-            held_out = holdout[:, None]  # [L, 1]: broadcast over the candidates
-            scores = torch.where(held_out, backbone.detach() + side, backbone)
         aux = {"fused_positive": hidden + mixture[..., 0, :], "positive_embedding": embeddings[..., 0, :],
                "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
-        return scores, aux
+        if not holdout:
+            # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
+            return ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match, aux
+        backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
+        side = (mixture * side_embeddings).sum(-1) + match
+        held_out = backbone[:, -1:].detach() + side[:, -1:]  # [B, 1, n]: the window's most recent target
+        if self.config.holdout_backbone:
+            aux["held_out_scores"] = held_out
+            return backbone, aux
+        return torch.cat([backbone[:, :-1], held_out], dim=1), aux
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                 memory_mask: torch.Tensor, *, with_aux: bool = False):
@@ -263,16 +269,16 @@ class FedDMMR(nn.Module):
 
         With `holdout_content`, in training mode, the last position's scores train only the
         modality side and the others' are the backbone's alone: in training windows the last
-        position is the window's most recent target (`federated/batches.py`).
+        position is the window's most recent target (`federated/batches.py`). With
+        `holdout_backbone` as well, the scores are the backbone's at every position and the aux
+        dict has `held_out_scores` [B, 1, n]: the last position's backbone (detached) + modality
+        side scores, for `losses.feddmmr_loss` to add.
         """
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
             memory_mask = memory_mask.expand(sequences.shape[0], -1)
-        length = sequences.shape[-1]
         history = recent_items(sequences, self.config.content_history) if self.config.content_history else None
-        holdout = None
-        if self.config.holdout_content and self.training:  # a split of the training loss only
-            holdout = torch.arange(length, device=sequences.device) == length - 1
+        holdout = self.config.holdout_content and self.training  # a split of the training loss only
         scores, aux = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history, holdout)
         return (scores, aux) if with_aux else scores
 

@@ -50,7 +50,9 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
     - alignment: mean_i (1 - cos(fused_i, stopgrad E[pos_i])) * (1 + 0.5 sigmoid(loss_i)), the
       drift-adaptive weight (detached): targets the model finds surprising weigh more;
     - contrastive: symmetric InfoNCE between the target's first two expert outputs, the other
-      targets of the same window as negatives, per-target weight 1 + 0.5 sigmoid(loss_i).
+      targets of the same window as negatives, per-target weight 1 + 0.5 sigmoid(loss_i);
+    - with aux["held_out_scores"] (`holdout_backbone`): the last targets' loss on those scores,
+      summed and divided by the same count, so that each of them weighs as one more target.
     """
     valid = candidates[..., 0] > 0
     mask = valid.to(scores.dtype)
@@ -58,6 +60,9 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
     per_target = per_target_loss(scores, kind)
     main = (per_target * mask).sum() / count
     total = main
+    held_out = aux.get("held_out_scores")
+    if held_out is not None:
+        total = total + (per_target_loss(held_out.float(), kind) * mask[:, -1:]).sum() / count
     surprise = 1 + 0.5 * torch.sigmoid(per_target.detach())
     router = aux.get("router_weights")
     if weights.load_balance and router is not None:
