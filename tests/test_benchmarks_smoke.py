@@ -94,8 +94,9 @@ def test_train_command_lets_extra_flags_override_the_setting():
 
 @pytest.mark.slow
 def test_feddmmr_round_time_quick_prints_both_models_and_the_ratio():
-    out = run_script("feddmmr_round_time.py", "--quick", "--content-history", "3", "--holdout-content")
-    for label in ("machine:", "setting: synthetic", "FedDMMR content history 3, holdout True",
+    out = run_script("feddmmr_round_time.py", "--quick", "--content-history", "3", "--holdout-content",
+                     "--holdout-backbone")
+    for label in ("machine:", "setting: synthetic", "FedDMMR content history 3, holdout True, holdout backbone True",
                   "round time feddmmr: median", "round time fedsasrec: median",
                   "FedDMMR vs FedSASRec round:"):
         assert label in out, f"{label!r} missing from:\n{out}"
