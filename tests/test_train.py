@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from feddmmr.checkpoint import load_checkpoint
-from feddmmr.config import TrainConfig, resolve_config
+from feddmmr.config import TrainConfig, resolve_config, saved_config
 from feddmmr.train import evaluate_run, train
 
 TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
@@ -93,6 +93,22 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert [r["val"] for r in resumed.history] == [r["val"] for r in reference.history]
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resuming_an_early_stopped_run_with_patience_0_continues_it_as_if_it_never_stopped(tiny_data, tmp_path):
+    settings = dict(num_rounds=8, validate_every=1)
+    reference = train(config(tiny_data, tmp_path / "reference", patience=0, **settings))
+    stopped = train(config(tiny_data, tmp_path / "stopped", patience=1, **settings))
+    assert stopped.final["stopped_early"] and stopped.final["rounds_run"] < 8
+    # Resumed with the patience it stopped under, it stays stopped: nothing more is trained.
+    again = train(saved_config(tmp_path / "stopped"), resume=True)
+    assert again.final == stopped.final
+    resumed = train(saved_config(tmp_path / "stopped", patience=0), resume=True)
+    assert not resumed.final["stopped_early"] and resumed.final["rounds_run"] == 8
+    assert [r["val"] for r in resumed.history] == [r["val"] for r in reference.history]
+    assert resumed.final["best_round"] == reference.final["best_round"]
+    assert resumed.final["test"] == reference.final["test"]
+    assert json.loads((tmp_path / "stopped" / "config.json").read_text())["patience"] == 0
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tiny_data, tmp_path):

@@ -221,7 +221,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 # Settings a resumed run may change: they do not affect the numbers it produces.
-RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout"})
+# `patience` too: resuming with another patience applies it to the saved validations (patience 0
+# continues an early-stopped run to num_rounds, as if it had never stopped).
+RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout", "patience"})
 
 
 def saved_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:

@@ -326,11 +326,13 @@ def restore(run: Run) -> None:
     saved = load_checkpoint(path)
     run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
     load_memory(run, saved)
+    # The config's patience (resume may change it) judges the saved validations afresh.
+    early_stopping = EarlyStopping(**{**saved["early_stopping"], "patience": run.config.patience})
     run.state = RunState(
         round=saved["round"],
-        early_stopping=EarlyStopping(**saved["early_stopping"]),
+        early_stopping=early_stopping,
         history=list(saved["history"]),
-        stopped_early=saved["stopped_early"],
+        stopped_early=early_stopping.should_stop,
     )
     run.precision.scale = saved["loss_scale"]
     if run.server_optimizer is not None:
