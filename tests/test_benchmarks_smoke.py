@@ -141,7 +141,8 @@ def _final(run_dir: Path) -> dict:
     return json.loads((run_dir / "final.json").read_text())
 
 
-@pytest.mark.parametrize("content", [{}, {"content_history": 3, "holdout_content": True}])
+@pytest.mark.parametrize("content", [{}, {"content_history": 3, "holdout_content": True},
+                                     {"content_history": 3, "holdout_content": True, "holdout_backbone": True}])
 def test_the_gate_scan_at_factor_1_reproduces_the_runs_own_metrics(tiny_data, tmp_path, content):
     from feddmmr.config import TrainConfig
     from feddmmr.train import train

@@ -153,5 +153,8 @@ def test_every_preset_resolves():
     assert (again.num_rounds, again.learning_rate, again.weight_decay, again.batch_size, again.num_negatives,
             again.client_fraction) == (10, 1e-4, 1e-4, 64, 4, 0.2)
     assert [resolve_config(CONFIGS / f"stage{s}.yaml").stage for s in (1, 2, 3)] == [1, 2, 3]
+    measured = resolve_config(CONFIGS / "feddmmr_text.yaml")
+    assert (measured.model, measured.modality, measured.content_history, measured.holdout_content,
+            measured.holdout_backbone, measured.top_users) == ("feddmmr", ["text=features/ml-1m-text.npz"], 5, True, True, 1000)
     override = resolve_config(CONFIGS / "drift_adaptive.yaml", modality=["text=other.npz"])
     assert override.modality == ["text=other.npz"]  # the command line replaces the preset's list
