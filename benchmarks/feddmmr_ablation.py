@@ -14,6 +14,8 @@ default cannot mix settings between the rows of one table); only the variant's f
                    the seed's design)
     held-out       content-match with the modality side trained on held-out targets only
                    (`--holdout-content`, not in the seed's design)
+    held-out-backbone  held-out with the backbone trained on every target, as FedSASRec's is
+                   (`--holdout-backbone`, not in the seed's design; configs/feddmmr_text.yaml)
 
 Two ways to start:
 - `--init-from RUN_DIR`: every variant continues from the same FedSASRec checkpoint (the seed's
