@@ -262,7 +262,8 @@ def test_holdout_backbone_trains_the_backbone_on_every_target_and_the_side_on_th
     torch.testing.assert_close(scores, plain.sasrec(seq, cands))
     torch.testing.assert_close(aux["held_out_scores"], plain(seq, cands, mem, mask)[:, -1:])
     torch.testing.assert_close(both.eval()(seq, cands, mem, mask), plain.eval()(seq, cands, mem, mask))
-    both.train(), plain.train()
+    both.train()
+    plain.train()
     objective, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
     count = valid.sum()
     backbone_loss = next_item_loss(plain.sasrec(seq, cands), valid, "ce")[0] / count

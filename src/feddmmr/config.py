@@ -220,8 +220,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-# Settings a resumed run may change: they do not affect the numbers it produces.
-# `patience` too: resuming with another patience applies it to the saved validations (patience 0
+# Settings a resumed run may change. The first three do not affect the numbers it produces;
+# `patience` decides where it stops, and a new one is applied to the saved validations (patience 0
 # continues an early-stopped run to num_rounds, as if it had never stopped).
 RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout", "patience"})
 
