@@ -200,11 +200,16 @@ def test_content_match_weights_start_at_the_gate_init_and_get_gradients():
     assert model.match_weights.grad is not None and model.match_weights.grad.abs().sum() > 0
 
 
-def gradients(model, seq, cands, mem, mask):
-    """Each parameter's gradient of the summed scores (zeros where it gets none)."""
+def parameter_gradients(model, loss):
+    """Each parameter's gradient of `loss` (zeros where it gets none)."""
     model.zero_grad()
-    model(seq, cands, mem, mask).sum().backward()
+    loss.backward()
     return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+
+
+def gradients(model, seq, cands, mem, mask):
+    """Each parameter's gradient of the summed scores."""
+    return parameter_gradients(model, model(seq, cands, mem, mask).sum())
 
 
 def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the_backbone_on_its_own_score():
@@ -238,12 +243,6 @@ def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the
     both = gradients(held, seq, cands, mem, mask)
     for name, grad in both.items():
         torch.testing.assert_close(grad, from_last[name] + from_rest[name], msg=name)
-
-
-def parameter_gradients(model, loss):
-    model.zero_grad()
-    loss.backward()
-    return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
 
 
 def test_holdout_backbone_trains_the_backbone_on_every_target_and_the_side_on_the_last_on_top_of_it():
