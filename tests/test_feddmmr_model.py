@@ -277,3 +277,39 @@ def test_holdout_backbone_trains_the_backbone_on_every_target_and_the_side_on_th
         # The backbone learns from its own loss only; the side from the last targets only.
         expected = from_backbone_loss[name] if name.startswith("sasrec.") else from_side_loss[name]
         torch.testing.assert_close(grad, expected, msg=name)
+
+
+def test_held_out_the_modality_side_and_its_auxiliary_losses_cover_the_last_targets_only():
+    from feddmmr.model.losses import AuxiliaryWeights, feddmmr_loss, next_item_loss
+
+    torch.manual_seed(0)
+    features, available = text_features()
+    features["genre"] = torch.nn.functional.normalize(torch.randn(41, 6), dim=-1)
+    available["genre"] = torch.rand(41) < 0.7  # some candidates have no genre: the router masks it
+    plain = FedDMMR(FedDMMRConfig(CONFIG, content_history=3), features, available)
+    both = FedDMMR(FedDMMRConfig(CONFIG, content_history=3, holdout_content=True, holdout_backbone=True),
+                   features, available)
+    both.load_state_dict(plain.state_dict())
+    seq, cands, mem, mask = inputs()
+    cands[0, -1] = 0  # a padded last target: no auxiliary term sees it
+    scores, aux = both(seq, cands, mem, mask, with_aux=True)
+    _, full = plain(seq, cands, mem, mask, with_aux=True)
+    assert aux["router_weights"].shape == (3, 1, 5, 2) and aux["expert_positive"].shape == (3, 1, 2, 16)
+    for name in ("router_weights", "expert_positive", "fused_positive", "positive_embedding"):
+        torch.testing.assert_close(aux[name], full[name][:, -1:], msg=name)  # the full model's, at the last position
+    base, main = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
+    # Load balance, by hand: the mean router weight over the last position's real candidates.
+    balanced, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=1.0))
+    live = (cands[:, -1] > 0) & (cands[:, -1, :1] > 0)  # [B, n]: real candidates of real targets
+    mean_weight = full["router_weights"][:, -1][live].mean(0)
+    torch.testing.assert_close(balanced, base + ((mean_weight - 0.5) ** 2).sum())
+    # Alignment, by hand: a mean over the real last targets, weighed by their held-out loss.
+    aligned, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0, alignment=0.5))
+    last = plain(seq, cands, mem, mask)[:, -1]
+    surprise = 1 + 0.5 * torch.sigmoid(torch.logsumexp(last, -1) - last[:, 0])
+    cosine = torch.nn.functional.cosine_similarity(full["fused_positive"][:, -1], plain.sasrec.item_embedding(cands[:, -1, 0]), dim=-1)
+    valid = cands[:, -1, 0] > 0
+    torch.testing.assert_close(aligned, base + 0.5 * ((1 - cosine) * surprise)[valid].mean())
+    # The next-item loss itself still covers every target, on the backbone's scores.
+    loss_sum, count = next_item_loss(plain.sasrec(seq, cands), cands[..., 0] > 0)
+    torch.testing.assert_close(main, loss_sum / count)

@@ -91,6 +91,8 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(model="feddmmr", modality=["x.npz"])
     with pytest.raises(ValueError, match="contrastive"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], contrastive_weight=0.1)
+    with pytest.raises(ValueError, match="with holdout_content the modality side trains on each window's last target only"):
+        TrainConfig(model="feddmmr", modality=["text=x.npz", "genre=g.npz"], contrastive_weight=0.1, holdout_content=True)
     with pytest.raises(ValueError, match=r"memory_novelty must be in \[0, 2\] \(1 - a cosine\), got 2.5"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=2.5)
 

@@ -185,6 +185,9 @@ class TrainConfig:
             raise ValueError("holdout_backbone changes how holdout_content trains: it needs holdout_content")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
+        if self.contrastive_weight and self.holdout_content:
+            raise ValueError("contrastive_weight > 0 contrasts the targets of one window, but with holdout_content the "
+                             "modality side trains on each window's last target only: use one or the other")
         if self.memory_long_capacity < 1:
             raise ValueError(f"memory_long_capacity must be >= 1, got {self.memory_long_capacity}")
         if not 0.0 <= self.memory_novelty <= 2.0:  # 1 - cosine lies in [0, 2]; also rejects NaN

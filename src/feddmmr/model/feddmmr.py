@@ -228,34 +228,45 @@ class FedDMMR(nn.Module):
         `holdout` (with `holdout_content`): the last position's loss trains only the modality
         side, on top of the (untrained there) backbone's score; the others' scores are the
         backbone's alone, which they train. With `holdout_backbone` every position's score is
-        the backbone's and the last position's stacked score goes to aux["held_out_scores"]."""
+        the backbone's and the last position's stacked score goes to aux["held_out_scores"].
+        Held out, the aux tensors are the last position's only ([B, 1, ...])."""
         if not self.mixes:
             aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
             return self.sasrec.score(hidden, candidates), aux
         if self.config.content_history and history is None:
             raise ValueError("content_history: the score needs the items each position has read (history)")
         embeddings = self.sasrec.item_embedding(candidates)
-        # The modality side reads the ID embeddings (its fallback queries, the dot product) but,
-        # held out, must not train them.
-        side_embeddings = embeddings.detach() if holdout else embeddings
-        weights, outputs, matches = self._experts_and_router(side_embeddings, candidates, memory_items, memory_mask,
+        if not holdout:
+            mixture, match, aux = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
+            # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
+            return ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match, aux
+        backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
+        # Held out, the modality side enters the loss at the last position only, so it is computed
+        # there only (the experts over every position were most of FedDMMR's extra cost). It reads
+        # the ID embeddings (its fallback queries, the dot product) but must not train them.
+        last_embeddings = embeddings[:, -1:].detach()
+        mixture, match, aux = self._side(hidden[:, -1:], last_embeddings, candidates[:, -1:], memory_items, memory_mask,
+                                         None if history is None else history[:, -1:])
+        held_out = backbone[:, -1:].detach() + (mixture * last_embeddings).sum(-1) + match  # [B, 1, n]
+        if self.config.holdout_backbone:
+            aux["held_out_scores"] = held_out
+            return backbone, aux
+        return torch.cat([backbone[:, :-1], held_out], dim=1), aux
+
+    def _side(self, hidden: torch.Tensor, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+              memory_mask: torch.Tensor, history: torch.Tensor | None):
+        """The modality side at the given positions: the experts' mixture g * sum_m w_m LN(o_m)
+        [B, L, n, d] (fused = hidden + mixture), the content match [B, L, n] (0.0 without
+        `content_history`) and the aux tensors of those positions."""
+        weights, outputs, matches = self._experts_and_router(embeddings, candidates, memory_items, memory_mask,
                                                              history if self.config.content_history else None)
-        mixture = self.gate * _weighted_sum(weights, outputs)  # fused = hidden + mixture
+        mixture = self.gate * _weighted_sum(weights, outputs)
         match = 0.0
         if matches:
             match = math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
         aux = {"fused_positive": hidden + mixture[..., 0, :], "positive_embedding": embeddings[..., 0, :],
                "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
-        if not holdout:
-            # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
-            return ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match, aux
-        backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
-        side = (mixture * side_embeddings).sum(-1) + match
-        held_out = backbone[:, -1:].detach() + side[:, -1:]  # [B, 1, n]: the window's most recent target
-        if self.config.holdout_backbone:
-            aux["held_out_scores"] = held_out
-            return backbone, aux
-        return torch.cat([backbone[:, :-1], held_out], dim=1), aux
+        return mixture, match, aux
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                 memory_mask: torch.Tensor, *, with_aux: bool = False):
@@ -265,7 +276,8 @@ class FedDMMR(nn.Module):
         fused vector of each position's column-0 candidate, its target in training),
         `positive_embedding` [B, L, d] (that candidate's item embedding) and, when the
         experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
-        column-0 candidate's normalised expert outputs).
+        column-0 candidate's normalised expert outputs). Held out (below), they cover the last
+        position only, [B, 1, ...]: the only one whose loss trains the modality side.
 
         With `holdout_content`, in training mode, the last position's scores train only the
         modality side and the others' are the backbone's alone: in training windows the last

@@ -53,6 +53,8 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
       targets of the same window as negatives, per-target weight 1 + 0.5 sigmoid(loss_i);
     - with aux["held_out_scores"] (`holdout_backbone`): the last targets' loss on those scores,
       summed and divided by the same count, so that each of them weighs as one more target.
+    The auxiliary terms cover the positions of the aux tensors: all of them, or held out
+    (`holdout_content`) the last one only, as means over its valid targets.
     """
     valid = candidates[..., 0] > 0
     mask = valid.to(scores.dtype)
@@ -62,8 +64,14 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
     total = main
     held_out = aux.get("held_out_scores")
     if held_out is not None:
-        total = total + (per_target_loss(held_out.float(), kind) * mask[:, -1:]).sum() / count
-    surprise = 1 + 0.5 * torch.sigmoid(per_target.detach())
+        held_out_loss = per_target_loss(held_out.float(), kind)
+        total = total + (held_out_loss * mask[:, -1:]).sum() / count
+    # The positions the auxiliary terms see: every one, or the held-out last one.
+    first = scores.shape[1] - aux["fused_positive"].shape[1]
+    candidates, valid, mask = candidates[:, first:], valid[:, first:], mask[:, first:]
+    count = mask.sum().clamp(min=1)
+    side_loss = held_out_loss if held_out is not None else per_target[:, first:]
+    surprise = 1 + 0.5 * torch.sigmoid(side_loss.detach())
     router = aux.get("router_weights")
     if weights.load_balance and router is not None:
         live = ((candidates > 0) & valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
