@@ -16,6 +16,7 @@ default cannot mix settings between the rows of one table); only the variant's f
                    (`--holdout-content`, not in the seed's design)
     held-out-backbone  held-out with the backbone trained on every target, as FedSASRec's is
                    (`--holdout-backbone`, not in the seed's design; configs/feddmmr_text.yaml)
+    held-out-backbone-alignment  held-out-backbone + the alignment loss (lambda 0.1)
 
 Two ways to start:
 - `--init-from RUN_DIR`: every variant continues from the same FedSASRec checkpoint (the seed's
@@ -77,6 +78,10 @@ VARIANTS = {
     # user's most recent training item included).
     "held-out-backbone": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content",
                           "--holdout-backbone"],
+    # The seed's drift-adaptive alignment loss (lambda 0.1) on top: the "no alignment" ablation of
+    # held-out-backbone, which has none.
+    "held-out-backbone-alignment": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content",
+                                    "--holdout-backbone", "--alignment-weight", "0.1"],
 }
 
 
