@@ -62,35 +62,36 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
     per_target = per_target_loss(scores, kind)
     main = (per_target * mask).sum() / count
     total = main
+    # The positions the auxiliary terms see: every one, or held out the last one only. Their
+    # surprise weights come from those targets' losses: on the held-out scores when there are some.
+    first = scores.shape[1] - aux["fused_positive"].shape[1]
+    side_loss = per_target[:, first:]
     held_out = aux.get("held_out_scores")
     if held_out is not None:
-        held_out_loss = per_target_loss(held_out.float(), kind)
-        total = total + (held_out_loss * mask[:, -1:]).sum() / count
-    # The positions the auxiliary terms see: every one, or the held-out last one.
-    first = scores.shape[1] - aux["fused_positive"].shape[1]
-    candidates, valid, mask = candidates[:, first:], valid[:, first:], mask[:, first:]
-    count = mask.sum().clamp(min=1)
-    side_loss = held_out_loss if held_out is not None else per_target[:, first:]
+        side_loss = per_target_loss(held_out.float(), kind)
+        total = total + (side_loss * mask[:, -1:]).sum() / count
+    side_candidates, side_valid, side_mask = candidates[:, first:], valid[:, first:], mask[:, first:]
+    side_count = side_mask.sum().clamp(min=1)
     surprise = 1 + 0.5 * torch.sigmoid(side_loss.detach())
     router = aux.get("router_weights")
     if weights.load_balance and router is not None:
-        live = ((candidates > 0) & valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
+        live = ((side_candidates > 0) & side_valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
         mean_weight = (router * live).sum((0, 1, 2)) / live.sum().clamp(min=1)
         total = total + weights.load_balance * ((mean_weight - 1 / router.shape[-1]) ** 2).sum()
     if weights.alignment:
         target = aux["positive_embedding"].detach()
         cosine = F.cosine_similarity(aux["fused_positive"].float(), target.float(), dim=-1, eps=1e-8)
-        total = total + weights.alignment * ((1 - cosine) * surprise * mask).sum() / count
+        total = total + weights.alignment * ((1 - cosine) * surprise * side_mask).sum() / side_count
     experts = aux.get("expert_positive")
     if weights.contrastive and experts is not None and experts.shape[-2] >= 2:
         a = F.normalize(experts[..., 0, :].float(), dim=-1)  # [B, L, d]
         b = F.normalize(experts[..., 1, :].float(), dim=-1)
         logits = (a @ b.transpose(1, 2)) / weights.temperature  # [B, L, L]: targets of one window
-        keys = valid.unsqueeze(1)
+        keys = side_valid.unsqueeze(1)
         diagonal = torch.diagonal(logits, dim1=1, dim2=2)
         # A large finite fill, not -inf: a window without targets would give NaN gradients.
         a_to_b = torch.logsumexp(logits.masked_fill(~keys, -1e9), dim=-1) - diagonal
         b_to_a = torch.logsumexp(logits.transpose(1, 2).masked_fill(~keys, -1e9), dim=-1) - diagonal
-        infonce = torch.where(valid, (a_to_b + b_to_a) / 2, 0.0)
-        total = total + weights.contrastive * (infonce * surprise * mask).sum() / count
+        infonce = torch.where(side_valid, (a_to_b + b_to_a) / 2, 0.0)
+        total = total + weights.contrastive * (infonce * surprise * side_mask).sum() / side_count
     return total, main
