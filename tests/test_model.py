@@ -80,3 +80,32 @@ def test_dropout_drops_at_the_requested_rate_and_keeps_the_mean():
     assert torch.equal(dropout(x, 0.1, training=False), x)
     torch.manual_seed(0)
     assert torch.equal(dropout(x, 0.1, training=True), y)  # seeded: reproducible
+
+
+def test_dropout_under_vmap_never_views_a_tensor_as_another_dtype():
+    """vmap has no batching rule for `Tensor.view(dtype)` before torch 2.13 ("Batching rule not
+    implemented for aten::view.dtype"): the vectorised engine's dropout must not use one. Each
+    client draws its own mask, at the requested rate."""
+    from torch.func import vmap
+    from torch.overrides import TorchFunctionMode
+
+    from feddmmr.model.sasrec import dropout
+
+    class DtypeViews(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.view and any(isinstance(a, torch.dtype) for a in (*args[1:], *kwargs.values())):
+                self.seen.append(args[1:])
+            return func(*args, **kwargs)
+
+    torch.manual_seed(0)
+    x = torch.ones(3, 50, 40)
+    with DtypeViews() as views:
+        y = vmap(lambda t: dropout(t, 0.1, training=True), randomness="different")(x)
+    assert views.seen == []
+    assert not torch.equal(y[0] == 0, y[1] == 0)  # one mask per client
+    assert abs((y == 0).float().mean().item() - 26 / 256) < 0.01

@@ -15,20 +15,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Shifts that cut a 64-bit random word into its eight bytes.
+BYTE_SHIFTS = tuple(range(0, 64, 8))
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout with masks cut from random 64-bit words, 8 bytes per draw.
 
-    PyTorch's CPU dropout draws one Bernoulli sample per element, which made it a quarter of a
-    training round; this is about 4x cheaper (and works under vmap with randomness="different").
-    The drop probability is rounded to a multiple of 1/256; the kept values are rescaled by the
-    exact keep probability, so the expectation is unchanged.
+    PyTorch's CPU dropout draws one Bernoulli sample per element; this is cheaper under vmap
+    (benchmarks/dropout_cost.py). The bytes are cut by shifts and a cast, not by viewing the
+    words as uint8: vmap has no batching rule for a dtype view before torch 2.13. The drop
+    probability is rounded to a multiple of 1/256; the kept values are rescaled by the exact keep
+    probability, so the expectation is unchanged.
     """
     if not training or p == 0.0:
         return x
     threshold = round(p * 256)
     count = x.numel()
-    words = torch.randint(-(2**63), 2**63 - 1, ((count + 7) // 8,), dtype=torch.int64, device=x.device)
-    keep = words.view(torch.uint8)[:count].view(x.shape) >= threshold
+    words = torch.randint(-(2**63), 2**63 - 1, ((count + 7) // 8, 1), dtype=torch.int64, device=x.device)
+    shifts = torch.tensor(BYTE_SHIFTS, dtype=torch.int64, device=x.device)
+    random_bytes = (words >> shifts).to(torch.uint8)  # the cast keeps each shifted word's low byte
+    keep = random_bytes.flatten()[:count].view(x.shape) >= threshold
     return x * keep * (256.0 / (256 - threshold))
 
 
