@@ -160,3 +160,50 @@ def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path
     assert not torch.allclose(fed["item_embedding.weight"], start["item_embedding.weight"])  # the step moved it
     for name in fed:
         torch.testing.assert_close(fed[name], central[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class PoisoningEngine:
+    """The sequential engine, with the updates of the first `poisoned` clients of every round
+    made non-finite (or all of them): a planted fault that must never reach the global model."""
+
+    def __init__(self, model, poisoned=None):
+        from feddmmr.engines import SequentialEngine
+
+        self.inner, self.poisoned = SequentialEngine(model), poisoned
+
+    def train(self, global_params, clients, local, aggregate, progress=None):
+        calls = []
+
+        def poisoning(params, weights):
+            calls.append(1)
+            if self.poisoned is None or len(calls) <= self.poisoned:
+                params = {name: torch.full_like(p, float("nan")) for name, p in params.items()}
+            return aggregate(params, weights)
+
+        return self.inner.train(global_params, clients, local, poisoning, progress)
+
+
+def test_a_non_finite_client_update_is_dropped_counted_and_never_reaches_the_global_model(tiny_data, tmp_path, caplog):
+    import logging
+
+    from feddmmr.train import prepare_run
+
+    cfg = config(tiny_data, tmp_path / "run", num_rounds=2, validate_every=1, engine="sequential")
+    model = prepare_run(config(tiny_data, tmp_path / "model")).model  # same seed: same initial model
+    with caplog.at_level(logging.WARNING):
+        train(cfg, engine=PoisoningEngine(model, poisoned=2))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["dropped_clients"] for r in records] == [2, 2]
+    assert "round 1: dropped the updates of 2 clients" in caplog.text
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert all(np.isfinite(r["val"]["MRR"]) and r["val"]["MRR"] > 1 / 21 for r in records)  # a live model
+
+
+def test_a_round_that_loses_every_client_stops_the_run_with_a_clear_error(tiny_data, tmp_path):
+    from feddmmr.train import prepare_run
+
+    cfg = config(tiny_data, tmp_path / "run", num_rounds=2, engine="sequential")
+    model = prepare_run(config(tiny_data, tmp_path / "model")).model
+    with pytest.raises(RuntimeError, match=r"round 1: every client's update \(\d+\) was non-finite"):
+        train(cfg, engine=PoisoningEngine(model))

@@ -125,7 +125,6 @@ class RunState:
     early_stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-    loss_scale: float = 2.0**16
 
 
 @dataclass
@@ -301,6 +300,7 @@ def checkpoint_state(run: Run) -> dict:
         "history": st.history,
         "stopped_early": st.stopped_early,
         "loss_scale": run.precision.scale,
+        "loss_scale_good_steps": run.precision.good_steps,
         **({} if run.server_optimizer is None else {"server_optimizer": run.server_optimizer.state_dict()}),
         **memory_entry(run),
     }
@@ -335,6 +335,7 @@ def restore(run: Run) -> None:
         stopped_early=early_stopping.should_stop,
     )
     run.precision.scale = saved["loss_scale"]
+    run.precision.good_steps = saved.get("loss_scale_good_steps", 0)  # absent before it was saved
     if run.server_optimizer is not None:
         run.server_optimizer.load_state_dict(saved["server_optimizer"])
     # metrics.jsonl may hold a line written after the checkpoint: rewrite it from the checkpoint.
@@ -378,6 +379,17 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
     run.model.load_state_dict(new_params, strict=False)
 
+    dropped = [r.user for r in reports if r.dropped]
+    if dropped:
+        log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,
+                    len(dropped), [int(split.data.user_ids[u]) for u in sorted(dropped)[:20]])
+        if len(dropped) == len(reports):
+            raise RuntimeError(
+                f"round {round_number}: every client's update ({len(dropped)}) was non-finite, so the round "
+                f"has nothing to aggregate; the global model stays finite, but training cannot go on. "
+                f"Lower --learning-rate, or use --amp off instead of {c.amp!r} (the run resumes from round "
+                f"{round_number - 1} with --resume {run.run_dir})")
+
     # The Flower engine reports only the clients whose node replied: average over those.
     targets = {b.user: b.num_targets for b in batches}
     reported = sorted(reports, key=lambda r: r.user)
@@ -389,6 +401,7 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         "failed_clients": len(users) - len(reported),
         "train_loss": float(np.average(losses, weights=weights)) if reported else float("nan"),
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
+        "dropped_clients": len(dropped),
         "train_seconds": time.perf_counter() - started,
     }
     if c.dp_clip_norm is not None:
@@ -413,17 +426,19 @@ def run_centralized_epoch(run: Run, optimizer: torch.optim.Optimizer, round_numb
     model = run.model
     model.train()
     total, count, skipped = 0.0, 0.0, 0
+    scales = run.precision.client_scales(1, run.device)
     for start in range(0, len(order), c.batch_size):
         rows = order[start : start + c.batch_size]
         batch_inputs, batch_candidates = inputs[rows].to(run.device), candidates[rows].to(run.device)
         with run.precision.autocast():
             scores = model(batch_inputs, batch_candidates)
         loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
-        if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, run.precision):
+        if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, scales):
             skipped += 1
             continue
         total += float(loss_sum.detach())
         count += float(n)
+    run.precision.settle([scales])
     if skipped:
         log.warning("round %d: skipped %d steps with a non-finite loss or gradient", round_number, skipped)
     return {"round": round_number, "clients": len(eligible), "train_loss": total / max(count, 1.0),

@@ -5,14 +5,15 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from feddmmr.federated.precision import Precision
+from feddmmr.federated.precision import LossScales, Precision
 from feddmmr.model.losses import AuxiliaryWeights
 
 if TYPE_CHECKING:
     from feddmmr.memory.clients import ClientMemories
 
-# aggregate(client_params [clients, ...] per name, weights [clients])
-Aggregate = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
+# aggregate(client_params [clients, ...] per name, weights [clients]) -> kept [clients]: False for
+# an update the aggregator dropped (not finite)
+Aggregate = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 Progress = Callable[[int], None]
 
 
@@ -43,26 +44,28 @@ class ClientReport:
     mean_loss: float  # mean over the client's trained steps of the per-step mean target loss
     steps: int
     skipped_steps: int  # non-finite loss or gradient: never trained on
+    dropped: bool = False  # its update was not finite: left out of the aggregate
 
 
 def guarded_step(objective: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-                 precision: Precision) -> bool:
+                 scales: LossScales) -> bool:
     """Backward and optimiser step of one module, never on a non-finite loss or gradient.
 
-    Under fp16 the loss is scaled for the backward pass and the gradients unscaled before the
-    step (the GradScaler rule: a non-finite step is skipped and the scale halved). Returns
-    whether the step was taken.
+    Under fp16 the loss is scaled by the client's scale for the backward pass and the gradients
+    unscaled before the step (the GradScaler rule: a non-finite step is skipped and the scale
+    halved). Returns whether the step was taken.
     """
     optimizer.zero_grad(set_to_none=True)
-    scale = precision.loss_scale()
-    (objective * scale).backward()
+    scale = scales.scale
+    (objective * scale[0]).backward()
     grads = [p.grad for p in params if p.grad is not None]
     finite = bool(torch.isfinite(objective)) and all(bool(torch.isfinite(g).all()) for g in grads)
-    precision.update(not finite)
+    flag = torch.tensor([finite], device=scale.device)
+    scales.update(~flag, flag)
     if not finite:
         return False
-    if scale != 1.0:
+    if float(scale[0]) != 1.0:
         for g in grads:
-            g.div_(scale)
+            g.div_(scale[0])
     optimizer.step()
     return True

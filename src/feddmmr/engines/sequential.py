@@ -37,13 +37,15 @@ class SequentialEngine:
         trainable = [p for n, p in model.named_parameters() if n not in local.frozen]
         for name, p in model.named_parameters():
             p.requires_grad_(name not in local.frozen)
-        reports = []
+        reports, round_scales = [], []
         for client in clients:
             model.load_state_dict(global_params, strict=False)
             model.train()
             optimizer = TORCH_OPTIMIZERS[local.optimizer](trainable, lr=local.learning_rate,
                                                           weight_decay=local.weight_decay)
             losses, skipped = [], 0
+            scales = local.precision.client_scales(1, device)
+            round_scales.append(scales)
             if memory is not None:
                 slots = memory.select([client.user], device)
                 positives = torch.from_numpy(client.time_ordered_targets()).to(device)
@@ -65,7 +67,7 @@ class SequentialEngine:
                     objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
                     # The positives happened whatever this step's fate: the memory takes them.
                     slots = memory.update(slots, positives[step : step + 1])
-                if not guarded_step(objective, trainable, optimizer, local.precision):
+                if not guarded_step(objective, trainable, optimizer, scales):
                     skipped += 1
                     continue
                 losses.append(float(loss.detach()))
@@ -75,10 +77,12 @@ class SequentialEngine:
                 memory.scatter([client.user], slots)
             params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters() if n not in local.frozen}
             weights = torch.tensor([float(client.num_targets)], device=device)
-            aggregate(*clip_updates(params, global_params, weights, local.clip_norm))
-            reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped))
+            kept = bool(aggregate(*clip_updates(params, global_params, weights, local.clip_norm))[0])
+            reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped,
+                                        dropped=not kept))
             if progress:
                 progress(1)
+        local.precision.settle(round_scales)
         model.load_state_dict(global_params, strict=False)  # leave the model as it was handed over
         for p in model.parameters():
             p.requires_grad_(True)

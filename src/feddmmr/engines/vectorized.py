@@ -68,7 +68,8 @@ class VectorizedEngine:
 
     def _gradient_fn(self, local: LocalTraining):
         """Per-client (gradients, (scaled objective, next-item loss)) of the trained parameters;
-        `frozen` parameters are shared by all clients and get no gradient."""
+        `frozen` parameters are shared by all clients and get no gradient; `scale` is each
+        client's loss scale."""
         model = self.model
         if local.memory is not None:  # FedDMMR: the client's memory slots and the auxiliary losses
             def memory_loss(params, frozen, inputs, candidates, memory_items, memory_mask, scale):
@@ -78,7 +79,7 @@ class VectorizedEngine:
                 objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
                 return objective * scale, loss.detach()
 
-            return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, 0, None),
+            return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, 0, 0),
                         randomness="different")
 
         def client_loss(params, frozen, inputs, candidates, scale):
@@ -88,7 +89,7 @@ class VectorizedEngine:
             loss = total / count.clamp(min=1)
             return loss * scale, loss.detach()
 
-        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, None, 0, 0, None), randomness="different")
+        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, None, 0, 0, 0), randomness="different")
 
     def train(
         self,
@@ -106,6 +107,7 @@ class VectorizedEngine:
         frozen = {n: p.detach() for n, p in global_params.items() if n in local.frozen}
         trained = {n: p for n, p in global_params.items() if n not in local.frozen}
         compact = local.weight_decay == 0 and ITEM_TABLE in trained
+        round_scales = []
         for chunk in plan_chunks(clients, self.chunk_clients, self.chunk_windows):
             batch = stack_batches(chunk, device, compact_items=compact)
             size = len(chunk)
@@ -114,15 +116,17 @@ class VectorizedEngine:
             if compact:
                 params[ITEM_TABLE] = global_params[ITEM_TABLE].detach()[batch.item_rows]
             optimizer = LOCAL_OPTIMIZERS[local.optimizer](params, lr=local.learning_rate, weight_decay=local.weight_decay)
+            scales = local.precision.client_scales(size, device)
             loss_sum = torch.zeros(size, dtype=torch.float64, device=device)
             steps_trained = torch.zeros(size, dtype=torch.int64, device=device)
             skipped = torch.zeros(size, dtype=torch.int64, device=device)
             if memory is not None:
                 slots = memory.select(batch.users, device)
                 positives = stack_positives(chunk, device)
+            # No host synchronisation in this loop: which clients step is a device mask.
             for step in range(batch.inputs.shape[1]):
                 active = batch.active[:, step]
-                scale = local.precision.loss_scale()
+                scale = scales.scale
                 if memory is None:
                     grads, (objectives, losses) = gradient_fn(params, frozen, batch.inputs[:, step],
                                                               batch.candidates[:, step], scale)
@@ -136,26 +140,27 @@ class VectorizedEngine:
                 gradient_sums = sum(g.reshape(size, -1).sum(1) for g in grads.values())
                 finite = torch.isfinite(losses + objectives + gradient_sums)
                 non_finite = active & ~finite
-                local.precision.update(bool(non_finite.any()))
-                if scale != 1.0:
-                    grads = {n: g / scale for n, g in grads.items()}
                 step_active = active & finite
+                if local.precision.scaling:
+                    grads = {n: g / scale.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
+                scales.update(non_finite, step_active)
                 optimizer.step(grads, step_active)
                 loss_sum += torch.where(step_active, losses.double(), 0.0)
                 steps_trained += step_active.long()
                 skipped += non_finite.long()
+            round_scales.append(scales)
             if memory is not None:
                 memory.scatter(batch.users, slots)
             if compact:
                 params[ITEM_TABLE] = expand_rows(global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE])
-            aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm))
+            kept = aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm)).tolist()
+            loss_sum, steps_trained, skipped = loss_sum.tolist(), steps_trained.tolist(), skipped.tolist()
             for i, user in enumerate(batch.users):
                 if skipped[i]:
-                    log.warning("client %d: skipped %d steps with a non-finite loss or gradient", user, int(skipped[i]))
-                reports.append(
-                    ClientReport(user, float(loss_sum[i] / max(int(steps_trained[i]), 1)), int(steps_trained[i]),
-                                 int(skipped[i]))
-                )
+                    log.warning("client %d: skipped %d steps with a non-finite loss or gradient", user, skipped[i])
+                reports.append(ClientReport(user, loss_sum[i] / max(steps_trained[i], 1), steps_trained[i], skipped[i],
+                                            dropped=not kept[i]))
             if progress:
                 progress(size)
+        local.precision.settle(round_scales)
         return reports

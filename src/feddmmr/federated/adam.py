@@ -1,11 +1,10 @@
-"""Adam for parameters with a leading client dimension, one independent optimiser per client.
+"""Adam and SGD for parameters with a leading client dimension, one independent optimiser per client.
 
-Same update as `torch.optim.Adam` (L2 weight decay added to the gradient, bias-corrected
-moments), computed by PyTorch's fused Adam kernel (the one behind `Adam(fused=True)`) over the
-whole [clients, ...] tensors at once: several times faster than element-wise tensor code. The
-kernel takes one step count per tensor, so clients are updated in groups that share a step
-count; a client whose step is inactive (no targets left, or a non-finite gradient) keeps its
-parameters, moments and step count.
+Each step takes a device mask of the clients that step: a client whose step is inactive (no
+targets left, or a non-finite loss or gradient) keeps its parameters and, for Adam, its moments
+and step count. The mask is applied with `torch.where`, never by multiplying by zero: a skipped
+client's gradient may be inf or NaN, and NaN * 0 is NaN. All state lives on the parameters'
+device and no step reads a value back to the host, so a CUDA step loop never waits.
 """
 
 from __future__ import annotations
@@ -13,7 +12,15 @@ from __future__ import annotations
 import torch
 
 
+def per_client(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [clients] tensor shaped to broadcast against a [clients, ...] tensor."""
+    return values.view((-1,) + (1,) * (like.dim() - 1))
+
+
 class BatchedAdam:
+    """The update of `torch.optim.Adam` (L2 weight decay added to the gradient, bias-corrected
+    moments), with each client's own step count in the bias corrections."""
+
     def __init__(
         self,
         params: dict[str, torch.Tensor],
@@ -25,43 +32,36 @@ class BatchedAdam:
         self.params = params
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         first = next(iter(params.values()))
-        self.steps = torch.zeros(first.shape[0], dtype=torch.int64)
+        self.steps = torch.zeros(first.shape[0], dtype=torch.int64, device=first.device)
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
 
-    def _fused(self, params, grads, exp_avgs, exp_avg_sqs, step: int) -> None:
-        steps = [torch.tensor(float(step)) for _ in params]
-        torch._fused_adam_(
-            params, grads, exp_avgs, exp_avg_sqs, [], steps,
-            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay,
-            eps=self.eps, amsgrad=False, maximize=False,
-        )
-
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
-        active = active.cpu()
+        beta1, beta2 = self.betas
         self.steps += active.long()
-        names = list(self.params)
-        group_steps = torch.unique(self.steps[active])
-        if bool(active.all()) and len(group_steps) == 1:
-            self._fused([self.params[n] for n in names], [grads[n] for n in names],
-                        [self.exp_avg[n] for n in names], [self.exp_avg_sq[n] for n in names], int(group_steps[0]))
-            return
-        for step in group_steps.tolist():
-            index = torch.nonzero(active & (self.steps == step)).flatten().to(grads[names[0]].device)
-            params = [self.params[n].index_select(0, index) for n in names]
-            exp_avgs = [self.exp_avg[n].index_select(0, index) for n in names]
-            exp_avg_sqs = [self.exp_avg_sq[n].index_select(0, index) for n in names]
-            self._fused(params, [grads[n].index_select(0, index) for n in names], exp_avgs, exp_avg_sqs, step)
-            for n, p, m, v in zip(names, params, exp_avgs, exp_avg_sqs):
-                self.params[n].index_copy_(0, index, p)
-                self.exp_avg[n].index_copy_(0, index, m)
-                self.exp_avg_sq[n].index_copy_(0, index, v)
+        steps = self.steps.clamp(min=1).double()
+        # Per client: the step size lr / (1 - beta1^t) (0 for a client that does not step) and
+        # sqrt(1 - beta2^t), as torch.optim.Adam computes them.
+        step_size = torch.where(active, self.lr / (1 - beta1**steps), 0.0).float()
+        bias2_sqrt = (1 - beta2**steps).sqrt().float()
+        keep1 = torch.where(active, beta1, 1.0).float()  # the moments' decay; 1 keeps them
+        keep2 = torch.where(active, beta2, 1.0).float()
+        for name, param in self.params.items():
+            grad = grads[name]
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
+            grad = torch.where(per_client(active, grad), grad, 0.0)
+            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
+            exp_avg.mul_(per_client(keep1, param)).add_(grad, alpha=1 - beta1)
+            exp_avg_sq.mul_(per_client(keep2, param)).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / per_client(bias2_sqrt, param)).add_(self.eps)
+            param.addcdiv_(exp_avg * per_client(step_size, param), denom, value=-1.0)
 
 
 class BatchedSGD:
-    """Plain SGD (L2 weight decay added to the gradient), one per client; inactive clients keep
-    their parameters. Same update as `torch.optim.SGD` without momentum."""
+    """Plain SGD (L2 weight decay added to the gradient), one per client. Same update as
+    `torch.optim.SGD` without momentum."""
 
     def __init__(self, params: dict[str, torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
         self.params, self.lr, self.weight_decay = params, lr, weight_decay
@@ -72,8 +72,7 @@ class BatchedSGD:
             grad = grads[name]
             if self.weight_decay:
                 grad = grad.add(param, alpha=self.weight_decay)
-            scale = (active.to(param.dtype) * self.lr).view((-1,) + (1,) * (param.dim() - 1))
-            param.sub_(grad * scale)
+            param.sub_(torch.where(per_client(active, grad), grad, 0.0), alpha=self.lr)
 
 
 LOCAL_OPTIMIZERS = {"adam": BatchedAdam, "sgd": BatchedSGD}

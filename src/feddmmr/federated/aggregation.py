@@ -17,15 +17,28 @@ class FedAvg:
         self.sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in global_params.items()}
         self.total_weight = 0.0
         self.num_clients = 0
+        self.dropped = 0  # client updates left out for a non-finite value
 
-    def add(self, client_params: dict[str, torch.Tensor], weights: torch.Tensor) -> None:
-        """client_params[name]: [clients, *shape]; weights: [clients]."""
+    def add(self, client_params: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """client_params[name]: [clients, *shape]; weights: [clients]. Returns which clients were
+        kept [clients]: an update with a non-finite value is dropped (it would make the global
+        model non-finite) and counted in `dropped`."""
+        clients = len(weights)
+        finite = torch.ones(clients, dtype=torch.bool, device=weights.device)
+        for stacked in client_params.values():
+            # A sum is non-finite exactly when some element is: one read of each tensor.
+            finite &= torch.isfinite(stacked.reshape(clients, -1).sum(1, dtype=torch.float64))
+        weights = torch.where(finite, weights, 0.0)
         # The weighted sum of a chunk in the parameters' precision, accumulated across chunks in
         # float64 so that the order in which engines hand over clients hardly matters.
         for name, stacked in client_params.items():
-            self.sums[name] += torch.tensordot(weights.to(stacked.dtype), stacked, dims=1).to(torch.float64)
+            kept = torch.where(finite.view((-1,) + (1,) * (stacked.dim() - 1)), stacked, 0.0)
+            self.sums[name] += torch.tensordot(weights.to(stacked.dtype), kept, dims=1).to(torch.float64)
         self.total_weight += float(weights.double().sum())
-        self.num_clients += len(weights)
+        kept_clients = int(finite.sum())
+        self.num_clients += kept_clients
+        self.dropped += clients - kept_clients
+        return finite
 
     def result(self) -> dict[str, torch.Tensor]:
         """The new global parameters; unchanged when no client with training data answered."""

@@ -159,8 +159,10 @@ class SASRec(nn.Module):
         return self.final_norm(x) * keep
 
     def score(self, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Dot products of hidden states [..., d] with candidate items [..., n] -> [..., n]."""
-        return (self.item_embedding(candidates) @ hidden.unsqueeze(-1)).squeeze(-1)
+        """Dot products of hidden states [..., d] with candidate items [..., n] -> [..., n], in
+        float32 even under autocast: a score can exceed float16's range (65504)."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return (self.item_embedding(candidates).float() @ hidden.float().unsqueeze(-1)).squeeze(-1)
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Scores of `candidates` [batch, L, n] at every position of `sequences` [batch, L]."""
@@ -172,4 +174,6 @@ class SASRec(nn.Module):
 
     def score_all_last(self, sequences: torch.Tensor) -> torch.Tensor:
         """Scores of every item (column 0 = padding) after the whole sequence: [batch, num_items+1]."""
-        return self.encode(sequences)[:, -1] @ self.item_embedding.weight.T
+        hidden = self.encode(sequences)[:, -1]
+        with torch.autocast(hidden.device.type, enabled=False):  # in float32, as `score`
+            return hidden.float() @ self.item_embedding.weight.float().T

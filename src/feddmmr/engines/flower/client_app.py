@@ -205,12 +205,13 @@ def node_state(context: Context, config: TrainConfig, user_ids: list[str], preci
         torch.manual_seed(node_seed(config.seed, user_ids, DROPOUT_STREAM))
     if PRECISION_STATE in state:
         precision.scale = float(state[PRECISION_STATE]["loss-scale"])
+        precision.good_steps = int(state[PRECISION_STATE].get("good-steps", 0))
     yield
     rng = {"cpu": torch.get_rng_state()}
     if precision.device_type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state()
     state[RNG_STATE] = ArrayRecord(rng)
-    state[PRECISION_STATE] = ConfigRecord({"loss-scale": precision.scale})
+    state[PRECISION_STATE] = ConfigRecord({"loss-scale": precision.scale, "good-steps": precision.good_steps})
 
 
 app = make_client_app()

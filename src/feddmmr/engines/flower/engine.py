@@ -112,9 +112,10 @@ class FlowerEngine:
                 failed[node] = mismatch
                 continue
             device = next(iter(global_params.values())).device
-            aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
-                      torch.tensor([received.weight], device=device))
-            reports.extend(received.reports)
+            kept = aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
+                             torch.tensor([received.weight], device=device))
+            reports.extend(received.reports if bool(kept[0]) else
+                           [dataclasses.replace(r, dropped=True) for r in received.reports])
         self._log_failures(round_number, failed, by_node)
         return reports
 
@@ -142,9 +143,10 @@ class FlowerEngine:
         if not received:
             return []
         device = next(iter(trained.values())).device
-        aggregate({name: (trained[name] + mean[name].to(device)).unsqueeze(0) for name in trained},
-                  torch.tensor([sum(reply.weight for reply in received.values())], device=device))
-        return [report for reply in received.values() for report in reply.reports]
+        kept = aggregate({name: (trained[name] + mean[name].to(device)).unsqueeze(0) for name in trained},
+                         torch.tensor([sum(reply.weight for reply in received.values())], device=device))
+        return [report if bool(kept[0]) else dataclasses.replace(report, dropped=True)
+                for reply in received.values() for report in reply.reports]
 
     def _log_failures(self, round_number: int, failed: dict[int, str], by_node: dict[int, list[int]]) -> None:
         for node, reason in failed.items():
@@ -292,7 +294,10 @@ def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: di
     `trained`: the global weights the round trains (a node sends back exactly those); `clipped`:
     DP is on, so the node weighs each user 1; `secure`: the weights are masked, only the report
     can be checked."""
-    weight = len(wanted) if clipped else sum(wanted.values())
+    # Users whose update the node dropped (not finite) are not in its mean.
+    dropped = {r.user for r in received.reports if r.dropped}
+    kept = {user: targets for user, targets in wanted.items() if user not in dropped}
+    weight = len(kept) if clipped else sum(kept.values())
     if received.num_targets != wanted or received.weight != weight:
         return (f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
                 f"server's {wanted}: the node's data does not match the server's")

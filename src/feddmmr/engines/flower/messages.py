@@ -16,7 +16,8 @@ train (server -> each node holding sampled users of the round), reply:
     -> report MetricRecord  num-examples (the node's FedAvg weight: its users' training targets;
                             with DP, its number of users, whose updates it clipped)
                             and per user, in `users` order: num-targets, mean-loss, steps,
-                            skipped-steps
+                            skipped-steps, dropped (1: its update was not finite, left out of
+                            the node's mean)
 
 evaluate (server -> each node holding users; model=feddmmr, whose memories never leave the
 nodes), reply:
@@ -114,6 +115,7 @@ def train_reply_content(params: dict[str, torch.Tensor], reports: list[ClientRep
             "mean-loss": [r.mean_loss for r in reports],
             "steps": [r.steps for r in reports],
             "skipped-steps": [r.skipped_steps for r in reports],
+            "dropped": [int(r.dropped) for r in reports],
         }),
     })
 
@@ -129,8 +131,9 @@ class TrainReply:
 def read_train_reply(message: Message) -> TrainReply:
     report = message.content[REPORT]
     users = [int(u) for u in report["users"]]
-    reports = [ClientReport(u, float(loss), int(steps), int(skipped))
-               for u, loss, steps, skipped in zip(users, report["mean-loss"], report["steps"], report["skipped-steps"])]
+    reports = [ClientReport(u, float(loss), int(steps), int(skipped), bool(dropped))
+               for u, loss, steps, skipped, dropped in zip(users, report["mean-loss"], report["steps"],
+                                                          report["skipped-steps"], report["dropped"])]
     params = read_params(message) if PARAMS in message.content else {}  # none under secure aggregation
     return TrainReply(params, float(report[NUM_EXAMPLES]),
                       dict(zip(users, (int(n) for n in report["num-targets"]))), reports)
