@@ -69,7 +69,7 @@ def main(argv=None) -> None:
             run = prepare_run(TrainConfig(data_dir=data_dir, top_users=top_users, threads=args.threads,
                                           run_dir=str(Path(scratch) / name), **small, **settings))
             engine = make_engine("vectorized", run.model, chunk_clients=run.config.chunk_clients,
-                                 chunk_windows=run.config.chunk_windows)
+                                 chunk_windows=run.config.chunk_windows, num_negatives=run.config.num_negatives)
             run_round(run, engine, 1)  # untimed: first-call costs
             runs[name] = (run, engine)
         times: dict[str, list[float]] = {name: [] for name in runs}

@@ -40,18 +40,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="untimed rounds before the sequential engine's (default: 0 after the vectorised "
                         "engine's warm-up has warmed the process, else --warmup)")
     p.add_argument("--eval-repeats", type=int, default=5, help="timed validations of all users")
-    p.add_argument("--max-seq-len", type=int, default=common.SEED_SETTING["max_seq_len"])
-    p.add_argument("--batch-size", type=int, default=common.SEED_SETTING["batch_size"])
-    p.add_argument("--hidden-dim", type=int, default=common.SEED_SETTING["hidden_dim"])
-    p.add_argument("--client-fraction", type=float, default=common.SEED_SETTING["client_fraction"])
-    p.add_argument("--chunk-clients", type=int, default=TrainConfig.chunk_clients)
-    p.add_argument("--chunk-windows", type=int, default=TrainConfig.chunk_windows)
+    p.add_argument("--setting", choices=("seed", "default"), default="seed",
+                   help="seed: the seed's setting (client Adam, batch 64, 1 epoch, FedAvg); default: feddmmr's "
+                        "default recipe (SGD clients, batch 4, 2 epochs, server Adam)")
+    p.add_argument("--local-optimizer", choices=("sgd", "adam"), help="override the setting's client optimiser "
+                   "(sgd: lr 1.0; adam: lr 1e-3)")
+    p.add_argument("--max-seq-len", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--hidden-dim", type=int)
+    p.add_argument("--client-fraction", type=float)
+    p.add_argument("--chunk-clients", default="auto", help="clients per chunk, or auto (the engine's default)")
+    p.add_argument("--chunk-windows", default="auto", help="windows per chunk, or auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "fp16", "bf16"))
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="tiny synthetic run that finishes in seconds (smoke test)")
     p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE",
                    help=f"also write the figures into a section of FILE (default {common.DOCS_RESULTS.relative_to(common.ROOT)})")
     args = p.parse_args(argv)
+    setting = dict(common.SEED_SETTING) if args.setting == "seed" else {}
+    if args.local_optimizer:
+        setting.update(local_optimizer=args.local_optimizer, learning_rate=1.0 if args.local_optimizer == "sgd" else 1e-3)
+    for name in ("max_seq_len", "batch_size", "hidden_dim", "client_fraction"):
+        if getattr(args, name) is None:
+            setting_value = setting.get(name, getattr(TrainConfig, name))
+            setattr(args, name, setting_value)
+        setting[name] = getattr(args, name)
+    args.train_setting = setting
     if args.sequential_warmup is None:
         args.sequential_warmup = 0 if "vectorized" in args.engines and args.rounds > 0 and args.warmup > 0 else args.warmup
     if args.quick:
@@ -65,16 +80,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_for(args, data_dir, top_users, run_dir: str) -> TrainConfig:
-    setting = {**common.SEED_SETTING, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
-               "hidden_dim": args.hidden_dim, "client_fraction": args.client_fraction}
+    setting = dict(args.train_setting)
+    if args.quick:
+        setting.update(hidden_dim=args.hidden_dim, max_seq_len=args.max_seq_len)
     return TrainConfig(data_dir=data_dir, top_users=top_users, run_dir=run_dir, threads=args.threads,
                        device=args.device, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows,
-                       **setting)
+                       amp=args.amp, **setting)
 
 
 def is_seed_setting(args, label: str) -> bool:
     """The issue's reference figures only describe the seed's setting on the top-1000 subset."""
-    return (label == "ml-1m-top1000" and not args.quick and args.max_seq_len == 50 and args.batch_size == 64
+    return (label == "ml-1m-top1000" and not args.quick and args.setting == "seed" and not args.local_optimizer
+            and args.max_seq_len == 50 and args.batch_size == 64
             and args.hidden_dim == 128 and args.client_fraction == 0.2)
 
 
@@ -107,7 +124,8 @@ def main(argv=None) -> None:
         timed = {"vectorized": args.rounds, "sequential": args.sequential_rounds}
         warmups = {"vectorized": args.warmup, "sequential": args.sequential_warmup}
         names = [n for n in args.engines if timed[n] > 0]
-        engines = {n: make_engine(n, run.model, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows)
+        engines = {n: make_engine(n, run.model, chunk_clients=args.chunk_clients, chunk_windows=args.chunk_windows,
+                                  num_negatives=config.num_negatives)
                    for n in names}
         weights = {n: initial for n in names}
         first_timed = args.warmup + 1  # every engine times rounds first_timed, first_timed+1, ...

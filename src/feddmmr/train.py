@@ -469,7 +469,8 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
     run.nodes = nodes
     c, state = run.config, run.state
     if engine is None and not c.centralized:
-        engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows)
+        engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
+                             num_negatives=c.num_negatives)
     optimizer = (TORCH_OPTIMIZERS[c.local_optimizer](run.model.parameters(), lr=c.learning_rate,
                                                      weight_decay=c.weight_decay)
                  if c.centralized else None)

@@ -7,15 +7,22 @@ each client's updated parameters to an aggregation rule, so they can be swapped 
 from __future__ import annotations
 
 from feddmmr.engines.base import ClientReport, LocalTraining
+from feddmmr.engines.chunking import log_chunks, resolve_chunks
 from feddmmr.engines.sequential import SequentialEngine
 from feddmmr.engines.vectorized import VectorizedEngine
 
 ENGINES = ("vectorized", "sequential")
 
 
-def make_engine(name: str, model, *, chunk_clients: int = 16, chunk_windows: int = 64):
+def make_engine(name: str, model, *, chunk_clients: str | int = "auto", chunk_windows: str | int = "auto",
+                num_negatives: int = 4):
+    """`chunk_*`: the vectorised engine's chunk sizes, numbers or "auto" (engines/chunking.py;
+    `num_negatives` enters its memory estimate); the sizes it uses are logged."""
     if name == "vectorized":
-        return VectorizedEngine(model, chunk_clients=chunk_clients, chunk_windows=chunk_windows)
+        device = next(model.parameters()).device
+        sizes = resolve_chunks(chunk_clients, chunk_windows, model, num_negatives, device)
+        log_chunks(sizes)
+        return VectorizedEngine(model, chunk_clients=sizes.clients, chunk_windows=sizes.windows)
     if name == "sequential":
         return SequentialEngine(model)
     raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES} (flower runs through `--engine flower`)")

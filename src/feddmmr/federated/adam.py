@@ -2,9 +2,10 @@
 
 Each step takes a device mask of the clients that step: a client whose step is inactive (no
 targets left, or a non-finite loss or gradient) keeps its parameters and, for Adam, its moments
-and step count. The mask is applied with `torch.where`, never by multiplying by zero: a skipped
-client's gradient may be inf or NaN, and NaN * 0 is NaN. All state lives on the parameters'
-device and no step reads a value back to the host, so a CUDA step loop never waits.
+and step count. The mask zeroes the inactive clients' gradients (in place: `step` owns the
+gradients it is given) and never multiplies by zero: a skipped client's gradient may be inf or
+NaN, and NaN * 0 is NaN. All state lives on the parameters' device and no step reads a value back
+to the host, so a CUDA step loop never waits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import torch
 def per_client(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A [clients] tensor shaped to broadcast against a [clients, ...] tensor."""
     return values.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def masked_gradient(grad: torch.Tensor, param: torch.Tensor, active: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    """The step's gradient (plus L2 weight decay), zero for inactive clients whatever it held."""
+    if weight_decay:
+        grad = grad.add(param, alpha=weight_decay)
+    return grad.masked_fill_(~per_client(active, grad), 0.0)
 
 
 class BatchedAdam:
@@ -48,10 +56,7 @@ class BatchedAdam:
         keep1 = torch.where(active, beta1, 1.0).float()  # the moments' decay; 1 keeps them
         keep2 = torch.where(active, beta2, 1.0).float()
         for name, param in self.params.items():
-            grad = grads[name]
-            if self.weight_decay:
-                grad = grad.add(param, alpha=self.weight_decay)
-            grad = torch.where(per_client(active, grad), grad, 0.0)
+            grad = masked_gradient(grads[name], param, active, self.weight_decay)
             exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
             exp_avg.mul_(per_client(keep1, param)).add_(grad, alpha=1 - beta1)
             exp_avg_sq.mul_(per_client(keep2, param)).addcmul_(grad, grad, value=1 - beta2)
@@ -69,10 +74,7 @@ class BatchedSGD:
     @torch.no_grad()
     def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
         for name, param in self.params.items():
-            grad = grads[name]
-            if self.weight_decay:
-                grad = grad.add(param, alpha=self.weight_decay)
-            param.sub_(torch.where(per_client(active, grad), grad, 0.0), alpha=self.lr)
+            param.sub_(masked_gradient(grads[name], param, active, self.weight_decay), alpha=self.lr)
 
 
 LOCAL_OPTIMIZERS = {"adam": BatchedAdam, "sgd": BatchedSGD}

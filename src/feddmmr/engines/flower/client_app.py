@@ -83,7 +83,8 @@ def train_users(message: Message, context: Context) -> Message:
                for user, sequence in zip(request.users, sequences)]
 
     engine = make_engine(str(context.node_config.get(LOCAL_ENGINE, "vectorized")), model,
-                         chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows)
+                         chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows,
+                         num_negatives=config.num_negatives)
     frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
