@@ -227,3 +227,32 @@ def test_paired_comparison_reads_each_runs_own_metrics_and_differences_per_user(
     assert test_line.endswith(f"NDCG@10 +0.0000 (se {abs(d):.4f}), 1 of 2 ahead"), swapped
     with pytest.raises(AssertionError, match="--a has 2 runs and --b 1"):
         run_script("paired_comparison.py", "--a", str(plain), str(plain), "--b", str(held_out))
+
+
+def test_gpu_check_without_cuda_says_so_and_exits():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run for real")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert "gpu_check: no CUDA device is visible" in result.stderr and "--device cpu --quick" in result.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_on_the_cpu_runs_every_path_and_prints_the_table():
+    out = run_script("gpu_check.py", "--device", "cpu", "--quick", timeout=600)
+    paths = [line for line in out.splitlines() if line.startswith("  ")]
+    assert len(paths) == 9 and all(" ok (" in p or "n/a (fp16 is CUDA only)" in p for p in paths), out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    assert [row.split("|")[2].strip() for row in rows] == ["off", "bf16", "off", "off"]
+    assert all(len(row.split("|")) == 9 for row in rows)
+
+
+@pytest.mark.slow
+def test_fp16_on_cpu_runs_float16_autocast_and_reports_finite_weights():
+    out = run_script("fp16_on_cpu.py", "--data", "synthetic", "--rounds", "2", "--amp", "fp16", timeout=600)
+    rounds = [line for line in out.splitlines() if line.startswith("  fp16 round")]
+    assert len(rounds) == 2 and all("global weights finite: True" in line for line in rounds), out
+    assert "synthetic fp16: validation HR@10 round 2" in out

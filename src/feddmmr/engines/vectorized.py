@@ -123,7 +123,8 @@ class VectorizedEngine:
             if memory is not None:
                 slots = memory.select(batch.users, device)
                 positives = stack_positives(chunk, device)
-            # No host synchronisation in this loop: which clients step is a device mask.
+            # Which clients step is a device mask: off the CPU, FedSASRec's loop never waits for the
+            # host (the FedDMMR memory update still reads its block sizes there).
             for step in range(batch.inputs.shape[1]):
                 active = batch.active[:, step]
                 scale = scales.scale
@@ -143,7 +144,7 @@ class VectorizedEngine:
                 step_active = active & finite
                 if local.precision.scaling:
                     grads = {n: g / scale.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
-                scales.update(non_finite, step_active)
+                    scales.update(non_finite, step_active)
                 optimizer.step(grads, step_active)
                 loss_sum += torch.where(step_active, losses.double(), 0.0)
                 steps_trained += step_active.long()

@@ -24,15 +24,16 @@ class FedAvg:
         kept [clients]: an update with a non-finite value is dropped (it would make the global
         model non-finite) and counted in `dropped`."""
         clients = len(weights)
-        finite = torch.ones(clients, dtype=torch.bool, device=weights.device)
-        for stacked in client_params.values():
-            # A sum is non-finite exactly when some element is: one read of each tensor.
-            finite &= torch.isfinite(stacked.reshape(clients, -1).sum(1, dtype=torch.float64))
-        weights = torch.where(finite, weights, 0.0)
+        # A sum is non-finite exactly when some element is (or when the values are near float32's
+        # limit, which no update should reach either): one read of each tensor.
+        sums = torch.stack([stacked.reshape(clients, -1).sum(1, dtype=torch.float32) for stacked in client_params.values()])
+        finite = torch.isfinite(sums.sum(0))
+        everyone = bool(finite.all())  # once per chunk: copies the values only when some must go
+        weights = weights if everyone else torch.where(finite, weights, 0.0)
         # The weighted sum of a chunk in the parameters' precision, accumulated across chunks in
         # float64 so that the order in which engines hand over clients hardly matters.
         for name, stacked in client_params.items():
-            kept = torch.where(finite.view((-1,) + (1,) * (stacked.dim() - 1)), stacked, 0.0)
+            kept = stacked if everyone else torch.where(finite.view((-1,) + (1,) * (stacked.dim() - 1)), stacked, 0.0)
             self.sums[name] += torch.tensordot(weights.to(stacked.dtype), kept, dims=1).to(torch.float64)
         self.total_weight += float(weights.double().sum())
         kept_clients = int(finite.sum())
