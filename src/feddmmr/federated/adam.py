@@ -35,7 +35,7 @@ class BatchedAdam:
 
     On the CPU (torch >= 2.4) the update runs in torch's fused Adam kernel, one call per group of
     clients at the same step count: it reads the groups on the host, which costs nothing there,
-    and is one pass over the weights instead of ten (the seed setting's round: 14% faster).
+    and is one pass over the weights instead of about ten.
     Elsewhere it is element-wise tensor code with per-client step counts and no host read.
     """
 
