@@ -1,0 +1,138 @@
+"""Behaviour pinned: the same config and seed give the same numbers, bit for bit, as recorded.
+
+Each case trains a few rounds on the built-in synthetic data (one thread) and compares every
+round's training loss and validation metrics, and final.json's test metrics, with values recorded
+from the code before a refactoring. A change that is meant to change the numbers re-records them
+(`python tests/test_golden.py` prints the current values) and says why in its commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SMALL = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=3,
+             validate_every=1, patience=0, threads=1, top_users=120)
+CASES = {
+    "fedsasrec": dict(),
+    "fedsasrec-adam-fedavgm": dict(local_optimizer="adam", learning_rate=1e-3, server_optimizer="fedavgm",
+                                   server_learning_rate=1.0),
+    "dp": dict(dp_clip_norm=0.5, dp_noise_multiplier=0.3),
+    "feddmmr": dict(model="feddmmr"),
+    "centralized": dict(centralized=True, local_optimizer="adam", learning_rate=1e-3, batch_size=64),
+    "flower": dict(engine="flower", flower_supernodes=2),
+}
+METRICS = ("HR@10", "NDCG@10", "MRR")
+
+
+def synthetic_features(folder: Path) -> Path:
+    """Random 8-d features for every item of the built-in synthetic data (FedDMMR's modality)."""
+    from feddmmr.data.load import load_sequences
+    from feddmmr.features.store import save_features
+
+    data = load_sequences(None)
+    path = folder / "features.npz"
+    save_features(path, data.item_ids[1:], np.random.default_rng(0).normal(size=(data.num_items, 8)).astype(np.float32))
+    return path
+
+
+def observe(case: str, folder: Path) -> dict:
+    """Per round: train loss and validation metrics; then the test metrics of final.json."""
+    from feddmmr.config import TrainConfig
+    from feddmmr.train import train
+
+    fields = {**SMALL, **CASES[case], "run_dir": str(folder / case)}
+    if case == "feddmmr":
+        fields["modality"] = [f"text={synthetic_features(folder)}"]
+    threads = torch.get_num_threads()
+    try:
+        if case == "flower":
+            from test_flower import InProcessGrid, partitions
+
+            from feddmmr.engines.flower.client_app import make_client_app
+            from feddmmr.engines.flower.server_app import train_on_grid
+
+            grid = InProcessGrid(make_client_app(), partitions(2))
+            result = train_on_grid(grid, TrainConfig(**fields))
+        else:
+            result = train(TrainConfig(**fields))
+    finally:
+        torch.set_num_threads(threads)
+    final = json.loads((folder / case / "final.json").read_text())
+    return {
+        "rounds": [[r["train_loss"], *[r["val"][m] for m in METRICS]] for r in result.history],
+        "test": [final["test"][m] for m in METRICS],
+    }
+
+
+GOLDEN: dict[str, dict] = {  # recorded at e51976a (python tests/test_golden.py)
+    'fedsasrec': {
+        "rounds": [
+            [1.462508689948429, 0.6, 0.28305838839874536, 0.21410022027765838],
+            [1.4186531545043428, 0.7083333333333334, 0.34417740883805753, 0.2528468067951427],
+            [1.3419541523681606, 0.6833333333333333, 0.3845943972210831, 0.3128011464369823],
+        ],
+        "test": [0.6, 0.2931068811668739, 0.2290641743447471],
+    },
+    'fedsasrec-adam-fedavgm': {
+        "rounds": [
+            [1.6038790223329455, 0.525, 0.22413012393463821, 0.1657157597018278],
+            [1.6005970781337977, 0.5416666666666666, 0.2336164241875555, 0.171795198910137],
+            [1.5955151072619382, 0.5583333333333333, 0.2422445905147806, 0.17710823128683034],
+        ],
+        "test": [0.49166666666666664, 0.2248016331213939, 0.18010267080700515],
+    },
+    'dp': {
+        "rounds": [
+            [1.4608685253481963, 0.55, 0.23282005911959966, 0.16917846429456335],
+            [1.4518440753599817, 0.525, 0.23761743722381365, 0.18374957179330245],
+            [1.4217954354858493, 0.575, 0.2744379949754151, 0.21354247854828348],
+        ],
+        "test": [0.5083333333333333, 0.23864653798337276, 0.1919483860079835],
+    },
+    'feddmmr': {
+        "rounds": [
+            [1.4564420695044484, 0.5833333333333334, 0.2839348896939711, 0.2212133728271499],
+            [1.3834048997882844, 0.675, 0.3400765476413721, 0.26113272090826267],
+            [1.2523529303704086, 0.6583333333333333, 0.38127040572695364, 0.3182861346241764],
+        ],
+        "test": [0.5666666666666667, 0.2878586806500693, 0.2343519619999883],
+    },
+    'centralized': {
+        "rounds": [
+            [1.5922477871555392, 0.6333333333333333, 0.3022937255099457, 0.22540632584363235],
+            [1.4938535942308244, 0.6583333333333333, 0.40286451139529683, 0.3459215154542167],
+            [1.3729237140142814, 0.6583333333333333, 0.40842636919140285, 0.3519764545596589],
+        ],
+        "test": [0.6583333333333333, 0.3769556041089438, 0.31407890122576654],
+    },
+    'flower': {
+        "rounds": [
+            [1.461255399873538, 0.6083333333333333, 0.2883253959546502, 0.2173915787944426],
+            [1.4160493022394243, 0.6666666666666666, 0.34949028837256063, 0.2758723892779621],
+            [1.3418328774502195, 0.6833333333333333, 0.3901017910577829, 0.32062444020261355],
+        ],
+        "test": [0.6916666666666667, 0.3581516022212478, 0.27900096549477355],
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_run_repeats_the_recorded_numbers_bit_for_bit(case, tmp_path):
+    if case == "flower":
+        pytest.importorskip("flwr")
+    assert observe(case, tmp_path) == GOLDEN[case]
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        print({case: observe(case, Path(tmp)) for case in CASES})
