@@ -194,7 +194,7 @@ def measure_one(args, engine: str, clients: int) -> dict:
 
     import_started = time.perf_counter()
     if engine != "local":
-        from feddmmr.engines.flower import run_flower_simulation as run
+        from feddmmr.engines.flower.simulation import run_flower_simulation as run
         from feddmmr.engines.flower.engine import FlowerEngine
     else:
         run = train_module.train

@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from feddmmr.engines import LocalTraining, make_engine
+from feddmmr.engines import LocalTraining, RoundContext, make_engine
 from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches, touched_items, training_windows
 from feddmmr.federated.precision import Precision
 from feddmmr.model.sasrec import SASRec, SASRecConfig
+
+ROUND = RoundContext(round=1, seed=0)
 
 
 def model(dropout=0.0):
@@ -33,7 +35,7 @@ def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=
     engine = make_engine(engine_name, m, **engine_options)
     local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, "ce", Precision("off", "cpu"),
                           optimizer=optimizer, clip_norm=clip_norm)
-    reports = engine.train(global_params, batches, local, aggregator.add)
+    reports = engine.train(ROUND, global_params, batches, local, aggregator.add)
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
@@ -184,8 +186,9 @@ def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), **engine_op
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
     local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=memory,
-                          auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1), frozen=frozen)
-    reports = engine.train(global_params, batches, local, aggregator.add)
+                          auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1), frozen=frozen,
+                          optimizer="adam")
+    reports = engine.train(ROUND, global_params, batches, local, aggregator.add)
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
@@ -252,8 +255,8 @@ def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage
     from feddmmr.model.losses import AuxiliaryWeights
 
     local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=feddmmr_memories(m, 4),
-                          auxiliary=AuxiliaryWeights(alignment=0.1), frozen=frozen)
-    make_engine(engine_name, m).train(global_params, batches, local, check)
+                          auxiliary=AuxiliaryWeights(alignment=0.1), frozen=frozen, optimizer="adam")
+    make_engine(engine_name, m).train(ROUND, global_params, batches, local, check)
     assert seen and all(names.isdisjoint(frozen) for names in seen)  # frozen tensors are never aggregated
     assert changed == set(global_params) - frozen  # the others all train
     for name, p in m.named_parameters():  # the engine leaves the model as it was handed over

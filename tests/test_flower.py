@@ -352,7 +352,7 @@ def run_with_hard_timeout(command: list[str], *, env: dict, cwd: Path, timeout: 
 SIMULATION_SCRIPT = textwrap.dedent("""
     import json, shutil, sys
     from feddmmr.config import TrainConfig
-    from feddmmr.engines.flower import run_flower_simulation
+    from feddmmr.engines.flower.simulation import run_flower_simulation
 
     settings = json.loads(sys.argv[1])
     run_dir = settings["run_dir"]

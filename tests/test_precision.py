@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from feddmmr.engines import LocalTraining, make_engine
+from feddmmr.engines import LocalTraining, RoundContext, make_engine
 from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, ClientBatches, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.model.sasrec import SASRec, SASRecConfig
+
+ROUND = RoundContext(round=1, seed=0)
 
 POISON = 9  # an item whose embedding makes every score that touches it overflow
 HUGE = 2.0**24  # a loss scale that overflows float16 in the tiny model's backward pass (2**16 does not)
@@ -57,7 +59,8 @@ def test_a_client_with_a_non_finite_loss_is_skipped_and_logged(engine_name, opti
         return LocalTraining(1e-2, 0.0, "ce", Precision("off", "cpu"), optimizer=optimizer)
 
     with caplog.at_level(logging.WARNING):
-        reports = make_engine(engine_name, model).train(global_params, [poisoned, healthy], local(), aggregator.add)
+        reports = make_engine(engine_name, model).train(ROUND, global_params, [poisoned, healthy], local(),
+                                                        aggregator.add)
     by_user = {r.user: r for r in reports}
     assert by_user[0].skipped_steps == 1 and by_user[0].steps == 0
     assert by_user[1].skipped_steps == 0 and by_user[1].steps == 1
@@ -65,7 +68,7 @@ def test_a_client_with_a_non_finite_loss_is_skipped_and_logged(engine_name, opti
     # The skipped client kept the global weights (a skipped step moves nothing, NaN included),
     # so the mean is half-way between them and the healthy client's.
     healthy_only = FedAvg(global_params)
-    make_engine(engine_name, model).train(global_params, [healthy], local(), healthy_only.add)
+    make_engine(engine_name, model).train(ROUND, global_params, [healthy], local(), healthy_only.add)
     mixed = aggregator.result()
     assert all_finite({n: p for n, p in mixed.items() if n != "item_embedding.weight"})
     for name, value in healthy_only.result().items():
@@ -100,8 +103,8 @@ def test_fp16_clients_overflowing_at_a_huge_scale_skip_halve_on_their_own_and_ke
         precision = Precision("fp16", "cpu", scale=HUGE)
         global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
         aggregator = FedAvg(global_params)
-        reports = make_engine(engine_name, model).train(
-            global_params, batches, LocalTraining(0.5, 0.0, "ce", precision, optimizer="sgd"), aggregator.add)
+        local = LocalTraining(0.5, 0.0, "ce", precision, optimizer="sgd")
+        reports = make_engine(engine_name, model).train(ROUND, global_params, batches, local, aggregator.add)
         result = aggregator.result()
         assert all_finite(result) and aggregator.dropped == 0, engine_name
         assert all(r.skipped_steps > 0 and r.steps > 0 for r in reports), engine_name
@@ -183,7 +186,7 @@ def test_bf16_autocast_trains_on_cpu():
     model = tiny_model()
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     aggregator = FedAvg(global_params)
-    reports = make_engine("vectorized", model).train(
-        global_params, [client(0, [1, 2, 3, 4])], LocalTraining(1e-2, 0.0, "ce", Precision("bf16", "cpu")), aggregator.add)
+    local = LocalTraining(1e-2, 0.0, "ce", Precision("bf16", "cpu"), optimizer="adam")
+    reports = make_engine("vectorized", model).train(ROUND, global_params, [client(0, [1, 2, 3, 4])], local, aggregator.add)
     assert reports[0].steps == 1 and np.isfinite(reports[0].mean_loss)
     assert not torch.equal(aggregator.result()["item_embedding.weight"], global_params["item_embedding.weight"])

@@ -171,7 +171,7 @@ class PoisoningEngine:
 
         self.inner, self.poisoned = SequentialEngine(model), poisoned
 
-    def train(self, global_params, clients, local, aggregate, progress=None):
+    def train(self, context, global_params, clients, local, aggregate, progress=None):
         calls = []
 
         def poisoning(params, weights):
@@ -180,7 +180,7 @@ class PoisoningEngine:
                 params = {name: torch.full_like(p, float("nan")) for name, p in params.items()}
             return aggregate(params, weights)
 
-        return self.inner.train(global_params, clients, local, poisoning, progress)
+        return self.inner.train(context, global_params, clients, local, poisoning, progress)
 
 
 def test_a_non_finite_client_update_is_dropped_counted_and_never_reaches_the_global_model(tiny_data, tmp_path, caplog):

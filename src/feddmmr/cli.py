@@ -125,7 +125,12 @@ def train_command(**options) -> None:
             console.print(_round_line(record), highlight=False)
 
         try:
-            result = train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
+            if config.engine == "flower" and not config.centralized:  # the run is a Flower app
+                from feddmmr.engines.flower.simulation import run_flower_simulation
+
+                result = run_flower_simulation(config, resume=resume is not None, on_round=on_round)
+            else:
+                result = train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             fail(str(error))
     test, valid = result.final["test"], result.final["valid"]

@@ -72,6 +72,8 @@ class TrainConfig:
     learning_rate: float = _opt(1.0, "learning rate of the client's optimiser (and of the model's with --centralized)")
     weight_decay: float = _opt(0.0, "L2 weight decay of the client optimiser")
     local_optimizer: str = _opt("sgd", "the client's optimiser, fresh each round: sgd or adam (also the optimiser of --centralized)")
+    aggregator: str = _opt("fedavg", "how the clients' updates combine: fedavg (their mean, weighted by training targets), "
+                                     "or a rule registered with feddmmr.federated.aggregation.register_aggregator")
     server_optimizer: str = _opt("fedadam", "fedadam (an Adam step along the clients' weighted mean change), fedavg (adopt the weighted mean) or fedavgm (server momentum along it)")
     server_learning_rate: float = _opt(8e-3, "server learning rate of fedadam and fedavgm (fedavgm: 1 is FedAvg's step)")
     server_epsilon: float = _opt(1e-6, "fedadam's epsilon (tau in Reddi et al. 2021), added to the root of its second moment")
@@ -106,13 +108,17 @@ class TrainConfig:
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
 
     def __post_init__(self) -> None:
+        from feddmmr.engines import ENGINES  # the registries: rules and engines registered by name
+        from feddmmr.federated.aggregation import AGGREGATORS
+
         choices = {
             "model": ("fedsasrec", "feddmmr"),
             "router": ("learned", "uniform"),
             "loss": ("ce", "bpr"),
             "local_optimizer": ("adam", "sgd"),
             "server_optimizer": ("fedavg", "fedavgm", "fedadam"),
-            "engine": ("vectorized", "sequential", "flower"),
+            "engine": (*ENGINES, "flower"),
+            "aggregator": tuple(AGGREGATORS),
             "eval": ("sampled", "full"),
             "amp": ("auto", "off", "fp16", "bf16"),
         }
@@ -157,6 +163,9 @@ class TrainConfig:
             raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if self.centralized:
             raise ValueError("dp_clip_norm is user-level DP for federated rounds; --centralized pools the users")
+        if self.aggregator != "fedavg":
+            raise ValueError(f"dp_clip_norm aggregates with DP-FedAvg (clipped updates plus noise); it cannot be combined "
+                             f"with aggregator={self.aggregator!r}")
 
     def _check_feddmmr(self) -> None:
         if isinstance(self.modality, str):  # a preset may give a single NAME=FILE

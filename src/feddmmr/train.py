@@ -24,12 +24,12 @@ from feddmmr.config import TrainConfig, saved_config
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.split import LeaveOneOut, leave_one_out
-from feddmmr.engines import LocalTraining, make_engine
+from feddmmr.engines import LocalTraining, RoundContext, make_engine
 from feddmmr.engines.base import guarded_step
 from feddmmr.evaluation import EvalSet, evaluate, held_out_ranks, make_eval_sets, metrics_from_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
-from feddmmr.federated.aggregation import FedAvg, ServerAdam, ServerMomentum
+from feddmmr.federated.aggregation import ServerAdam, ServerMomentum, make_aggregator
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.precision import Precision, resolve_amp
@@ -360,7 +360,7 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     eligible = np.flatnonzero(split.num_train_targets > 0)
     if c.dp_clip_norm is None:
         users = sample_clients(eligible, c.client_fraction, c.seed, round_number)
-        aggregator = FedAvg(global_params)
+        aggregator = make_aggregator(c.aggregator, global_params)
     else:
         users = poisson_sample(eligible, c.client_fraction, c.seed, round_number)
         noise = torch.Generator().manual_seed(round_seed(c.seed, round_number) + 1)
@@ -372,7 +372,8 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         for u in users
     ]
     progress = progress_factory(round_number, len(users)) if progress_factory else None
-    reports = engine.train(global_params, batches, run.local_training(), aggregator.add, progress)
+    reports = engine.train(RoundContext(round_number, c.seed), global_params, batches, run.local_training(),
+                           aggregator.add, progress)
     new_params = aggregator.result()
     if run.server_optimizer is not None:
         new_params = run.server_optimizer.step(global_params, new_params)
@@ -459,11 +460,11 @@ class RunResult:
 def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
           progress_factory: ProgressFactory | None = None, engine=None) -> RunResult:
     """Run (or resume) training. `engine` overrides the one named in the config: the Flower
-    ServerApp passes an engine that sends each round's local updates to Flower clients."""
+    ServerApp passes an engine that sends each round's local updates to Flower clients (a run
+    with engine=flower starts as a Flower app: `run_flower_simulation`, or `flwr run`)."""
     if config.engine == "flower" and engine is None and not config.centralized:
-        from feddmmr.engines.flower import run_flower_simulation
-
-        return run_flower_simulation(config, resume=resume, on_round=on_round)
+        raise ValueError("engine=flower runs as a Flower app: feddmmr.engines.flower.simulation.run_flower_simulation"
+                         "(config), `feddmmr train --engine flower` or `flwr run` (docs/DEPLOY.md)")
     nodes = engine if config.model == "feddmmr" and hasattr(engine, "evaluate_on_nodes") else None
     run = prepare_run(config, resume=resume, memories_on_nodes=nodes is not None)
     run.nodes = nodes

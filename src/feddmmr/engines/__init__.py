@@ -1,31 +1,53 @@
 """Local engines: run many clients' local updates of one round.
 
-Both take the same inputs (global parameters, the clients' batches, the local settings) and feed
-each client's updated parameters to an aggregation rule, so they can be swapped freely.
+Every engine follows `Engine` (engines/base.py): the same inputs (the round's context, the global
+parameters, the clients' batches, the local settings) and each client's updated parameters fed to
+an aggregation rule, so they can be swapped freely. An engine is added by writing its class and
+registering a factory under a name (`register_engine`); `--engine NAME` then runs it. Flower's
+engine is not made here: `--engine flower` runs the whole run as a Flower app.
 """
 
 from __future__ import annotations
 
-from feddmmr.engines.base import ClientReport, LocalTraining
+from typing import Callable
+
+import torch
+
+from feddmmr.engines.base import ClientReport, Engine, LocalTraining, RoundContext
 from feddmmr.engines.chunking import log_chunks, resolve_chunks
 from feddmmr.engines.sequential import SequentialEngine
 from feddmmr.engines.vectorized import VectorizedEngine
 
-ENGINES = ("vectorized", "sequential")
+# factory(model, chunk_clients=..., chunk_windows=..., num_negatives=...) -> Engine
+EngineFactory = Callable[..., Engine]
+ENGINES: dict[str, EngineFactory] = {}
 
 
-def make_engine(name: str, model, *, chunk_clients: str | int = "auto", chunk_windows: str | int = "auto",
-                num_negatives: int = 4):
+def register_engine(name: str, factory: EngineFactory) -> None:
+    """Make `factory` the engine `name` (`--engine name`, `make_engine(name, ...)`)."""
+    if name == "flower":
+        raise ValueError("'flower' names the Flower app, which runs the whole run; pick another name")
+    ENGINES[name] = factory
+
+
+def make_engine(name: str, model: torch.nn.Module, *, chunk_clients: str | int = "auto",
+                chunk_windows: str | int = "auto", num_negatives: int = 4) -> Engine:
     """`chunk_*`: the vectorised engine's chunk sizes, numbers or "auto" (engines/chunking.py;
     `num_negatives` enters its memory estimate); the sizes it uses are logged."""
-    if name == "vectorized":
-        device = next(model.parameters()).device
-        sizes = resolve_chunks(chunk_clients, chunk_windows, model, num_negatives, device)
-        log_chunks(sizes)
-        return VectorizedEngine(model, chunk_clients=sizes.clients, chunk_windows=sizes.windows)
-    if name == "sequential":
-        return SequentialEngine(model)
-    raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES} (flower runs through `--engine flower`)")
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; expected one of {tuple(ENGINES)} (flower runs through "
+                         f"`--engine flower`)")
+    return ENGINES[name](model, chunk_clients=chunk_clients, chunk_windows=chunk_windows, num_negatives=num_negatives)
 
 
-__all__ = ["ENGINES", "ClientReport", "LocalTraining", "SequentialEngine", "VectorizedEngine", "make_engine"]
+def _vectorized(model: torch.nn.Module, *, chunk_clients, chunk_windows, num_negatives) -> VectorizedEngine:
+    sizes = resolve_chunks(chunk_clients, chunk_windows, model, num_negatives, next(model.parameters()).device)
+    log_chunks(sizes)
+    return VectorizedEngine(model, chunk_clients=sizes.clients, chunk_windows=sizes.windows)
+
+
+register_engine("vectorized", _vectorized)
+register_engine("sequential", lambda model, **options: SequentialEngine(model))
+
+__all__ = ["ENGINES", "ClientReport", "Engine", "LocalTraining", "RoundContext", "SequentialEngine",
+           "VectorizedEngine", "make_engine", "register_engine"]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 
@@ -15,6 +15,15 @@ if TYPE_CHECKING:
 # an update the aggregator dropped (not finite)
 Aggregate = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What an engine is told of the round it trains, explicitly: the round number (the clients'
+    batches and a Flower node's random streams depend on it) and the run's seed."""
+
+    round: int
+    seed: int
 
 
 @dataclass
@@ -33,7 +42,7 @@ class LocalTraining:
     memory: ClientMemories | None = None
     auxiliary: AuxiliaryWeights = AuxiliaryWeights()
     frozen: frozenset[str] = frozenset()
-    optimizer: str = "adam"  # the client's optimiser, fresh every round: adam or sgd
+    optimizer: str = "sgd"  # the client's optimiser, fresh every round: sgd (the default recipe) or adam
     # DP: each client's update is clipped to this L2 norm and weighs 1 (federated/privacy.py)
     clip_norm: float | None = None
 
@@ -45,6 +54,17 @@ class ClientReport:
     steps: int
     skipped_steps: int  # non-finite loss or gradient: never trained on
     dropped: bool = False  # its update was not finite: left out of the aggregate
+
+
+class Engine(Protocol):
+    """Runs one round's local training: each client of `clients` trains from `global_params` as
+    `local` says, and its updated parameters go to `aggregate` (alone or in chunks). Returns one
+    report per client. An engine changes nothing but the aggregator and, for FedDMMR, the client
+    memories in `local.memory`."""
+
+    def train(self, context: RoundContext, global_params: dict[str, torch.Tensor], clients: list,
+              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> list[ClientReport]:
+        ...
 
 
 def guarded_step(objective: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,

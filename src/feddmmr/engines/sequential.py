@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, guarded_step
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, guarded_step
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.federated.privacy import clip_updates
@@ -25,6 +25,7 @@ class SequentialEngine:
 
     def train(
         self,
+        context: RoundContext,
         global_params: dict[str, torch.Tensor],
         clients: list[ClientBatches],
         local: LocalTraining,

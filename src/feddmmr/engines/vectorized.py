@@ -25,7 +25,7 @@ import logging
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext
 from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
 from feddmmr.federated.privacy import clip_updates
@@ -93,6 +93,7 @@ class VectorizedEngine:
 
     def train(
         self,
+        context: RoundContext,
         global_params: dict[str, torch.Tensor],
         clients: list[ClientBatches],
         local: LocalTraining,

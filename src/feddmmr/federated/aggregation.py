@@ -1,12 +1,49 @@
 """Aggregation rules: small streaming reducers over stacked client parameters.
 
 Engines hand over clients in chunks ([clients, ...] tensors) so that a round never holds every
-client's copy of the model at once.
+client's copy of the model at once. An aggregation rule is the one place that knows how updates
+combine: it follows `Aggregator`, and is added by writing its class and registering it
+(`register_aggregator`); `--aggregator NAME` then uses it. The server optimiser (FedAdam, FedAvgM)
+steps along the change the aggregate proposes, whatever rule made it. User-level DP replaces the
+rule with DP-FedAvg (federated/privacy.py).
 """
 
 from __future__ import annotations
 
+from typing import Callable, Protocol
+
 import torch
+
+
+class Aggregator(Protocol):
+    """Takes the clients' updated parameters chunk by chunk, then proposes the new global ones."""
+
+    dropped: int  # client updates left out (not finite)
+
+    def add(self, client_params: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """client_params[name]: [clients, *shape]; weights: [clients] (training targets). Returns
+        which clients were kept [clients]."""
+        ...
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The proposed global parameters (the current ones when no client was kept)."""
+        ...
+
+
+# factory(global_params) -> a fresh Aggregator for one round
+AggregatorFactory = Callable[[dict[str, torch.Tensor]], Aggregator]
+AGGREGATORS: dict[str, AggregatorFactory] = {}
+
+
+def register_aggregator(name: str, factory: AggregatorFactory) -> None:
+    """Make `factory` the aggregation rule `name` (`--aggregator name`)."""
+    AGGREGATORS[name] = factory
+
+
+def make_aggregator(name: str, global_params: dict[str, torch.Tensor]) -> Aggregator:
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {name!r}; expected one of {tuple(AGGREGATORS)}")
+    return AGGREGATORS[name](global_params)
 
 
 class FedAvg:
@@ -49,6 +86,9 @@ class FedAvg:
             name: (total / self.total_weight).to(self.global_params[name].dtype)
             for name, total in self.sums.items()
         }
+
+
+register_aggregator("fedavg", FedAvg)
 
 
 class ServerAdam:

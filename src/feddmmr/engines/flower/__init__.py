@@ -9,16 +9,7 @@ engines' update on each SuperNode's own users, and the simulation that runs both
     run_config.py  TrainConfig <-> Flower run config
     simulation.py  run_flower_simulation (`feddmmr train --engine flower`)
     partition.py   split a dataset into per-node data files for a deployment
+
+The package itself imports nothing: flwr and ray take seconds to import, and partition.py,
+node_data.py and run_config.py do not need them.
 """
-
-__all__ = ["run_flower_simulation"]
-
-
-def __getattr__(name: str):
-    # Imported on first use: flwr and ray take seconds to import, and partition.py,
-    # node_data.py and run_config.py do not need them.
-    if name == "run_flower_simulation":
-        from feddmmr.engines.flower.simulation import run_flower_simulation
-
-        return run_flower_simulation
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

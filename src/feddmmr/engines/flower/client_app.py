@@ -33,7 +33,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines import LocalTraining, make_engine
+from feddmmr.engines import LocalTraining, RoundContext, make_engine
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.node_data import NodeData, load_node_data, node_seed
 from feddmmr.engines.flower.secure_aggregation import secure_aggregation_mod
@@ -89,7 +89,7 @@ def train_users(message: Message, context: Context) -> Message:
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
     with node_state(context, config, data.user_ids(), precision):
-        reports = engine.train(global_params, batches,
+        reports = engine.train(RoundContext(request.round, config.seed), global_params, batches,
                                LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision,
                                              memory=memory, auxiliary=auxiliary_weights(config), frozen=frozen,
                                              optimizer=config.local_optimizer, clip_norm=config.dp_clip_norm),

@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.secure_aggregation import secure_mean_update
 from feddmmr.evaluation import EvalSet
@@ -56,20 +56,10 @@ class FlowerEngine:
         self.user_index = {uid: u for u, uid in enumerate(self.user_ids)}
         self.owner: dict[int, int] = {}  # user -> node id
         self.known_nodes: set[int] = set()
-        self.round_number: int | None = None
 
-    def begin_round(self, round_number: int, clients_in_round: int) -> None:
-        """A progress factory for train() (`progress_factory=engine.begin_round`), called at the
-        start of each round: the engine interface carries no round number, and the nodes need it
-        for their users' batches. Returns no progress callback."""
-        self.round_number = round_number
-
-    def train(self, global_params: dict[str, torch.Tensor], clients: list[ClientBatches], local: LocalTraining,
-              aggregate: Aggregate, progress: Progress | None = None) -> list[ClientReport]:
-        if self.round_number is None:
-            raise RuntimeError("FlowerEngine.train needs the round number: call train(..., engine=engine, "
-                               "progress_factory=engine.begin_round)")
-        round_number, self.round_number = self.round_number, None
+    def train(self, context: RoundContext, global_params: dict[str, torch.Tensor], clients: list[ClientBatches],
+              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> list[ClientReport]:
+        round_number = context.round
         if local.memory is not None:
             raise ValueError("client memories (model=feddmmr) stay on the SuperNodes: the server's run must "
                              "not hold them (train(..., engine=FlowerEngine) leaves them to the nodes)")

@@ -53,7 +53,7 @@ def train_on_grid(grid: Grid, config: TrainConfig, *, resume: bool = False,
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users,
                           min_length=config.min_length)
     engine = FlowerEngine(grid, config, data.user_ids, data.item_ids)
-    result = train(config, resume=resume, on_round=on_round, engine=engine, progress_factory=engine.begin_round)
+    result = train(config, resume=resume, on_round=on_round, engine=engine)
     log.info("flower run finished: best round %s, test %s (%s)", result.final["best_round"], result.final["test"],
              result.run_dir)
     return result
