@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     common.require_feddmmr()
     from feddmmr.evaluation import metrics_from_ranks, ranks_of_first
     from feddmmr.features.store import load_modality
-    from feddmmr.train import load_best_model
+    from feddmmr.best_model import load_best_model
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())

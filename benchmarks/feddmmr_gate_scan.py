@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     common.require_feddmmr()
-    from feddmmr.train import load_best_model
+    from feddmmr.best_model import load_best_model
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())

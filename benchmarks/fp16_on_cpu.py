@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+import feddmmr.run_setup as run_setup  # noqa: E402
 import feddmmr.train as training  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
 
@@ -35,7 +36,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     data_dir, top_users, label = common.dataset(args.data)
     torch.set_num_threads(args.threads)
-    training.resolve_amp = lambda mode, device: mode  # allow fp16 on the CPU, for this script only
+    run_setup.resolve_amp = lambda mode, device: mode  # allow fp16 on the CPU, for this script only
     print(common.machine_line())
     original = training.run_round
     for amp in args.amp:

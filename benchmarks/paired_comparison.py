@@ -47,7 +47,7 @@ def main(argv=None) -> None:
         sys.exit(f"--a has {len(args.a)} runs and --b {len(args.b)}: give one run of each per seed, paired in order")
     common.require_feddmmr()
     from feddmmr.evaluation import user_metrics
-    from feddmmr.train import load_best_model
+    from feddmmr.best_model import load_best_model
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())

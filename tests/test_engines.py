@@ -294,7 +294,7 @@ def test_fedadam_steps_along_the_average_and_keeps_its_moments():
 def test_the_server_optimiser_follows_the_config():
     from feddmmr.config import TrainConfig
     from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
-    from feddmmr.train import make_server_optimizer
+    from feddmmr.run_setup import make_server_optimizer
 
     default = make_server_optimizer(TrainConfig())
     assert isinstance(default, ServerAdam) and (default.lr, default.tau) == (8e-3, 1e-6)

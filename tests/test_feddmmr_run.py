@@ -12,7 +12,8 @@ from feddmmr.checkpoint import load_checkpoint
 from feddmmr.cli import app
 from feddmmr.config import TrainConfig, resolve_config
 from feddmmr.features.store import save_features
-from feddmmr.train import evaluate_run, train
+from feddmmr.best_model import evaluate_run
+from feddmmr.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
@@ -98,7 +99,7 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
 
 
 def test_the_novelty_setting_reaches_the_memory():
-    from feddmmr.train import memory_config
+    from feddmmr.run_setup import memory_config
 
     assert memory_config(TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=0.4)).novelty_threshold == 0.4
     assert memory_config(TrainConfig()).novelty_threshold == 0.583  # the seed's value

@@ -438,7 +438,7 @@ def test_feddmmr_on_flower_keeps_memories_on_the_nodes_and_matches_the_local_eng
 
 
 def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes(tiny_data, text_features, tmp_path):
-    from feddmmr.train import evaluate_run
+    from feddmmr.best_model import evaluate_run
 
     cfg = config(tiny_data, tmp_path / "flower", num_rounds=1, model="feddmmr", modality=[f"text={text_features}"])
     train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)

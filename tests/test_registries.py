@@ -83,3 +83,16 @@ def test_unknown_or_conflicting_names_are_refused_with_the_known_ones():
             AGGREGATORS.pop("uniform")
     with pytest.raises(ValueError, match="'flower' names the Flower app"):
         register_engine("flower", lambda model, **options: IdleClients(model))
+
+
+def test_a_callback_sees_every_round_after_its_checkpoint_and_metrics_line_are_written(tmp_path):
+    seen = []
+
+    class Tracker:
+        def on_round_end(self, run, record):
+            lines = (run.run_dir / "metrics.jsonl").read_text().splitlines()
+            saved = load_checkpoint(run.checkpoints / "last.pt")["round"]
+            seen.append((record["round"], saved, json.loads(lines[-1])["round"], run.state.round))
+
+    train(TrainConfig(run_dir=str(tmp_path / "run"), **TINY), callbacks=[Tracker()])
+    assert seen == [(1, 1, 1, 1), (2, 2, 2, 2)]

@@ -12,7 +12,8 @@ import torch
 
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, resolve_config, saved_config
-from feddmmr.train import evaluate_run, train
+from feddmmr.best_model import evaluate_run
+from feddmmr.train import train
 
 TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.5, learning_rate=5e-3, dropout=0.1)

@@ -153,7 +153,7 @@ def evaluate_command(
 ) -> None:
     """Re-evaluate a run's best model on its validation and test users (with the run's own ranking,
     reproduces final.json)."""
-    from feddmmr.train import evaluate_run
+    from feddmmr.best_model import evaluate_run
 
     result = run_or_fail(lambda: evaluate_run(run_dir, eval), (ValueError, FileNotFoundError))
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -44,7 +44,8 @@ from feddmmr.federated.batches import BatchSettings, client_rng, make_client_bat
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState, summary_totals
-from feddmmr.train import auxiliary_weights, build_model, make_memories, resolve_device
+from feddmmr.run_setup import build_model, make_memories, resolve_device
+from feddmmr.run_state import auxiliary_weights
 
 LOCAL_ENGINE, DEVICE = "engine", "device"
 RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"

@@ -1,0 +1,77 @@
+"""A finished run's best model, reloaded from its directory: to evaluate it again (final.json's
+test), or with another ranking mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feddmmr.checkpoint import load_checkpoint
+from feddmmr.config import TrainConfig, saved_config
+from feddmmr.data.load import load_sequences
+from feddmmr.data.negatives import load_candidates
+from feddmmr.data.split import leave_one_out
+from feddmmr.evaluation import EvalSet, held_out_ranks, make_eval_sets, metrics_from_ranks
+from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.memory.two_tier import MemoryState
+from feddmmr.run_setup import build_model, load_run_features, make_memories, resolve_device
+
+
+@dataclass
+class BestModel:
+    """A finished run's best model, ready to evaluate: its memories' retrieved slots (FedDMMR) and
+    the run's validation and test sets on its saved candidates."""
+
+    config: TrainConfig
+    round: int
+    model: torch.nn.Module
+    item_ids: np.ndarray  # the dataset's item ids by dense id (what modality files are aligned to)
+    memory_slots: tuple[torch.Tensor, torch.Tensor] | None  # (items [users, K], mask)
+    valid_set: EvalSet
+    test_set: EvalSet
+    precision: Precision
+
+    def ranks(self, eval_set: EvalSet, mode: str | None = None) -> np.ndarray:
+        """[users] 0-based rank of each held-out item, ranking as `mode` says (default: the run's own `eval`)."""
+        return held_out_ranks(self.model, eval_set, mode or self.config.eval, precision=self.precision,
+                              memory=self.memory_slots)
+
+    def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
+        """Metrics on `eval_set` (`mode` as for `ranks`)."""
+        return metrics_from_ranks(self.ranks(eval_set, mode))
+
+
+def load_best_model(run_dir: str | Path) -> BestModel:
+    run_dir = Path(run_dir)
+    config = saved_config(run_dir)
+    if config.model == "feddmmr" and config.engine == "flower":
+        raise ValueError(f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
+                         f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
+    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    split = leave_one_out(data)
+    valid_c, test_c = load_candidates(run_dir / "candidates.npz", split)
+    valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
+    device = resolve_device(config.device)
+    features = load_run_features(config, split)
+    model = build_model(config, split.num_items, device, features)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
+    memory = make_memories(config, split.num_users, features, device)
+    slots = None
+    if memory is not None:
+        memory.state = MemoryState.from_dict(best["memory"])
+        slots = memory.retrieve(memory.state)
+    precision = Precision(resolve_amp(config.amp, device), device.type)
+    return BestModel(config, best["round"], model, split.data.item_ids, slots, valid_set, test_set, precision)
+
+
+def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
+    """Re-evaluate a finished run's best model on its saved candidates (reproduces final.json's test),
+    or with another ranking `mode` (sampled or full; default: the run's own)."""
+    best = load_best_model(run_dir)
+    mode = mode or best.config.eval
+    return {"best_round": best.round, "eval": mode, "valid": best.evaluate(best.valid_set, mode),
+            "test": best.evaluate(best.test_set, mode)}

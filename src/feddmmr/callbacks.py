@@ -1,0 +1,70 @@
+"""What happens after each round besides training: checkpoints, metrics.jsonl, logs, the caller's
+own hooks (progress, experiment trackers). Each is a `Callback`; `train` runs the built-in ones
+first, in the order that keeps a killed run resumable (best.pt, then last.pt, then the metrics line
+that last.pt can rewrite), then the caller's."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Protocol
+
+import torch
+
+from feddmmr.checkpoint import save_checkpoint
+from feddmmr.run_state import SELECTION_METRIC, Run, checkpoint_state, memory_entry
+
+log = logging.getLogger(__name__)
+
+
+class Callback(Protocol):
+    def on_round_end(self, run: Run, record: dict) -> None:
+        """`record`: the round's line of metrics.jsonl; `run.state` already counts the round."""
+        ...
+
+
+class SaveBestCheckpoint:
+    """best.pt: the model (and FedDMMR memories) of a validated round that improved HR@10."""
+
+    def on_round_end(self, run: Run, record: dict) -> None:
+        if record["validated"] and run.state.early_stopping.best_round == record["round"]:
+            save_checkpoint(run.checkpoints / "best.pt", {"model": checkpoint_state(run)["model"], "round": record["round"],
+                                                          "val": record["val"], **memory_entry(run)})
+
+
+class SaveLastCheckpoint:
+    """last.pt: everything a resumed run needs, after every round (and the centralised optimiser's state)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.optimizer = optimizer
+
+    def on_round_end(self, run: Run, record: dict) -> None:
+        last = checkpoint_state(run)
+        if self.optimizer is not None:
+            last["optimizer"] = self.optimizer.state_dict()
+        save_checkpoint(run.checkpoints / "last.pt", last)
+
+
+class AppendMetrics:
+    """One line of metrics.jsonl per round (a resumed run rewrites the file from last.pt)."""
+
+    def on_round_end(self, run: Run, record: dict) -> None:
+        with open(run.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class LogEarlyStopping:
+    def on_round_end(self, run: Run, record: dict) -> None:
+        if run.state.stopped_early:
+            log.info("early stopping at round %d: no %s gain in %d validations (best: round %d)", record["round"],
+                     SELECTION_METRIC, run.config.patience, run.state.early_stopping.best_round)
+
+
+class OnRound:
+    """A plain function of the round's record, as a callback."""
+
+    def __init__(self, function: Callable[[dict], None]) -> None:
+        self.function = function
+
+    def on_round_end(self, run: Run, record: dict) -> None:
+        self.function(record)

@@ -1,0 +1,170 @@
+"""Setting up (or resuming) a run: the model, the client memories, the server optimiser, the
+data split and its fixed evaluation candidates, all from the config."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from feddmmr.checkpoint import load_checkpoint, load_weights_into, write_json
+from feddmmr.config import TrainConfig
+from feddmmr.data.load import load_sequences
+from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
+from feddmmr.data.split import LeaveOneOut, leave_one_out
+from feddmmr.evaluation import make_eval_sets
+from feddmmr.features.store import AlignedFeatures, load_modality
+from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
+from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
+from feddmmr.federated.stages import frozen_parameters
+from feddmmr.memory.clients import ClientMemories, combined_features
+from feddmmr.memory.two_tier import MemoryConfig
+from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
+from feddmmr.model.sasrec import SASRec, SASRecConfig
+from feddmmr.run_state import SELECTION_METRIC, Run, RunState, restore
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def build_model(config: TrainConfig, num_items: int, device: torch.device,
+                features: dict[str, AlignedFeatures] | None = None) -> SASRec | FedDMMR:
+    """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`)."""
+    torch.manual_seed(config.seed)
+    sasrec = SASRecConfig(
+        num_items=num_items, max_seq_len=config.max_seq_len, hidden_dim=config.hidden_dim,
+        num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
+    )
+    if config.model != "feddmmr":
+        return SASRec(sasrec).to(device)
+    if not features:
+        raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, split))")
+    model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned",
+                                  content_history=config.content_history, holdout_content=config.holdout_content,
+                                  holdout_backbone=config.holdout_backbone),
+                    {n: torch.from_numpy(f.matrix) for n, f in features.items()},
+                    {n: torch.from_numpy(f.available) for n, f in features.items()})
+    model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone
+    return model.to(device)
+
+
+def load_run_features(config: TrainConfig, split: LeaveOneOut) -> dict[str, AlignedFeatures]:
+    """The modality features of `config.modality`, aligned to the dataset's items (FedDMMR)."""
+    features = [load_modality(spec, split.data.item_ids) for spec in config.modality]
+    return {f.name: f for f in features}
+
+
+def memory_config(config: TrainConfig) -> MemoryConfig:
+    defaults = MemoryConfig()
+    return MemoryConfig(long_capacity=config.memory_long_capacity, surprise_threshold=config.memory_surprise,
+                        novelty_threshold=config.memory_novelty,
+                        retrieve_long=min(defaults.retrieve_long, config.memory_long_capacity))
+
+
+def make_memories(config: TrainConfig, num_users: int, features: dict[str, AlignedFeatures],
+                  device: torch.device) -> ClientMemories | None:
+    """Every user's (empty) memory for FedDMMR; None for FedSASRec. The memory compares items by
+    the combined feature: normalise(concat of the normalised modality features)."""
+    if config.model != "feddmmr":
+        return None
+    combined = combined_features([torch.from_numpy(features[name].matrix) for name in sorted(features)])
+    return ClientMemories.empty(num_users, memory_config(config), combined.to(device))
+
+
+def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | None:
+    if config.server_optimizer == "fedadam":
+        return ServerAdam(config.server_learning_rate, tau=config.server_epsilon)
+    if config.server_optimizer == "fedavgm":
+        return ServerMomentum(config.server_learning_rate, config.server_momentum)
+    return None
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes: bool = False) -> Run:
+    """`memories_on_nodes`: FedDMMR on Flower, whose client memories live on the SuperNodes."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
+    if memories_on_nodes and resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise ValueError(f"{run_dir}: a FedDMMR run on Flower cannot be resumed: its client memories lived on the "
+                         f"SuperNodes and ended with them; start a new run from its weights with --init-from {run_dir}")
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.run_dir = str(run_dir)
+    write_json(run_dir / "config.json", config.to_dict())
+
+    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    split = leave_one_out(data)
+    candidates_path = run_dir / "candidates.npz"
+    if candidates_path.exists():
+        valid_c, test_c = load_candidates(candidates_path, split)
+    else:
+        valid_c, test_c = draw_eval_candidates(split, config.num_negatives_eval, config.seed)
+        save_candidates(candidates_path, split, valid_c, test_c)
+    valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
+
+    device = resolve_device(config.device)
+    precision = Precision(resolve_amp(config.amp, device), device.type)
+    features = load_run_features(config, split)
+    model = build_model(config, split.num_items, device, features)
+    state = RunState(early_stopping=EarlyStopping(patience=config.patience))
+    run = Run(config, run_dir, split, model, device, precision,
+              ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
+              memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
+              frozen=frozen_parameters(model, config.stage),
+              server_optimizer=make_server_optimizer(config))
+    if resume:
+        restore(run)
+    elif config.init_from:
+        checkpoint = load_checkpoint(Path(config.init_from))
+        loaded = load_weights_into(model, checkpoint["model"], config.init_from)
+        log.info("init-from %s: loaded %d tensors (round %s of that run)", config.init_from, loaded, checkpoint.get("round"))
+    log_start(run)
+    return run
+
+
+def log_start(run: Run) -> None:
+    c, s = run.config, run.split
+    eligible = int((s.num_train_targets > 0).sum())
+    per_round = max(1, int(round(c.client_fraction * eligible)))
+    log.info("data: %s: %d users, %d items, %d interactions", s.data.source, s.num_users, s.num_items, s.data.num_interactions)
+    log.info("device %s | amp %s | engine %s | %s", run.device, run.precision.mode,
+             "centralized" if c.centralized else c.engine,
+             "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round")
+    if c.centralized:
+        log.info("centralised optimiser: %s, lr %g, batches of %d windows (the clients' settings); the measured "
+                 "centralised recipe is --local-optimizer adam --learning-rate 1e-3 --batch-size 64 --dropout 0.2",
+                 c.local_optimizer, c.learning_rate, c.batch_size)
+    else:
+        log.info("local training: %s, lr %g, %d epochs of batches of %d windows | server: %s%s", c.local_optimizer,
+                 c.learning_rate, c.local_epochs, c.batch_size, c.server_optimizer,
+                 "" if c.server_optimizer == "fedavg" else f", lr {c.server_learning_rate:g}")
+    if c.dp_clip_norm is not None:
+        log.info("differential privacy: DP-FedAvg, updates clipped to L2 norm %g, noise multiplier %g, "
+                 "Poisson sampling at rate %g, epsilon reported at delta %g%s", c.dp_clip_norm,
+                 c.dp_noise_multiplier, c.client_fraction, c.dp_delta,
+                 "" if c.dp_noise_multiplier else " (no noise: clipping only, no privacy guarantee)")
+    log.info("negatives: %d per training target, %d per held-out item in %s evaluation",
+             c.num_negatives, c.num_negatives_eval, c.eval)
+    log.info("validation: %s; early stopping after %s validated rounds without %s gain",
+             run.schedule.describe(), c.patience or "no", SELECTION_METRIC)
+    if c.model == "feddmmr":
+        log.info("model feddmmr: modalities %s | memory LT %d, K %d slots | stage %s (%d of %d parameter tensors frozen)",
+                 ", ".join(run.model.modalities), c.memory_long_capacity, memory_config(c).retrieval_slots,
+                 c.stage or "none", len(run.frozen), len(list(run.model.parameters())))
+    log.info("run directory: %s", run.run_dir)

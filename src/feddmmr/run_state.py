@@ -1,0 +1,177 @@
+"""A run's state: what it holds in memory (`Run`) and what its checkpoints hold (`RunState`,
+`checkpoint_state`, `restore`), so that a run killed at any moment resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from feddmmr.checkpoint import load_checkpoint, write_text
+from feddmmr.config import TrainConfig
+from feddmmr.data.split import LeaveOneOut
+from feddmmr.engines import LocalTraining
+from feddmmr.evaluation import EvalSet, evaluate, metrics_from_ranks, router_usage
+from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
+from feddmmr.federated.batches import BatchSettings
+from feddmmr.federated.precision import Precision
+from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
+from feddmmr.memory.clients import ClientMemories
+from feddmmr.memory.two_tier import MemoryState
+from feddmmr.memory.two_tier import summary as memory_summary
+from feddmmr.model.losses import AuxiliaryWeights
+from feddmmr.model.sasrec import SASRec
+
+if TYPE_CHECKING:  # Flower is an optional extra
+    from feddmmr.engines.flower.engine import FlowerEngine
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "HR@10"
+
+
+def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
+    """FedDMMR's auxiliary loss weights of the run."""
+    return AuxiliaryWeights(config.load_balance_weight, config.alignment_weight, config.contrastive_weight)
+
+
+@dataclass
+class RunState:
+    """Everything a resumed run needs besides the files it can rebuild from the config."""
+
+    round: int = 0
+    early_stopping: EarlyStopping = field(default_factory=lambda: EarlyStopping(patience=0))
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    run_dir: Path
+    split: LeaveOneOut
+    model: SASRec
+    device: torch.device
+    precision: Precision
+    schedule: ValidationSchedule
+    valid_set: EvalSet
+    test_set: EvalSet
+    state: RunState
+    memory: ClientMemories | None = None  # FedDMMR: every user's memory
+    frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
+    server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
+    # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate (memory is None)
+    nodes: FlowerEngine | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def batch_settings(self) -> BatchSettings:
+        c = self.config
+        return BatchSettings(max_len=c.max_seq_len, batch_size=c.batch_size, epochs=c.local_epochs,
+                             num_negatives=c.num_negatives, num_items=self.split.num_items)
+
+    def local_training(self) -> LocalTraining:
+        c = self.config
+        return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
+                             auxiliary=auxiliary_weights(c), frozen=self.frozen, optimizer=c.local_optimizer,
+                             clip_norm=c.dp_clip_norm)
+
+    def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""
+        return None if self.memory is None else self.memory.retrieve(self.memory.state)
+
+    def validate(self, round_number: int) -> tuple[dict[str, float], dict]:
+        """(validation metrics, diagnostics) of the model after `round_number`."""
+        if self.nodes is not None:
+            best = self.state.early_stopping.best_round
+            ranks, diagnostics = self.nodes.evaluate_on_nodes(self.params(), "valid", self.valid_set, round_number,
+                                                              round_number, [best] if best else [])
+            if self.model.mixes:
+                diagnostics.update(self.model.scalars())
+            return metrics_from_ranks(ranks), diagnostics
+        metrics = evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision,
+                           memory=self.memory_slots())
+        return metrics, self.diagnostics()
+
+    def test(self, best_round: int) -> dict[str, float]:
+        """Test metrics of the model as it is now (the best round's, with that round's memories)."""
+        if self.nodes is not None:
+            ranks, _ = self.nodes.evaluate_on_nodes(self.params(), "test", self.test_set, self.state.round, best_round,
+                                                    [best_round])
+            return metrics_from_ranks(ranks)
+        return evaluate(self.model, self.test_set, self.config.eval, precision=self.precision, memory=self.memory_slots())
+
+    def diagnostics(self) -> dict:
+        """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""
+        if self.memory is None:
+            return {}
+        out = {"memory": memory_summary(self.memory.state)}
+        if self.model.mixes:
+            out["router_weights"] = router_usage(self.model, self.valid_set, self.memory_slots(), precision=self.precision)
+            out.update(self.model.scalars())
+        return out
+
+
+def checkpoint_state(run: Run) -> dict:
+    st = run.state
+    return {
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "round": st.round,
+        "early_stopping": vars(st.early_stopping).copy(),
+        "history": st.history,
+        "stopped_early": st.stopped_early,
+        "loss_scale": run.precision.scale,
+        "loss_scale_good_steps": run.precision.good_steps,
+        **({} if run.server_optimizer is None else {"server_optimizer": run.server_optimizer.state_dict()}),
+        **memory_entry(run),
+    }
+
+
+def memory_entry(run: Run) -> dict:
+    """The memories' part of a checkpoint (its tensors, not copies: save it before the next round)."""
+    return {} if run.memory is None else {"memory": run.memory.state.to_dict()}
+
+
+def load_memory(run: Run, saved: dict) -> None:
+    if run.memory is not None:
+        if "memory" not in saved:
+            raise ValueError(f"{run.run_dir}: the checkpoint holds no client memories (a run of another model?)")
+        run.memory.state = MemoryState.from_dict(saved["memory"])
+
+
+def restore(run: Run) -> None:
+    path = run.checkpoints / "last.pt"
+    if not path.exists():
+        log.info("resume: %s has no checkpoint yet; starting from round 1", run.run_dir)
+        return
+    saved = load_checkpoint(path)
+    run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
+    load_memory(run, saved)
+    # The config's patience (resume may change it) judges the saved validations afresh.
+    early_stopping = EarlyStopping(**{**saved["early_stopping"], "patience": run.config.patience})
+    run.state = RunState(
+        round=saved["round"],
+        early_stopping=early_stopping,
+        history=list(saved["history"]),
+        stopped_early=early_stopping.should_stop,
+    )
+    run.precision.scale = saved["loss_scale"]
+    run.precision.good_steps = saved.get("loss_scale_good_steps", 0)  # absent before it was saved
+    if run.server_optimizer is not None:
+        run.server_optimizer.load_state_dict(saved["server_optimizer"])
+    # metrics.jsonl may hold a line written after the checkpoint: rewrite it from the checkpoint.
+    write_metrics(run)
+    log.info("resume: continuing %s after round %d", run.run_dir, run.state.round)
+
+
+def write_metrics(run: Run) -> None:
+    write_text(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.state.history))
