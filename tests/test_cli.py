@@ -82,3 +82,14 @@ def test_download_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     result = runner.invoke(app, ["data", "download", "ml-100k", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert str(tmp_path) in result.output.replace("\n", "")
+
+
+def test_a_retired_setting_in_a_preset_or_an_old_config_is_ignored_with_a_note(tmp_path, caplog):
+    import logging
+
+    preset = tmp_path / "old.yaml"
+    preset.write_text("memory_surprise: 0.3\nnum_rounds: 7\n")
+    with caplog.at_level(logging.WARNING):
+        config = resolve_config(preset)
+    assert config.num_rounds == 7 and not hasattr(config, "memory_surprise")
+    assert "setting memory_surprise is ignored: it never had an effect" in caplog.text

@@ -149,7 +149,7 @@ def test_every_preset_resolves():
         resolved = resolve_config(preset, data_dir="data/ml-1m")
         assert resolved.data_dir == "data/ml-1m"
     drift = resolve_config(CONFIGS / "drift_adaptive.yaml")
-    assert (drift.model, drift.memory_long_capacity, drift.memory_surprise, drift.alignment_weight) == ("feddmmr", 50, 0.3, 0.1)
+    assert (drift.model, drift.memory_long_capacity, drift.alignment_weight) == ("feddmmr", 50, 0.1)
     assert (drift.num_rounds, drift.client_fraction, drift.patience, drift.learning_rate, drift.weight_decay,
             drift.batch_size, drift.num_negatives) == (20, 0.1, 10, 1e-4, 1e-4, 32, 4)
     again = resolve_config(CONFIGS / "continue_pretrain.yaml")

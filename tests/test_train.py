@@ -208,3 +208,20 @@ def test_a_round_that_loses_every_client_stops_the_run_with_a_clear_error(tiny_d
     model = prepare_run(config(tiny_data, tmp_path / "model")).model
     with pytest.raises(RuntimeError, match=r"round 1: every client's update \(\d+\) was non-finite"):
         train(cfg, engine=PoisoningEngine(model))
+
+
+def test_a_checkpoint_reloads_its_model_without_the_data(tiny_data, tmp_path):
+    from feddmmr.best_model import load_best_model, load_model
+
+    train(config(tiny_data, tmp_path / "run", num_rounds=2, validate_every=1))
+    model = load_model(tmp_path / "run")  # best.pt: nothing but the checkpoint is read
+    best = load_best_model(tmp_path / "run")
+    sequences = torch.tensor([[0, 0, 3, 7, 9, 2, 5, 8, 1, 4]])
+    torch.testing.assert_close(model.score_all_last(sequences), best.model.eval().score_all_last(sequences))
+    last = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last.config == model.config and not model.training
+
+    stripped = {k: v for k, v in load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt").items() if k != "model_args"}
+    torch.save(stripped, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: this checkpoint was saved before checkpoints carried the model's"):
+        load_model(tmp_path / "old.pt")

@@ -17,6 +17,7 @@ from feddmmr.data.split import leave_one_out
 from feddmmr.evaluation import EvalSet, held_out_ranks, make_eval_sets, metrics_from_ranks
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.two_tier import MemoryState
+from feddmmr.model.sasrec import SASRec, SASRecConfig
 from feddmmr.run_setup import build_model, load_run_features, make_memories, resolve_device
 
 
@@ -75,3 +76,21 @@ def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
     mode = mode or best.config.eval
     return {"best_round": best.round, "eval": mode, "valid": best.evaluate(best.valid_set, mode),
             "test": best.evaluate(best.test_set, mode)}
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SASRec:
+    """A FedSASRec model from a checkpoint alone (best.pt or last.pt, or a run directory for its
+    best.pt), without the data: the checkpoint carries the model's arguments. FedDMMR's model also
+    needs its modality feature files: use `load_best_model(run_dir)`."""
+    saved = load_checkpoint(Path(checkpoint))
+    args = saved.get("model_args")
+    if args is None:
+        raise ValueError(f"{checkpoint}: this checkpoint was saved before checkpoints carried the model's arguments; "
+                         f"load it with load_best_model(RUN_DIR), which rebuilds the model from the run's config and data")
+    if args["model"] != "fedsasrec":
+        raise ValueError(f"{checkpoint}: a {args['model']} model also needs its modality feature files "
+                         f"({', '.join(args.get('modalities', []))}): use load_best_model(RUN_DIR)")
+    model = SASRec(SASRecConfig(**args["sasrec"]))
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval()
+

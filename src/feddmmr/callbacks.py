@@ -28,8 +28,10 @@ class SaveBestCheckpoint:
 
     def on_round_end(self, run: Run, record: dict) -> None:
         if record["validated"] and run.state.early_stopping.best_round == record["round"]:
-            save_checkpoint(run.checkpoints / "best.pt", {"model": checkpoint_state(run)["model"], "round": record["round"],
-                                                          "val": record["val"], **memory_entry(run)})
+            state = checkpoint_state(run)
+            save_checkpoint(run.checkpoints / "best.pt", {"model": state["model"], "model_args": state["model_args"],
+                                                          "round": record["round"], "val": record["val"],
+                                                          **memory_entry(run)})
 
 
 class SaveLastCheckpoint:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 def _opt(default, help: str, **extra):
@@ -45,7 +48,6 @@ class TrainConfig:
     stage: int | None = _opt(None, "staged training: 1 ID-only backbone, 2 modality parts with the backbone frozen, "
                                    "3 all but the item embedding (default: train everything)")
     memory_long_capacity: int = _opt(200, "feddmmr: long-term memory slots per client")
-    memory_surprise: float = _opt(0.5, "feddmmr: loss threshold of the long-term write rule for memories without features")
     memory_novelty: float = _opt(0.583, "feddmmr: novelty (1 - the highest cosine with the short-term memory) an item needs to enter the long-term memory")
     router: str = _opt("learned", "feddmmr: learned (an MLP over the candidate's features weighs the experts) or "
                                   "uniform (equal weights over the candidate's available modalities: the no-router ablation)")
@@ -213,6 +215,11 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Settings that no longer exist, and why; a preset or an old run's config.json may still hold them.
+RETIRED = {
+    "memory_surprise": "it never had an effect (FedDMMR's memory gates long-term writes by novelty, "
+                       "--memory-novelty, and no engine passed it losses)",
+}
 
 
 def _chunk_setting(name: str, value: Any) -> str:
@@ -239,6 +246,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    for name in sorted(set(values) & set(RETIRED)):
+        log.warning("%s: setting %s is ignored: %s", path, name, RETIRED[name])
+        del values[name]
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{path}: unknown settings {', '.join(unknown)}; known: {', '.join(FIELDS)}")

@@ -67,7 +67,7 @@ def load_run_features(config: TrainConfig, split: LeaveOneOut) -> dict[str, Alig
 
 def memory_config(config: TrainConfig) -> MemoryConfig:
     defaults = MemoryConfig()
-    return MemoryConfig(long_capacity=config.memory_long_capacity, surprise_threshold=config.memory_surprise,
+    return MemoryConfig(long_capacity=config.memory_long_capacity,
                         novelty_threshold=config.memory_novelty,
                         retrieve_long=min(defaults.retrieve_long, config.memory_long_capacity))
 
