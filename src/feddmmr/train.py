@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from feddmmr import streams
 from feddmmr.checkpoint import load_checkpoint, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.callbacks import AppendMetrics, Callback, LogEarlyStopping, OnRound, SaveBestCheckpoint, SaveLastCheckpoint
@@ -41,7 +42,7 @@ ProgressFactory = Callable[[int, int], Callable[[int], None]]
 
 def round_seed(seed: int, round_number: int) -> int:
     """Seed for torch's own randomness (dropout) in a round, so a resumed run repeats it."""
-    return int(np.random.SeedSequence([seed, 3, round_number]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, streams.ROUND_TORCH, round_number]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def run_centralized_epoch(run: Run, optimizer: torch.optim.Optimizer, round_numb
                 for u in eligible]
     inputs = torch.from_numpy(np.concatenate([b.inputs[0] for b in per_user]))
     candidates = torch.from_numpy(np.concatenate([b.candidates[0] for b in per_user]))
-    order = torch.from_numpy(np.random.default_rng([c.seed, 4, round_number]).permutation(len(inputs)))
+    order = torch.from_numpy(np.random.default_rng([c.seed, streams.CENTRALIZED_ORDER, round_number]).permutation(len(inputs)))
     model = run.model
     model.train()
     total, count, skipped = 0.0, 0.0, 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feddmmr import streams
 from feddmmr.data.split import LeaveOneOut
 
 
@@ -22,7 +23,7 @@ def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> t
     (a uniformly random subset). Drawn once per run from `seed`.
     """
     num_items = split.num_items
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, streams.EVAL_CANDIDATES])
     out = []
     for held_out in (split.valid_items, split.test_items):
         rows = np.empty((split.num_users, 1 + num_negatives), dtype=np.int64)

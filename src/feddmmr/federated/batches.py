@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from feddmmr import streams
 from feddmmr.data.negatives import sample_negatives
 
 
@@ -67,7 +68,7 @@ def training_windows(sequence: np.ndarray, max_len: int) -> tuple[np.ndarray, np
 
 def client_rng(seed: int, round_number: int, user: int) -> np.random.Generator:
     """The client's own random stream for a round: independent of which engine runs it."""
-    return np.random.default_rng([seed, 2, round_number, user])
+    return np.random.default_rng([seed, streams.CLIENT_BATCHES, round_number, user])
 
 
 def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings, rng: np.random.Generator) -> ClientBatches:

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from feddmmr import streams
 from feddmmr.federated.aggregation import FedAvg
 
 
@@ -42,7 +43,7 @@ def poisson_sample(eligible: np.ndarray, rate: float, seed: int, round_number: i
     """The round's clients: each eligible one independently with probability `rate` (sorted)."""
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"client_fraction must be in (0, 1], got {rate}")
-    rng = np.random.default_rng([seed, 6, round_number])
+    rng = np.random.default_rng([seed, streams.DP_SAMPLING, round_number])
     return np.sort(eligible[rng.random(len(eligible)) < rate])
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from feddmmr import streams
+
 
 def sample_clients(eligible: np.ndarray, fraction: float, seed: int, round_number: int) -> np.ndarray:
     """Sorted sample of max(1, round(fraction * len(eligible))) clients from `eligible`."""
@@ -12,5 +14,5 @@ def sample_clients(eligible: np.ndarray, fraction: float, seed: int, round_numbe
     if len(eligible) == 0:
         raise ValueError("no client has training data (every user has fewer than 4 items?)")
     count = max(1, int(round(fraction * len(eligible))))
-    rng = np.random.default_rng([seed, 1, round_number])
+    rng = np.random.default_rng([seed, streams.CLIENT_SAMPLING, round_number])
     return np.sort(rng.choice(eligible, size=count, replace=False))

@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from feddmmr import streams
 from feddmmr.config import TrainConfig
 from feddmmr.engines import LocalTraining, RoundContext, make_engine
 from feddmmr.engines.flower import messages
@@ -49,7 +50,6 @@ from feddmmr.run_state import auxiliary_weights
 
 LOCAL_ENGINE, DEVICE = "engine", "device"
 RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"
-DROPOUT_STREAM = 5  # node_seed key of the node's torch stream
 
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
@@ -204,7 +204,7 @@ def node_state(context: Context, config: TrainConfig, user_ids: list[str], preci
         if "cuda" in saved and precision.device_type == "cuda":
             torch.cuda.set_rng_state(saved["cuda"])
     else:
-        torch.manual_seed(node_seed(config.seed, user_ids, DROPOUT_STREAM))
+        torch.manual_seed(node_seed(config.seed, user_ids, streams.NODE_TORCH))
     if PRECISION_STATE in state:
         precision.scale = float(state[PRECISION_STATE]["loss-scale"])
         precision.good_steps = int(state[PRECISION_STATE].get("good-steps", 0))

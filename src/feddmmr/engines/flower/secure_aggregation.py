@@ -41,6 +41,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from feddmmr import streams
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.node_data import node_seed
 
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 # Shares and reconstruction threshold, as fractions of the round's nodes: every node shares its
 # secrets with all others, and the masks of up to half of them can be rebuilt if they drop out.
 NUM_SHARES, RECONSTRUCTION_THRESHOLD = 1.0, 0.5
-ROUNDING_STREAM = 7  # node_seed key of the stochastic rounding
 
 
 def secure_mean_update(grid: Grid, round_number: int, contents: dict[int, RecordDict], weights: dict[int, float],
@@ -135,7 +135,7 @@ def secure_aggregation_mod(message: Message, context: Context, call_next: Client
     if messages.ROUND not in message.content:  # key exchange and unmasking: no training, no quantization
         return secaggplus_mod(message, context, call_next)
     config, request = messages.read_config(message), messages.read_train_request(message)
-    with _numpy_seeded(node_seed(config.seed, request.user_ids, request.round, ROUNDING_STREAM)):
+    with _numpy_seeded(node_seed(config.seed, request.user_ids, request.round, streams.SECAGG_ROUNDING)):
         return secaggplus_mod(message, context,
                               lambda m, c: _as_update(m, call_next(m, c), config.flower_secagg_clipping_range))
 

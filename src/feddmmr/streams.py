@@ -1,0 +1,16 @@
+"""The run's random streams, one id per purpose, so that no two purposes draw the same numbers.
+
+Each stream is `np.random.default_rng([seed, ID, ...])` (or a SeedSequence of the same list, or a
+Flower node's `node_seed(seed, its users, ..., ID)`), with the round, user or node after the id
+where the stream is per round, user or node. The ids are part of the results: changing one
+changes every number drawn from it.
+"""
+
+CLIENT_SAMPLING = 1  # which clients a round samples (federated/sampling.py)
+CLIENT_BATCHES = 2  # a client's window order and training negatives in a round (federated/batches.py)
+ROUND_TORCH = 3  # torch's seed for a round's dropout (train.py)
+CENTRALIZED_ORDER = 4  # the order of the pooled windows in a centralised epoch (train.py)
+NODE_TORCH = 5  # a Flower node's torch seed for its dropout (engines/flower/client_app.py)
+DP_SAMPLING = 6  # Poisson sampling of the clients under DP (federated/privacy.py)
+EVAL_CANDIDATES = 7  # the fixed validation and test negatives (data/negatives.py)
+SECAGG_ROUNDING = 8  # a node's stochastic rounding in secure aggregation (engines/flower/secure_aggregation.py)
