@@ -35,7 +35,7 @@ def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=
     engine = make_engine(engine_name, m, **engine_options)
     local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, "ce", Precision("off", "cpu"),
                           optimizer=optimizer, clip_norm=clip_norm)
-    reports = engine.train(ROUND, global_params, batches, local, aggregator.add)
+    reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
@@ -188,7 +188,7 @@ def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), **engine_op
     local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=memory,
                           auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1), frozen=frozen,
                           optimizer="adam")
-    reports = engine.train(ROUND, global_params, batches, local, aggregator.add)
+    reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 

@@ -60,7 +60,7 @@ def test_a_client_with_a_non_finite_loss_is_skipped_and_logged(engine_name, opti
 
     with caplog.at_level(logging.WARNING):
         reports = make_engine(engine_name, model).train(ROUND, global_params, [poisoned, healthy], local(),
-                                                        aggregator.add)
+                                                        aggregator.add).reports
     by_user = {r.user: r for r in reports}
     assert by_user[0].skipped_steps == 1 and by_user[0].steps == 0
     assert by_user[1].skipped_steps == 0 and by_user[1].steps == 1
@@ -104,7 +104,10 @@ def test_fp16_clients_overflowing_at_a_huge_scale_skip_halve_on_their_own_and_ke
         global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
         aggregator = FedAvg(global_params)
         local = LocalTraining(0.5, 0.0, "ce", precision, optimizer="sgd")
-        reports = make_engine(engine_name, model).train(ROUND, global_params, batches, local, aggregator.add)
+        round_result = make_engine(engine_name, model).train(ROUND, global_params, batches, local, aggregator.add)
+        reports = round_result.reports
+        assert precision.scale == HUGE  # the engine leaves the run's state alone: the run settles it
+        precision.settle(round_result.loss_scales)
         result = aggregator.result()
         assert all_finite(result) and aggregator.dropped == 0, engine_name
         assert all(r.skipped_steps > 0 and r.steps > 0 for r in reports), engine_name
@@ -187,6 +190,7 @@ def test_bf16_autocast_trains_on_cpu():
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     aggregator = FedAvg(global_params)
     local = LocalTraining(1e-2, 0.0, "ce", Precision("bf16", "cpu"), optimizer="adam")
-    reports = make_engine("vectorized", model).train(ROUND, global_params, [client(0, [1, 2, 3, 4])], local, aggregator.add)
+    reports = make_engine("vectorized", model).train(ROUND, global_params, [client(0, [1, 2, 3, 4])], local,
+                                                     aggregator.add).reports
     assert reports[0].steps == 1 and np.isfinite(reports[0].mean_loss)
     assert not torch.equal(aggregator.result()["item_embedding.weight"], global_params["item_embedding.weight"])

@@ -8,6 +8,7 @@ import torch
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig
 from feddmmr.engines import ENGINES, ClientReport, register_engine
+from feddmmr.engines.base import RoundResult
 from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregator
 from feddmmr.train import train
 
@@ -27,7 +28,7 @@ class IdleClients:
         IdleClients.rounds.append(context.round)
         stacked = {n: p.detach().unsqueeze(0).repeat(len(clients), *([1] * p.dim())) for n, p in global_params.items()}
         aggregate(stacked, torch.tensor([float(c.num_targets) for c in clients]))
-        return [ClientReport(c.user, 0.0, 0, 0) for c in clients]
+        return RoundResult([ClientReport(c.user, 0.0, 0, 0) for c in clients])
 
 
 class UniformMean(FedAvg):

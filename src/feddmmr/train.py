@@ -70,8 +70,10 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         for u in users
     ]
     progress = progress_factory(round_number, len(users)) if progress_factory else None
-    reports = engine.train(RoundContext(round_number, c.seed), global_params, batches, run.local_training(),
-                           aggregator.add, progress)
+    result = engine.train(RoundContext(round_number, c.seed), global_params, batches, run.local_training(),
+                          aggregator.add, progress)
+    run.precision.settle(result.loss_scales)
+    reports = result.reports
     new_params = aggregator.result()
     if run.server_optimizer is not None:
         new_params = run.server_optimizer.step(global_params, new_params)

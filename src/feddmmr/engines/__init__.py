@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from feddmmr.engines.base import ClientReport, Engine, LocalTraining, RoundContext
+from feddmmr.engines.base import ClientReport, Engine, LocalTraining, RoundContext, RoundResult
 from feddmmr.engines.chunking import log_chunks, resolve_chunks
 from feddmmr.engines.sequential import SequentialEngine
 from feddmmr.engines.vectorized import VectorizedEngine
@@ -49,5 +49,5 @@ def _vectorized(model: torch.nn.Module, *, chunk_clients, chunk_windows, num_neg
 register_engine("vectorized", _vectorized)
 register_engine("sequential", lambda model, **options: SequentialEngine(model))
 
-__all__ = ["ENGINES", "ClientReport", "Engine", "LocalTraining", "RoundContext", "SequentialEngine",
+__all__ = ["ENGINES", "ClientReport", "Engine", "LocalTraining", "RoundContext", "RoundResult", "SequentialEngine",
            "VectorizedEngine", "make_engine", "register_engine"]

@@ -56,14 +56,24 @@ class ClientReport:
     dropped: bool = False  # its update was not finite: left out of the aggregate
 
 
+@dataclass(frozen=True)
+class RoundResult:
+    """What an engine's round gives back: one report per client, and under fp16 the clients' loss
+    scales at the end of the round (the run keeps the most cautious: `Precision.settle`)."""
+
+    reports: list[ClientReport]
+    loss_scales: tuple[LossScales, ...] = ()
+
+
 class Engine(Protocol):
     """Runs one round's local training: each client of `clients` trains from `global_params` as
     `local` says, and its updated parameters go to `aggregate` (alone or in chunks). Returns one
     report per client. An engine changes nothing but the aggregator and, for FedDMMR, the client
-    memories in `local.memory`."""
+    memories in `local.memory`: the run's own state (such as its loss scale) changes from the
+    `RoundResult`."""
 
     def train(self, context: RoundContext, global_params: dict[str, torch.Tensor], clients: list,
-              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> list[ClientReport]:
+              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> RoundResult:
         ...
 
 

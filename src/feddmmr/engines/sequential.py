@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, guarded_step
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult, guarded_step
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.federated.privacy import clip_updates
@@ -31,7 +31,7 @@ class SequentialEngine:
         local: LocalTraining,
         aggregate: Aggregate,
         progress: Progress | None = None,
-    ) -> list[ClientReport]:
+    ) -> RoundResult:
         model = self.model
         device = next(model.parameters()).device
         memory = local.memory
@@ -83,8 +83,7 @@ class SequentialEngine:
                                         dropped=not kept))
             if progress:
                 progress(1)
-        local.precision.settle(round_scales)
         model.load_state_dict(global_params, strict=False)  # leave the model as it was handed over
         for p in model.parameters():
             p.requires_grad_(True)
-        return reports
+        return RoundResult(reports, tuple(round_scales))

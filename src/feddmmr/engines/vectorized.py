@@ -25,7 +25,7 @@ import logging
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult
 from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
 from feddmmr.federated.privacy import clip_updates
@@ -99,7 +99,7 @@ class VectorizedEngine:
         local: LocalTraining,
         aggregate: Aggregate,
         progress: Progress | None = None,
-    ) -> list[ClientReport]:
+    ) -> RoundResult:
         self.model.train()
         device = next(self.model.parameters()).device
         gradient_fn = self._gradient_fn(local)
@@ -164,5 +164,4 @@ class VectorizedEngine:
                                             dropped=not kept[i]))
             if progress:
                 progress(size)
-        local.precision.settle(round_scales)
-        return reports
+        return RoundResult(reports, tuple(round_scales))

@@ -90,15 +90,15 @@ def train_users(message: Message, context: Context) -> Message:
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
     with node_state(context, config, data.user_ids(), precision):
-        reports = engine.train(RoundContext(request.round, config.seed), global_params, batches,
-                               LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision,
-                                             memory=memory, auxiliary=auxiliary_weights(config), frozen=frozen,
-                                             optimizer=config.local_optimizer, clip_norm=config.dp_clip_norm),
-                               aggregator.add)
+        local = LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision, memory=memory,
+                              auxiliary=auxiliary_weights(config), frozen=frozen, optimizer=config.local_optimizer,
+                              clip_norm=config.dp_clip_norm)
+        result = engine.train(RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add)
+        precision.settle(result.loss_scales)  # kept in the node's Context for its next round
     if memory is not None:
         context.state[MEMORY_STATE] = ArrayRecord(memory.state.to_dict())
     trained = {name: p for name, p in aggregator.result().items() if name not in frozen}
-    content = messages.train_reply_content(trained, reports, {b.user: b.num_targets for b in batches},
+    content = messages.train_reply_content(trained, result.reports, {b.user: b.num_targets for b in batches},
                                            aggregator.total_weight)
     return Message(content, reply_to=message)
 

@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext
+from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.secure_aggregation import secure_mean_update
 from feddmmr.evaluation import EvalSet
@@ -58,7 +58,7 @@ class FlowerEngine:
         self.known_nodes: set[int] = set()
 
     def train(self, context: RoundContext, global_params: dict[str, torch.Tensor], clients: list[ClientBatches],
-              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> list[ClientReport]:
+              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> RoundResult:
         round_number = context.round
         if local.memory is not None:
             raise ValueError("client memories (model=feddmmr) stay on the SuperNodes: the server's run must "
@@ -82,7 +82,7 @@ class FlowerEngine:
         trained = {name: p for name, p in global_params.items() if name not in local.frozen}
         clipped = local.clip_norm is not None
         if self.config.flower_secure_aggregation:
-            return self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate)
+            return RoundResult(self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate))
 
         def advance(node: int) -> None:
             if progress:
@@ -107,7 +107,7 @@ class FlowerEngine:
             reports.extend(received.reports if bool(kept[0]) else
                            [dataclasses.replace(r, dropped=True) for r in received.reports])
         self._log_failures(round_number, failed, by_node)
-        return reports
+        return RoundResult(reports)  # the nodes keep their own loss scales
 
     def _train_securely(self, round_number: int, contents: dict, by_node: dict[int, list[int]],
                         wanted: dict[int, dict[int, int]], trained: dict[str, torch.Tensor], clipped: bool,
