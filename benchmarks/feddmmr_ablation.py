@@ -13,9 +13,9 @@ default cannot mix settings between the rows of one table); only the variant's f
     content-match  feddmmr + the content match with the last 5 items (`--content-history 5`, not in
                    the seed's design)
     held-out       content-match with the modality side trained on held-out targets only
-                   (`--holdout-content`, not in the seed's design)
+                   (`--modality-objective holdout`, not in the seed's design)
     held-out-backbone  held-out with the backbone trained on every target, as FedSASRec's is
-                   (`--holdout-backbone`, not in the seed's design; configs/feddmmr_text.yaml)
+                   (`--modality-objective holdout-backbone`, not in the seed's design; configs/feddmmr_text.yaml)
     held-out-backbone-alignment  held-out-backbone + the alignment loss (lambda 0.1)
 
 Two ways to start:
@@ -73,15 +73,15 @@ VARIANTS = {
     "content-match": ["--model", "feddmmr", "TEXT", "--content-history", "5"],
     # The modality side learns from the targets the backbone never trains on: what it adds there is
     # what it adds to a held-out item.
-    "held-out": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content"],
+    "held-out": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--modality-objective", "holdout"],
     # As held-out, but the backbone also trains on the held-out targets, so it misses none (the
     # user's most recent training item included).
-    "held-out-backbone": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content",
-                          "--holdout-backbone"],
+    "held-out-backbone": ["--model", "feddmmr", "TEXT", "--content-history", "5",
+                          "--modality-objective", "holdout-backbone"],
     # The seed's drift-adaptive alignment loss (lambda 0.1) on top: the "no alignment" ablation of
     # held-out-backbone, which has none.
-    "held-out-backbone-alignment": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--holdout-content",
-                                    "--holdout-backbone", "--alignment-weight", "0.1"],
+    "held-out-backbone-alignment": ["--model", "feddmmr", "TEXT", "--content-history", "5",
+                                    "--modality-objective", "holdout-backbone", "--alignment-weight", "0.1"],
 }
 
 

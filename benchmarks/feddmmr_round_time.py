@@ -3,8 +3,8 @@
     python benchmarks/feddmmr_round_time.py                      # synthetic data, random 384-d text features
     python benchmarks/feddmmr_round_time.py --data ml-1m-top1000 --text ml-1m-text.npz
     python benchmarks/feddmmr_round_time.py --quick              # smoke test: tiny model, 2 timed rounds
-    python benchmarks/feddmmr_round_time.py --content-history 5 --holdout-content   # with these options
-    python benchmarks/feddmmr_round_time.py --content-history 5 --holdout-content --holdout-backbone
+    python benchmarks/feddmmr_round_time.py --content-history 5 --modality-objective holdout   # with these options
+    python benchmarks/feddmmr_round_time.py --content-history 5 --modality-objective holdout-backbone
 
 Both models train with the defaults of `feddmmr train` on the vectorised engine; their timed rounds
 are interleaved (FedDMMR, FedSASRec, FedSASRec, FedDMMR, ...) so that a change in the machine's
@@ -35,8 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny model and 2 timed rounds (smoke test)")
     p.add_argument("--content-history", type=int, default=0, help="FedDMMR's --content-history (default 0: off)")
-    p.add_argument("--holdout-content", action="store_true", help="FedDMMR's --holdout-content")
-    p.add_argument("--holdout-backbone", action="store_true", help="FedDMMR's --holdout-backbone")
+    p.add_argument("--modality-objective", default="joint", choices=("joint", "holdout", "holdout-backbone"),
+                   help="FedDMMR's --modality-objective")
     return p.parse_args(argv)
 
 
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
             text = save_features(Path(scratch) / "text.npz", items,
                                  np.random.default_rng(0).normal(size=(len(items), 384)).astype(np.float32))
         models = {"feddmmr": dict(model="feddmmr", modality=[f"text={text}"], content_history=args.content_history,
-                                  holdout_content=args.holdout_content, holdout_backbone=args.holdout_backbone),
+                                  modality_objective=args.modality_objective),
                   "fedsasrec": dict(model="fedsasrec")}
         runs = {}
         for name, settings in models.items():
@@ -82,8 +82,7 @@ def main(argv=None) -> None:
     print(common.machine_line())
     print(f"setting: {label} | defaults of feddmmr train{' (tiny model: --quick)' if args.quick else ''} | "
           f"vectorised engine | threads={args.threads} | text features: {args.text or 'random 384-d'} | "
-          f"FedDMMR content history {args.content_history}, holdout {args.holdout_content}, "
-          f"holdout backbone {args.holdout_backbone}")
+          f"FedDMMR content history {args.content_history}, modality objective {args.modality_objective}")
     for name, values in times.items():
         print(f"round time {name}: {common.spread(values)}  [{', '.join(f'{t:.2f}' for t in values)}]")
     print(f"FedDMMR vs FedSASRec round: {common.median(times['feddmmr']) / common.median(times['fedsasrec']):.2f}x "

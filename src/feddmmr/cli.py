@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
+from feddmmr.config import FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.")
@@ -73,6 +73,10 @@ def _train_parameters() -> list[inspect.Parameter]:
                                         default=typer.Option(None, "--config", help="preset file (YAML or JSON) of these settings")))
     parameters.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                         default=typer.Option(None, "--resume", help="continue the run in this directory")))
+    for old in OLD_OBJECTIVE_FLAGS:  # hidden: only to say what replaced them
+        flag = "--" + old.replace("_", "-")
+        parameters.append(inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                            default=typer.Option(False, flag, "--" + old, hidden=True)))
     parameters.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                                         default=typer.Option(False, "--verbose", "-v", help="debug logging")))
     return parameters
@@ -96,6 +100,9 @@ def train_command(**options) -> None:
     from feddmmr.train import train
 
     setup_logging(options.pop("verbose"))
+    if options.pop("holdout_content") | options.pop("holdout_backbone"):
+        fail("--holdout-content and --holdout-backbone were replaced by --modality-objective: --holdout-content is "
+             "--modality-objective holdout, both together are --modality-objective holdout-backbone")
     config_file, resume = options.pop("config"), options.pop("resume")
     options = {k: None if v == [] else v for k, v in options.items()}  # a repeatable option not given
     try:

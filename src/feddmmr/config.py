@@ -19,6 +19,9 @@ import yaml
 log = logging.getLogger(__name__)
 
 
+MODALITY_OBJECTIVES = ("joint", "holdout", "holdout-backbone")
+
+
 def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
@@ -56,11 +59,12 @@ class TrainConfig:
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts")
     content_history: int = _opt(0, "feddmmr: add to the score a learned weight times the candidate's highest feature "
                                    "cosine with the user's last N items; 0: off (not in the seed's design; docs/BENCHMARKS.md)")
-    holdout_content: bool = _opt(False, "feddmmr: the last target of each training window trains only the modality side "
-                                        "(projections, experts, router, gate, content weights) and the others only the ID "
-                                        "backbone, on its own score (not in the seed's design; docs/BENCHMARKS.md)")
-    holdout_backbone: bool = _opt(False, "feddmmr, with holdout_content: the backbone trains on the held-out targets too "
-                                         "(on its own score); they still train the modality side on top of it")
+    modality_objective: str = _opt("joint", "feddmmr: which targets train what. joint (the seed's): every target "
+                                            "trains the backbone and the modality side together; holdout: each training "
+                                            "window's last target trains only the modality side (projections, experts, "
+                                            "router, gate, content weights), the others only the ID backbone on its own "
+                                            "score; holdout-backbone: holdout, and the backbone trains on the last targets "
+                                            "too (the measured best with --content-history 5; docs/BENCHMARKS.md)")
     max_seq_len: int = _opt(50, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")
@@ -123,6 +127,7 @@ class TrainConfig:
             "aggregator": tuple(AGGREGATORS),
             "eval": ("sampled", "full"),
             "amp": ("auto", "off", "fp16", "bf16"),
+            "modality_objective": MODALITY_OBJECTIVES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -193,15 +198,15 @@ class TrainConfig:
                              f"got {self.content_history}")
         if self.content_history and self.model != "feddmmr":
             raise ValueError("content_history matches a candidate's modality features with the user's items: it needs model=feddmmr")
-        if self.holdout_content and self.model != "feddmmr":
-            raise ValueError("holdout_content trains the modality side of model=feddmmr; fedsasrec has none")
-        if self.holdout_backbone and not self.holdout_content:
-            raise ValueError("holdout_backbone changes how holdout_content trains: it needs holdout_content")
+        if self.modality_objective != "joint" and self.model != "feddmmr":
+            raise ValueError(f"modality_objective={self.modality_objective} splits the targets between the backbone and "
+                             f"the modality side of model=feddmmr; fedsasrec has no modality side")
         if self.contrastive_weight and len(self.modality) < 2:
             raise ValueError("contrastive_weight > 0 contrasts two experts: give at least two modalities")
-        if self.contrastive_weight and self.holdout_content:
-            raise ValueError("contrastive_weight > 0 contrasts the targets of one window, but with holdout_content the "
-                             "modality side trains on each window's last target only: use one or the other")
+        if self.contrastive_weight and self.modality_objective != "joint":
+            raise ValueError(f"contrastive_weight > 0 contrasts the targets of one window, but with modality_objective="
+                             f"{self.modality_objective} the modality side trains on each window's last target only: use "
+                             f"one or the other")
         if self.memory_long_capacity < 1:
             raise ValueError(f"memory_long_capacity must be >= 1, got {self.memory_long_capacity}")
         if not 0.0 <= self.memory_novelty <= 2.0:  # 1 - cosine lies in [0, 2]; also rejects NaN
@@ -220,6 +225,21 @@ RETIRED = {
     "memory_surprise": "it never had an effect (FedDMMR's memory gates long-term writes by novelty, "
                        "--memory-novelty, and no engine passed it losses)",
 }
+
+
+OLD_OBJECTIVE_FLAGS = ("holdout_content", "holdout_backbone")
+
+
+def translate_old_settings(values: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """A preset or config.json written before --modality-objective replaced holdout_content and
+    holdout_backbone: the same objective under its new name."""
+    old = {name: values.pop(name) for name in OLD_OBJECTIVE_FLAGS if name in values}
+    if old and "modality_objective" not in values:
+        content, backbone = bool(old.get("holdout_content")), bool(old.get("holdout_backbone"))
+        values["modality_objective"] = "holdout-backbone" if content and backbone else "holdout" if content else "joint"
+        log.info("%s: %s read as modality_objective=%s", source, ", ".join(f"{k}={v}" for k, v in old.items()),
+                 values["modality_objective"])
+    return values
 
 
 def _chunk_setting(name: str, value: Any) -> str:
@@ -245,7 +265,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    values = translate_old_settings({str(k).replace("-", "_"): v for k, v in raw.items()}, path)
     for name in sorted(set(values) & set(RETIRED)):
         log.warning("%s: setting %s is ignored: %s", path, name, RETIRED[name])
         del values[name]

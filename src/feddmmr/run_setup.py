@@ -51,8 +51,9 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
     if not features:
         raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, split))")
     model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned",
-                                  content_history=config.content_history, holdout_content=config.holdout_content,
-                                  holdout_backbone=config.holdout_backbone),
+                                  content_history=config.content_history,
+                                  holdout_content=config.modality_objective != "joint",
+                                  holdout_backbone=config.modality_objective == "holdout-backbone"),
                     {n: torch.from_numpy(f.matrix) for n, f in features.items()},
                     {n: torch.from_numpy(f.available) for n, f in features.items()})
     model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone

@@ -94,9 +94,9 @@ def test_train_command_lets_extra_flags_override_the_setting():
 
 @pytest.mark.slow
 def test_feddmmr_round_time_quick_prints_both_models_and_the_ratio():
-    out = run_script("feddmmr_round_time.py", "--quick", "--content-history", "3", "--holdout-content",
-                     "--holdout-backbone")
-    for label in ("machine:", "setting: synthetic", "FedDMMR content history 3, holdout True, holdout backbone True",
+    out = run_script("feddmmr_round_time.py", "--quick", "--content-history", "3", "--modality-objective",
+                     "holdout-backbone")
+    for label in ("machine:", "setting: synthetic", "FedDMMR content history 3, modality objective holdout-backbone",
                   "round time feddmmr: median", "round time fedsasrec: median",
                   "FedDMMR vs FedSASRec round:"):
         assert label in out, f"{label!r} missing from:\n{out}"
@@ -141,8 +141,8 @@ def _final(run_dir: Path) -> dict:
     return json.loads((run_dir / "final.json").read_text())
 
 
-@pytest.mark.parametrize("content", [{}, {"content_history": 3, "holdout_content": True},
-                                     {"content_history": 3, "holdout_content": True, "holdout_backbone": True}])
+@pytest.mark.parametrize("content", [{}, {"content_history": 3, "modality_objective": "holdout"},
+                                     {"content_history": 3, "modality_objective": "holdout-backbone"}])
 def test_the_gate_scan_at_factor_1_reproduces_the_runs_own_metrics(tiny_data, tmp_path, content):
     from feddmmr.config import TrainConfig
     from feddmmr.train import train
@@ -204,7 +204,7 @@ def test_paired_comparison_reads_each_runs_own_metrics_and_differences_per_user(
     features = _item_features(tiny_data, tmp_path / "text.npz")
     plain = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "a"), **TINY_RUN)).run_dir
     held_out = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "b"), model="feddmmr",
-                                 modality=[f"text={features}"], content_history=3, holdout_content=True,
+                                 modality=[f"text={features}"], content_history=3, modality_objective="holdout",
                                  **TINY_RUN)).run_dir
     out = run_script("paired_comparison.py", "--a", str(plain), "--b", str(held_out))
     a, b = _final(plain)["test"], _final(held_out)["test"]

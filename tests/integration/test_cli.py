@@ -93,3 +93,14 @@ def test_a_retired_setting_in_a_preset_or_an_old_config_is_ignored_with_a_note(t
         config = resolve_config(preset)
     assert config.num_rounds == 7 and not hasattr(config, "memory_surprise")
     assert "setting memory_surprise is ignored: it never had an effect" in caplog.text
+
+
+def test_the_old_holdout_flags_name_their_replacement(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--holdout-content", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--holdout-content is --modality-objective holdout" in result.output
+    assert not (tmp_path / "run").exists()
+    preset = tmp_path / "old.yaml"
+    for flags, objective in [("holdout_content: true\nholdout_backbone: true\n", "holdout-backbone"),
+                             ("holdout_content: true\n", "holdout"), ("holdout_content: false\n", "joint")]:
+        preset.write_text("model: feddmmr\nmodality: text=t.npz\n" + flags)
+        assert resolve_config(preset).modality_objective == objective

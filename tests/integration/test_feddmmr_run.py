@@ -80,10 +80,10 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(stage=2)
     with pytest.raises(ValueError, match="content_history matches .* it needs model=feddmmr"):
         TrainConfig(content_history=5)
-    with pytest.raises(ValueError, match="holdout_content trains the modality side of model=feddmmr"):
-        TrainConfig(holdout_content=True)
-    with pytest.raises(ValueError, match="holdout_backbone changes how holdout_content trains: it needs holdout_content"):
-        TrainConfig(model="feddmmr", modality=["text=t.npz"], holdout_backbone=True)
+    with pytest.raises(ValueError, match="modality_objective=holdout splits the targets .* fedsasrec has no modality side"):
+        TrainConfig(modality_objective="holdout")
+    with pytest.raises(ValueError, match="modality_objective='held-out' is not one of joint, holdout, holdout-backbone"):
+        TrainConfig(model="feddmmr", modality=["text=t.npz"], modality_objective="held-out")
     with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=50\].*got 51"):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=51)
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
@@ -92,8 +92,9 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(model="feddmmr", modality=["x.npz"])
     with pytest.raises(ValueError, match="contrastive"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], contrastive_weight=0.1)
-    with pytest.raises(ValueError, match="with holdout_content the modality side trains on each window's last target only"):
-        TrainConfig(model="feddmmr", modality=["text=x.npz", "genre=g.npz"], contrastive_weight=0.1, holdout_content=True)
+    with pytest.raises(ValueError, match="with modality_objective=holdout the modality side trains on each window's last"):
+        TrainConfig(model="feddmmr", modality=["text=x.npz", "genre=g.npz"], contrastive_weight=0.1,
+                    modality_objective="holdout")
     with pytest.raises(ValueError, match=r"memory_novelty must be in \[0, 2\] \(1 - a cosine\), got 2.5"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=2.5)
 
@@ -157,7 +158,7 @@ def test_every_preset_resolves():
             again.client_fraction) == (10, 1e-4, 1e-4, 64, 4, 0.2)
     assert [resolve_config(CONFIGS / f"stage{s}.yaml").stage for s in (1, 2, 3)] == [1, 2, 3]
     measured = resolve_config(CONFIGS / "feddmmr_text.yaml")
-    assert (measured.model, measured.modality, measured.content_history, measured.holdout_content,
-            measured.holdout_backbone, measured.top_users) == ("feddmmr", ["text=features/ml-1m-text.npz"], 5, True, True, 1000)
+    assert (measured.model, measured.modality, measured.content_history, measured.modality_objective,
+            measured.top_users) == ("feddmmr", ["text=features/ml-1m-text.npz"], 5, "holdout-backbone", 1000)
     override = resolve_config(CONFIGS / "drift_adaptive.yaml", modality=["text=other.npz"])
     assert override.modality == ["text=other.npz"]  # the command line replaces the preset's list
