@@ -6,6 +6,8 @@ where the stream is per round, user or node. The ids are part of the results: ch
 changes every number drawn from it.
 """
 
+import numpy as np
+
 CLIENT_SAMPLING = 1  # which clients a round samples (federated/sampling.py)
 CLIENT_BATCHES = 2  # a client's window order and training negatives in a round (federated/batches.py)
 ROUND_TORCH = 3  # torch's seed for a round's dropout (train.py)
@@ -14,3 +16,9 @@ NODE_TORCH = 5  # a Flower node's torch seed for its dropout (engines/flower/cli
 DP_SAMPLING = 6  # Poisson sampling of the clients under DP (federated/privacy.py)
 EVAL_CANDIDATES = 7  # the fixed validation and test negatives (data/negatives.py)
 SECAGG_ROUNDING = 8  # a node's stochastic rounding in secure aggregation (engines/flower/secure_aggregation.py)
+
+
+def round_seed(seed: int, round_number: int) -> int:
+    """torch's seed for a round (dropout), so that a resumed run repeats it."""
+    return int(np.random.SeedSequence([seed, ROUND_TORCH, round_number]).generate_state(1)[0])
+

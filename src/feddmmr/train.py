@@ -23,14 +23,12 @@ from feddmmr import streams
 from feddmmr.checkpoint import load_checkpoint, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.callbacks import AppendMetrics, Callback, LogEarlyStopping, OnRound, SaveBestCheckpoint, SaveLastCheckpoint
+from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
-from feddmmr.engines.base import guarded_step
-from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.aggregation import make_aggregator
-from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
+from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
-from feddmmr.model.losses import next_item_loss
 from feddmmr.run_setup import prepare_run
 from feddmmr.run_state import SELECTION_METRIC, Run, load_memory
 
@@ -40,18 +38,13 @@ log = logging.getLogger(__name__)
 ProgressFactory = Callable[[int, int], Callable[[int], None]]
 
 
-def round_seed(seed: int, round_number: int) -> int:
-    """Seed for torch's own randomness (dropout) in a round, so a resumed run repeats it."""
-    return int(np.random.SeedSequence([seed, streams.ROUND_TORCH, round_number]).generate_state(1)[0])
-
-
 # ---------------------------------------------------------------------------------------------
 # One round
 
 
 def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFactory | None = None) -> dict:
     c, split = run.config, run.split
-    torch.manual_seed(round_seed(c.seed, round_number))
+    torch.manual_seed(streams.round_seed(c.seed, round_number))
     started = time.perf_counter()
 
     global_params = run.params()
@@ -61,7 +54,7 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         aggregator = make_aggregator(c.aggregator, global_params)
     else:
         users = poisson_sample(eligible, c.client_fraction, c.seed, round_number)
-        noise = torch.Generator().manual_seed(round_seed(c.seed, round_number) + 1)
+        noise = torch.Generator().manual_seed(streams.round_seed(c.seed, round_number) + 1)
         aggregator = DPFedAvg(global_params, c.dp_clip_norm, c.dp_noise_multiplier,
                               c.client_fraction * len(eligible), noise)
     settings = run.batch_settings()
@@ -111,41 +104,6 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     return record
 
 
-def run_centralized_epoch(run: Run, optimizer: torch.optim.Optimizer, round_number: int) -> dict:
-    """The pooled baseline: one model trains on every user's windows, shuffled together."""
-    c, split = run.config, run.split
-    torch.manual_seed(round_seed(c.seed, round_number))
-    started = time.perf_counter()
-    settings = BatchSettings(max_len=c.max_seq_len, batch_size=1 << 30, epochs=1,
-                             num_negatives=c.num_negatives, num_items=split.num_items)
-    eligible = np.flatnonzero(split.num_train_targets > 0)
-    per_user = [make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
-                for u in eligible]
-    inputs = torch.from_numpy(np.concatenate([b.inputs[0] for b in per_user]))
-    candidates = torch.from_numpy(np.concatenate([b.candidates[0] for b in per_user]))
-    order = torch.from_numpy(np.random.default_rng([c.seed, streams.CENTRALIZED_ORDER, round_number]).permutation(len(inputs)))
-    model = run.model
-    model.train()
-    total, count, skipped = 0.0, 0.0, 0
-    scales = run.precision.client_scales(1, run.device)
-    for start in range(0, len(order), c.batch_size):
-        rows = order[start : start + c.batch_size]
-        batch_inputs, batch_candidates = inputs[rows].to(run.device), candidates[rows].to(run.device)
-        with run.precision.autocast():
-            scores = model(batch_inputs, batch_candidates)
-        loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
-        if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, scales):
-            skipped += 1
-            continue
-        total += float(loss_sum.detach())
-        count += float(n)
-    run.precision.settle([scales])
-    if skipped:
-        log.warning("round %d: skipped %d steps with a non-finite loss or gradient", round_number, skipped)
-    return {"round": round_number, "clients": len(eligible), "train_loss": total / max(count, 1.0),
-            "skipped_steps": skipped, "train_seconds": time.perf_counter() - started}
-
-
 # ---------------------------------------------------------------------------------------------
 # The whole run
 
@@ -172,25 +130,23 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
     run = prepare_run(config, resume=resume, memories_on_nodes=nodes is not None)
     run.nodes = nodes
     c, state = run.config, run.state
-    if engine is None and not c.centralized:
-        engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
-                             num_negatives=c.num_negatives)
-    optimizer = (TORCH_OPTIMIZERS[c.local_optimizer](run.model.parameters(), lr=c.learning_rate,
-                                                     weight_decay=c.weight_decay)
-                 if c.centralized else None)
-    if c.centralized and state.round > 0:
-        # The centralised optimiser state lives in the last checkpoint.
-        saved = load_checkpoint(run.checkpoints / "last.pt")
-        optimizer.load_state_dict(saved["optimizer"])
+    optimizer = None  # the centralised baseline's, kept in last.pt
+    if c.centralized:  # one "round" is an epoch of one model over all users pooled
+        epochs = CentralizedEpochs(run)
+        optimizer, train_round = epochs.optimizer, epochs.train
+    else:
+        if engine is None:
+            engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
+                                 num_negatives=c.num_negatives)
+
+        def train_round(round_number: int) -> dict:
+            return run_round(run, engine, round_number, progress_factory)
     after_round = [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), AppendMetrics(),
                    *([OnRound(on_round)] if on_round else []), *callbacks, LogEarlyStopping()]
 
     while state.round < c.num_rounds and not state.stopped_early:
         round_number = state.round + 1
-        if c.centralized:
-            record = run_centralized_epoch(run, optimizer, round_number)
-        else:
-            record = run_round(run, engine, round_number, progress_factory)
+        record = train_round(round_number)
         record["validated"] = run.schedule.validates(round_number)
         eval_started = time.perf_counter()
         if record["validated"]:

@@ -1,0 +1,66 @@
+"""The centralised baseline: the same model trained on every user's windows pooled, with one
+optimiser (the clients' settings: --local-optimizer, --learning-rate, --batch-size); one "round"
+of the run loop is one epoch."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from feddmmr import streams
+from feddmmr.checkpoint import load_checkpoint
+from feddmmr.engines.base import guarded_step
+from feddmmr.federated.adam import TORCH_OPTIMIZERS
+from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
+from feddmmr.model.losses import next_item_loss
+from feddmmr.run_state import Run
+
+log = logging.getLogger(__name__)
+
+
+class CentralizedEpochs:
+    def __init__(self, run: Run) -> None:
+        c = run.config
+        self.run = run
+        self.optimizer = TORCH_OPTIMIZERS[c.local_optimizer](run.model.parameters(), lr=c.learning_rate,
+                                                             weight_decay=c.weight_decay)
+        if run.state.round > 0:  # resumed: the optimiser's state lives in the last checkpoint
+            self.optimizer.load_state_dict(load_checkpoint(run.checkpoints / "last.pt")["optimizer"])
+
+    def train(self, round_number: int) -> dict:
+        """One epoch: every user's windows, shuffled together, in batches of `batch_size`."""
+        run, optimizer = self.run, self.optimizer
+        c, split = run.config, run.split
+        torch.manual_seed(streams.round_seed(c.seed, round_number))
+        started = time.perf_counter()
+        settings = BatchSettings(max_len=c.max_seq_len, batch_size=1 << 30, epochs=1,
+                                 num_negatives=c.num_negatives, num_items=split.num_items)
+        eligible = np.flatnonzero(split.num_train_targets > 0)
+        per_user = [make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
+                    for u in eligible]
+        inputs = torch.from_numpy(np.concatenate([b.inputs[0] for b in per_user]))
+        candidates = torch.from_numpy(np.concatenate([b.candidates[0] for b in per_user]))
+        order = torch.from_numpy(np.random.default_rng([c.seed, streams.CENTRALIZED_ORDER, round_number]).permutation(len(inputs)))
+        model = run.model
+        model.train()
+        total, count, skipped = 0.0, 0.0, 0
+        scales = run.precision.client_scales(1, run.device)
+        for start in range(0, len(order), c.batch_size):
+            rows = order[start : start + c.batch_size]
+            batch_inputs, batch_candidates = inputs[rows].to(run.device), candidates[rows].to(run.device)
+            with run.precision.autocast():
+                scores = model(batch_inputs, batch_candidates)
+            loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
+            if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, scales):
+                skipped += 1
+                continue
+            total += float(loss_sum.detach())
+            count += float(n)
+        run.precision.settle([scales])
+        if skipped:
+            log.warning("round %d: skipped %d steps with a non-finite loss or gradient", round_number, skipped)
+        return {"round": round_number, "clients": len(eligible), "train_loss": total / max(count, 1.0),
+                "skipped_steps": skipped, "train_seconds": time.perf_counter() - started}
