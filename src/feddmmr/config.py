@@ -114,40 +114,59 @@ class TrainConfig:
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
 
     def __post_init__(self) -> None:
-        from feddmmr.engines import ENGINES  # the registries: rules and engines registered by name
-        from feddmmr.federated.aggregation import AGGREGATORS
+        for section in SECTIONS:  # each setting is checked in its section's method, and only there
+            getattr(self, f"_check_{section}")()
 
-        choices = {
-            "model": ("fedsasrec", "feddmmr"),
-            "router": ("learned", "uniform"),
-            "loss": ("ce", "bpr"),
-            "local_optimizer": ("adam", "sgd"),
-            "server_optimizer": ("fedavg", "fedavgm", "fedadam"),
-            "engine": (*ENGINES, "flower"),
-            "aggregator": tuple(AGGREGATORS),
-            "eval": ("sampled", "full"),
-            "amp": ("auto", "off", "fp16", "bf16"),
-            "modality_objective": MODALITY_OBJECTIVES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        positive = ("num_rounds", "local_epochs", "batch_size", "num_negatives", "num_negatives_eval",
-                    "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "flower_supernodes")
-        for name in positive:
+    def section(self, name: str) -> dict[str, Any]:
+        """The settings of one section (`SECTIONS`), by name."""
+        return {field: getattr(self, field) for field in SECTIONS[name]}
+
+    def _choose(self, name: str, allowed: tuple) -> None:
+        if getattr(self, name) not in allowed:
+            raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+    def _at_least_one(self, *names: str) -> None:
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("chunk_clients", "chunk_windows"):
-            setattr(self, name, _chunk_setting(name, getattr(self, name)))
-        if not 0.0 < self.client_fraction <= 1.0:
-            raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+
+    def _check_data(self) -> None:
+        # Before a run directory exists: the readers check these too, later.
+        if self.top_users is not None:
+            self._at_least_one("top_users")
+        self._at_least_one("min_length")
+
+    def _check_model(self) -> None:
+        self._choose("model", ("fedsasrec", "feddmmr"))
+        self._at_least_one("max_seq_len", "hidden_dim", "num_blocks", "num_heads")
+
+    def _check_client(self) -> None:
+        self._choose("local_optimizer", ("adam", "sgd"))
+        self._choose("loss", ("ce", "bpr"))
+        self._at_least_one("local_epochs", "batch_size", "num_negatives")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    def _check_server(self) -> None:
+        from feddmmr.federated.aggregation import AGGREGATORS  # rules registered by name
+
+        self._choose("aggregator", tuple(AGGREGATORS))
+        self._choose("server_optimizer", ("fedavg", "fedavgm", "fedadam"))
+        self._at_least_one("num_rounds")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
         if self.server_learning_rate <= 0:
             raise ValueError(f"server_learning_rate must be > 0, got {self.server_learning_rate}")
         if self.server_epsilon < 0:
             raise ValueError(f"server_epsilon must be >= 0, got {self.server_epsilon}")
-        self._check_privacy()
+
+    def _check_engine(self) -> None:
+        from feddmmr.engines import ENGINES  # engines registered by name
+
+        self._choose("engine", (*ENGINES, "flower"))
+        for name in ("chunk_clients", "chunk_windows"):
+            setattr(self, name, _chunk_setting(name, getattr(self, name)))
+        self._at_least_one("flower_supernodes")
         if self.flower_round_timeout <= 0:
             raise ValueError(f"flower_round_timeout must be > 0 seconds, got {self.flower_round_timeout}")
         if self.flower_secure_aggregation and self.engine != "flower":
@@ -155,7 +174,13 @@ class TrainConfig:
                              f"got engine={self.engine!r}")
         if not self.flower_secagg_clipping_range > 0:
             raise ValueError(f"flower_secagg_clipping_range must be > 0, got {self.flower_secagg_clipping_range}")
-        self._check_feddmmr()
+
+    def _check_evaluation(self) -> None:
+        self._choose("eval", ("sampled", "full"))
+        self._at_least_one("num_negatives_eval")
+
+    def _check_runtime(self) -> None:
+        self._choose("amp", ("auto", "off", "fp16", "bf16"))
 
     def _check_privacy(self) -> None:
         if self.dp_clip_norm is None:
@@ -175,6 +200,8 @@ class TrainConfig:
                              f"with aggregator={self.aggregator!r}")
 
     def _check_feddmmr(self) -> None:
+        self._choose("router", ("learned", "uniform"))
+        self._choose("modality_objective", MODALITY_OBJECTIVES)
         if isinstance(self.modality, str):  # a preset may give a single NAME=FILE
             self.modality = [self.modality]
         self.modality = list(self.modality)
@@ -220,6 +247,24 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# The sections of a config, in the order they are checked; every field is in exactly one. Flags and
+# files stay flat (`--learning-rate`, `learning_rate:`); `TrainConfig.section(name)` reads one.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("data_dir", "format", "top_users", "min_length"),
+    "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
+    "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
+               "loss"),
+    "server": ("num_rounds", "client_fraction", "aggregator", "server_optimizer", "server_learning_rate",
+               "server_epsilon", "server_momentum"),
+    "engine": ("engine", "centralized", "chunk_clients", "chunk_windows", "flower_supernodes", "flower_round_timeout",
+               "flower_secure_aggregation", "flower_secagg_clipping_range"),
+    "privacy": ("dp_clip_norm", "dp_noise_multiplier", "dp_delta"),
+    "feddmmr": ("modality", "stage", "memory_long_capacity", "memory_novelty", "router", "load_balance_weight",
+                "alignment_weight", "contrastive_weight", "content_history", "modality_objective"),
+    "evaluation": ("eval", "num_negatives_eval", "validate_every", "patience"),
+    "runtime": ("device", "amp", "seed", "run_dir", "init_from", "threads"),
+}
 # Settings that no longer exist, and why; a preset or an old run's config.json may still hold them.
 RETIRED = {
     "memory_surprise": "it never had an effect (FedDMMR's memory gates long-term writes by novelty, "
