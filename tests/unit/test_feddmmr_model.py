@@ -85,7 +85,7 @@ def test_aux_outputs_and_the_auxiliary_losses():
     cands[0, :3] = 0  # padding targets
     scores, aux = model(seq, cands, mem, mask, with_aux=True)
     assert torch.equal(scores, model(seq, cands, mem, mask))
-    assert aux["router_weights"].shape == (3, 8, 5, 1) and aux["expert_positive"].shape == (3, 8, 1, 16)
+    assert aux.router_weights.shape == (3, 8, 5, 1) and aux.expert_positive.shape == (3, 8, 1, 16)
     total, main = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
     loss_sum, count = next_item_loss(scores, cands[..., 0] > 0)
     torch.testing.assert_close(total, loss_sum / count)
@@ -96,7 +96,7 @@ def test_aux_outputs_and_the_auxiliary_losses():
     aligned, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0, alignment=0.5))
     valid = cands[..., 0] > 0
     per_target = torch.logsumexp(scores, -1) - scores[..., 0]
-    cosine = torch.nn.functional.cosine_similarity(aux["fused_positive"], model.sasrec.item_embedding(cands[..., 0]), dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(aux.fused_positive, model.sasrec.item_embedding(cands[..., 0]), dim=-1)
     expected = ((1 - cosine) * (1 + 0.5 * torch.sigmoid(per_target)))[valid].mean()
     torch.testing.assert_close(aligned, total + 0.5 * expected)
 
@@ -259,7 +259,7 @@ def test_holdout_backbone_trains_the_backbone_on_every_target_and_the_side_on_th
     scores, aux = both(seq, cands, mem, mask, with_aux=True)
     # Every position scores as the backbone alone; the last one's stacked score rides in aux.
     torch.testing.assert_close(scores, plain.sasrec(seq, cands))
-    torch.testing.assert_close(aux["held_out_scores"], plain(seq, cands, mem, mask)[:, -1:])
+    torch.testing.assert_close(aux.held_out_scores, plain(seq, cands, mem, mask)[:, -1:])
     torch.testing.assert_close(both.eval()(seq, cands, mem, mask), plain.eval()(seq, cands, mem, mask))
     both.train()
     plain.train()
@@ -294,20 +294,20 @@ def test_held_out_the_modality_side_and_its_auxiliary_losses_cover_the_last_targ
     cands[0, -1] = 0  # a padded last target: no auxiliary term sees it
     scores, aux = both(seq, cands, mem, mask, with_aux=True)
     _, full = plain(seq, cands, mem, mask, with_aux=True)
-    assert aux["router_weights"].shape == (3, 1, 5, 2) and aux["expert_positive"].shape == (3, 1, 2, 16)
+    assert aux.router_weights.shape == (3, 1, 5, 2) and aux.expert_positive.shape == (3, 1, 2, 16)
     for name in ("router_weights", "expert_positive", "fused_positive", "positive_embedding"):
-        torch.testing.assert_close(aux[name], full[name][:, -1:], msg=name)  # the full model's, at the last position
+        torch.testing.assert_close(getattr(aux, name), getattr(full, name)[:, -1:], msg=name)  # the full model's, at the last position
     base, main = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
     # Load balance, by hand: the mean router weight over the last position's real candidates.
     balanced, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=1.0))
     live = (cands[:, -1] > 0) & (cands[:, -1, :1] > 0)  # [B, n]: real candidates of real targets
-    mean_weight = full["router_weights"][:, -1][live].mean(0)
+    mean_weight = full.router_weights[:, -1][live].mean(0)
     torch.testing.assert_close(balanced, base + ((mean_weight - 0.5) ** 2).sum())
     # Alignment, by hand: a mean over the real last targets, weighed by their held-out loss.
     aligned, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0, alignment=0.5))
     last = plain(seq, cands, mem, mask)[:, -1]
     surprise = 1 + 0.5 * torch.sigmoid(torch.logsumexp(last, -1) - last[:, 0])
-    cosine = torch.nn.functional.cosine_similarity(full["fused_positive"][:, -1], plain.sasrec.item_embedding(cands[:, -1, 0]), dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(full.fused_positive[:, -1], plain.sasrec.item_embedding(cands[:, -1, 0]), dim=-1)
     valid = cands[:, -1, 0] > 0
     torch.testing.assert_close(aligned, base + 0.5 * ((1 - cosine) * surprise)[valid].mean())
     # The next-item loss itself still covers every target, on the backbone's scores.

@@ -64,8 +64,8 @@ class SequentialEngine:
                 else:
                     items, mask = memory.retrieve(slots)
                     with local.precision.autocast():
-                        scores, aux = model(inputs, candidates, items[0], mask[0], with_aux=True)
-                    objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
+                        scores, parts = model(inputs, candidates, items[0], mask[0], with_aux=True)
+                    objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary)
                     # The positives happened whatever this step's fate: the memory takes them.
                     slots = memory.update(slots, positives[step : step + 1])
                 if not guarded_step(objective, trainable, optimizer, scales):

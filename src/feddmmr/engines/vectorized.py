@@ -74,9 +74,9 @@ class VectorizedEngine:
         if local.memory is not None:  # FedDMMR: the client's memory slots and the auxiliary losses
             def memory_loss(params, frozen, inputs, candidates, memory_items, memory_mask, scale):
                 with local.precision.autocast():
-                    scores, aux = functional_call(model, {**params, **frozen},
+                    scores, parts = functional_call(model, {**params, **frozen},
                                                   (inputs, candidates, memory_items, memory_mask), {"with_aux": True})
-                objective, loss = feddmmr_loss(scores.float(), aux, candidates, local.loss, local.auxiliary)
+                objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary)
                 return objective * scale, loss.detach()
 
             return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, 0, 0),

@@ -36,6 +36,7 @@ With no modality the model is SASRec exactly: fused = h.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddmmr.model.losses import ScoreParts
 from feddmmr.model.sasrec import SASRec, SASRecConfig, dropout
 
 
@@ -222,57 +224,55 @@ class FedDMMR(nn.Module):
 
     def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                memory_mask: torch.Tensor, history: torch.Tensor | None,
-               holdout: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               holdout: bool = False) -> tuple[torch.Tensor, ScoreParts]:
         """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
 
         `holdout` (with `holdout_content`): the last position's loss trains only the modality
         side, on top of the (untrained there) backbone's score; the others' scores are the
         backbone's alone, which they train. With `holdout_backbone` every position's score is
-        the backbone's and the last position's stacked score goes to aux["held_out_scores"].
-        Held out, the aux tensors are the last position's only ([B, 1, ...])."""
+        the backbone's and the last position's stacked score goes to `held_out_scores`. Held
+        out, the parts are the last position's only ([B, 1, ...])."""
         if not self.mixes:
-            aux = {"fused_positive": hidden, "positive_embedding": self.sasrec.item_embedding(candidates[..., 0])}
-            return self.sasrec.score(hidden, candidates), aux
+            return self.sasrec.score(hidden, candidates), ScoreParts(hidden, self.sasrec.item_embedding(candidates[..., 0]))
         if self.config.content_history and history is None:
             raise ValueError("content_history: the score needs the items each position has read (history)")
         embeddings = self.sasrec.item_embedding(candidates)
         if not holdout:
-            mixture, match, aux = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
+            mixture, match, parts = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
             # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
-            return ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match, aux
+            return ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match, parts
         backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
         # Held out, the modality side enters the loss at the last position only, so it is computed
         # there only (the experts over every position were most of FedDMMR's extra cost). It reads
         # the ID embeddings (its fallback queries, the dot product) but must not train them.
         last_embeddings = embeddings[:, -1:].detach()
-        mixture, match, aux = self._side(hidden[:, -1:], last_embeddings, candidates[:, -1:], memory_items, memory_mask,
-                                         None if history is None else history[:, -1:])
+        mixture, match, parts = self._side(hidden[:, -1:], last_embeddings, candidates[:, -1:], memory_items,
+                                           memory_mask, None if history is None else history[:, -1:])
         held_out = backbone[:, -1:].detach() + (mixture * last_embeddings).sum(-1) + match  # [B, 1, n]
         if self.config.holdout_backbone:
-            aux["held_out_scores"] = held_out
-            return backbone, aux
-        return torch.cat([backbone[:, :-1], held_out], dim=1), aux
+            return backbone, dataclasses.replace(parts, held_out=True, held_out_scores=held_out)
+        return torch.cat([backbone[:, :-1], held_out], dim=1), dataclasses.replace(parts, held_out=True)
 
     def _side(self, hidden: torch.Tensor, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
               memory_mask: torch.Tensor, history: torch.Tensor | None):
         """The modality side at the given positions: the experts' mixture g * sum_m w_m LN(o_m)
         [B, L, n, d] (fused = hidden + mixture), the content match [B, L, n] (0.0 without
-        `content_history`) and the aux tensors of those positions."""
+        `content_history`) and the score parts of those positions."""
         weights, outputs, matches = self._experts_and_router(embeddings, candidates, memory_items, memory_mask,
                                                              history if self.config.content_history else None)
         mixture = self.gate * _weighted_sum(weights, outputs)
         match = 0.0
         if matches:
             match = math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
-        aux = {"fused_positive": hidden + mixture[..., 0, :], "positive_embedding": embeddings[..., 0, :],
-               "router_weights": weights, "expert_positive": torch.stack([o[..., 0, :] for o in outputs], dim=-2)}
-        return mixture, match, aux
+        parts = ScoreParts(hidden + mixture[..., 0, :], embeddings[..., 0, :], router_weights=weights,
+                           expert_positive=torch.stack([o[..., 0, :] for o in outputs], dim=-2))
+        return mixture, match, parts
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                 memory_mask: torch.Tensor, *, with_aux: bool = False):
         """Scores [B, L, n] of candidates at every position; memory [B, K], or [K] shared by the batch.
 
-        `with_aux`: also return a dict for the auxiliary losses: `fused_positive` [B, L, d] (the
+        `with_aux`: also return the `ScoreParts` the losses need: `fused_positive` [B, L, d] (the
         fused vector of each position's column-0 candidate, its target in training),
         `positive_embedding` [B, L, d] (that candidate's item embedding) and, when the
         experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
@@ -282,17 +282,18 @@ class FedDMMR(nn.Module):
         With `holdout_content`, in training mode, the last position's scores train only the
         modality side and the others' are the backbone's alone: in training windows the last
         position is the window's most recent target (`federated/batches.py`). With
-        `holdout_backbone` as well, the scores are the backbone's at every position and the aux
-        dict has `held_out_scores` [B, 1, n]: the last position's backbone (detached) + modality
-        side scores, for `losses.feddmmr_loss` to add.
+        `holdout_backbone` as well, the scores are the backbone's at every position and the parts
+        hold `held_out_scores` [B, 1, n]: the last position's backbone (detached) + modality side
+        scores, for `losses.feddmmr_loss` to add.
         """
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
             memory_mask = memory_mask.expand(sequences.shape[0], -1)
         history = recent_items(sequences, self.config.content_history) if self.config.content_history else None
         holdout = self.config.holdout_content and self.training  # a split of the training loss only
-        scores, aux = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history, holdout)
-        return (scores, aux) if with_aux else scores
+        scores, parts = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history,
+                                    holdout)
+        return (scores, parts) if with_aux else scores
 
     def _last_history(self, sequences: torch.Tensor) -> torch.Tensor | None:
         """[B, 1, k]: the last k items of each sequence (with `content_history`)."""

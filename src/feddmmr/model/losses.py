@@ -39,11 +39,25 @@ class AuxiliaryWeights:
     temperature: float = 0.07  # of the contrastive loss
 
 
-def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates: torch.Tensor, kind: str,
+@dataclass(frozen=True)
+class ScoreParts:
+    """What FedDMMR's training losses need besides its scores (`FedDMMR.forward(with_aux=True)`),
+    at the positions the modality side trains on: every position, or held out the last one only
+    ([B, 1, ...])."""
+
+    fused_positive: torch.Tensor  # [B, P, d]: the fused vector of the column-0 candidate (the target)
+    positive_embedding: torch.Tensor  # [B, P, d]: that candidate's item embedding
+    held_out: bool = False  # the side covers the window's last position only (--modality-objective holdout*)
+    router_weights: torch.Tensor | None = None  # [B, P, n, M], when the experts are used
+    expert_positive: torch.Tensor | None = None  # [B, P, M, d]: the target's normalised expert outputs
+    held_out_scores: torch.Tensor | None = None  # [B, 1, n]: holdout-backbone's side scores of the last position
+
+
+def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tensor, kind: str,
                  weights: AuxiliaryWeights) -> tuple[torch.Tensor, torch.Tensor]:
     """(training objective, next-item loss), both means over the valid targets of one step.
 
-    scores [B, L, 1+N]; candidates [B, L, 1+N] (target first, 0 = padding); `aux` from
+    scores [B, L, 1+N]; candidates [B, L, 1+N] (target first, 0 = padding); `parts` from
     `FedDMMR.forward(with_aux=True)`. With i a valid target and E the item embedding:
     - next-item: mean_i loss_i (softmax CE over positive + negatives, or BPR);
     - load balance: sum_m (mean over valid candidates of w_m - 1/M)^2;
@@ -51,10 +65,10 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
       drift-adaptive weight (detached): targets the model finds surprising weigh more;
     - contrastive: symmetric InfoNCE between the target's first two expert outputs, the other
       targets of the same window as negatives, per-target weight 1 + 0.5 sigmoid(loss_i);
-    - with aux["held_out_scores"] (`holdout_backbone`): the last targets' loss on those scores,
+    - with `parts.held_out_scores` (holdout-backbone): the last targets' loss on those scores,
       summed and divided by the same count, so that each of them weighs as one more target.
-    The auxiliary terms cover the positions of the aux tensors: all of them, or held out
-    (`holdout_content`) the last one only, as means over its valid targets.
+    The auxiliary terms cover the side's positions: all of them, or held out (`parts.held_out`)
+    the last one only, as means over its valid targets.
     """
     valid = candidates[..., 0] > 0
     mask = valid.to(scores.dtype)
@@ -64,25 +78,25 @@ def feddmmr_loss(scores: torch.Tensor, aux: dict[str, torch.Tensor], candidates:
     total = main
     # The positions the auxiliary terms see: every one, or held out the last one only. Their
     # surprise weights come from those targets' losses: on the held-out scores when there are some.
-    first = scores.shape[1] - aux["fused_positive"].shape[1]
+    first = scores.shape[1] - 1 if parts.held_out else 0
     side_loss = per_target[:, first:]
-    held_out = aux.get("held_out_scores")
+    held_out = parts.held_out_scores
     if held_out is not None:
         side_loss = per_target_loss(held_out.float(), kind)
         total = total + (side_loss * mask[:, -1:]).sum() / count
     side_candidates, side_valid, side_mask = candidates[:, first:], valid[:, first:], mask[:, first:]
     side_count = side_mask.sum().clamp(min=1)
     surprise = 1 + 0.5 * torch.sigmoid(side_loss.detach())
-    router = aux.get("router_weights")
+    router = parts.router_weights
     if weights.load_balance and router is not None:
         live = ((side_candidates > 0) & side_valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
         mean_weight = (router * live).sum((0, 1, 2)) / live.sum().clamp(min=1)
         total = total + weights.load_balance * ((mean_weight - 1 / router.shape[-1]) ** 2).sum()
     if weights.alignment:
-        target = aux["positive_embedding"].detach()
-        cosine = F.cosine_similarity(aux["fused_positive"].float(), target.float(), dim=-1, eps=1e-8)
+        target = parts.positive_embedding.detach()
+        cosine = F.cosine_similarity(parts.fused_positive.float(), target.float(), dim=-1, eps=1e-8)
         total = total + weights.alignment * ((1 - cosine) * surprise * side_mask).sum() / side_count
-    experts = aux.get("expert_positive")
+    experts = parts.expert_positive
     if weights.contrastive and experts is not None and experts.shape[-2] >= 2:
         a = F.normalize(experts[..., 0, :].float(), dim=-1)  # [B, L, d]
         b = F.normalize(experts[..., 1, :].float(), dim=-1)
