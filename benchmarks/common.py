@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # redistribution); a fresh clone has no shared/ folder.
 SHARED_DATA = ROOT.parent / "shared" / "data"
 ML1M_SEQUENCES = SHARED_DATA / "ml-1m" / "ml-1m_sequences.txt"
-DOCS_RESULTS = ROOT / "docs" / "RESULTS.md"  # the current claims; docs/BENCHMARKS.md is the notebook
+DOCS_RESULTS = ROOT / "docs" / "RESULTS.md"  # the current claims; docs/notebook/2026-12-06-benchmarks.md is the notebook
 
 # The seed's setting (FedSASRec on the ML-1M top-1000 users), as TrainConfig fields: its clients
 # ran a fresh Adam (lr 1e-3) and the server adopted their FedAvg.

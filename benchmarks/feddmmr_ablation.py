@@ -69,7 +69,7 @@ VARIANTS = {
     # high (mean 0.44): 0.4 lets about 1 in 5 positives into the long-term memory.
     "novelty-0.4": ["--model", "feddmmr", "TEXT", "--memory-novelty", "0.4"],
     # The score also gets how closely the candidate's feature matches the user's last 5 items (its
-    # highest cosine), which the experts' softmax and LayerNorms cannot pass on (docs/BENCHMARKS.md).
+    # highest cosine), which the experts' softmax and LayerNorms cannot pass on (docs/notebook/2026-12-06-benchmarks.md).
     "content-match": ["--model", "feddmmr", "TEXT", "--content-history", "5"],
     # The modality side learns from the targets the backbone never trains on: what it adds there is
     # what it adds to a held-out item.

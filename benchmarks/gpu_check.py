@@ -1,7 +1,7 @@
 """Is CUDA training correct and fast? One GPU, about 5 minutes, one table.
 
     python benchmarks/gpu_check.py                         # ML-1M from ../shared/data (or --data PATH)
-    python benchmarks/gpu_check.py --write-docs            # ... and put the table into docs/BENCHMARKS.md
+    python benchmarks/gpu_check.py --write-docs            # ... and put the table into docs/notebook/2026-12-06-benchmarks.md
     python benchmarks/gpu_check.py --device cpu --quick    # the script itself on synthetic data (a smoke test)
 
 Without a CUDA device it exits with a message saying so. It measures, on ML-1M top-1000 unless said:

@@ -30,7 +30,7 @@ def _opt(default, help: str, **extra):
 class TrainConfig:
     """The default recipe (clients: 2 epochs of plain SGD, lr 1, in batches of 4 windows; server:
     an Adam step, lr 8e-3, along the clients' weighted mean change) was chosen by measurement on
-    the ML-1M top-1000 subset (docs/BENCHMARKS.md). Clients that run their own fresh Adam (the
+    the ML-1M top-1000 subset (docs/RESULTS.md). Clients that run their own fresh Adam (the
     seed's recipe) each move every weight they touch by about the learning rate, whatever their
     gradient's size, so averaging one-user clients mostly cancels their moves: every such recipe
     sat at the popularity level (validation HR@10 0.34) for 15-20 rounds. SGD clients keep their
@@ -58,13 +58,13 @@ class TrainConfig:
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)")
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts")
     content_history: int = _opt(0, "feddmmr: add to the score a learned weight times the candidate's highest feature "
-                                   "cosine with the user's last N items; 0: off (not in the seed's design; docs/BENCHMARKS.md)")
+                                   "cosine with the user's last N items; 0: off (not in the seed's design; docs/RESULTS.md)")
     modality_objective: str = _opt("joint", "feddmmr: which targets train what. joint (the seed's): every target "
                                             "trains the backbone and the modality side together; holdout: each training "
                                             "window's last target trains only the modality side (projections, experts, "
                                             "router, gate, content weights), the others only the ID backbone on its own "
                                             "score; holdout-backbone: holdout, and the backbone trains on the last targets "
-                                            "too (the measured best with --content-history 5; docs/BENCHMARKS.md)")
+                                            "too (the measured best with --content-history 5; docs/RESULTS.md)")
     max_seq_len: int = _opt(50, "items of history the model reads")
     hidden_dim: int = _opt(128, "embedding and Transformer width d")
     num_blocks: int = _opt(2, "Transformer blocks")

@@ -73,7 +73,7 @@ def _common():
 
 def test_write_section_appends_then_replaces_in_place(tmp_path):
     common = _common()
-    path = tmp_path / "BENCHMARKS.md"
+    path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmarks\n\nHand-written intro.\n")
     common.write_section(path, "a", "first A")
     common.write_section(path, "b", "only B")
@@ -82,7 +82,7 @@ def test_write_section_appends_then_replaces_in_place(tmp_path):
     assert text.startswith("# Benchmarks\n\nHand-written intro.\n")
     assert "second A" in text and "first A" not in text and "only B" in text
     assert text.index("second A") < text.index("only B")  # replaced where it was, not moved
-    assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"]  # no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["RESULTS.md"]  # no temporary file left
 
 
 def test_train_command_lets_extra_flags_override_the_setting():

@@ -22,7 +22,7 @@ MiB = 2**20
 # Upper bounds of `auto` (clients, windows). On a GPU, 200 clients / 4,096-8,192 windows were
 # 3.5-4x faster than 16 / 64 (an H200); beyond that a chunk is a whole round. On 2 CPU cores the
 # default recipe's round took 9.3 s at 16 / 64, 11.7 s at 32 / 128 and 11.5 s at 64 / 256
-# (docs/BENCHMARKS.md): larger chunks are slower there and cost resident memory.
+# (docs/notebook/2026-12-06-benchmarks.md): larger chunks are slower there and cost resident memory.
 MAX_CHUNKS = {"cuda": (256, 8192), "cpu": (16, 64)}
 # The share of free memory `auto` plans for: the rest is for evaluation, the allocator's slack and
 # tensors outside the step (one client's padded batches, the FedDMMR memories).

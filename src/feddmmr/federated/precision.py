@@ -7,7 +7,7 @@
 - "bf16": bfloat16 autocast on CUDA or CPU; no scaling needed.
 - "off": float32.
 "auto" resolves to float32 on every device: on an H200, bf16 gave no speed-up over float32
-(rounds are bound by kernel launches and Python work, not arithmetic; docs/BENCHMARKS.md), and
+(rounds are bound by kernel launches and Python work, not arithmetic; docs/notebook/2026-12-06-benchmarks.md), and
 float32 is the faithful mode.
 """
 

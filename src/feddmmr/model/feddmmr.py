@@ -16,7 +16,7 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   sequence expert reads up to the position), mu_m learnable (init `gate_init`). The experts cannot
   carry this signal: their softmax over the slots keeps only the candidate's relative similarity
   to each slot, and their LayerNorms drop the output's size (measured with
-  benchmarks/content_signal.py: docs/BENCHMARKS.md). It reads the sequence, not the memory: during
+  benchmarks/content_signal.py: docs/notebook/2026-12-06-benchmarks.md). It reads the sequence, not the memory: during
   local training the memory holds the positives of the windows drawn so far, in random window
   order, not the items just before the position;
 - optional held-out training (`holdout_content=True`, not in the seed's design), stacking: the
@@ -27,7 +27,7 @@ For each candidate c of a user with retrieved memory slots M (K item ids, empty 
   backbone never fits it learns what it adds to a held-out item, the case that the validation
   and test ask about. The backbone learns on its own score, not on its score plus the modality
   side's: learning the residual left it weaker by what the modality side added
-  (docs/BENCHMARKS.md). Scoring (evaluation) is unchanged: backbone + modality side.
+  (docs/notebook/2026-12-06-benchmarks.md). Scoring (evaluation) is unchanged: backbone + modality side.
   With `holdout_backbone=True` the backbone also trains on those last targets (on its own score,
   so it misses none of its training targets, the user's most recent one included), and they
   train the modality side a second time, on the backbone's detached score plus its own.

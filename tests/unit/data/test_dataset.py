@@ -12,7 +12,7 @@ from feddmmr.data.dataset import build_sequences
 from feddmmr.data.readers import load_interactions
 from feddmmr.data.types import Interactions
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),
     reason=f"real MovieLens files not found at {SHARED_DATA} (only present in the dev workspace)",

@@ -21,7 +21,7 @@ from feddmmr.features.text import (  # noqa: E402
     read_item_texts,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 GENRE_NAMES = ["unknown", "Action", "Adventure", "Comedy"]  # a shortened, invented u.genre
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from feddmmr.data.readers import FORMATS, DataFormatError, detect_format, load_interactions
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),
     reason=f"real MovieLens files not found at {SHARED_DATA} (only present in the dev workspace)",
