@@ -155,7 +155,7 @@ def main(argv=None) -> None:
             r5 = validation(history, quality_validate)
             report(f"| default recipe, top-1000 | {amp} | {r5} / {validation(history, rounds)} | {median:.3f} | "
                    f"{first:.2f} | {eval_seconds(history):.3f} | {peak:.1f} |")
-        seed = {k: v for k, v in common.SEED_SETTING.items()}
+        seed = dict(common.SEED_SETTING)
         history, _, peak = runs(**data, **seed, num_rounds=min(rounds, 6), validate_every=100, patience=0)
         median, first = round_seconds(history)
         report(f"| seed setting (client Adam), top-1000 | off | - | {median:.3f} | {first:.2f} | "

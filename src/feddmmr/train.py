@@ -67,12 +67,6 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
                           aggregator.add, progress)
     run.precision.settle(result.loss_scales)
     reports = result.reports
-    new_params = aggregator.result()
-    if run.server_optimizer is not None:
-        new_params = run.server_optimizer.step(global_params, new_params)
-    new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
-    run.model.load_state_dict(new_params, strict=False)
-
     dropped = [r.user for r in reports if r.dropped]
     if dropped:
         log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,
@@ -80,9 +74,15 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         if len(dropped) == len(reports):
             raise RuntimeError(
                 f"round {round_number}: every client's update ({len(dropped)}) was non-finite, so the round "
-                f"has nothing to aggregate; the global model stays finite, but training cannot go on. "
+                f"has nothing to aggregate; the global model is left as it was, but training cannot go on. "
                 f"Lower --learning-rate, or use --amp off instead of {c.amp!r} (the run resumes from round "
                 f"{round_number - 1} with --resume {run.run_dir})")
+
+    new_params = aggregator.result()
+    if run.server_optimizer is not None:
+        new_params = run.server_optimizer.step(global_params, new_params)
+    new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
+    run.model.load_state_dict(new_params, strict=False)
 
     # The Flower engine reports only the clients whose node replied: average over those.
     targets = {b.user: b.num_targets for b in batches}

@@ -94,7 +94,7 @@ def guarded_step(objective: torch.Tensor, params: list[torch.Tensor], optimizer:
     scales.update(~flag, flag)
     if not finite:
         return False
-    if float(scale[0]) != 1.0:
+    if scales.dynamic:
         for g in grads:
             g.div_(scale[0])
     optimizer.step()

@@ -41,11 +41,12 @@ def window_bytes(model: torch.nn.Module, num_negatives: int) -> int:
     (per block, about 24 [L, d] tensors and 6 [heads, L, L] ones, plus embeddings and candidate
     scores), in float32, twice over for the batched gradient's temporaries. Calibrated on the CPU:
     a chunk of 64 more windows (d 128, L 50, 4 negatives) raised the peak RSS by about 300 MiB."""
-    sasrec = getattr(model, "sasrec", model).config
+    feddmmr = hasattr(model, "sasrec")  # FedDMMR holds its SASRec backbone as `sasrec`
+    sasrec = (model.sasrec if feddmmr else model).config
     length, dim, heads = sasrec.max_seq_len, sasrec.hidden_dim, sasrec.num_heads
     per_block = 24 * length * dim + 6 * heads * length * length
     floats = sasrec.num_blocks * per_block + 8 * length * dim + 3 * length * (1 + num_negatives) * dim
-    factor = 2 if model is getattr(model, "sasrec", model) else 4  # FedDMMR: experts, router, memory reads
+    factor = 4 if feddmmr else 2  # FedDMMR: experts, router, memory reads
     return 4 * factor * floats
 
 

@@ -145,7 +145,7 @@ class VectorizedEngine:
                 step_active = active & finite
                 if local.precision.scaling:
                     grads = {n: g / scale.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
-                    scales.update(non_finite, step_active)
+                scales.update(non_finite, step_active)
                 optimizer.step(grads, step_active)
                 loss_sum += torch.where(step_active, losses.double(), 0.0)
                 steps_trained += step_active.long()

@@ -43,9 +43,12 @@ class LossScales:
     scale: torch.Tensor  # [clients] float32
     good_steps: torch.Tensor  # [clients] int64: finite steps since the last change of scale
     growth_interval: int
+    dynamic: bool = True  # False without fp16: the scale stays 1
 
     def update(self, non_finite: torch.Tensor, trained: torch.Tensor) -> None:
         """After a step: `non_finite` clients halve; `trained` ones count a good step."""
+        if not self.dynamic:
+            return
         good = torch.where(non_finite, 0, self.good_steps + trained.long())
         grow = good >= self.growth_interval
         self.scale = torch.where(non_finite, self.scale / 2, torch.where(grow, self.scale * 2, self.scale))
@@ -75,11 +78,11 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
     def client_scales(self, clients: int, device: torch.device) -> LossScales:
-        """`clients` fresh scalers at the run's state (scale 1 and no growth without fp16)."""
+        """`clients` fresh scalers at the run's state (a static scale of 1 without fp16)."""
         scale = self.scale if self.scaling else 1.0
         return LossScales(torch.full((clients,), scale, dtype=torch.float32, device=device),
                           torch.full((clients,), self.good_steps, dtype=torch.int64, device=device),
-                          self.growth_interval if self.scaling else 2**62)
+                          self.growth_interval, dynamic=self.scaling)
 
     def settle(self, rounds_scales: list[LossScales]) -> None:
         """Keep the most cautious of the round's client states (no change without fp16 or clients)."""

@@ -104,8 +104,7 @@ class FlowerEngine:
             device = next(iter(global_params.values())).device
             kept = aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
                              torch.tensor([received.weight], device=device))
-            reports.extend(received.reports if bool(kept[0]) else
-                           [dataclasses.replace(r, dropped=True) for r in received.reports])
+            reports.extend(_marked(received.reports, bool(kept[0])))
         self._log_failures(round_number, failed, by_node)
         return RoundResult(reports)  # the nodes keep their own loss scales
 
@@ -135,8 +134,7 @@ class FlowerEngine:
         device = next(iter(trained.values())).device
         kept = aggregate({name: (trained[name] + mean[name].to(device)).unsqueeze(0) for name in trained},
                          torch.tensor([sum(reply.weight for reply in received.values())], device=device))
-        return [report if bool(kept[0]) else dataclasses.replace(report, dropped=True)
-                for reply in received.values() for report in reply.reports]
+        return _marked([report for reply in received.values() for report in reply.reports], bool(kept[0]))
 
     def _log_failures(self, round_number: int, failed: dict[int, str], by_node: dict[int, list[int]]) -> None:
         for node, reason in failed.items():
@@ -276,6 +274,11 @@ def _diagnostics(totals: dict[str, float]) -> dict:
     if router:
         out["router_weights"] = router
     return out
+
+
+def _marked(reports: list[ClientReport], kept: bool) -> list[ClientReport]:
+    """A node's reports, marked dropped when the server left the node's (non-finite) mean out."""
+    return reports if kept else [dataclasses.replace(r, dropped=True) for r in reports]
 
 
 def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor],
