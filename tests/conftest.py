@@ -14,6 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers.py, for both
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """A run with `threads=N` sets torch's thread count for the process: it must not leak into the
+    next test, whose float sums (and so its numbers) depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION in Path(str(item.fspath)).parents:

@@ -20,14 +20,6 @@ TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size
             client_fraction=0.3, learning_rate=5e-3, dropout=0.1, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """`threads=1` (quicker on a shared machine) must not leak into other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def text_file(tiny_data, tmp_path_factory):
     """Random 12-d features for the tiny dataset's items, 10 of them missing."""
