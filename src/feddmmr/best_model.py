@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from feddmmr import run_directory
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, saved_config
 from feddmmr.data.load import load_sequences
@@ -52,13 +53,15 @@ def load_best_model(run_dir: str | Path) -> BestModel:
         raise ValueError(f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
                          f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    run_directory.check_data(run_dir, data)
     split = leave_one_out(data)
-    valid_c, test_c = load_candidates(run_dir / "candidates.npz", split)
+    valid_c, test_c = load_candidates(run_dir / "candidates.npz", split, config.num_negatives_eval)
     valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
     device = resolve_device(config.device)
-    features = load_run_features(config, split)
+    features = load_run_features(config, split.data.item_ids)
     model = build_model(config, split.num_items, device, features)
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", required=("model", "round"),
+                           fix="the run's best model is lost: train the run again")
     model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
     memory = make_memories(config, split.num_users, features, device)
     slots = None

@@ -5,14 +5,13 @@ that last.pt can rewrite), then the caller's."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Callable, Protocol
 
 import torch
 
 from feddmmr.checkpoint import save_checkpoint
-from feddmmr.run_state import SELECTION_METRIC, Run, checkpoint_state, memory_entry
+from feddmmr.run_state import SELECTION_METRIC, Run, checkpoint_state, memory_entry, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +46,12 @@ class SaveLastCheckpoint:
         save_checkpoint(run.checkpoints / "last.pt", last)
 
 
-class AppendMetrics:
-    """One line of metrics.jsonl per round (a resumed run rewrites the file from last.pt)."""
+class WriteMetrics:
+    """metrics.jsonl, one line per round so far, replaced whole (atomically) after each round: a
+    full disk or a kill leaves the previous file, never half a line."""
 
     def on_round_end(self, run: Run, record: dict) -> None:
-        with open(run.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        write_metrics(run)
 
 
 class LogEarlyStopping:

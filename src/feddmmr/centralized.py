@@ -28,7 +28,7 @@ class CentralizedEpochs:
         self.optimizer = TORCH_OPTIMIZERS[c.local_optimizer](run.model.parameters(), lr=c.learning_rate,
                                                              weight_decay=c.weight_decay)
         if run.state.round > 0:  # resumed: the optimiser's state lives in the last checkpoint
-            self.optimizer.load_state_dict(load_checkpoint(run.checkpoints / "last.pt")["optimizer"])
+            self.optimizer.load_state_dict(load_checkpoint(run.checkpoints / "last.pt", required=("optimizer",))["optimizer"])
 
     def train(self, round_number: int) -> dict:
         """One epoch: every user's windows, shuffled together, in batches of `batch_size`."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from feddmmr.errors import InputError, read_guarded
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +46,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     _atomic_write(path, lambda h: torch.save(state, h))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, fix: str = "give a best.pt or last.pt written by feddmmr",
+                    required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """A checkpoint (or a run directory's best.pt); a damaged file is a `CorruptFile` naming it and
+    saying `fix`, a file without the `required` entries an `InputError`."""
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
@@ -53,9 +58,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 break
         else:
             raise FileNotFoundError(f"{path}: no checkpoints/best.pt in this run directory")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_guarded(path, "checkpoint", lambda p: torch.load(p, map_location="cpu", weights_only=True), fix)
+    missing = [key for key in required if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        found = ", ".join(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
+        raise InputError(f"{path}: not a feddmmr checkpoint: it lacks {', '.join(missing)} (found: {found[:200]}); {fix}")
+    return saved
 
 
 def load_weights_into(model: torch.nn.Module, model_state: dict[str, torch.Tensor], source: str) -> int:

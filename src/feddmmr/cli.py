@@ -7,23 +7,76 @@ import inspect
 import json
 import logging
 import sys
+import traceback
 import typing
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
-from feddmmr.config import FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
+from feddmmr.config import BOOL, FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
+from feddmmr.errors import FeddmmrError, InputError, describe_os_error, exit_code
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console(stderr=True)
+EXPECTED_ERRORS = (FeddmmrError, ValueError, OSError)
+BUG_REPORT = "this is a bug in feddmmr: please report it with the command line and the lines above"
+
+
+def say(label: str, message: str) -> None:
+    """One message on stderr, never re-wrapped (so a path in it stays whole) nor read as markup."""
+    console.print(Text.assemble((label, "bold red"), " ", message), soft_wrap=True)
+
+
+class OneErrorPath(TyperGroup):
+    """Every command fails the same way. An expected failure (bad input, a damaged file, a full
+    disk, a diverged run: `EXPECTED_ERRORS`) prints one line, `error: ...`, and exits non-zero
+    (errors.exit_code); anything else is a bug and prints a plain traceback (no locals) first.
+    `--debug`, anywhere on the command line, prints the traceback of any failure."""
+
+    debug = False
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        self.debug = "--debug" in args
+        return super().main([a for a in args if a != "--debug"], prog_name=prog_name or "feddmmr", **extra)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            say("interrupted", "a training run continues with feddmmr train --resume RUN_DIR")
+            ctx.exit(130)
+        except EXPECTED_ERRORS as error:
+            if self.debug:
+                traceback.print_exc()
+            say("error:", describe_os_error(error) if isinstance(error, OSError) else str(error))
+            ctx.exit(exit_code(error))
+        except Exception as error:  # noqa: BLE001 - a bug: say so, briefly
+            traceback.print_exc()
+            say("error:", f"{type(error).__name__}: {error}\n{BUG_REPORT}")
+            ctx.exit(1)
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneErrorPath,
+                  pretty_exceptions_show_locals=False)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.")
 app.add_typer(data_app, name="data")
 features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
 app.add_typer(features_app, name="features")
-console = Console(stderr=True)
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="on failure, print the traceback (the flag may go "
+                                                           "anywhere on the command line)")) -> None:
+    """Fast federated next-item recommendation."""
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -34,20 +87,6 @@ def setup_logging(verbose: bool = False) -> None:
         force=True,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower; chatty at INFO
-
-
-def fail(message: str) -> typing.NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
-
-
-def run_or_fail(action: typing.Callable[[], typing.Any], errors: tuple[type[Exception], ...]) -> typing.Any:
-    """A command's one action with logging set up; the errors it expects become a clean exit 2."""
-    setup_logging()
-    try:
-        return action()
-    except errors as error:
-        fail(str(error))
 
 
 def _option_type(field: dataclasses.Field) -> type:
@@ -67,7 +106,8 @@ def _train_parameters() -> list[inspect.Parameter]:
             flags = [f"{flags[0]}/--no-{name.replace('_', '-')}"] + flags[1:]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         shown = "synthetic" if name == "data_dir" else "none" if default == [] else default
-        option = typer.Option(None, *flags, help=f"{field.metadata['help']} (default: {shown})", show_default=False)
+        rule = "" if field.metadata["rule"] is BOOL else f"{field.metadata['rule']}; "
+        option = typer.Option(None, *flags, help=f"{field.metadata['help']} ({rule}default: {shown})", show_default=False)
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)))
     parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                         default=typer.Option(None, "--config", help="preset file (YAML or JSON) of these settings")))
@@ -101,20 +141,18 @@ def train_command(**options) -> None:
 
     setup_logging(options.pop("verbose"))
     if options.pop("holdout_content") | options.pop("holdout_backbone"):
-        fail("--holdout-content and --holdout-backbone were replaced by --modality-objective: --holdout-content is "
+        raise InputError("--holdout-content and --holdout-backbone were replaced by --modality-objective: --holdout-content is "
              "--modality-objective holdout, both together are --modality-objective holdout-backbone")
     config_file, resume = options.pop("config"), options.pop("resume")
     options = {k: None if v == [] else v for k, v in options.items()}  # a repeatable option not given
-    try:
-        if resume is not None:
-            given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
-            if given or config_file:
-                fail(f"--resume continues with the run's saved config; drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
-            config = saved_config(resume, **{k: options[k] for k in RESUME_SAFE})
-        else:
-            config = resolve_config(config_file, **options)
-    except (ValueError, FileNotFoundError) as error:
-        fail(str(error))
+    if resume is not None:
+        given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
+        if given or config_file:
+            raise InputError(f"--resume continues with the run's saved config; drop "
+                             f"{', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
+        config = saved_config(resume, **{k: options[k] for k in RESUME_SAFE})
+    else:
+        config = resolve_config(config_file, **options)
 
     with Progress(TextColumn("round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("clients"), TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -131,15 +169,12 @@ def train_command(**options) -> None:
                 bar.remove_task(task)
             console.print(_round_line(record), highlight=False)
 
-        try:
-            if config.engine == "flower" and not config.centralized:  # the run is a Flower app
-                from feddmmr.engines.flower.simulation import run_flower_simulation
+        if config.engine == "flower" and not config.centralized:  # the run is a Flower app
+            from feddmmr.engines.flower.simulation import run_flower_simulation
 
-                result = run_flower_simulation(config, resume=resume is not None, on_round=on_round)
-            else:
-                result = train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            fail(str(error))
+            result = run_flower_simulation(config, resume=resume is not None, on_round=on_round)
+        else:
+            result = train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
     test, valid = result.final["test"], result.final["valid"]
     console.print(
         f"best round {result.final['best_round']}: "
@@ -162,7 +197,8 @@ def evaluate_command(
     reproduces final.json)."""
     from feddmmr.best_model import evaluate_run
 
-    result = run_or_fail(lambda: evaluate_run(run_dir, eval), (ValueError, FileNotFoundError))
+    setup_logging()
+    result = evaluate_run(run_dir, eval)
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
@@ -174,7 +210,8 @@ def report_command(
     """Plot a run's metrics: training curves, and for FedDMMR router weights and memory statistics."""
     from feddmmr.report import write_report
 
-    written = run_or_fail(lambda: write_report(run_dir, output), (ValueError, FileNotFoundError))
+    setup_logging()
+    written = write_report(run_dir, output)
     for path in written:
         print(path)
 
@@ -185,9 +222,10 @@ def download_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $FEDDMMR_CACHE or ~/.cache/feddmmr"),
 ) -> None:
     """Fetch an official MovieLens zip from GroupLens, verify its checksum and extract it."""
-    from feddmmr.data.download import DownloadError, download_dataset
+    from feddmmr.data.download import download_dataset
 
-    folder = run_or_fail(lambda: download_dataset(name, cache_dir), (DownloadError, ValueError, KeyError))
+    setup_logging()
+    folder = download_dataset(name, cache_dir)
     print(folder)
 
 
@@ -201,8 +239,8 @@ def features_text_command(
     """Sentence embeddings of each item's text (title, year and genres for MovieLens)."""
     from feddmmr.features.text import build_text_features
 
-    path = run_or_fail(lambda: build_text_features(data_dir, output, model_path=model, device=device),
-                       (ValueError, FileNotFoundError, ImportError))
+    setup_logging()
+    path = build_text_features(data_dir, output, model_path=model, device=device)
     print(path)
 
 
@@ -217,8 +255,8 @@ def features_image_command(
     """CLIP image embeddings (ViT-B/32 by default) of a folder of item images."""
     from feddmmr.features.image import build_image_features
 
-    path = run_or_fail(lambda: build_image_features(images, output, model=model, batch_size=batch_size, device=device),
-                       (ValueError, FileNotFoundError, ImportError))
+    setup_logging()
+    path = build_image_features(images, output, model=model, batch_size=batch_size, device=device)
     print(path)
 
 
@@ -227,4 +265,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,13 +7,16 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from feddmmr import run_directory
 from feddmmr.checkpoint import load_checkpoint, load_weights_into, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
-from feddmmr.data.split import LeaveOneOut, leave_one_out
+from feddmmr.data.split import leave_one_out
+from feddmmr.errors import InputError
 from feddmmr.evaluation import make_eval_sets
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
@@ -34,7 +37,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices (0 to "
+                         f"{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {name}: MPS (Apple GPUs) is not available on this machine (use --device cpu or auto)")
     return device
 
 
@@ -49,7 +57,7 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
     if config.model != "feddmmr":
         return SASRec(sasrec).to(device)
     if not features:
-        raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, split))")
+        raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, item_ids))")
     model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned",
                                   content_history=config.content_history,
                                   holdout_content=config.modality_objective != "joint",
@@ -60,9 +68,9 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
     return model.to(device)
 
 
-def load_run_features(config: TrainConfig, split: LeaveOneOut) -> dict[str, AlignedFeatures]:
-    """The modality features of `config.modality`, aligned to the dataset's items (FedDMMR)."""
-    features = [load_modality(spec, split.data.item_ids) for spec in config.modality]
+def load_run_features(config: TrainConfig, item_ids: np.ndarray) -> dict[str, AlignedFeatures]:
+    """The modality features of `config.modality`, aligned to the dataset's items (`item_ids`, by dense id)."""
+    features = [load_modality(spec, item_ids) for spec in config.modality]
     return {f.name: f for f in features}
 
 
@@ -91,6 +99,13 @@ def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | 
     return None
 
 
+def check_data_settings(config: TrainConfig, num_items: int) -> None:
+    """The settings that depend on the data's size."""
+    if config.num_negatives >= num_items:
+        raise InputError(f"--num-negatives {config.num_negatives}: the data has {num_items} items, so a target has at "
+                         f"most {num_items - 1} other items to contrast with; use fewer (the seed's 4 works well)")
+
+
 def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -101,38 +116,43 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
     if memories_on_nodes and resume and (run_dir / "checkpoints" / "last.pt").exists():
-        raise ValueError(f"{run_dir}: a FedDMMR run on Flower cannot be resumed: its client memories lived on the "
+        raise InputError(f"{run_dir}: a FedDMMR run on Flower cannot be resumed: its client memories lived on the "
                          f"SuperNodes and ended with them; start a new run from its weights with --init-from {run_dir}")
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Everything that can fail on the settings alone fails before the run directory is made.
+    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    check_data_settings(config, data.num_items)
+    device = resolve_device(config.device)
+    features = load_run_features(config, data.item_ids)
+
+    lock = run_directory.claim(run_dir, resume=resume)
     config.run_dir = str(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
-
-    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+    if resume:
+        run_directory.check_data(run_dir, data)
+    else:
+        run_directory.record_data(run_dir, data)
     split = leave_one_out(data)
     candidates_path = run_dir / "candidates.npz"
-    if candidates_path.exists():
-        valid_c, test_c = load_candidates(candidates_path, split)
+    if resume and candidates_path.exists():
+        valid_c, test_c = load_candidates(candidates_path, split, config.num_negatives_eval)
     else:
         valid_c, test_c = draw_eval_candidates(split, config.num_negatives_eval, config.seed)
         save_candidates(candidates_path, split, valid_c, test_c)
     valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
 
-    device = resolve_device(config.device)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    features = load_run_features(config, split)
     model = build_model(config, split.num_items, device, features)
     state = RunState(early_stopping=EarlyStopping(patience=config.patience))
     run = Run(config, run_dir, split, model, device, precision,
               ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
               memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
               frozen=frozen_parameters(model, config.stage),
-              server_optimizer=make_server_optimizer(config))
+              server_optimizer=make_server_optimizer(config), lock=lock)
     if resume:
         restore(run)
     elif config.init_from:
-        checkpoint = load_checkpoint(Path(config.init_from))
+        checkpoint = load_checkpoint(Path(config.init_from), fix="--init-from takes a best.pt or last.pt written by "
+                                     "feddmmr, or a run directory")
         loaded = load_weights_into(model, checkpoint["model"], config.init_from)
         log.info("init-from %s: loaded %d tensors (round %s of that run)", config.init_from, loaded, checkpoint.get("round"))
     log_start(run)

@@ -29,6 +29,7 @@ from feddmmr.model.sasrec import SASRec
 
 if TYPE_CHECKING:  # Flower is an optional extra
     from feddmmr.engines.flower.engine import FlowerEngine
+    from feddmmr.run_directory import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ class Run:
     server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
     # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate (memory is None)
     nodes: FlowerEngine | None = None
+    lock: RunLock | None = None  # held while the run writes to run_dir
+
+    def close(self) -> None:
+        """Let another process write to run_dir (also done by the OS when this process ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def checkpoints(self) -> Path:
@@ -162,8 +169,11 @@ def restore(run: Run) -> None:
     path = run.checkpoints / "last.pt"
     if not path.exists():
         log.info("resume: %s has no checkpoint yet; starting from round 1", run.run_dir)
+        write_metrics(run)  # no round counts: lines of a lost checkpoint's rounds would be repeated
         return
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, required=("model", "round", "early_stopping", "history", "loss_scale"),
+                            fix=f"the run cannot continue from it: put back a copy of it, or start a new run from "
+                                f"this run's best weights with --init-from {run.checkpoints / 'best.pt'}")
     run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
     load_memory(run, saved)
     # The config's patience (resume may change it) judges the saved validations afresh.

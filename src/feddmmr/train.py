@@ -22,9 +22,10 @@ import torch
 from feddmmr import streams
 from feddmmr.checkpoint import load_checkpoint, write_json
 from feddmmr.config import TrainConfig
-from feddmmr.callbacks import AppendMetrics, Callback, LogEarlyStopping, OnRound, SaveBestCheckpoint, SaveLastCheckpoint
+from feddmmr.callbacks import Callback, WriteMetrics, LogEarlyStopping, OnRound, SaveBestCheckpoint, SaveLastCheckpoint
 from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
+from feddmmr.errors import TrainingDiverged
 from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
@@ -72,11 +73,10 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,
                     len(dropped), [int(split.data.user_ids[u]) for u in sorted(dropped)[:20]])
         if len(dropped) == len(reports):
-            raise RuntimeError(
+            raise TrainingDiverged(
                 f"round {round_number}: every client's update ({len(dropped)}) was non-finite, so the round "
-                f"has nothing to aggregate; the global model is left as it was, but training cannot go on. "
-                f"Lower --learning-rate, or use --amp off instead of {c.amp!r} (the run resumes from round "
-                f"{round_number - 1} with --resume {run.run_dir})")
+                f"has nothing to aggregate and training cannot go on; the checkpoints of round {round_number - 1} "
+                f"are intact. {DIVERGED_ADVICE.format(lr=c.learning_rate, amp=c.amp, run_dir=run.run_dir)}")
 
     new_params = aggregator.result()
     if run.server_optimizer is not None:
@@ -104,6 +104,23 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     return record
 
 
+DIVERGED_ADVICE = ("Start a new run with a lower --learning-rate (now {lr:g}) or --amp off (now {amp}); "
+                   "--init-from {run_dir} starts it from this run's best weights")
+
+
+def stop_if_not_finite(run: Run, round_number: int) -> None:
+    """The run-level guard: a global model with a NaN or inf weight is never validated or saved
+    (the engines already drop non-finite client updates; a server step can still overflow)."""
+    broken = [name for name, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken:
+        c = run.config
+        raise TrainingDiverged(
+            f"round {round_number}: the global model's weights became non-finite (NaN or inf in "
+            f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}); nothing of this round was saved, the "
+            f"checkpoints of round {round_number - 1} are intact. "
+            + DIVERGED_ADVICE.format(lr=c.learning_rate, amp=c.amp, run_dir=run.run_dir))
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole run
 
@@ -129,6 +146,15 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
     nodes = engine if config.model == "feddmmr" and hasattr(engine, "evaluate_on_nodes") else None
     run = prepare_run(config, resume=resume, memories_on_nodes=nodes is not None)
     run.nodes = nodes
+    try:
+        return run_rounds(run, engine, on_round, progress_factory, callbacks)
+    finally:
+        run.close()
+
+
+def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None] | None,
+               progress_factory: ProgressFactory | None, callbacks: Sequence[Callback]) -> RunResult:
+    """The rounds of a prepared run, from where it stands to the last (or early stopping), then the test."""
     c, state = run.config, run.state
     optimizer = None  # the centralised baseline's, kept in last.pt
     if c.centralized:  # one "round" is an epoch of one model over all users pooled
@@ -141,12 +167,13 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
 
         def train_round(round_number: int) -> dict:
             return run_round(run, engine, round_number, progress_factory)
-    after_round = [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), AppendMetrics(),
+    after_round = [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(),
                    *([OnRound(on_round)] if on_round else []), *callbacks, LogEarlyStopping()]
 
     while state.round < c.num_rounds and not state.stopped_early:
         round_number = state.round + 1
         record = train_round(round_number)
+        stop_if_not_finite(run, round_number)
         record["validated"] = run.schedule.validates(round_number)
         eval_started = time.perf_counter()
         if record["validated"]:
@@ -168,7 +195,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
 
 def final_evaluation(run: Run) -> dict:
     """Test once, on the best validated model."""
-    best = load_checkpoint(run.checkpoints / "best.pt")
+    best = load_checkpoint(run.checkpoints / "best.pt", required=("model", "round", "val"))
     run.model.load_state_dict({k: v.to(run.device) for k, v in best["model"].items()})
     load_memory(run, best)  # the memories of the best round
     final = {

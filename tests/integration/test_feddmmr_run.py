@@ -74,11 +74,11 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(content_history=5)
     with pytest.raises(ValueError, match="modality_objective=holdout splits the targets .* fedsasrec has no modality side"):
         TrainConfig(modality_objective="holdout")
-    with pytest.raises(ValueError, match="modality_objective='held-out' is not one of joint, holdout, holdout-backbone"):
+    with pytest.raises(ValueError, match="modality_objective: expected one of joint, holdout, holdout-backbone, got 'held-out'"):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], modality_objective="held-out")
     with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=50\].*got 51"):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=51)
-    with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="stage: expected one of 1, 2, 3, got 4"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], stage=4)
     with pytest.raises(ValueError, match="NAME=FILE"):
         TrainConfig(model="feddmmr", modality=["x.npz"])
@@ -87,7 +87,7 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="with modality_objective=holdout the modality side trains on each window's last"):
         TrainConfig(model="feddmmr", modality=["text=x.npz", "genre=g.npz"], contrastive_weight=0.1,
                     modality_objective="holdout")
-    with pytest.raises(ValueError, match=r"memory_novelty must be in \[0, 2\] \(1 - a cosine\), got 2.5"):
+    with pytest.raises(ValueError, match=r"memory_novelty: expected a number in \[0, 2\], got 2.5"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=2.5)
 
 

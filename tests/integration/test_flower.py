@@ -243,7 +243,7 @@ def test_a_node_whose_update_leaves_the_secure_range_fails_loudly(tiny_data, tmp
 def test_secure_aggregation_is_a_flower_setting(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="flower_secure_aggregation is for engine=flower"):
         config(tiny_data, tmp_path, flower_secure_aggregation=True)
-    with pytest.raises(ValueError, match="flower_secagg_clipping_range must be > 0, got 0"):
+    with pytest.raises(ValueError, match="flower_secagg_clipping_range: expected a number > 0, got 0"):
         config(tiny_data, tmp_path, engine="flower", flower_secagg_clipping_range=0.0)
 
 

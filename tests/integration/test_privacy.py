@@ -67,9 +67,9 @@ def test_privacy_spent_grows_with_rounds_and_shrinks_with_noise():
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(dp_noise_multiplier=1.0), "dp_noise_multiplier needs dp_clip_norm"),
-    (dict(dp_clip_norm=0.0), "dp_clip_norm must be > 0"),
-    (dict(dp_clip_norm=1.0, dp_noise_multiplier=-1.0), "dp_noise_multiplier must be >= 0"),
-    (dict(dp_clip_norm=1.0, dp_delta=1.0), "dp_delta must be in"),
+    (dict(dp_clip_norm=0.0), "dp_clip_norm: expected a number > 0"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=-1.0), "dp_noise_multiplier: expected a number >= 0"),
+    (dict(dp_clip_norm=1.0, dp_delta=1.0), r"dp_delta: expected a number in \(0, 1\)"),
     (dict(dp_clip_norm=1.0, centralized=True), "--centralized pools the users"),
 ])
 def test_bad_privacy_settings_are_named(overrides, message):

@@ -72,9 +72,9 @@ def test_a_registered_aggregator_runs_from_the_config(registered, tmp_path):
 
 
 def test_unknown_or_conflicting_names_are_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match=r"engine='idle' is not one of vectorized, sequential, flower"):
+    with pytest.raises(ValueError, match=r"engine: expected one of vectorized, sequential, flower, got 'idle'"):
         TrainConfig(engine="idle")
-    with pytest.raises(ValueError, match=r"aggregator='median' is not one of fedavg"):
+    with pytest.raises(ValueError, match=r"aggregator: expected one of fedavg.*got 'median'"):
         TrainConfig(aggregator="median")
     with pytest.raises(ValueError, match=r"dp_clip_norm aggregates with DP-FedAvg"):
         register_aggregator("uniform", UniformMean)

@@ -12,6 +12,7 @@ import torch
 
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, resolve_config, saved_config
+from feddmmr.errors import InputError
 from feddmmr.best_model import evaluate_run
 from feddmmr.train import train
 
@@ -116,7 +117,7 @@ def test_resuming_an_early_stopped_run_with_patience_0_continues_it_as_if_it_nev
 
 def test_a_second_run_into_the_same_directory_is_refused(tiny_data, tmp_path):
     train(config(tiny_data, tmp_path / "run", num_rounds=1))
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(InputError, match="already holds a run; continue it with --resume"):
         train(config(tiny_data, tmp_path / "run", num_rounds=1))
 
 

@@ -18,15 +18,17 @@ def test_a_section_reads_its_settings():
 
 
 @pytest.mark.parametrize("section, bad, message", [
-    ("data", dict(top_users=0), "top_users must be >= 1, got 0"),
-    ("model", dict(hidden_dim=0), "hidden_dim must be >= 1, got 0"),
-    ("client", dict(local_optimizer="lion"), "local_optimizer='lion' is not one of adam, sgd"),
-    ("server", dict(client_fraction=0.0), r"client_fraction must be in \(0, 1\], got 0.0"),
-    ("engine", dict(flower_round_timeout=0.0), "flower_round_timeout must be > 0 seconds"),
+    ("data", dict(top_users=0), "top_users: expected a whole number >= 1, got 0"),
+    ("data", dict(format="ml-1m"), "format needs data_dir"),
+    ("model", dict(hidden_dim=0), "hidden_dim: expected a whole number >= 1, got 0"),
+    ("model", dict(hidden_dim=64, num_heads=3), "hidden_dim=64 must be a multiple of num_heads=3"),
+    ("client", dict(local_optimizer="lion"), "local_optimizer: expected one of adam, sgd, got 'lion'"),
+    ("server", dict(client_fraction=0.0), r"client_fraction: expected a number in \(0, 1\], got 0.0"),
+    ("engine", dict(flower_round_timeout=0.0), "flower_round_timeout: expected a number > 0, got 0.0"),
     ("privacy", dict(dp_noise_multiplier=1.0), "dp_noise_multiplier needs dp_clip_norm"),
-    ("feddmmr", dict(router="random"), "router='random' is not one of learned, uniform"),
-    ("evaluation", dict(eval="partial"), "eval='partial' is not one of sampled, full"),
-    ("runtime", dict(amp="fp8"), "amp='fp8' is not one of auto, off, fp16, bf16"),
+    ("feddmmr", dict(router="random"), "router: expected one of learned, uniform, got 'random'"),
+    ("evaluation", dict(eval="partial"), "eval: expected one of sampled, full, got 'partial'"),
+    ("runtime", dict(amp="fp8"), "amp: expected one of auto, off, fp16, bf16, got 'fp8'"),
 ])
 def test_each_section_checks_its_settings(section, bad, message):
     assert set(bad) <= set(SECTIONS[section])

@@ -16,6 +16,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from feddmmr.errors import FeddmmrError
+
 logger = logging.getLogger(__name__)
 
 # name -> (official URL, MD5 of the zip as published by GroupLens in <url>.md5)
@@ -34,7 +36,7 @@ DOWNLOAD_TIMEOUT_S = 60
 _CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(FeddmmrError):
     """A dataset could not be fetched or verified; the message says how to provide it by hand."""
 
 

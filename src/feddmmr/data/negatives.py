@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from feddmmr import streams
+from feddmmr.errors import InputError, read_guarded
 from feddmmr.data.split import LeaveOneOut
 
 
@@ -23,6 +24,13 @@ def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> t
     (a uniformly random subset). Drawn once per run from `seed`.
     """
     num_items = split.num_items
+    available = num_items - np.array([len(np.unique(user_history(split, u))) for u in range(split.num_users)])
+    if available.min() < num_negatives:
+        user = int(np.argmin(available))
+        raise InputError(
+            f"--num-negatives-eval {num_negatives}: user {split.data.user_ids[user]} has only {available[user]} "
+            f"items outside their history; use at most {available[user]} (every run draws these candidates once, "
+            f"for sampled evaluation now or later with `feddmmr evaluate --eval sampled`)")
     rng = np.random.default_rng([seed, streams.EVAL_CANDIDATES])
     out = []
     for held_out in (split.valid_items, split.test_items):
@@ -30,12 +38,6 @@ def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> t
         rows[:, 0] = held_out
         for user in range(split.num_users):
             history = user_history(split, user)
-            available = num_items - len(np.unique(history))
-            if available < num_negatives:
-                raise ValueError(
-                    f"user {split.data.user_ids[user]!r} has only {available} items outside their "
-                    f"history, fewer than num_negatives_eval={num_negatives}; lower it or use --eval full"
-                )
             keys = rng.random(num_items + 1)
             keys[0] = np.inf
             keys[history] = np.inf
@@ -53,12 +55,25 @@ def save_candidates(path: Path, split: LeaveOneOut, valid: np.ndarray, test: np.
     tmp.replace(path)
 
 
-def load_candidates(path: Path, split: LeaveOneOut) -> tuple[np.ndarray, np.ndarray]:
-    """Read candidates.npz back into dense ids, checking it belongs to this dataset."""
+def _read_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as saved:
-        users, valid, test = saved["users"], saved["valid"], saved["test"]
+        return saved["users"], saved["valid"], saved["test"]
+
+
+def load_candidates(path: Path, split: LeaveOneOut, num_negatives: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read candidates.npz back into dense ids, checking it belongs to this dataset (and, given
+    `num_negatives`, that it holds that many negatives per user)."""
+    users, valid, test = read_guarded(path, "candidates file", _read_candidates,
+                                      fix="the run's fixed evaluation candidates are lost: start a new run")
     if len(users) != split.num_users or not np.array_equal(users, split.data.user_ids):
-        raise ValueError(f"{path}: its users do not match the dataset ({len(users)} vs {split.num_users})")
+        raise InputError(f"{path}: its users do not match the dataset ({len(users)} vs {split.num_users} users): "
+                         f"the data changed since the run started, or the file belongs to another run")
+    if valid.shape != test.shape or valid.ndim != 2 or len(valid) != len(users):
+        raise InputError(f"{path}: valid {valid.shape} and test {test.shape} should both be [users={len(users)}, "
+                         f"1 + negatives]")
+    if num_negatives is not None and valid.shape[1] != 1 + num_negatives:
+        raise InputError(f"{path}: holds {valid.shape[1] - 1} negatives per user, but the run's config says "
+                         f"num_negatives_eval={num_negatives}: the file belongs to another run")
     item_ids = split.data.item_ids[1:]
     order = np.argsort(item_ids, kind="stable")
     dense = []

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from feddmmr.errors import MissingExtra
 from feddmmr.features.store import check_output_path, save_features
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def load_clip(
     try:
         from transformers import CLIPVisionModelWithProjection
     except ImportError as error:
-        raise ImportError(
+        raise MissingExtra(
             "image features need transformers: pip install 'feddmmr[image]'"
         ) from error
     location = str(model) if model is not None else DEFAULT_CLIP_MODEL

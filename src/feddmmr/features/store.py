@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feddmmr.errors import InputError, read_guarded
+
 logger = logging.getLogger(__name__)
 
 LOADABLE_SUFFIXES = (".npz", ".npy", ".safetensors")
@@ -32,7 +34,7 @@ _EXAMPLES_SHOWN = 5  # how many offending ids an error message lists
 _MODALITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(InputError):
     """A feature file that cannot be used; the message names the file, the problem and the fix."""
 
 
@@ -120,12 +122,8 @@ def load_features(path: str | Path) -> tuple[np.ndarray | None, np.ndarray]:
         )
     if not path.is_file():
         raise FeatureFileError(f"{path}: feature file does not exist")
-    if suffix == ".npz":
-        ids, matrix = _read_npz(path)
-    elif suffix == ".npy":
-        ids, matrix = None, _read_npy(path)
-    else:
-        ids, matrix = _read_safetensors(path)
+    ids, matrix = read_guarded(path, f"{suffix} feature file", _READERS[suffix],
+                               fix="write it again with `feddmmr features text` or `feddmmr features image`")
     return _checked_ids(path, ids, matrix), _checked_matrix(path, matrix)
 
 
@@ -158,42 +156,33 @@ def _write_atomically(path: Path, payload: bytes) -> None:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in ("ids", "features") if key not in archive.files]
-            if missing:
-                raise FeatureFileError(
-                    f"{path}: missing array(s) {', '.join(missing)}; expected arrays 'ids' [n] "
-                    f"and 'features' [n, D], found {', '.join(archive.files) or 'none'}"
-                )
-            return archive["ids"], archive["features"]
-    except FeatureFileError:
-        raise
-    except (OSError, ValueError) as error:  # not a zip, truncated, or pickled object arrays
-        raise FeatureFileError(f"{path}: not a readable .npz file ({error})") from error
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [key for key in ("ids", "features") if key not in archive.files]
+        if missing:
+            raise FeatureFileError(
+                f"{path}: missing array(s) {', '.join(missing)}; expected arrays 'ids' [n] "
+                f"and 'features' [n, D], found {', '.join(archive.files) or 'none'}"
+            )
+        return archive["ids"], archive["features"]
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise FeatureFileError(f"{path}: not a readable .npy file ({error})") from error
+def _read_npy(path: Path) -> tuple[None, np.ndarray]:
+    return None, np.load(path, allow_pickle=False)
 
 
 def _read_safetensors(path: Path) -> tuple[np.ndarray | None, np.ndarray]:
-    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    try:
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as error:
-        raise FeatureFileError(f"{path}: not a readable .safetensors file ({error})") from error
+    tensors = load_file(str(path))
     if "features" not in tensors:
         raise FeatureFileError(
             f"{path}: no tensor named 'features'; expected 'features' [n, D] and optionally "
             f"'ids' [n], found {', '.join(tensors) or 'none'}"
         )
     return tensors.get("ids"), tensors["features"]
+
+
+_READERS = {".npz": _read_npz, ".npy": _read_npy, ".safetensors": _read_safetensors}
 
 
 def _checked_matrix(path: str | Path, matrix: np.ndarray) -> np.ndarray:

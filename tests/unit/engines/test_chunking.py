@@ -66,5 +66,5 @@ def test_config_reads_chunk_sizes_as_auto_or_a_number(value, expected):
 
 @pytest.mark.parametrize("value", [0, "-3", "many", True, 2.5])
 def test_config_rejects_other_chunk_sizes(value):
-    with pytest.raises(ValueError, match=r"chunk_clients must be auto or a whole number >= 1, got"):
+    with pytest.raises(ValueError, match=r"chunk_clients: expected auto or a whole number >= 1, got"):
         TrainConfig(chunk_clients=value)

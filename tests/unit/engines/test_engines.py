@@ -306,7 +306,7 @@ def test_the_server_optimiser_follows_the_config():
     momentum = make_server_optimizer(TrainConfig(server_optimizer="fedavgm", server_momentum=0.5))
     assert isinstance(momentum, ServerMomentum) and momentum.momentum == 0.5
     assert make_server_optimizer(TrainConfig(server_optimizer="fedavg")) is None
-    with pytest.raises(ValueError, match="server_epsilon must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"server_epsilon: expected a number >= 0, got -1"):
         TrainConfig(server_epsilon=-1)
-    with pytest.raises(ValueError, match="server_learning_rate must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"server_learning_rate: expected a number > 0, got 0.0"):
         TrainConfig(server_learning_rate=0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from feddmmr.errors import CorruptFile
 from feddmmr.features.store import (
     FeatureFileError,
     align_features,
@@ -142,7 +143,7 @@ def test_npz_without_expected_arrays_is_an_error(tmp_path: Path) -> None:
 def test_corrupt_npz_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "f.npz"
     path.write_bytes(b"not a zip file")
-    with pytest.raises(FeatureFileError, match=r"f\.npz: not a readable \.npz file"):
+    with pytest.raises(CorruptFile, match=r"f\.npz: cannot read this \.npz feature file \(14 bytes, truncated"):
         load_features(path)
 
 
