@@ -11,12 +11,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from feddmmr.errors import InputError, read_guarded
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl; is this a feddmmr run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(read_guarded(path, "metrics file", lambda p: p.read_text(encoding="utf-8").splitlines(),
+                                               fix=REBUILD_METRICS), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}, line {number}: not a JSON record ({error.msg}); {REBUILD_METRICS}") from None
+        if not isinstance(record, dict) or not {"round", "train_loss"} <= set(record):
+            raise InputError(f"{path}, line {number}: not a round's record (no round and train_loss); {REBUILD_METRICS}")
+        records.append(record)
+    return records
+
+
+REBUILD_METRICS = ("feddmmr writes this file whole after each round, so it was changed by hand or another program; "
+                   "`feddmmr train --resume RUN_DIR` writes it again from the last checkpoint")
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> list[Path]:
@@ -32,6 +50,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> list[
     if not records:
         raise ValueError(f"{run_dir}: metrics.jsonl is empty (no round finished yet)")
     output = Path(output) if output else run_dir / "plots"
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file; expected a folder for the plots (made if missing)")
     output.mkdir(parents=True, exist_ok=True)
     validated = [r for r in records if r.get("validated") and "val" in r]
     written = []

@@ -29,6 +29,7 @@ def build_sequences(
     source = interactions.source
     if len(interactions) == 0:
         raise ValueError(f"{source}: no interactions to build sequences from")
+    interactions = _without_exact_repeats(interactions)
 
     order = _user_time_order(interactions)
     users = interactions.users[order]
@@ -66,6 +67,25 @@ def build_sequences(
         items=dense_items.astype(np.int64) + 1,
         source=source,
     )
+
+
+def _without_exact_repeats(interactions: Interactions) -> Interactions:
+    """Drop rows that repeat an earlier row's user, item and timestamp (logged at INFO): one event
+    recorded twice. Without timestamps a repeated (user, item) is a re-read, and stays."""
+    if interactions.times is None:
+        return interactions
+    users, items, times = interactions.users, interactions.items, interactions.times
+    order = np.lexsort((np.arange(len(users)), items, times, users))  # repeats adjacent, first one first
+    u, i, t = users[order], items[order], times[order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])
+    if not repeat.any():
+        return interactions
+    keep = np.ones(len(order), dtype=bool)
+    keep[order[repeat]] = False
+    logger.info("%s: dropped %d rows that repeat an earlier row's user, item and timestamp", interactions.source,
+                int(repeat.sum()))
+    return Interactions(users=users[keep], items=items[keep], times=times[keep], source=interactions.source)
 
 
 def _user_time_order(interactions: Interactions) -> np.ndarray:

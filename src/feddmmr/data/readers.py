@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from feddmmr.data.types import Interactions
+from feddmmr.errors import InputError
 
 FORMATS = ("ml-1m", "ml-100k", "sequences", "user-item", "csv", "parquet")
 
@@ -58,8 +59,16 @@ _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?")
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
 
-class DataFormatError(ValueError):
-    """An input file does not match its format; the message names file, line, value and fix."""
+class DataFormatError(InputError):
+    """An input file does not match its format; the message names file, line, value and fix. It
+    quotes at most `MESSAGE_LIMIT` characters, however long the offending line or value."""
+
+    MESSAGE_LIMIT = 500
+
+    def __init__(self, message: str) -> None:
+        if len(message) > self.MESSAGE_LIMIT:
+            message = f"{message[: self.MESSAGE_LIMIT]}... ({len(message) - self.MESSAGE_LIMIT} more characters)"
+        super().__init__(message)
 
 
 def load_interactions(
@@ -600,8 +609,18 @@ def _string_ids(values: pd.Series, column: str, locate: Callable[[int], str]) ->
     """int64 when every id is an integer, else the ids as strings."""
     _reject_missing((values == "").to_numpy(), column, locate)
     if values.str.fullmatch(_INT).all():
-        return _to_int64(values, column, locate)
+        return _non_negative(_to_int64(values, column, locate), column, locate)
     return np.asarray(values.to_numpy(), dtype=str)
+
+
+def _non_negative(ids: np.ndarray, column: str, locate: Callable[[int], str]) -> np.ndarray:
+    """Integer ids are non-negative in every format (as in MovieLens and the text formats)."""
+    negative = ids < 0
+    if negative.any():
+        row = int(np.argmax(negative))
+        raise DataFormatError(f"{locate(row)}: {column} {int(ids[row])} is not a non-negative integer "
+                              f"({int(negative.sum())} rows hold a negative id); integer ids are >= 0 in every format")
+    return ids
 
 
 def _to_int64(values: pd.Series, column: str, locate: Callable[[int], str]) -> np.ndarray:
@@ -651,7 +670,7 @@ def _datetimes_to_seconds(values: pd.Series) -> np.ndarray:
 def _typed_ids(values: pd.Series, column: str, locate: Callable[[int], str]) -> np.ndarray:
     _reject_missing(values.isna().to_numpy(), column, locate)
     if pd.api.types.is_integer_dtype(values.dtype):
-        return values.to_numpy(dtype=np.int64)
+        return _non_negative(values.to_numpy(dtype=np.int64), column, locate)
     if pd.api.types.is_string_dtype(values.dtype) and values.map(type).eq(str).all():
         return np.asarray(values.to_numpy(), dtype=str)
     raise DataFormatError(
