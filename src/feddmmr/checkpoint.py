@@ -1,49 +1,30 @@
-"""Atomic writes (temp file in the same folder + rename) and model checkpoints.
-
-A run killed at any moment leaves either the previous file or the new one, never half of one.
-"""
+"""Run files written atomically (atomic.py: JSON, text, checkpoints), and checkpoints read back."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from feddmmr.atomic import atomic_write
 from feddmmr.errors import InputError, read_guarded
 
 log = logging.getLogger(__name__)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda h: h.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    atomic_write(path, lambda h: h.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda h: h.write(text.encode()))
+    atomic_write(path, lambda h: h.write(text.encode()))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    _atomic_write(path, lambda h: torch.save(state, h))
+    atomic_write(path, lambda h: torch.save(state, h))
 
 
 def load_checkpoint(path: Path, *, fix: str = "give a best.pt or last.pt written by feddmmr",

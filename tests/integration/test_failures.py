@@ -377,7 +377,7 @@ def test_a_deleted_checkpoint_restarts_without_repeating_rounds(run_copy):
 # Faults while running
 
 def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monkeypatch):
-    import feddmmr.checkpoint as checkpoint
+    import feddmmr.atomic as atomic
 
     run_dir = tmp_path / "run"
     assert runner.invoke(app, ["train", *tiny_flags(tiny_data, run_dir), "--num-rounds", "2"]).exit_code == 0
@@ -386,7 +386,7 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monk
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+    monkeypatch.setattr(atomic.os, "fsync", no_space)
     (run_dir / "checkpoints" / "last.pt").write_bytes(before["last.pt"])
     line = fails(["train", "--resume", run_dir, "--patience", "0"], "No space left on device", code=1)
     assert "--resume" in line
@@ -396,12 +396,12 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monk
 
 
 def test_a_read_only_run_directory(tiny_data, tmp_path, monkeypatch):
-    import feddmmr.checkpoint as checkpoint
+    import feddmmr.atomic as atomic
 
-    def read_only(*args, dir=None, **kwargs):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+    def read_only(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(atomic, "create_temp", read_only)
     line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run")], "Permission denied", code=1)
     assert str(tmp_path / "run") in line and "pick another --run-dir" in line
 

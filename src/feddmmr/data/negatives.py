@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from feddmmr import streams
+from feddmmr.atomic import atomic_write
 from feddmmr.errors import InputError, read_guarded
 from feddmmr.data.split import LeaveOneOut
 
@@ -50,9 +51,8 @@ def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> t
 def save_candidates(path: Path, split: LeaveOneOut, valid: np.ndarray, test: np.ndarray) -> None:
     """candidates.npz: `users` (original user ids), `valid`/`test` (original item ids, held-out first)."""
     item_ids = split.data.item_ids
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, users=split.data.user_ids, valid=item_ids[valid], test=item_ids[test])
-    tmp.replace(path)
+    atomic_write(path, lambda handle: np.savez(handle, users=split.data.user_ids, valid=item_ids[valid],
+                                               test=item_ids[test]))
 
 
 def _read_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

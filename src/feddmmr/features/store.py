@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from feddmmr.atomic import atomic_write
 from feddmmr.errors import InputError, read_guarded
 
 logger = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def save_features(path: str | Path, ids: np.ndarray, features: np.ndarray) -> Pa
         payload = _npz_bytes(ids, features)
     else:
         payload = _safetensors_bytes(ids.astype(np.int64), features)
-    _write_atomically(path, payload)
+    atomic_write(path, lambda handle: handle.write(payload))
     logger.info("Wrote %d feature rows of dimension %d to %s", len(ids), features.shape[1], path)
     return path
 
@@ -137,22 +136,6 @@ def _safetensors_bytes(ids: np.ndarray, features: np.ndarray) -> bytes:
     from safetensors.numpy import save
 
     return save({"ids": np.ascontiguousarray(ids), "features": np.ascontiguousarray(features)})
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    # os.open with 0o666 (not tempfile.mkstemp, which forces 0o600) so the result gets the
-    # user's umask permissions like any other file they write.
-    temp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(payload)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
