@@ -19,7 +19,7 @@ from feddmmr.evaluation import EvalSet, held_out_ranks, make_eval_sets, metrics_
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.two_tier import MemoryState
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_setup import build_model, load_run_features, make_memories, resolve_device
+from feddmmr.run_setup import build_model, feature_paths, load_run_features, make_memories, resolve_device
 
 
 @dataclass
@@ -53,7 +53,7 @@ def load_best_model(run_dir: str | Path) -> BestModel:
         raise ValueError(f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
                          f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
-    run_directory.check_data(run_dir, data)
+    run_directory.check_data(run_dir, data, feature_paths(config))
     split = leave_one_out(data)
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split, config.num_negatives_eval)
     valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)

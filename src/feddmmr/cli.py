@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from feddmmr.config import BOOL, FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
-from feddmmr.errors import FeddmmrError, InputError, describe_os_error, exit_code
+from feddmmr.errors import FeddmmrError, InputError, describe_os_error, exit_code, out_of_memory
 
 console = Console(stderr=True)
 EXPECTED_ERRORS = (FeddmmrError, ValueError, OSError)
@@ -55,14 +55,20 @@ class OneErrorPath(TyperGroup):
             say("interrupted", "a training run continues with feddmmr train --resume RUN_DIR")
             ctx.exit(130)
         except EXPECTED_ERRORS as error:
-            if self.debug:
-                traceback.print_exc()
-            say("error:", describe_os_error(error) if isinstance(error, OSError) else str(error))
-            ctx.exit(exit_code(error))
-        except Exception as error:  # noqa: BLE001 - a bug: say so, briefly
+            self.stop(ctx, describe_os_error(error) if isinstance(error, OSError) else str(error), exit_code(error))
+        except Exception as error:  # noqa: BLE001 - memory ran out, or a bug: say so, briefly
+            message = out_of_memory(error)
+            if message is None:
+                if not self.debug:  # stop() prints it with --debug
+                    traceback.print_exc()
+                message = f"{type(error).__name__}: {error}\n{BUG_REPORT}"
+            self.stop(ctx, message, 1)
+
+    def stop(self, ctx: click.Context, message: str, code: int) -> typing.NoReturn:
+        if self.debug:
             traceback.print_exc()
-            say("error:", f"{type(error).__name__}: {error}\n{BUG_REPORT}")
-            ctx.exit(1)
+        say("error:", message)
+        ctx.exit(code)
 
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneErrorPath,

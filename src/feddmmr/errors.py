@@ -67,6 +67,16 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}{error.strerror}" + (f"; {hint}" if hint else "")
 
 
+def out_of_memory(error: BaseException) -> str | None:
+    """What to do when `error` is the device or the host running out of memory; else None."""
+    text = str(error)
+    if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    return (f"out of memory ({_short(error, 120)}); lower --chunk-clients / --chunk-windows (how many clients and "
+            f"windows train at once), --batch-size, --hidden-dim or --max-seq-len, or --eval sampled")
+
+
 def _short(error: BaseException, limit: int = 160) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

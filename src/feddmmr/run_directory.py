@@ -62,30 +62,36 @@ def claim(run_dir: Path, *, resume: bool) -> RunLock:
     return RunLock(run_dir)
 
 
-def fingerprint(data: SequenceData) -> dict:
-    """What identifies a dataset: its sizes and a hash of every sequence and id."""
+def fingerprint(data: SequenceData, feature_files: dict[str, Path]) -> dict:
+    """What identifies a run's data: the dataset's sizes and a hash of every sequence and id, and
+    a hash of each modality feature file (FedDMMR)."""
     digest = hashlib.sha256()
     for array in (data.user_ids, data.item_ids, data.offsets, data.items):
         digest.update(np.ascontiguousarray(array).astype(str) if array.dtype == object else np.ascontiguousarray(array))
     return {"source": data.source, "users": data.num_users, "items": data.num_items,
-            "interactions": data.num_interactions, "sha256": digest.hexdigest()}
+            "interactions": data.num_interactions, "sha256": digest.hexdigest(),
+            "features": {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in feature_files.items()}}
 
 
-def record_data(run_dir: Path, data: SequenceData) -> None:
-    write_json(run_dir / DATA_NAME, fingerprint(data))
+def record_data(run_dir: Path, data: SequenceData, feature_files: dict[str, Path]) -> None:
+    write_json(run_dir / DATA_NAME, fingerprint(data, feature_files))
 
 
-def check_data(run_dir: Path, data: SequenceData) -> None:
+def check_data(run_dir: Path, data: SequenceData, feature_files: dict[str, Path]) -> None:
     """The data read now is the data the run started with; else an error saying what differs."""
     path = run_dir / DATA_NAME
     if not path.exists():  # a run from before data.json: nothing to compare with
         log.warning("%s: no %s (a run from an older feddmmr), so the data cannot be checked against the run's; "
                     "recording the data read now", run_dir, DATA_NAME)
-        record_data(run_dir, data)
+        record_data(run_dir, data, feature_files)
         return
     saved = read_guarded(path, "data record", lambda p: json.loads(p.read_text()),
                          fix=f"delete it to record the data read now (unchecked), or start a new run")
-    now = fingerprint(data)
+    now = fingerprint(data, feature_files)
+    changed = sorted(name for name, digest in now["features"].items() if saved.get("features", {}).get(name) != digest)
+    if changed:
+        raise InputError(f"{run_dir}: the feature file of modality {changed[0]} ({feature_files[changed[0]]}) is not "
+                         f"the one this run started with; restore it, or start a new run")
     differences = [f"{key} {saved.get(key)} -> {now[key]}" for key in ("users", "items", "interactions")
                    if saved.get(key) != now[key]]
     if differences or saved.get("sha256") != now["sha256"]:

@@ -18,7 +18,7 @@ from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_c
 from feddmmr.data.split import leave_one_out
 from feddmmr.errors import InputError
 from feddmmr.evaluation import make_eval_sets
-from feddmmr.features.store import AlignedFeatures, load_modality
+from feddmmr.features.store import AlignedFeatures, load_modality, parse_modality_spec
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
@@ -74,6 +74,11 @@ def load_run_features(config: TrainConfig, item_ids: np.ndarray) -> dict[str, Al
     return {f.name: f for f in features}
 
 
+def feature_paths(config: TrainConfig) -> dict[str, Path]:
+    """Each modality's feature file, by modality name."""
+    return dict(parse_modality_spec(spec) for spec in config.modality)
+
+
 def memory_config(config: TrainConfig) -> MemoryConfig:
     defaults = MemoryConfig()
     return MemoryConfig(long_capacity=config.memory_long_capacity,
@@ -127,10 +132,11 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
     lock = run_directory.claim(run_dir, resume=resume)
     config.run_dir = str(run_dir)
     write_json(run_dir / "config.json", config.to_dict())
+    feature_files = feature_paths(config)
     if resume:
-        run_directory.check_data(run_dir, data)
+        run_directory.check_data(run_dir, data, feature_files)
     else:
-        run_directory.record_data(run_dir, data)
+        run_directory.record_data(run_dir, data, feature_files)
     split = leave_one_out(data)
     candidates_path = run_dir / "candidates.npz"
     if resume and candidates_path.exists():

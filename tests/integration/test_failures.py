@@ -365,6 +365,30 @@ def test_resume_refuses_changed_data(tiny_data, tmp_path):
     fails(["evaluate", tmp_path / "run"], "is not the data this run started with")
 
 
+def test_resume_refuses_a_changed_feature_file(tiny_data, tmp_path):
+    from feddmmr.data.load import load_sequences
+    from feddmmr.features.store import save_features
+
+    items = load_sequences(str(tiny_data)).item_ids[1:]
+    rng = np.random.default_rng(0)
+    features = save_features(tmp_path / "text.npz", items, rng.normal(size=(len(items), 8)).astype(np.float32))
+    args = [*tiny_flags(tiny_data, tmp_path / "run"), "--model", "feddmmr", "--modality", f"text={features}"]
+    assert runner.invoke(app, ["train", *args, "--num-rounds", "1"]).exit_code == 0
+    save_features(features, items, rng.normal(size=(len(items), 8)).astype(np.float32))
+    fails(["train", "--resume", tmp_path / "run"], f"the feature file of modality text ({features}) is not the one")
+
+
+def test_out_of_memory_says_what_to_lower(tiny_data, tmp_path, monkeypatch):
+    import feddmmr.run_setup as run_setup
+
+    def too_big(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 512000000000 bytes.")
+
+    monkeypatch.setattr(run_setup, "build_model", too_big)
+    fails(["train", *tiny_flags(tiny_data, tmp_path / "run")], "out of memory", code=1)
+
+
 def test_a_deleted_checkpoint_restarts_without_repeating_rounds(run_copy):
     (run_copy / "checkpoints" / "last.pt").unlink()
     result = runner.invoke(app, ["train", "--resume", run_copy])
