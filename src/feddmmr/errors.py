@@ -99,6 +99,6 @@ def read_guarded(path: str | Path, what: str, read: Callable[[Path], T], fix: st
         raise
     except Exception as error:  # noqa: BLE001 - any failure here means the file is not readable
         size = path.stat().st_size
-        state = "empty (0 bytes)" if size == 0 else f"{size} bytes, truncated or not a {what}"
-        raise CorruptFile(f"{path}: cannot read this {what} ({state}: {type(error).__name__}: {_short(error)}); "
-                          f"{fix}") from error
+        state = "it is empty (0 bytes)" if size == 0 else \
+            f"{size} bytes, truncated or not a {what}: {type(error).__name__}: {_short(error)}"
+        raise CorruptFile(f"{path}: cannot read this {what} ({state}); {fix}") from error
