@@ -15,7 +15,7 @@ default cannot mix settings between the rows of one table); only the variant's f
     held-out       content-match with the modality side trained on held-out targets only
                    (`--modality-objective holdout`, not in the seed's design)
     held-out-backbone  held-out with the backbone trained on every target, as FedSASRec's is
-                   (`--modality-objective holdout-backbone`, not in the seed's design; configs/feddmmr_text.yaml)
+                   (`--modality-objective holdout-backbone`, not in the seed's design; preset feddmmr_text)
     held-out-backbone-alignment  held-out-backbone + the alignment loss (lambda 0.1)
 
 Two ways to start:

@@ -54,6 +54,27 @@ class WriteMetrics:
         write_metrics(run)
 
 
+def round_line(record: dict) -> str:
+    """A round's record as one log line."""
+    if record["validated"]:
+        val = record["val"]
+        shown = f"val HR@10 {val['HR@10']:.4f}  NDCG@10 {val['NDCG@10']:.4f}"
+    else:
+        shown = f"val skipped (next at round {record['next_validation']})"
+    if "dp" in record:
+        epsilon = record["dp"]["epsilon"]
+        shown += "  DP epsilon " + ("inf" if epsilon is None else f"{epsilon:.2f}") + f" (delta {record['dp']['delta']:g})"
+    return (f"round {record['round']:>3}  loss {record['train_loss']:.4f}  {shown}  "
+            f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s")
+
+
+class LogRound:
+    """The round's line in the log: on the console, and in RUN_DIR/run.log."""
+
+    def on_round_end(self, run: Run, record: dict) -> None:
+        log.info(round_line(record))
+
+
 class LogEarlyStopping:
     def on_round_end(self, run: Run, record: dict) -> None:
         if run.state.stopped_early:

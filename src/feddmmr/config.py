@@ -103,7 +103,7 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "L2 weight decay of the client optimiser", rule=at_least(0))
     local_optimizer: str = _opt("sgd", "the client's optimiser, fresh each round: sgd or adam (also the optimiser of --centralized)", rule=OneOf(("adam", "sgd")))
     aggregator: str = _opt("fedavg", "how the clients' updates combine: fedavg (their mean, weighted by training targets), "
-                                     "or a rule registered with feddmmr.federated.aggregation.register_aggregator", rule=OneOf(_aggregators))
+                                     "or a rule registered with register_aggregator (in feddmmr.federated.aggregation)", rule=OneOf(_aggregators))
     server_optimizer: str = _opt("fedadam", "fedadam (an Adam step along the clients' weighted mean change), fedavg (adopt the weighted mean) or fedavgm (server momentum along it)", rule=OneOf(("fedavg", "fedavgm", "fedadam")))
     server_learning_rate: float = _opt(8e-3, "server learning rate of fedadam and fedavgm (fedavgm: 1 is FedAvg's step)", rule=above(0))
     server_epsilon: float = _opt(1e-6, "fedadam's epsilon (tau in Reddi et al. 2021), added to the root of its second moment", rule=at_least(0))
@@ -288,9 +288,30 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> dict[str, str]:
+    """The presets shipped with the package: name -> the first line of its description."""
+    return {path.stem: path.read_text().splitlines()[0].lstrip("# ").strip() for path in sorted(PRESETS.glob("*.yaml"))}
+
+
+def find_preset(name_or_path: str | Path) -> Path:
+    """A preset file: the path itself if it exists, else a shipped preset of that name."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    shipped = PRESETS / f"{path.name}.yaml"
+    if not shipped.exists():
+        raise InputError(f"--config {name_or_path}: no such file, and no shipped preset of that name; the presets are "
+                         f"{', '.join(presets())} (`feddmmr configs`)")
+    return shipped
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A preset: YAML or JSON mapping of TrainConfig keys (hyphens or underscores)."""
-    path = Path(path)
+    """A preset: YAML or JSON mapping of TrainConfig keys (hyphens or underscores), by path or by
+    the name of a shipped preset (`presets()`)."""
+    path = find_preset(path)
     is_yaml = path.suffix in (".yaml", ".yml")
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -343,6 +364,7 @@ def saved_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults, then the preset file, then explicit overrides (None means 'not given'). A bad
     value's error names where it came from: the flag, or the file and its key."""
+    config_file = find_preset(config_file) if config_file else None
     from_file = read_config_file(config_file) if config_file else {}
     given = {k: v for k, v in overrides.items() if v is not None}
     try:

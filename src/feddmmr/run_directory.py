@@ -48,6 +48,24 @@ class RunLock:
             self.handle.close()
 
 
+class RunLog:
+    """RUN_DIR/run.log: the package's log lines while the run is open, with their times (a resumed
+    run appends), whatever the console shows."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        self.logger = logging.getLogger("feddmmr")
+        if self.logger.getEffectiveLevel() > logging.INFO:  # a library user who set up no logging
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+
 def claim(run_dir: Path, *, resume: bool) -> RunLock:
     """Make (or, resuming, find) the run directory and lock it. A new run never starts in a folder
     that already holds one, finished or not: that run would be mixed with this one."""

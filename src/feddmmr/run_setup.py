@@ -128,39 +128,43 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
     check_data_settings(config, data.num_items)
     device = resolve_device(config.device)
     features = load_run_features(config, data.item_ids)
-
-    lock = run_directory.claim(run_dir, resume=resume)
-    config.run_dir = str(run_dir)
-    write_json(run_dir / "config.json", config.to_dict())
-    feature_files = feature_paths(config)
-    if resume:
-        run_directory.check_data(run_dir, data, feature_files)
-    else:
-        run_directory.record_data(run_dir, data, feature_files)
-    split = leave_one_out(data)
-    candidates_path = run_dir / "candidates.npz"
-    if resume and candidates_path.exists():
-        valid_c, test_c = load_candidates(candidates_path, split, config.num_negatives_eval)
-    else:
-        valid_c, test_c = draw_eval_candidates(split, config.num_negatives_eval, config.seed)
-        save_candidates(candidates_path, split, valid_c, test_c)
-    valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
-
-    precision = Precision(resolve_amp(config.amp, device), device.type)
-    model = build_model(config, split.num_items, device, features)
-    state = RunState(early_stopping=EarlyStopping(patience=config.patience))
-    run = Run(config, run_dir, split, model, device, precision,
-              ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set, state,
-              memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
-              frozen=frozen_parameters(model, config.stage),
-              server_optimizer=make_server_optimizer(config), lock=lock)
-    if resume:
-        restore(run)
-    elif config.init_from:
+    model = build_model(config, data.num_items, device, features)
+    if config.init_from and not resume:
         checkpoint = load_checkpoint(Path(config.init_from), fix="--init-from takes a best.pt or last.pt written by "
                                      "feddmmr, or a run directory")
         loaded = load_weights_into(model, checkpoint["model"], config.init_from)
         log.info("init-from %s: loaded %d tensors (round %s of that run)", config.init_from, loaded, checkpoint.get("round"))
+
+    lock = run_directory.claim(run_dir, resume=resume)
+    run_log = run_directory.RunLog(run_dir)
+    try:
+        config.run_dir = str(run_dir)
+        write_json(run_dir / "config.json", config.to_dict())
+        feature_files = feature_paths(config)
+        if resume:
+            run_directory.check_data(run_dir, data, feature_files)
+        else:
+            run_directory.record_data(run_dir, data, feature_files)
+        split = leave_one_out(data)
+        candidates_path = run_dir / "candidates.npz"
+        if resume and candidates_path.exists():
+            valid_c, test_c = load_candidates(candidates_path, split, config.num_negatives_eval)
+        else:
+            valid_c, test_c = draw_eval_candidates(split, config.num_negatives_eval, config.seed)
+            save_candidates(candidates_path, split, valid_c, test_c)
+        valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
+        run = Run(config, run_dir, split, model, device, Precision(resolve_amp(config.amp, device), device.type),
+                  ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set,
+                  RunState(early_stopping=EarlyStopping(patience=config.patience)),
+                  memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
+                  frozen=frozen_parameters(model, config.stage),
+                  server_optimizer=make_server_optimizer(config), lock=lock, run_log=run_log)
+        if resume:
+            restore(run)
+    except BaseException:
+        run_log.close()
+        lock.release()
+        raise
     log_start(run)
     return run
 

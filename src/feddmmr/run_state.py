@@ -29,7 +29,7 @@ from feddmmr.model.sasrec import SASRec
 
 if TYPE_CHECKING:  # Flower is an optional extra
     from feddmmr.engines.flower.engine import FlowerEngine
-    from feddmmr.run_directory import RunLock
+    from feddmmr.run_directory import RunLock, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,13 @@ class Run:
     # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate (memory is None)
     nodes: FlowerEngine | None = None
     lock: RunLock | None = None  # held while the run writes to run_dir
+    run_log: RunLog | None = None  # RUN_DIR/run.log
 
     def close(self) -> None:
-        """Let another process write to run_dir (also done by the OS when this process ends)."""
+        """Stop writing run.log, and let another process write to run_dir (the OS releases the
+        lock too when this process ends)."""
+        if self.run_log is not None:
+            self.run_log.close()
         if self.lock is not None:
             self.lock.release()
 

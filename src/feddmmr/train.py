@@ -22,7 +22,8 @@ import torch
 from feddmmr import streams
 from feddmmr.checkpoint import load_checkpoint, write_json
 from feddmmr.config import TrainConfig
-from feddmmr.callbacks import Callback, WriteMetrics, LogEarlyStopping, OnRound, SaveBestCheckpoint, SaveLastCheckpoint
+from feddmmr.callbacks import (Callback, LogEarlyStopping, LogRound, OnRound, SaveBestCheckpoint, SaveLastCheckpoint,
+                               WriteMetrics)
 from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
 from feddmmr.errors import TrainingDiverged
@@ -167,7 +168,7 @@ def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None]
 
         def train_round(round_number: int) -> dict:
             return run_round(run, engine, round_number, progress_factory)
-    after_round = [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(),
+    after_round = [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(), LogRound(),
                    *([OnRound(on_round)] if on_round else []), *callbacks, LogEarlyStopping()]
 
     while state.round < c.num_rounds and not state.stopped_early:
@@ -208,4 +209,7 @@ def final_evaluation(run: Run) -> dict:
         "train_seconds": sum(r["train_seconds"] for r in run.state.history),
     }
     write_json(run.run_dir / "final.json", final)
+    valid, test = final["valid"], final["test"]
+    log.info("best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
+             final["best_round"], valid["HR@10"], valid["NDCG@10"], test["HR@10"], test["NDCG@10"], run.run_dir)
     return final

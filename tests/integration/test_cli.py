@@ -104,3 +104,48 @@ def test_the_old_holdout_flags_name_their_replacement(tmp_path):
                              ("holdout_content: true\n", "holdout"), ("holdout_content: false\n", "joint")]:
         preset.write_text("model: feddmmr\nmodality: text=t.npz\n" + flags)
         assert resolve_config(preset).modality_objective == objective
+
+
+def test_version_and_the_shipped_presets(tmp_path):
+    from feddmmr import __version__
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"feddmmr {__version__}"
+    listed = runner.invoke(app, ["configs"])
+    assert listed.exit_code == 0
+    names = [line.split()[0] for line in listed.output.splitlines()]
+    assert {"fedsasrec", "feddmmr_text", "stage1", "stage2", "stage3"} <= set(names)
+    assert resolve_config("fedsasrec").top_users == 1000  # by name, wherever feddmmr is installed
+    unknown = runner.invoke(app, ["train", "--config", "fedsasrecc", "--run-dir", str(tmp_path / "r")])
+    assert unknown.exit_code == 2 and "no shipped preset of that name; the presets are continue_pretrain" in unknown.output
+
+
+def test_help_at_80_columns_shows_every_flag_whole_in_panels():
+    from feddmmr.config import FIELDS
+
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0
+    assert "…" not in result.output  # rich cuts a name that does not fit with an ellipsis
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    for name in FIELDS:
+        assert "--" + name.replace("_", "-") in result.output
+        assert "--" + name not in result.output or "_" not in name  # underscore spellings: accepted, not shown
+    for panel in ("Data", "Model", "FedDMMR", "Client (local training)", "Server", "Privacy", "Evaluation", "Runtime",
+                  "Flower"):
+        assert f"─ {panel} ─" in result.output
+    assert "(default: train everything) (default" not in result.output
+
+
+def test_a_log_that_is_not_a_terminal_has_one_whole_line_per_round_and_a_run_log(tiny_data, tmp_path):
+    run_dir = tmp_path / ("a-long-folder-name-" * 4) / "run"
+    result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir), "--num-rounds", "3",
+                                 *TINY], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 3 and all(line.rstrip().endswith("s") and " eval " in line for line in rounds)
+    summary = [line for line in lines if line.startswith("best round")]
+    assert len(summary) == 1 and summary[0].endswith(f"({run_dir})")  # a long line, not wrapped
+    assert not any(line.startswith(" ") for line in lines)  # no continuation of a wrapped line
+    run_log = (run_dir / "run.log").read_text().splitlines()
+    assert sum(" round " in line and " loss " in line for line in run_log) == 3
+    assert any(f"({run_dir})" in line and "best round" in line for line in run_log)

@@ -358,7 +358,8 @@ def test_one_writer_at_a_time(run_copy):
 def test_resume_refuses_changed_data(tiny_data, tmp_path):
     data = tmp_path / "data.txt"
     shutil.copy(tiny_data, data)
-    runner.invoke(app, ["train", *tiny_flags(data, tmp_path / "run"), "--num-rounds", "2"])
+    first = runner.invoke(app, ["train", *tiny_flags(data, tmp_path / "run"), "--num-rounds", "2"])
+    assert first.exit_code == 0, first.output[-3000:]
     lines = data.read_text().splitlines()
     data.write_text("\n".join(lines[:-1]) + "\n")  # one user fewer
     fails(["train", "--resume", tmp_path / "run"], "is not the data this run started with (users 60 -> 59")

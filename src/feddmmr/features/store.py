@@ -80,8 +80,9 @@ def check_output_path(path: str | Path, ids: np.ndarray | None = None) -> Path:
             f"{path}: safetensors stores only numeric tensors but the item ids are not integers; "
             f"expected integer ids, or write a .npz file instead"
         )
-    if not path.parent.is_dir():
-        raise FeatureFileError(f"{path}: folder {path.parent} does not exist; create it first")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise FeatureFileError(f"{path}: {path.parent} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked early: a folder that cannot be made fails now
     return path
 
 
