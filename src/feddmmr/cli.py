@@ -250,14 +250,17 @@ def evaluate_command(
 
 @app.command("report")
 def report_command(
-    run_dir: Path = typer.Argument(..., help="a run directory (finished or not)"),
-    output: Optional[Path] = typer.Option(None, "--output", help="where to write the PNGs (default: RUN_DIR/plots)"),
+    run_dirs: typing.List[Path] = typer.Argument(..., help="run directories (finished or not); several are compared"),
+    output: Optional[Path] = typer.Option(None, "--output", help="where to write the PNGs (default: RUN_DIR/plots "
+                                                                 "for one run, ./report for several)"),
 ) -> None:
-    """Plot a run's metrics: training curves, and for FedDMMR router weights and memory statistics."""
-    from feddmmr.report import write_report
+    """Plot a run's metrics (training curves; for FedDMMR router weights and memory statistics), or
+    compare several runs; print a table of their final figures."""
+    from feddmmr.report import final_table, load_run, write_report
 
     setup_logging()
-    written = write_report(run_dir, output)
+    written = write_report(run_dirs, output)
+    print(final_table([load_run(path) for path in run_dirs]))
     for path in written:
         print(path)
 

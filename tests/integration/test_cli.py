@@ -149,3 +149,49 @@ def test_a_log_that_is_not_a_terminal_has_one_whole_line_per_round_and_a_run_log
     run_log = (run_dir / "run.log").read_text().splitlines()
     assert sum(" round " in line and " loss " in line for line in run_log) == 3
     assert any(f"({run_dir})" in line and "best round" in line for line in run_log)
+
+
+def test_report_compares_runs_with_a_table_and_marked_plots(tiny_data, tmp_path):
+    import matplotlib.image
+
+    for name, rate in (("slow", "0.1"), ("fast", "1.0")):
+        result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / name),
+                                     "--num-rounds", "3", "--validate-every", "1", "--learning-rate", rate, *TINY])
+        assert result.exit_code == 0, result.output
+    one = runner.invoke(app, ["report", str(tmp_path / "fast")])
+    assert one.exit_code == 0, one.output
+    assert (tmp_path / "fast" / "plots" / "training.png").stat().st_size > 0
+    both = runner.invoke(app, ["report", str(tmp_path / "slow"), str(tmp_path / "fast"), "--output",
+                               str(tmp_path / "compared")])
+    assert both.exit_code == 0, both.output
+    table = both.stdout.splitlines()
+    assert table[0].split()[:3] == ["run", "best", "round"]
+    finals = {name: json.loads((tmp_path / name / "final.json").read_text()) for name in ("slow", "fast")}
+    for line, name in zip(table[1:3], ("slow", "fast")):
+        cells = line.split()
+        assert cells[0] == name and int(cells[1]) == finals[name]["best_round"]
+        assert float(cells[3]) == round(finals[name]["test"]["HR@10"], 4)
+    image = matplotlib.image.imread(tmp_path / "compared" / "comparison.png")
+    assert image.shape[0] > 500 and image.shape[1] > 800
+
+
+def test_the_plots_mark_the_best_round_and_the_test_figures(tiny_data, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from feddmmr.report import _training, load_run
+
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir), "--num-rounds", "3",
+                               "--validate-every", "1", *TINY]).exit_code == 0
+    run = load_run(run_dir)
+    figure = _training(plt, run)
+    loss_axis, val_axis, client_axis = figure.axes
+    labels = [line.get_label() for line in val_axis.get_lines()]
+    assert f"best round {run.final['best_round']}" in labels
+    assert f"test HR@10 {run.final['test']['HR@10']:.4f}" in labels
+    for axis in figure.axes:
+        assert axis.get_xlabel() and axis.get_ylabel()
+    plt.close(figure)
