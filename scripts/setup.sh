@@ -9,4 +9,4 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test,text,image,flower,dp]"
+python -m pip install -q -e ".[test,text,image,flower,dp,tensorboard,mlflow]"

@@ -135,6 +135,10 @@ class TrainConfig:
     seed: int = _opt(0, "seed of everything: data sampling, client sampling, negatives, init", rule=Between(0, 2**32 - 1))
     run_dir: str | None = _opt(None, "where the run writes (default: runs/<time>)", rule=PATH)
     init_from: str | None = _opt(None, "start from the weights of this checkpoint or run directory", rule=PATH)
+    tracker: list[str] = field(default_factory=list, metadata={
+        "help": "log the run to tensorboard (RUN_DIR/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else a SQLite store "
+                "beside the run directory); repeat for both",
+        "rule": Matches(r"tensorboard|mlflow", "tensorboard or mlflow")})
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", rule=at_least(1))
 
     def __post_init__(self) -> None:
@@ -177,7 +181,8 @@ class TrainConfig:
         pass
 
     def _check_runtime(self) -> None:
-        pass
+        for tracker in dict.fromkeys(self.tracker):
+            require_extra({"tensorboard": "tensorboard", "mlflow": "mlflow"}[tracker], f"tracker={tracker}", tracker)
 
     def _check_privacy(self) -> None:
         if self.dp_clip_norm is None:
@@ -241,7 +246,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "feddmmr": ("modality", "stage", "memory_long_capacity", "memory_novelty", "router", "load_balance_weight",
                 "alignment_weight", "contrastive_weight", "content_history", "modality_objective"),
     "evaluation": ("eval", "num_negatives_eval", "validate_every", "patience"),
-    "runtime": ("device", "amp", "seed", "run_dir", "init_from", "threads"),
+    "runtime": ("device", "amp", "seed", "run_dir", "init_from", "tracker", "threads"),
 }
 # Settings that no longer exist, and why; a preset or an old run's config.json may still hold them.
 RETIRED = {

@@ -33,6 +33,7 @@ from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
 from feddmmr.run_setup import prepare_run
 from feddmmr.run_state import SELECTION_METRIC, Run, load_memory
+from feddmmr.trackers import make_trackers
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
 def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None] | None,
                progress_factory: ProgressFactory | None, callbacks: Sequence[Callback]) -> RunResult:
     """The rounds of a prepared run, from where it stands to the last (or early stopping), then the test."""
-    c, state = run.config, run.state
+    c = run.config
     optimizer = None  # the centralised baseline's, kept in last.pt
     if c.centralized:  # one "round" is an epoch of one model over all users pooled
         epochs = CentralizedEpochs(run)
@@ -168,10 +169,21 @@ def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None]
 
         def train_round(round_number: int) -> dict:
             return run_round(run, engine, round_number, progress_factory)
-    after_round = [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(), LogRound(),
-                   *([OnRound(on_round)] if on_round else []), *callbacks, LogEarlyStopping()]
+    trackers = make_trackers(run)
+    try:
+        return run_until_done(run, train_round, [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(),
+                                                 LogRound(), *trackers, *([OnRound(on_round)] if on_round else []),
+                                                 *callbacks, LogEarlyStopping()])
+    finally:
+        for tracker in trackers:
+            tracker.close()
 
-    while state.round < c.num_rounds and not state.stopped_early:
+
+def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: list[Callback]) -> RunResult:
+    """Round after round to the last (or early stopping), then the test; each callback sees each
+    round, and, if it wants to (`on_run_end`), the final figures."""
+    state = run.state
+    while state.round < run.config.num_rounds and not state.stopped_early:
         round_number = state.round + 1
         record = train_round(round_number)
         stop_if_not_finite(run, round_number)
@@ -191,6 +203,9 @@ def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None]
             callback.on_round_end(run, record)
 
     final = final_evaluation(run)
+    for callback in after_round:
+        if hasattr(callback, "on_run_end"):
+            callback.on_run_end(run, final)
     return RunResult(run.run_dir, final, state.history)
 
 

@@ -14,7 +14,7 @@ def test_a_section_reads_its_settings():
     config = TrainConfig(learning_rate=0.5, dp_clip_norm=1.0)
     assert config.section("client")["learning_rate"] == 0.5
     assert config.section("privacy") == {"dp_clip_norm": 1.0, "dp_noise_multiplier": 0.0, "dp_delta": 1e-5}
-    assert set(config.section("runtime")) == {"device", "amp", "seed", "run_dir", "init_from", "threads"}
+    assert set(config.section("runtime")) == {"device", "amp", "seed", "run_dir", "init_from", "tracker", "threads"}
 
 
 @pytest.mark.parametrize("section, bad, message", [
