@@ -86,6 +86,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.
 app.add_typer(data_app, name="data")
 features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
 app.add_typer(features_app, name="features")
+flower_app = typer.Typer(no_args_is_help=True, help="Flower: the app folder that `flwr run` runs.")
+app.add_typer(flower_app, name="flower")
 
 
 def _print_version(given: bool) -> None:
@@ -307,6 +309,18 @@ def features_image_command(
     setup_logging()
     path = build_image_features(images, output, model=model, batch_size=batch_size, device=device)
     print(path)
+
+
+@flower_app.command("app")
+def flower_app_command(folder: Path = typer.Argument(..., help="where to write the app (a new folder)")) -> None:
+    """Write a Flower app folder (a pyproject.toml) that runs feddmmr from the installed package:
+    `flwr run FOLDER ...` (docs/DEPLOY.md)."""
+    from feddmmr.config import require_extra
+
+    require_extra("flwr", "the Flower app", "flower")
+    from feddmmr.engines.flower.app_folder import write_app_folder
+
+    print(write_app_folder(folder))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Callable
 
@@ -36,13 +37,28 @@ def run_flower_simulation(config: TrainConfig, *, resume: bool = False, on_round
     return results[0]
 
 
+def _not_the_simulation_deprecation(record: logging.LogRecord) -> bool:
+    """Flower deprecates `run_simulation` in favour of `flwr run`, which needs a SuperLink process
+    (docs/DEPLOY.md runs the app that way). In-process is what `feddmmr train --engine flower`
+    offers: no process to start or stop, and the RunResult comes straight back. So its notice,
+    which the user cannot act on, is left out; every other Flower line stays."""
+    return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _flower_logs_once() -> Iterator[None]:
     """Flower's logger prints through its own handler at INFO and also passes every record, DEBUG
     included, to the root logger: under `feddmmr train` each line would show twice, with DEBUG."""
     flower = logging.getLogger("flwr")
     propagate, flower.propagate = flower.propagate, False
+    flower.addFilter(_not_the_simulation_deprecation)
     try:
-        yield
+        with warnings.catch_warnings():
+            # Ray's FutureWarning that a later Ray will stop hiding GPUs from actors with num_gpus=0:
+            # today's behaviour (nodes on the CPU, CLIENT_RESOURCES) is the one wanted, and the tip
+            # (an environment variable that would let every node see the GPU) is not for our users.
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            yield
     finally:
+        flower.removeFilter(_not_the_simulation_deprecation)
         flower.propagate = propagate
