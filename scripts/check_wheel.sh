@@ -18,7 +18,7 @@ python -m pip install -q "$(ls "$work"/dist/feddmmr-*.whl)[flower,tensorboard,ml
 cd "$work"  # nothing of the checkout is on the path from here on
 python -c "import feddmmr, sys; assert '$checkout' not in feddmmr.__file__, feddmmr.__file__"
 feddmmr --version
-feddmmr configs | grep -q "^fedsasrec "
+feddmmr configs > configs.txt && grep -q "^fedsasrec " configs.txt
 small=(--num-rounds 2 --top-users 60 --max-seq-len 10 --hidden-dim 16 --num-heads 2 --num-blocks 1)
 feddmmr train --config fedsasrec "${small[@]}" --run-dir runs/preset --tracker tensorboard --tracker mlflow
 feddmmr train "${small[@]}" --run-dir runs/other --learning-rate 0.3
