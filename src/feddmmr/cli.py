@@ -141,7 +141,8 @@ def _option_type(field: dataclasses.Field) -> type:
 
 
 PANELS = {"data": "Data", "model": "Model", "feddmmr": "FedDMMR", "client": "Client (local training)",
-          "server": "Server", "engine": "Engine", "privacy": "Privacy", "evaluation": "Evaluation",
+          "server": "Server", "engine": "Engine", "privacy": "Privacy", "attack": "Attack simulation",
+          "evaluation": "Evaluation",
           "runtime": "Runtime"}
 
 

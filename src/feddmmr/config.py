@@ -103,7 +103,11 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "L2 weight decay of the client optimiser", rule=at_least(0))
     local_optimizer: str = _opt("sgd", "the client's optimiser, fresh each round: sgd or adam (also the optimiser of --centralized)", rule=OneOf(("adam", "sgd")))
     aggregator: str = _opt("fedavg", "how the clients' updates combine: fedavg (their mean, weighted by training targets), "
+                                     "norm-bound, median, trimmed-mean or krum (robust to malicious clients; "
+                                     "docs/SECURITY.md), "
                                      "or a rule registered with register_aggregator (in feddmmr.federated.aggregation)", rule=OneOf(_aggregators))
+    robust_fraction: float = _opt(0.1, "trimmed-mean and krum: the share of clients they are built to withstand "
+                                       "(trimmed from each side; Krum's f)", rule=Between(0.0, 0.5, high_open=True))
     server_optimizer: str = _opt("fedadam", "fedadam (an Adam step along the clients' weighted mean change), fedavg (adopt the weighted mean) or fedavgm (server momentum along it)", rule=OneOf(("fedavg", "fedavgm", "fedadam")))
     server_learning_rate: float = _opt(8e-3, "server learning rate of fedadam and fedavgm (fedavgm: 1 is FedAvg's step)", rule=above(0))
     server_epsilon: float = _opt(1e-6, "fedadam's epsilon (tau in Reddi et al. 2021), added to the root of its second moment", rule=at_least(0))
@@ -123,6 +127,12 @@ class TrainConfig:
     flower_round_timeout: float = _opt(600.0, "flower engine: seconds a round waits for replies; nodes that miss it count as failed", rule=above(0))
     flower_secure_aggregation: bool = _opt(False, "flower engine: SecAgg+ (Flower's secaggplus), the server sees only the weighted mean of the nodes' updates (docs/PRIVACY.md)", rule=BOOL)
     flower_secagg_clipping_range: float = _opt(1.0, "flower engine, secure aggregation: updates are quantized in [-range, range]; a node whose update leaves it fails the round", rule=above(0))
+    # attack simulation (docs/SECURITY.md)
+    attack: str | None = _opt(None, "add fake clients that promote target items: data-poisoning (made-up sequences) or "
+                                    "model-poisoning (crafted updates)", rule=OneOf(("data-poisoning", "model-poisoning")))
+    attack_fraction: float = _opt(0.01, "fake clients, as a share of the genuine users (at least one)",
+                                  rule=Between(0.0, 0.5, low_open=True))
+    attack_targets: int = _opt(5, "target items, chosen by the seed among the coldest fifth", rule=at_least(1))
     # evaluation
     eval: str = _opt("sampled", "sampled (1:N candidates) or full (rank all items)", rule=OneOf(("sampled", "full")))
     num_negatives_eval: int = _opt(100, "negatives per held-out item in sampled evaluation", rule=at_least(1))
@@ -171,11 +181,24 @@ class TrainConfig:
         pass
 
     def _check_engine(self) -> None:
+        if self.flower_secure_aggregation and self.aggregator != "fedavg":
+            raise InputError(f"aggregator={self.aggregator} needs each node's update, but with flower_secure_aggregation "
+                             f"the server sees only their sum (SecAgg+); use one or the other")
         if self.flower_secure_aggregation and self.engine != "flower":
             raise InputError(f"flower_secure_aggregation is for engine=flower (the SuperNodes mask their updates), "
                              f"got engine={self.engine!r}")
         if self.engine == "flower" and not self.centralized:
             require_extra("flwr", "engine=flower", "flower")
+
+    def _check_attack(self) -> None:
+        if self.attack is None:
+            return
+        if self.model != "fedsasrec" or self.centralized:
+            raise InputError(f"attack={self.attack} is simulated for federated FedSASRec (model=fedsasrec, not "
+                             f"--centralized)")
+        if self.engine == "flower":
+            raise InputError(f"attack={self.attack} runs on the vectorized and sequential engines; the Flower engine "
+                             f"does not simulate fake clients")
 
     def _check_evaluation(self) -> None:
         pass
@@ -238,13 +261,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
     "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
                "loss"),
-    "server": ("num_rounds", "client_fraction", "aggregator", "server_optimizer", "server_learning_rate",
+    "server": ("num_rounds", "client_fraction", "aggregator", "robust_fraction", "server_optimizer", "server_learning_rate",
                "server_epsilon", "server_momentum"),
     "engine": ("engine", "centralized", "chunk_clients", "chunk_windows", "flower_supernodes", "flower_round_timeout",
                "flower_secure_aggregation", "flower_secagg_clipping_range"),
     "privacy": ("dp_clip_norm", "dp_noise_multiplier", "dp_delta"),
     "feddmmr": ("modality", "stage", "memory_long_capacity", "memory_novelty", "router", "load_balance_weight",
                 "alignment_weight", "contrastive_weight", "content_history", "modality_objective"),
+    "attack": ("attack", "attack_fraction", "attack_targets"),
     "evaluation": ("eval", "num_negatives_eval", "validate_every", "patience"),
     "runtime": ("device", "amp", "seed", "run_dir", "init_from", "tracker", "threads"),
 }

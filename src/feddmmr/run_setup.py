@@ -20,6 +20,7 @@ from feddmmr.errors import InputError
 from feddmmr.evaluation import make_eval_sets
 from feddmmr.features.store import AlignedFeatures, load_modality, parse_modality_spec
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
+from feddmmr.federated.attacks import Attack
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.federated.stages import frozen_parameters
@@ -158,7 +159,10 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
                   RunState(early_stopping=EarlyStopping(patience=config.patience)),
                   memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
                   frozen=frozen_parameters(model, config.stage),
-                  server_optimizer=make_server_optimizer(config), lock=lock, run_log=run_log)
+                  server_optimizer=make_server_optimizer(config), lock=lock, run_log=run_log,
+                  attack=None if config.attack is None else Attack.plan(
+                      config.attack, config.attack_fraction, config.attack_targets, split, config.max_seq_len,
+                      config.seed))
         if resume:
             restore(run)
     except BaseException:
@@ -194,6 +198,9 @@ def log_start(run: Run) -> None:
              c.num_negatives, c.num_negatives_eval, c.eval)
     log.info("validation: %s; early stopping after %s validated rounds without %s gain",
              run.schedule.describe(), c.patience or "no", SELECTION_METRIC)
+    if run.attack is not None:
+        log.info("attack: %s by %d fake clients (%d genuine users), targets %s (dense item ids)", run.attack.kind,
+                 len(run.attack.fake_users), s.num_users, run.attack.targets.tolist())
     if c.model == "feddmmr":
         log.info("model feddmmr: modalities %s | memory LT %d, K %d slots | stage %s (%d of %d parameter tensors frozen)",
                  ", ".join(run.model.modalities), c.memory_long_capacity, memory_config(c).retrieval_slots,

@@ -29,6 +29,7 @@ from feddmmr.model.sasrec import SASRec
 
 if TYPE_CHECKING:  # Flower is an optional extra
     from feddmmr.engines.flower.engine import FlowerEngine
+    from feddmmr.federated.attacks import Attack
     from feddmmr.run_directory import RunLock, RunLog
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Run:
     server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
     # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate (memory is None)
     nodes: FlowerEngine | None = None
+    attack: Attack | None = None  # simulated fake clients (--attack)
     lock: RunLock | None = None  # held while the run writes to run_dir
     run_log: RunLog | None = None  # RUN_DIR/run.log
 

@@ -54,7 +54,7 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     eligible = np.flatnonzero(split.num_train_targets > 0)
     if c.dp_clip_norm is None:
         users = sample_clients(eligible, c.client_fraction, c.seed, round_number)
-        aggregator = make_aggregator(c.aggregator, global_params)
+        aggregator = make_aggregator(c.aggregator, global_params, c.robust_fraction)
     else:
         users = poisson_sample(eligible, c.client_fraction, c.seed, round_number)
         noise = torch.Generator().manual_seed(streams.round_seed(c.seed, round_number) + 1)
@@ -65,11 +65,20 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
         for u in users
     ]
-    progress = progress_factory(round_number, len(users)) if progress_factory else None
+    add, fakes = aggregator.add, np.zeros(0, dtype=np.int64)
+    if run.attack is not None:  # simulated fake clients (federated/attacks.py)
+        fakes = run.attack.sampled(c.client_fraction, round_number)
+        if run.attack.kind == "data-poisoning":
+            batches += run.attack.batches(fakes, settings, round_number)
+        else:
+            add, genuine_norms, genuine_weights = run.attack.watch(aggregator.add, global_params)
+    progress = progress_factory(round_number, len(batches)) if progress_factory else None
     result = engine.train(RoundContext(round_number, c.seed), global_params, batches, run.local_training(),
-                          aggregator.add, progress)
+                          add, progress)
+    if run.attack is not None and run.attack.kind == "model-poisoning":
+        run.attack.send_crafted(aggregator.add, run.model, global_params, fakes, genuine_norms, genuine_weights)
     run.precision.settle(result.loss_scales)
-    reports = result.reports
+    reports = [r for r in result.reports if r.user < split.num_users]  # genuine clients
     dropped = [r.user for r in reports if r.dropped]
     if dropped:
         log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,
@@ -98,6 +107,7 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         "train_loss": float(np.average(losses, weights=weights)) if reported else float("nan"),
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
         "dropped_clients": len(dropped),
+        **({} if run.attack is None else {"attack_clients": len(fakes)}),
         "train_seconds": time.perf_counter() - started,
     }
     if c.dp_clip_norm is not None:

@@ -438,7 +438,7 @@ def test_a_diverged_model_stops_the_run_and_is_never_saved(tiny_data, tmp_path):
         def result(self):
             return {name: torch.full_like(value, float("nan")) for name, value in super().result().items()}
 
-    register_aggregator("poisoned", Poisoned)
+    register_aggregator("poisoned", lambda params, fraction: Poisoned(params))
     try:
         line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run"), "--aggregator", "poisoned",
                       "--validate-every", "1"], "round 1: the global model's weights became non-finite", code=1)

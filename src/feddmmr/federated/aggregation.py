@@ -30,8 +30,9 @@ class Aggregator(Protocol):
         ...
 
 
-# factory(global_params) -> a fresh Aggregator for one round
-AggregatorFactory = Callable[[dict[str, torch.Tensor]], Aggregator]
+# factory(global_params, robust_fraction) -> a fresh Aggregator for one round; robust_fraction is
+# the share of clients a robust rule is built to withstand (federated/robust.py)
+AggregatorFactory = Callable[[dict[str, torch.Tensor], float], Aggregator]
 AGGREGATORS: dict[str, AggregatorFactory] = {}
 
 
@@ -40,10 +41,10 @@ def register_aggregator(name: str, factory: AggregatorFactory) -> None:
     AGGREGATORS[name] = factory
 
 
-def make_aggregator(name: str, global_params: dict[str, torch.Tensor]) -> Aggregator:
+def make_aggregator(name: str, global_params: dict[str, torch.Tensor], robust_fraction: float = 0.1) -> Aggregator:
     if name not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {name!r}; expected one of {tuple(AGGREGATORS)}")
-    return AGGREGATORS[name](global_params)
+    return AGGREGATORS[name](global_params, robust_fraction)
 
 
 class FedAvg:
@@ -88,7 +89,7 @@ class FedAvg:
         }
 
 
-register_aggregator("fedavg", FedAvg)
+register_aggregator("fedavg", lambda global_params, robust_fraction: FedAvg(global_params))
 
 
 class ServerAdam:
