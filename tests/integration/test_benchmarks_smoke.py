@@ -256,3 +256,19 @@ def test_fp16_on_cpu_runs_float16_autocast_and_reports_finite_weights():
     rounds = [line for line in out.splitlines() if line.startswith("  fp16 round")]
     assert len(rounds) == 2 and all("global weights finite: True" in line for line in rounds), out
     assert "synthetic fp16: validation HR@10 round 2" in out
+
+
+@pytest.mark.slow
+def test_privacy_leakage_quick_prints_the_table():
+    out = run_script("privacy_leakage.py", "--quick")
+    for label in ("what the server sees", "default (4 negatives)", "secagg nodes of 5", "64 negatives",
+                  "DP clip 1, noise 1.0"):
+        assert label in out, f"{label!r} missing from:\n{out}"
+
+
+@pytest.mark.slow
+def test_attacks_quick_prints_a_row_per_run():
+    out = run_script("attacks.py", "--quick", "--aggregators", "fedavg", "median", "--attacks", "none",
+                     "model-poisoning:0.05")
+    rows = [line for line in out.splitlines() if line.startswith(("fedavg ", "median "))]
+    assert len(rows) == 4 and all(len(row.split()) == 5 for row in rows)
