@@ -510,3 +510,19 @@ def test_resuming_from_the_run_config_takes_the_saved_config_and_refuses_other_s
         from_run_config({**values, "resume": True, "run-dir": str(tmp_path / "elsewhere")})
     with pytest.raises(ValueError, match="resume='yes' .str.; expected true or false"):
         from_run_config({**values, "resume": "yes"})
+
+
+@pytest.mark.parametrize("aggregator", ["median", "krum"])
+def test_robust_rules_combine_the_nodes_updates(tiny_data, tmp_path, aggregator):
+    """On Flower the server sees one update per node (its users' mean): the robust rules act on those."""
+    robust = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
+                           config(tiny_data, tmp_path / aggregator, num_rounds=1, flower_supernodes=3,
+                                  server_optimizer="fedavg", aggregator=aggregator, robust_fraction=0.34))
+    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
+                          config(tiny_data, tmp_path / "fedavg", num_rounds=1, flower_supernodes=3,
+                                 server_optimizer="fedavg"))
+    robust_weights, plain_weights = weights(robust.run_dir), weights(plain.run_dir)
+    assert all(torch.isfinite(t).all() for t in robust_weights.values())
+    # Krum with f = 1 of 3 nodes keeps 2; the median takes the middle node per coordinate: neither is the mean.
+    difference = (robust_weights["item_embedding.weight"] - plain_weights["item_embedding.weight"]).abs().max()
+    assert difference > 1e-4
