@@ -65,18 +65,14 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
         for u in users
     ]
-    add, fakes = aggregator.add, np.zeros(0, dtype=np.int64)
-    if run.attack is not None:  # simulated fake clients (federated/attacks.py)
-        fakes = run.attack.sampled(c.client_fraction, round_number)
-        if run.attack.kind == "data-poisoning":
-            batches += run.attack.batches(fakes, settings, round_number)
-        else:
-            add, genuine_norms, genuine_weights = run.attack.watch(aggregator.add, global_params)
+    add = aggregator.add
+    if run.attack is not None:  # simulated fake clients join the round (federated/attacks.py)
+        add = run.attack.join_round(round_number, c.client_fraction, batches, settings, aggregator.add, global_params)
     progress = progress_factory(round_number, len(batches)) if progress_factory else None
     result = engine.train(RoundContext(round_number, c.seed), global_params, batches, run.local_training(),
                           add, progress)
-    if run.attack is not None and run.attack.kind == "model-poisoning":
-        run.attack.send_crafted(aggregator.add, run.model, global_params, fakes, genuine_norms, genuine_weights)
+    if run.attack is not None:
+        run.attack.finish_round(aggregator.add, run.model, global_params)
     run.precision.settle(result.loss_scales)
     reports = [r for r in result.reports if r.user < split.num_users]  # genuine clients
     dropped = [r.user for r in reports if r.dropped]
@@ -107,7 +103,7 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         "train_loss": float(np.average(losses, weights=weights)) if reported else float("nan"),
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
         "dropped_clients": len(dropped),
-        **({} if run.attack is None else {"attack_clients": len(fakes)}),
+        **({} if run.attack is None else {"attack_clients": len(run.attack.round_users)}),
         "train_seconds": time.perf_counter() - started,
     }
     if c.dp_clip_norm is not None:

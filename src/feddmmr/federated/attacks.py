@@ -18,7 +18,7 @@ users (at least one), sampled each round at the genuine clients' rate; the targe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -40,6 +40,10 @@ class Attack:
     targets: np.ndarray  # dense item ids
     sequences: dict[int, np.ndarray]  # fake user -> made-up sequence (dense item ids)
     seed: int
+    # the current round's fake users, and (model poisoning) the genuine updates' norms and weights
+    round_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    genuine_norms: list = field(default_factory=list)
+    genuine_weights: list = field(default_factory=list)
 
     @classmethod
     def plan(cls, kind: str, fraction: float, num_targets: int, split: LeaveOneOut, max_len: int, seed: int) -> "Attack":
@@ -64,24 +68,38 @@ class Attack:
         count = max(1, int(round(fraction * len(self.fake_users))))
         return np.sort(rng.choice(self.fake_users, size=count, replace=False))
 
+    def join_round(self, round_number: int, fraction: float, batches: list[ClientBatches], settings: BatchSettings,
+                   add: Callable, global_params: dict[str, torch.Tensor]) -> Callable:
+        """The round's fake users join it: data-poisoning ones add their batches to `batches`;
+        model-poisoning ones watch the genuine updates that pass through the returned `add`,
+        and send theirs in `finish_round`."""
+        self.round_users = self.sampled(fraction, round_number)
+        self.genuine_norms, self.genuine_weights = [], []
+        if self.kind == "data-poisoning":
+            batches += self.batches(self.round_users, settings, round_number)
+            return add
+        return self.watch(add, global_params)
+
+    def finish_round(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
+        if self.kind == "model-poisoning":
+            self.send_crafted(add, model, global_params, self.round_users, self.genuine_norms, self.genuine_weights)
+
     def batches(self, users: np.ndarray, settings: BatchSettings, round_number: int) -> list[ClientBatches]:
         """Data poisoning: the fake users' own batches, trained by the engine like anyone's."""
         return [make_client_batches(int(u), self.sequences[int(u)], settings, client_rng(self.seed, round_number, int(u)))
                 for u in users]
 
-    def watch(self, add: Callable, global_params: dict[str, torch.Tensor]) -> tuple[Callable, list, list]:
+    def watch(self, add: Callable, global_params: dict[str, torch.Tensor]) -> Callable:
         """`add`, also noting the norms and weights of the genuine updates it passes on."""
-        norms: list[torch.Tensor] = []
-        weights: list[torch.Tensor] = []
 
         def watched(client_params: dict[str, torch.Tensor], client_weights: torch.Tensor) -> torch.Tensor:
             squared = sum((client_params[n] - global_params[n]).reshape(len(client_weights), -1).float().pow(2).sum(1)
                           for n in global_params)
-            norms.append(squared.sqrt())
-            weights.append(client_weights.float())
+            self.genuine_norms.append(squared.sqrt())
+            self.genuine_weights.append(client_weights.float())
             return add(client_params, client_weights)
 
-        return watched, norms, weights
+        return watched
 
     @torch.no_grad()
     def send_crafted(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor],
