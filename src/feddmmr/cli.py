@@ -259,11 +259,12 @@ def report_command(
 ) -> None:
     """Plot a run's metrics (training curves; for FedDMMR router weights and memory statistics), or
     compare several runs; print a table of their final figures."""
-    from feddmmr.report import final_table, load_run, write_report
+    from feddmmr.report import final_table, load_run, plot_runs
 
     setup_logging()
-    written = write_report(run_dirs, output)
-    print(final_table([load_run(path) for path in run_dirs]))
+    runs = [load_run(path) for path in run_dirs]  # read once, for the plots and the table
+    written = plot_runs(runs, output)
+    print(final_table(runs))
     for path in written:
         print(path)
 

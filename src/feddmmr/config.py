@@ -158,8 +158,10 @@ class TrainConfig:
             if name in ("chunk_clients", "chunk_windows") and type(value) in (int, str):
                 value = str(value).strip().lower()  # a preset's `chunk_clients: 32`, as the flag spells it
             setattr(self, name, checked_value(name, value, hints[name], spec.metadata["rule"]))
-        for section in SECTIONS:  # then how values combine, section by section
-            getattr(self, f"_check_{section}")()
+        for section in SECTIONS:  # then how values combine, in the sections where some do
+            check = getattr(self, f"_check_{section}", None)
+            if check is not None:
+                check()
 
     def section(self, name: str) -> dict[str, Any]:
         """The settings of one section (`SECTIONS`), by name."""
@@ -173,12 +175,6 @@ class TrainConfig:
         if self.hidden_dim % self.num_heads:
             raise InputError(f"hidden_dim={self.hidden_dim} must be a multiple of num_heads={self.num_heads} "
                              f"(each head reads hidden_dim / num_heads dimensions)")
-
-    def _check_client(self) -> None:
-        pass  # every client setting stands alone
-
-    def _check_server(self) -> None:
-        pass
 
     def _check_engine(self) -> None:
         if self.flower_secure_aggregation and self.aggregator != "fedavg":
@@ -200,12 +196,9 @@ class TrainConfig:
             raise InputError(f"attack={self.attack} runs on the vectorized and sequential engines; the Flower engine "
                              f"does not simulate fake clients")
 
-    def _check_evaluation(self) -> None:
-        pass
-
     def _check_runtime(self) -> None:
-        for tracker in dict.fromkeys(self.tracker):
-            require_extra({"tensorboard": "tensorboard", "mlflow": "mlflow"}[tracker], f"tracker={tracker}", tracker)
+        for tracker in dict.fromkeys(self.tracker):  # the module and the extra share the tracker's name
+            require_extra(tracker, f"tracker={tracker}", tracker)
 
     def _check_privacy(self) -> None:
         if self.dp_clip_norm is None:

@@ -107,14 +107,18 @@ def write_report(run_dirs: str | Path | list, output: str | Path | None = None) 
     """Plots of one run (training.png, and for FedDMMR router.png and memory.png), or of several
     runs side by side (comparison.png); returns the files written. `output` defaults to
     RUN_DIR/plots for one run and ./report for several."""
+    paths = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    return plot_runs([load_run(path) for path in paths], output)
+
+
+def plot_runs(runs: list[RunRecords], output: str | Path | None = None) -> list[Path]:
+    """`write_report` for runs already read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    paths = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    runs = [load_run(path) for path in paths]
     output = Path(output) if output else (runs[0].run_dir / "plots" if len(runs) == 1 else Path("report"))
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; expected a folder for the plots (made if missing)")

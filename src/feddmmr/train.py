@@ -119,14 +119,16 @@ DIVERGED_ADVICE = ("Start a new run with a lower --learning-rate (now {lr:g}) or
 def stop_if_not_finite(run: Run, round_number: int) -> None:
     """The run-level guard: a global model with a NaN or inf weight is never validated or saved
     (the engines already drop non-finite client updates; a server step can still overflow)."""
-    broken = [name for name, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if broken:
-        c = run.config
-        raise TrainingDiverged(
-            f"round {round_number}: the global model's weights became non-finite (NaN or inf in "
-            f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}); nothing of this round was saved, the "
-            f"checkpoints of round {round_number - 1} are intact. "
-            + DIVERGED_ADVICE.format(lr=c.learning_rate, amp=c.amp, run_dir=run.run_dir))
+    parameters = dict(run.model.named_parameters())
+    if bool(torch.stack([torch.isfinite(p).all() for p in parameters.values()]).all()):  # one host sync a round
+        return
+    broken = [name for name, p in parameters.items() if not bool(torch.isfinite(p).all())]
+    c = run.config
+    raise TrainingDiverged(
+        f"round {round_number}: the global model's weights became non-finite (NaN or inf in "
+        f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}); nothing of this round was saved, the "
+        f"checkpoints of round {round_number - 1} are intact. "
+        + DIVERGED_ADVICE.format(lr=c.learning_rate, amp=c.amp, run_dir=run.run_dir))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,9 +80,6 @@ class Attack:
             return add
         return self.watch(add, global_params)
 
-    def finish_round(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
-        if self.kind == "model-poisoning":
-            self.send_crafted(add, model, global_params, self.round_users, self.genuine_norms, self.genuine_weights)
 
     def batches(self, users: np.ndarray, settings: BatchSettings, round_number: int) -> list[ClientBatches]:
         """Data poisoning: the fake users' own batches, trained by the engine like anyone's."""
@@ -102,13 +99,14 @@ class Attack:
         return watched
 
     @torch.no_grad()
-    def send_crafted(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor],
-                     users: np.ndarray, genuine_norms: list[torch.Tensor], genuine_weights: list[torch.Tensor]) -> None:
-        """Model poisoning: one crafted update per fake user of the round, through `add`."""
-        if len(users) == 0 or not genuine_norms:
+    def finish_round(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
+        """Model poisoning: one crafted update per fake user of the round, through `add` (data
+        poisoning has nothing left to do: its clients trained with the others)."""
+        users = self.round_users
+        if self.kind != "model-poisoning" or len(users) == 0 or not self.genuine_norms:
             return
-        norm = torch.cat(genuine_norms).median()
-        weight = torch.cat(genuine_weights).median()
+        norm = torch.cat(self.genuine_norms).median()
+        weight = torch.cat(self.genuine_weights).median()
         table = global_params[ITEM_TABLE]
         sequences = torch.as_tensor(np.stack([self.sequences[int(u)][:-1] for u in users]), device=table.device)
         was_training = model.training
