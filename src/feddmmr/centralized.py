@@ -1,9 +1,15 @@
 """The centralised baseline: the same model trained on every user's windows pooled, with one
 optimiser (the clients' settings: --local-optimizer, --learning-rate, --batch-size); one "round"
-of the run loop is one epoch."""
+of the run loop is one epoch.
+
+Negatives as in federated training, except shared ones (--shared-negatives): a batch pools many
+users' windows, so its N negatives are drawn once per batch from the whole catalogue (a negative
+that is a position's own target is masked, as everywhere; one that another user has read is not
+excluded)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -12,10 +18,11 @@ import torch
 
 from feddmmr import streams
 from feddmmr.checkpoint import load_checkpoint
+from feddmmr.data.negatives import sample_distinct_negatives
 from feddmmr.engines.base import guarded_step
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
-from feddmmr.model.losses import next_item_loss
+from feddmmr.model.losses import every_item, next_item_loss
 from feddmmr.run_state import Run
 
 log = logging.getLogger(__name__)
@@ -36,8 +43,10 @@ class CentralizedEpochs:
         c, split = run.config, run.split
         torch.manual_seed(streams.round_seed(c.seed, round_number))
         started = time.perf_counter()
-        settings = BatchSettings(max_len=c.max_seq_len, batch_size=1 << 30, epochs=1,
-                                 num_negatives=c.num_negatives, num_items=split.num_items)
+        settings = BatchSettings.of(c, split.num_items, batch_size=1 << 30, epochs=1)
+        per_batch_negatives = settings.negatives == "shared"
+        if per_batch_negatives:  # the windows' targets only; the negatives are drawn per batch below
+            settings = dataclasses.replace(settings, negatives="all")
         eligible = np.flatnonzero(split.num_train_targets > 0)
         per_user = [make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
                     for u in eligible]
@@ -48,11 +57,17 @@ class CentralizedEpochs:
         model.train()
         total, count, skipped = 0.0, 0.0, 0
         scales = run.precision.client_scales(1, run.device)
+        shared = every_item(model.item_embedding.weight) if c.loss == "ce-full" else None
+        negatives_rng = np.random.default_rng([c.seed, streams.CENTRALIZED_NEGATIVES, round_number])
         for start in range(0, len(order), c.batch_size):
             rows = order[start : start + c.batch_size]
             batch_inputs, batch_candidates = inputs[rows].to(run.device), candidates[rows].to(run.device)
+            if per_batch_negatives:
+                drawn = sample_distinct_negatives(np.zeros(0, dtype=np.int64), split.num_items, 1, c.num_negatives,
+                                                  negatives_rng)
+                shared = torch.from_numpy(drawn[0]).to(run.device)
             with run.precision.autocast():
-                scores = model(batch_inputs, batch_candidates)
+                scores = model(batch_inputs, batch_candidates, shared)
             loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
             if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, scales):
                 skipped += 1

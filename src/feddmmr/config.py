@@ -116,8 +116,11 @@ class TrainConfig:
     dp_clip_norm: float | None = _opt(None, "DP on: clip each client's update to this L2 norm; clients are Poisson-sampled and count equally", rule=above(0))
     dp_noise_multiplier: float = _opt(0.0, "DP: Gaussian noise std on the sum of clipped updates, in units of dp_clip_norm", rule=at_least(0))
     dp_delta: float = _opt(1e-5, "DP: the delta at which epsilon is reported", rule=Between(0.0, 1.0, True, True))
-    num_negatives: int = _opt(4, "sampled negatives per training target", rule=at_least(1))
-    loss: str = _opt("ce", "ce (softmax over positive + negatives) or bpr", rule=OneOf(("ce", "bpr")))
+    num_negatives: int = _opt(4, "sampled negatives per training target (with shared_negatives: per local step)", rule=at_least(1))
+    shared_negatives: bool = _opt(False, "draw num_negatives distinct items once per local step, shared by all its targets "
+                                         "(scored as one matrix product: hundreds cost little)", rule=BOOL)
+    loss: str = _opt("ce", "ce (softmax over the target and its negatives), bpr, or ce-full (softmax over every item; "
+                           "num_negatives unused)", rule=OneOf(("ce", "bpr", "ce-full")))
     engine: str = _opt("vectorized", "vectorized, sequential or flower", rule=OneOf(_engines))
     centralized: bool = _opt(False, "train one model on all users pooled (the centralised baseline)", rule=BOOL)
     chunk_clients: str = _opt("auto", "vectorized engine: clients trained together at most, or auto (sized from "
@@ -175,6 +178,10 @@ class TrainConfig:
         if self.hidden_dim % self.num_heads:
             raise InputError(f"hidden_dim={self.hidden_dim} must be a multiple of num_heads={self.num_heads} "
                              f"(each head reads hidden_dim / num_heads dimensions)")
+
+    def _check_client(self) -> None:
+        if self.loss == "ce-full" and self.shared_negatives:
+            raise InputError("loss=ce-full scores every item: shared_negatives has nothing to draw; use one or the other")
 
     def _check_engine(self) -> None:
         if self.flower_secure_aggregation and self.aggregator != "fedavg":
@@ -253,7 +260,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data_dir", "format", "top_users", "min_length"),
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
     "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
-               "loss"),
+               "shared_negatives", "loss"),
     "server": ("num_rounds", "client_fraction", "aggregator", "robust_fraction", "server_optimizer", "server_learning_rate",
                "server_epsilon", "server_momentum"),
     "engine": ("engine", "centralized", "chunk_clients", "chunk_windows", "flower_supernodes", "flower_round_timeout",

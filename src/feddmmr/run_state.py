@@ -89,9 +89,7 @@ class Run:
         return {n: p.detach().clone() for n, p in self.model.named_parameters()}
 
     def batch_settings(self) -> BatchSettings:
-        c = self.config
-        return BatchSettings(max_len=c.max_seq_len, batch_size=c.batch_size, epochs=c.local_epochs,
-                             num_negatives=c.num_negatives, num_items=self.split.num_items)
+        return BatchSettings.of(self.config, self.split.num_items)
 
     def local_training(self) -> LocalTraining:
         c = self.config

@@ -104,3 +104,19 @@ def sample_negatives(history: np.ndarray, num_items: int, shape: tuple[int, ...]
         out[bad] = rng.integers(1, num_items + 1, size=int(bad.sum()))
         bad = banned[out]
     return out
+
+
+def sample_distinct_negatives(history: np.ndarray, num_items: int, rows: int, size: int,
+                              rng: np.random.Generator) -> np.ndarray:
+    """[rows, size]: each row `size` distinct items drawn uniformly from 1..num_items outside
+    `history` (a uniform proposal: a softmax over them needs no logQ correction)."""
+    banned = np.zeros(num_items + 1, dtype=bool)
+    banned[0] = True
+    banned[history] = True
+    allowed = np.flatnonzero(~banned)
+    if len(allowed) < size:
+        raise ValueError(f"--num-negatives {size} with --shared-negatives: a user has read all but {len(allowed)} "
+                         f"of the {num_items} items; use at most {len(allowed)}")
+    # The `size` smallest of random keys: a uniform draw without replacement for every row at once.
+    keys = rng.random((rows, len(allowed)))
+    return allowed[np.argpartition(keys, size - 1, axis=1)[:, :size]]

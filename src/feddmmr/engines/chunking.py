@@ -36,16 +36,19 @@ class ChunkSizes:
     why: str  # how they were chosen, for the log
 
 
-def window_bytes(model: torch.nn.Module, num_negatives: int) -> int:
+def window_bytes(model: torch.nn.Module, num_negatives: int, shared_negatives: bool = False) -> int:
     """Estimated memory one training window holds during a step: the activations autograd keeps
     (per block, about 24 [L, d] tensors and 6 [heads, L, L] ones, plus embeddings and candidate
     scores), in float32, twice over for the batched gradient's temporaries. Calibrated on the CPU:
-    a chunk of 64 more windows (d 128, L 50, 4 negatives) raised the peak RSS by about 300 MiB."""
+    a chunk of 64 more windows (d 128, L 50, 4 negatives) raised the peak RSS by about 300 MiB.
+    Negatives shared by a step's targets (or every item, ce-full) are scored as a matrix product:
+    a window keeps their scores, [L, 1+N], not their embeddings, [L, 1+N, d]."""
     feddmmr = hasattr(model, "sasrec")  # FedDMMR holds its SASRec backbone as `sasrec`
     sasrec = (model.sasrec if feddmmr else model).config
     length, dim, heads = sasrec.max_seq_len, sasrec.hidden_dim, sasrec.num_heads
     per_block = 24 * length * dim + 6 * heads * length * length
-    floats = sasrec.num_blocks * per_block + 8 * length * dim + 3 * length * (1 + num_negatives) * dim
+    candidates = 4 * length * (1 + num_negatives) if shared_negatives else 3 * length * (1 + num_negatives) * dim
+    floats = sasrec.num_blocks * per_block + 8 * length * dim + candidates
     factor = 4 if feddmmr else 2  # FedDMMR: experts, router, memory reads
     return 4 * factor * floats
 
@@ -79,7 +82,7 @@ def floor_power_of_two(value: float, low: int, high: int) -> int:
 
 
 def resolve_chunks(clients: str | int, windows: str | int, model: torch.nn.Module, num_negatives: int,
-                   device: torch.device) -> ChunkSizes:
+                   device: torch.device, shared_negatives: bool = False) -> ChunkSizes:
     """Chunk sizes from the settings ("auto" or a number each): a quarter of the planned memory
     for the clients' weights and optimiser state, three quarters for the windows' activations."""
     explicit = {name: int(value) for name, value in (("clients", clients), ("windows", windows)) if str(value) != "auto"}
@@ -89,7 +92,7 @@ def resolve_chunks(clients: str | int, windows: str | int, model: torch.nn.Modul
     free = free_memory(device)
     budget = free * FREE_SHARE[kind]
     max_clients, max_windows = MAX_CHUNKS[kind]
-    per_window, per_client = window_bytes(model, num_negatives), client_bytes(model)
+    per_window, per_client = window_bytes(model, num_negatives, shared_negatives), client_bytes(model)
     sizes = ChunkSizes(
         explicit.get("clients") or floor_power_of_two(budget / 4 / per_client, 1, max_clients),
         explicit.get("windows") or floor_power_of_two(budget * 3 / 4 / per_window, 1, max_windows),

@@ -14,7 +14,7 @@ from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progres
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.federated.privacy import clip_updates
-from feddmmr.model.losses import feddmmr_loss, next_item_loss
+from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class SequentialEngine:
         for name, p in model.named_parameters():
             p.requires_grad_(name not in local.frozen)
         reports, round_scales = [], []
+        # FedDMMR holds its SASRec backbone, and the item table, as `sasrec`
+        catalogue = every_item(getattr(model, "sasrec", model).item_embedding.weight) if local.loss == "ce-full" else None
         for client in clients:
             model.load_state_dict(global_params, strict=False)
             model.train()
@@ -56,15 +58,16 @@ class SequentialEngine:
                 valid = candidates[..., 0] > 0
                 if not valid.any():
                     continue
+                shared = catalogue if client.shared is None else torch.from_numpy(client.shared[step]).to(device)
                 if memory is None:
                     with local.precision.autocast():
-                        scores = model(inputs, candidates)
+                        scores = model(inputs, candidates, shared)
                     total, count = next_item_loss(scores.float(), valid, local.loss)
                     loss = objective = total / count
                 else:
                     items, mask = memory.retrieve(slots)
                     with local.precision.autocast():
-                        scores, parts = model(inputs, candidates, items[0], mask[0], with_aux=True)
+                        scores, parts = model(inputs, candidates, items[0], mask[0], with_aux=True, shared=shared)
                     objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary)
                     # The positives happened whatever this step's fate: the memory takes them.
                     slots = memory.update(slots, positives[step : step + 1])

@@ -29,7 +29,7 @@ from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progres
 from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
 from feddmmr.federated.privacy import clip_updates
-from feddmmr.model.losses import feddmmr_loss, next_item_loss
+from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +66,33 @@ class VectorizedEngine:
         self.chunk_clients = chunk_clients
         self.chunk_windows = chunk_windows
 
-    def _gradient_fn(self, local: LocalTraining):
+    def _gradient_fn(self, local: LocalTraining, shared_dim: int | None):
         """Per-client (gradients, (scaled objective, next-item loss)) of the trained parameters;
         `frozen` parameters are shared by all clients and get no gradient; `scale` is each
-        client's loss scale."""
+        client's loss scale; `shared` the step's shared negatives, per client (`shared_dim` 0),
+        every item for all clients (None), or None."""
         model = self.model
         if local.memory is not None:  # FedDMMR: the client's memory slots and the auxiliary losses
-            def memory_loss(params, frozen, inputs, candidates, memory_items, memory_mask, scale):
+            def memory_loss(params, frozen, inputs, candidates, scale, shared, memory_items, memory_mask):
                 with local.precision.autocast():
                     scores, parts = functional_call(model, {**params, **frozen},
-                                                  (inputs, candidates, memory_items, memory_mask), {"with_aux": True})
+                                                  (inputs, candidates, memory_items, memory_mask),
+                                                  {"with_aux": True, "shared": shared})
                 objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary)
                 return objective * scale, loss.detach()
 
-            return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, 0, 0),
+            return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, shared_dim, 0, 0),
                         randomness="different")
 
-        def client_loss(params, frozen, inputs, candidates, scale):
+        def client_loss(params, frozen, inputs, candidates, scale, shared):
             with local.precision.autocast():
-                scores = functional_call(model, {**params, **frozen}, (inputs, candidates))
+                scores = functional_call(model, {**params, **frozen}, (inputs, candidates, shared))
             total, count = next_item_loss(scores.float(), candidates[..., 0] > 0, local.loss)
             loss = total / count.clamp(min=1)
             return loss * scale, loss.detach()
 
-        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, None, 0, 0, 0), randomness="different")
+        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, shared_dim),
+                    randomness="different")
 
     def train(
         self,
@@ -102,12 +105,16 @@ class VectorizedEngine:
     ) -> RoundResult:
         self.model.train()
         device = next(self.model.parameters()).device
-        gradient_fn = self._gradient_fn(local)
+        catalogue = None
+        if local.loss == "ce-full":
+            catalogue = every_item(next(p for n, p in global_params.items() if n.endswith(ITEM_TABLE)))
+        gradient_fn = self._gradient_fn(local, 0 if clients and clients[0].shared is not None else None)
         reports = []
         memory = local.memory
         frozen = {n: p.detach() for n, p in global_params.items() if n in local.frozen}
         trained = {n: p for n, p in global_params.items() if n not in local.frozen}
-        compact = local.weight_decay == 0 and ITEM_TABLE in trained
+        # ce-full reads (and moves) every row: nothing to gain from a compact table.
+        compact = local.weight_decay == 0 and ITEM_TABLE in trained and catalogue is None
         round_scales = []
         for chunk in plan_chunks(clients, self.chunk_clients, self.chunk_windows):
             batch = stack_batches(chunk, device, compact_items=compact)
@@ -129,13 +136,12 @@ class VectorizedEngine:
             for step in range(batch.inputs.shape[1]):
                 active = batch.active[:, step]
                 scale = scales.scale
+                step_inputs = (params, frozen, batch.inputs[:, step], batch.candidates[:, step], scale,
+                               catalogue if batch.shared is None else batch.shared[:, step])
                 if memory is None:
-                    grads, (objectives, losses) = gradient_fn(params, frozen, batch.inputs[:, step],
-                                                              batch.candidates[:, step], scale)
+                    grads, (objectives, losses) = gradient_fn(*step_inputs)
                 else:
-                    items, mask = memory.retrieve(slots)
-                    grads, (objectives, losses) = gradient_fn(params, frozen, batch.inputs[:, step],
-                                                              batch.candidates[:, step], items, mask, scale)
+                    grads, (objectives, losses) = gradient_fn(*step_inputs, *memory.retrieve(slots))
                     slots = memory.update(slots, positives[:, step])
                 # One reduction per tensor: a sum is non-finite exactly when some element is
                 # (inf, -inf or NaN), and it reads each gradient once instead of four times.

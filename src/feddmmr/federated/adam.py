@@ -65,6 +65,9 @@ class BatchedAdam:
                                     for n, p in self.params.items()}, active)
 
     def _fused_step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+        # The kernel reads its tensors' memory in order, whatever their strides: a gradient that
+        # vmap lays out client-minor (the item table's, with ce-full) must be made contiguous.
+        grads = {n: g.contiguous() for n, g in grads.items()}
         names = list(self.params)
         for step in torch.unique(self.steps[active]).tolist():
             group = active & (self.steps == step)

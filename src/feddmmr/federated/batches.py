@@ -5,6 +5,12 @@ sequence is cut into non-overlapping windows of `max_len` positions, counted bac
 recent item (the oldest window is left-padded), and each window trains all its positions in one
 pass. The layout is a pure function of (sequence, settings, rng), so every engine (vectorised,
 sequential, Flower) trains on exactly the same batches and negatives.
+
+Negatives come in one of three layouts (`BatchSettings.negatives`):
+- per-target: N items drawn for every target (candidates [steps, rows, max_len, 1+N]);
+- shared: N distinct items drawn once per local step, outside the user's history, and shared
+  by all the step's targets (candidates [..., 1] hold the targets, `shared` [steps, N]);
+- all: every item is a negative (ce-full); candidates [..., 1], no `shared`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import numpy as np
 import torch
 
 from feddmmr import streams
-from feddmmr.data.negatives import sample_negatives
+from feddmmr.data.negatives import sample_distinct_negatives, sample_negatives
+
+
+NEGATIVE_LAYOUTS = ("per-target", "shared", "all")
 
 
 @dataclass(frozen=True)
@@ -25,11 +34,26 @@ class BatchSettings:
     epochs: int
     num_negatives: int
     num_items: int
+    negatives: str = "per-target"  # one of NEGATIVE_LAYOUTS
+
+    @classmethod
+    def of(cls, config, num_items: int, **overrides) -> "BatchSettings":
+        """The settings a run's config (a TrainConfig or Flower's run config) gives."""
+        negatives = "all" if config.loss == "ce-full" else "shared" if config.shared_negatives else "per-target"
+        fields = dict(max_len=config.max_seq_len, batch_size=config.batch_size, epochs=config.local_epochs,
+                      num_negatives=config.num_negatives, num_items=num_items, negatives=negatives)
+        return cls(**{**fields, **overrides})
+
+    @property
+    def scored_negatives(self) -> int:
+        """How many negatives each target is scored against."""
+        return self.num_items if self.negatives == "all" else self.num_negatives
 
 
 @dataclass(frozen=True)
 class ClientBatches:
-    """inputs/targets [steps, rows, max_len]; candidates [steps, rows, max_len, 1+N] (target first).
+    """inputs/targets [steps, rows, max_len]; candidates [steps, rows, max_len, 1+N] (target first),
+    or [..., 1] (the targets) with shared negatives `shared` [steps, N] or ce-full.
 
     Padding is item 0 everywhere; a row or step that is all padding trains nothing.
     """
@@ -40,6 +64,7 @@ class ClientBatches:
     num_targets: int
     # [steps, rows]: which training window each row holds (window w is older than w+1); -1 = empty row
     windows: np.ndarray | None = None
+    shared: np.ndarray | None = None  # [steps, N]: each step's shared negatives (negatives="shared")
 
     @property
     def num_steps(self) -> int:
@@ -87,11 +112,17 @@ def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings
             batch_inputs[epoch * steps_per_epoch + step, : len(chosen)] = inputs[chosen]
             batch_targets[epoch * steps_per_epoch + step, : len(chosen)] = targets[chosen]
             batch_windows[epoch * steps_per_epoch + step, : len(chosen)] = chosen
-    negatives = sample_negatives(sequence, settings.num_items, batch_targets.shape + (settings.num_negatives,), rng)
-    candidates = np.concatenate([batch_targets[..., None], negatives], axis=-1)
-    candidates[batch_targets == 0] = 0
+    shared = None
+    if settings.negatives == "per-target":
+        negatives = sample_negatives(sequence, settings.num_items, batch_targets.shape + (settings.num_negatives,), rng)
+        candidates = np.concatenate([batch_targets[..., None], negatives], axis=-1)
+        candidates[batch_targets == 0] = 0
+    else:
+        candidates = batch_targets[..., None]
+        if settings.negatives == "shared":
+            shared = sample_distinct_negatives(sequence, settings.num_items, steps, settings.num_negatives, rng)
     return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=len(sequence) - 1,
-                         windows=batch_windows)
+                         windows=batch_windows, shared=shared)
 
 
 @dataclass(frozen=True)
@@ -109,18 +140,21 @@ class StackedBatches:
     active: torch.Tensor  # [clients, steps]: the step holds at least one target
     weights: torch.Tensor  # [clients]: training targets, the FedAvg weight
     item_rows: torch.Tensor | None = None  # [clients, rows]: global item id of each local id
+    shared: torch.Tensor | None = None  # [clients, steps, N]: shared negatives (0 on a client's missing steps)
 
 
-def touched_items(client: ClientBatches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted item ids the client's round reads, with 0 first; inputs and candidates in local ids)."""
+def touched_items(client: ClientBatches) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(sorted item ids the client's round reads, with 0 first; its inputs, candidates and shared
+    negatives, when it has some, in local ids)."""
     # A presence table over item ids and its inverse, not np.unique + searchsorted: ~30x faster,
     # and a round builds this for every sampled client.
-    present = np.bincount(np.concatenate([client.inputs.ravel(), client.candidates.ravel()]))
+    arrays = [client.inputs, client.candidates] + ([] if client.shared is None else [client.shared])
+    present = np.bincount(np.concatenate([a.ravel() for a in arrays]))
     present[0] = 1  # the padding row, first
     rows = np.flatnonzero(present)
     local = np.zeros(len(present), dtype=np.int64)
     local[rows] = np.arange(len(rows))
-    return rows, local[client.inputs], local[client.candidates]
+    return rows, [local[a] for a in arrays]
 
 
 def stack_positives(clients: list[ClientBatches], device: torch.device) -> torch.Tensor:
@@ -139,16 +173,19 @@ def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact
     width = clients[0].candidates.shape[3]
     inputs = np.zeros((len(clients), steps, rows, length), dtype=np.int64)
     candidates = np.zeros((len(clients), steps, rows, length, width), dtype=np.int64)
+    has_shared = clients[0].shared is not None
+    shared = np.zeros((len(clients), steps, clients[0].shared.shape[1]), dtype=np.int64) if has_shared else None
     item_rows = []
     for i, c in enumerate(clients):
         s, r = c.inputs.shape[:2]
+        arrays = [c.inputs, c.candidates] + ([c.shared] if has_shared else [])
         if compact_items:
-            touched, local_inputs, local_candidates = touched_items(c)
+            touched, arrays = touched_items(c)
             item_rows.append(touched)
-        else:
-            local_inputs, local_candidates = c.inputs, c.candidates
-        inputs[i, :s, :r] = local_inputs
-        candidates[i, :s, :r] = local_candidates
+        inputs[i, :s, :r] = arrays[0]
+        candidates[i, :s, :r] = arrays[1]
+        if has_shared:
+            shared[i, :s] = arrays[2]
     active = (candidates[..., 0] > 0).reshape(len(clients), steps, -1).any(-1)
     rows_tensor = None
     if compact_items:
@@ -164,4 +201,5 @@ def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact
         active=torch.from_numpy(active).to(device),
         weights=torch.tensor([float(c.num_targets) for c in clients], device=device),
         item_rows=rows_tensor,
+        shared=None if shared is None else torch.from_numpy(shared).to(device),
     )

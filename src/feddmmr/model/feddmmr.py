@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddmmr.model.losses import ScoreParts
+from feddmmr.model.losses import MASKED_SCORE, ScoreParts
 from feddmmr.model.sasrec import SASRec, SASRecConfig, dropout
 
 
@@ -224,31 +224,54 @@ class FedDMMR(nn.Module):
 
     def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                memory_mask: torch.Tensor, history: torch.Tensor | None,
-               holdout: bool = False) -> tuple[torch.Tensor, ScoreParts]:
+               holdout: bool = False, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ScoreParts]:
         """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
 
         `holdout` (with `holdout_content`): the last position's loss trains only the modality
         side, on top of the (untrained there) backbone's score; the others' scores are the
         backbone's alone, which they train. With `holdout_backbone` every position's score is
         the backbone's and the last position's stacked score goes to `held_out_scores`. Held
-        out, the parts are the last position's only ([B, 1, ...])."""
+        out, the parts are the last position's only ([B, 1, ...]).
+
+        `shared` [N] (shared negatives, or every item): `candidates` [B, L, 1] holds the targets
+        and every position is scored against them too, as `SASRec.score_shared` (a shared item
+        that is the position's target gets `MASKED_SCORE`). The backbone's scores are one matrix
+        product; the modality side is computed per candidate, so held out (the last position
+        only) it costs N candidates once a window, otherwise N at every position."""
+        targets = candidates[..., 0]
         if not self.mixes:
-            return self.sasrec.score(hidden, candidates), ScoreParts(hidden, self.sasrec.item_embedding(candidates[..., 0]))
+            parts = ScoreParts(hidden, self.sasrec.item_embedding(targets))
+            if shared is not None:
+                return self.sasrec.score_shared(hidden, targets, shared), parts
+            return self.sasrec.score(hidden, candidates), parts
         if self.config.content_history and history is None:
             raise ValueError("content_history: the score needs the items each position has read (history)")
-        embeddings = self.sasrec.item_embedding(candidates)
+        hits = None
+        if shared is not None:
+            hits = torch.cat([torch.zeros_like(candidates, dtype=torch.bool), shared == candidates], dim=-1)
         if not holdout:
+            if shared is not None:
+                candidates = torch.cat([candidates, shared.expand(*candidates.shape[:-1], -1)], dim=-1)
+            embeddings = self.sasrec.item_embedding(candidates)
             mixture, match, parts = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
             # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
-            return ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match, parts
-        backbone = (hidden.unsqueeze(-2) * embeddings).sum(-1)
+            scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
+            return (scores if hits is None else scores.masked_fill(hits, MASKED_SCORE)), parts
+        if shared is None:
+            backbone = self.sasrec.score(hidden, candidates)
+            last = candidates[:, -1:]
+        else:
+            backbone = self.sasrec.score_shared(hidden, targets, shared)
+            last = torch.cat([candidates[:, -1:], shared.expand(candidates.shape[0], 1, -1)], dim=-1)
         # Held out, the modality side enters the loss at the last position only, so it is computed
         # there only (the experts over every position were most of FedDMMR's extra cost). It reads
         # the ID embeddings (its fallback queries, the dot product) but must not train them.
-        last_embeddings = embeddings[:, -1:].detach()
-        mixture, match, parts = self._side(hidden[:, -1:], last_embeddings, candidates[:, -1:], memory_items,
+        last_embeddings = self.sasrec.item_embedding(last).detach()
+        mixture, match, parts = self._side(hidden[:, -1:], last_embeddings, last, memory_items,
                                            memory_mask, None if history is None else history[:, -1:])
         held_out = backbone[:, -1:].detach() + (mixture * last_embeddings).sum(-1) + match  # [B, 1, n]
+        if hits is not None:
+            held_out = held_out.masked_fill(hits[:, -1:], MASKED_SCORE)
         if self.config.holdout_backbone:
             return backbone, dataclasses.replace(parts, held_out=True, held_out_scores=held_out)
         return torch.cat([backbone[:, :-1], held_out], dim=1), dataclasses.replace(parts, held_out=True)
@@ -269,7 +292,7 @@ class FedDMMR(nn.Module):
         return mixture, match, parts
 
     def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                memory_mask: torch.Tensor, *, with_aux: bool = False):
+                memory_mask: torch.Tensor, *, with_aux: bool = False, shared: torch.Tensor | None = None):
         """Scores [B, L, n] of candidates at every position; memory [B, K], or [K] shared by the batch.
 
         `with_aux`: also return the `ScoreParts` the losses need: `fused_positive` [B, L, d] (the
@@ -278,6 +301,9 @@ class FedDMMR(nn.Module):
         experts are used, `router_weights` [B, L, n, M] and `expert_positive` [B, L, M, d] (the
         column-0 candidate's normalised expert outputs). Held out (below), they cover the last
         position only, [B, 1, ...]: the only one whose loss trains the modality side.
+
+        `shared` [N]: `candidates` [B, L, 1] are the targets, scored with the shared negatives
+        (or every item) at every position: [B, L, 1+N] (`_score`).
 
         With `holdout_content`, in training mode, the last position's scores train only the
         modality side and the others' are the backbone's alone: in training windows the last
@@ -292,7 +318,7 @@ class FedDMMR(nn.Module):
         history = recent_items(sequences, self.config.content_history) if self.config.content_history else None
         holdout = self.config.holdout_content and self.training  # a split of the training loss only
         scores, parts = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history,
-                                    holdout)
+                                    holdout, shared)
         return (scores, parts) if with_aux else scores
 
     def _last_history(self, sequences: torch.Tensor) -> torch.Tensor | None:

@@ -1,4 +1,11 @@
-"""Next-item losses over [positive, N sampled negatives] scores; padding positions masked."""
+"""Next-item losses over [positive, N negatives] scores; padding positions masked.
+
+The negatives are sampled per target (`ce`, `bpr`), shared by every target of a local step
+(`--shared-negatives`), or the whole catalogue (`ce-full`: the softmax over all items of
+SASRec+, Klenitskiy & Vasilev 2023). Shared and full negatives are scored as one matrix product
+(`SASRec.score_shared`); where one of them is the position's own target its score is
+`MASKED_SCORE`, so it is no negative there.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "bpr")
+LOSSES = ("ce", "bpr", "ce-full")
+# The score of a shared negative that is the position's target: it adds nothing to a softmax or
+# to BPR. Finite, not -inf, so that no gradient of it is ever NaN.
+MASKED_SCORE = -1e9
+
+
+def every_item(item_table: torch.Tensor) -> torch.Tensor:
+    """The ids of every item of an embedding table (row 0 is padding): ce-full's negatives."""
+    return torch.arange(1, item_table.shape[0], device=item_table.device)
 
 
 def next_item_loss(scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +37,7 @@ def next_item_loss(scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce") 
 
 def per_target_loss(scores: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     """The next-item loss of every target [...] from its scores [..., 1+N] (positive first)."""
-    if kind == "ce":
+    if kind in ("ce", "ce-full"):
         return torch.logsumexp(scores, dim=-1) - scores[..., 0]
     if kind == "bpr":
         return -F.logsigmoid(scores[..., :1] - scores[..., 1:]).mean(-1)
@@ -90,6 +105,7 @@ def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tens
     router = parts.router_weights
     if weights.load_balance and router is not None:
         live = ((side_candidates > 0) & side_valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
+        live = live.expand(*router.shape[:-1], 1)  # with shared negatives `candidates` holds the targets only
         mean_weight = (router * live).sum((0, 1, 2)) / live.sum().clamp(min=1)
         total = total + weights.load_balance * ((mean_weight - 1 / router.shape[-1]) ** 2).sum()
     if weights.alignment:

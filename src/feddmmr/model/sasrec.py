@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddmmr.model.losses import MASKED_SCORE
+
 
 # Shifts that cut a 64-bit random word into its eight bytes.
 BYTE_SHIFTS = tuple(range(0, 64, 8))
@@ -164,9 +166,25 @@ class SASRec(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return (self.item_embedding(candidates).float() @ hidden.float().unsqueeze(-1)).squeeze(-1)
 
-    def forward(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Scores of `candidates` [batch, L, n] at every position of `sequences` [batch, L]."""
-        return self.score(self.encode(sequences), candidates)
+    def score_shared(self, hidden: torch.Tensor, targets: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """Scores [..., 1+N]: each position's target (`targets` [...]) first, then the N items of
+        `shared` [N], one set for every position, scored as one matrix product (no [..., N, d]
+        gather). A shared item that is the position's target gets `MASKED_SCORE`."""
+        with torch.autocast(hidden.device.type, enabled=False):  # in float32, as `score`
+            hidden = hidden.float()
+            positive = (self.item_embedding(targets).float() * hidden).sum(-1, keepdim=True)
+            others = hidden @ self.item_embedding(shared).float().T
+        others = others.masked_fill(shared == targets.unsqueeze(-1), MASKED_SCORE)
+        return torch.cat([positive, others], dim=-1)
+
+    def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of `candidates` [batch, L, n] at every position of `sequences` [batch, L]; with
+        `shared` [N] (shared negatives, or every item for ce-full), `candidates` [batch, L, 1]
+        holds the targets and the scores are `score_shared`'s [batch, L, 1+N]."""
+        hidden = self.encode(sequences)
+        if shared is None:
+            return self.score(hidden, candidates)
+        return self.score_shared(hidden, candidates[..., 0], shared)
 
     def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Scores of candidates [batch, n] after the whole sequence (the next-item prediction)."""

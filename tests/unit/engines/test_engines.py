@@ -1,5 +1,7 @@
 """The vectorised engine must reproduce the sequential reference engine."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,9 +21,10 @@ def model(dropout=0.0):
     return SASRec(SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=2, num_heads=2, dropout=dropout))
 
 
-def clients(num=9, epochs=2, batch_size=3):
+def clients(num=9, epochs=2, batch_size=3, negatives="per-target", num_negatives=4):
     rng = np.random.default_rng(0)
-    settings = BatchSettings(max_len=20, batch_size=batch_size, epochs=epochs, num_negatives=4, num_items=300)
+    settings = BatchSettings(max_len=20, batch_size=batch_size, epochs=epochs, num_negatives=num_negatives,
+                             num_items=300, negatives=negatives)
     out = []
     for user in range(num):
         seq = rng.choice(np.arange(1, 301), size=int(rng.integers(3, 130)), replace=False)
@@ -29,11 +32,11 @@ def clients(num=9, epochs=2, batch_size=3):
     return out
 
 
-def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, **engine_options):
+def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, loss="ce", **engine_options):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
-    local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, "ce", Precision("off", "cpu"),
+    local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, loss, Precision("off", "cpu"),
                           optimizer=optimizer, clip_norm=clip_norm)
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
@@ -51,6 +54,23 @@ def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
         torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
     assert [r.steps for r in vec_reports] == [r.steps for r in seq_reports]
     assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
+
+
+@pytest.mark.parametrize("negatives, loss", [("shared", "ce"), ("shared", "bpr"), ("all", "ce-full")])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
+def test_vectorized_round_with_shared_negatives_equals_sequential_round(negatives, loss, weight_decay):
+    m = model()
+    batches = clients(negatives=negatives, num_negatives=32)
+    assert all(b.candidates.shape[-1] == 1 for b in batches)
+    start, sequential, seq_reports = run("sequential", m, batches, weight_decay, loss=loss)
+    _, vectorized, vec_reports = run("vectorized", m, batches, weight_decay, loss=loss, chunk_clients=4, chunk_windows=12)
+    for name in start:
+        assert not torch.allclose(sequential[name], start[name]), name
+        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
+    assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
+    if loss == "ce-full":  # every item is a negative: every row of the item table moves
+        moved = (sequential["item_embedding.weight"] != start["item_embedding.weight"]).any(-1)
+        assert moved[1:].all() and not moved[0]
 
 
 def test_vectorized_round_with_clipped_updates_equals_sequential_round():
@@ -81,12 +101,15 @@ def test_vectorized_round_with_client_sgd_equals_sequential_round():
     (BatchedAdam, torch.optim.Adam, False),  # element-wise, as on CUDA
     (BatchedSGD, torch.optim.SGD, None),
 ])
-def test_batched_optimiser_matches_torch_per_client(batched, reference_class, fused):
+@pytest.mark.parametrize("client_minor", [False, True])
+def test_batched_optimiser_matches_torch_per_client(batched, reference_class, fused, client_minor):
     """Each client's slice follows the torch optimiser through the steps it is active in; an
-    inactive client's gradient may be non-finite (a skipped fp16 step) and must not leak in."""
+    inactive client's gradient may be non-finite (a skipped fp16 step) and must not leak in.
+    `client_minor`: gradients laid out [5, 3] in memory, as vmap gives the item table's under
+    ce-full (the fused kernel once read such a gradient's memory in the wrong order)."""
     torch.manual_seed(1)
     start = torch.randn(3, 5)
-    grads = [torch.randn(3, 5) for _ in range(4)]
+    grads = [torch.randn(5, 3).t() if client_minor else torch.randn(3, 5) for _ in range(4)]
     active = [torch.tensor([True, True, True]), torch.tensor([True, False, True]),
               torch.tensor([False, False, True]), torch.tensor([True, True, True])]
     for g, a in zip(grads, active):
@@ -125,7 +148,7 @@ def test_fedavg_without_clients_keeps_the_global_model():
 
 def test_compact_item_tables_hold_exactly_the_rows_a_client_reads():
     batch = clients(num=2)[0]
-    rows, local_inputs, local_candidates = touched_items(batch)
+    rows, (local_inputs, local_candidates) = touched_items(batch)
     assert rows[0] == 0 and np.all(np.diff(rows) > 0)
     assert np.array_equal(rows[local_inputs], batch.inputs)
     assert np.array_equal(rows[local_candidates], batch.candidates)
@@ -154,6 +177,20 @@ def test_client_batches_are_deterministic_and_negatives_avoid_history():
     assert (a.candidates[targets == 0] == 0).all()
 
 
+def test_shared_negatives_are_distinct_per_step_and_avoid_history():
+    seq = np.arange(1, 151)  # the user has read items 1..150 of 300
+    settings = BatchSettings(max_len=20, batch_size=3, epochs=2, num_negatives=40, num_items=300, negatives="shared")
+    a = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
+    b = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
+    assert np.array_equal(a.shared, b.shared)  # a pure function of the client's stream
+    assert a.shared.shape == (a.num_steps, 40) and a.candidates.shape[-1] == 1
+    assert all(len(set(row)) == 40 for row in a.shared)
+    assert a.shared.min() > 150 and a.shared.max() <= 300
+    assert len(np.unique(a.shared)) > 40  # a fresh draw each step
+    with pytest.raises(ValueError, match="--num-negatives 151 with --shared-negatives: .* all but 150 .*use at most 150"):
+        make_client_batches(0, seq, dataclasses.replace(settings, num_negatives=151), client_rng(0, 1, 0))
+
+
 # --- FedDMMR: memory slots as extra vmapped inputs, memory updates after every step, freezing ---
 
 
@@ -179,27 +216,33 @@ def feddmmr_memories(m, num_users):
     return ClientMemories.empty(num_users, MemoryConfig(long_capacity=20, retrieve_long=10), combined)
 
 
-def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), **engine_options):
+def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), loss="ce", **engine_options):
     from feddmmr.model.losses import AuxiliaryWeights
 
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
-    local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=memory,
+    local = LocalTraining(1e-2, 1e-4, loss, Precision("off", "cpu"), memory=memory,
                           auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1), frozen=frozen,
                           optimizer="adam")
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
-@pytest.mark.parametrize("options", [{}, {"content_history": 5, "holdout_content": True},
-                                     {"content_history": 5, "holdout_content": True, "holdout_backbone": True}])
-def test_vectorized_feddmmr_round_equals_sequential_round(options):
+HOLDOUT_BACKBONE = {"content_history": 5, "holdout_content": True, "holdout_backbone": True}
+
+
+@pytest.mark.parametrize("options, negatives, loss", [
+    ({}, "per-target", "ce"), ({"content_history": 5, "holdout_content": True}, "per-target", "ce"),
+    (HOLDOUT_BACKBONE, "per-target", "ce"), ({}, "shared", "ce"), (HOLDOUT_BACKBONE, "shared", "ce"),
+    (HOLDOUT_BACKBONE, "all", "ce-full"),
+])
+def test_vectorized_feddmmr_round_equals_sequential_round(options, negatives, loss):
     m = feddmmr_model(**options)
-    batches = clients(num=6, epochs=2, batch_size=3)
+    batches = clients(num=6, epochs=2, batch_size=3, negatives=negatives, num_negatives=16)
     memories = {name: feddmmr_memories(m, 6) for name in ("sequential", "vectorized")}
-    start, sequential, seq_reports = run_feddmmr("sequential", m, batches, memories["sequential"])
-    _, vectorized, vec_reports = run_feddmmr("vectorized", m, batches, memories["vectorized"],
+    start, sequential, seq_reports = run_feddmmr("sequential", m, batches, memories["sequential"], loss=loss)
+    _, vectorized, vec_reports = run_feddmmr("vectorized", m, batches, memories["vectorized"], loss=loss,
                                              chunk_clients=4, chunk_windows=12)
     for name in start:
         assert not torch.allclose(sequential[name], start[name]), name  # every parameter trains

@@ -1,6 +1,6 @@
 import torch
 
-from feddmmr.model.losses import next_item_loss
+from feddmmr.model.losses import MASKED_SCORE, every_item, next_item_loss
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
 
@@ -109,3 +109,35 @@ def test_dropout_under_vmap_never_views_a_tensor_as_another_dtype():
     assert views.seen == []
     assert not torch.equal(y[0] == 0, y[1] == 0)  # one mask per client
     assert abs((y == 0).float().mean().item() - 26 / 256) < 0.01
+
+
+def test_shared_negatives_score_as_the_same_candidates_given_per_target():
+    """score_shared([target] + shared) equals the per-target scores of [target, shared...], except
+    where a shared item is the position's target: masked, so that it is no negative there."""
+    torch.manual_seed(0)
+    model = make_model(max_seq_len=10)
+    sequences = torch.randint(1, 51, (3, 10))
+    targets = torch.randint(1, 51, (3, 10))
+    shared = torch.tensor([5, 17, 33, 2, 49])
+    targets[0, 3] = 17  # an accidental hit
+    scores = model(sequences, targets.unsqueeze(-1), shared)
+    explicit = model(sequences, torch.cat([targets.unsqueeze(-1), shared.expand(3, 10, -1)], dim=-1))
+    hit = torch.cat([torch.zeros(3, 10, 1, dtype=torch.bool), shared == targets.unsqueeze(-1)], dim=-1)
+    assert hit.sum() >= 1 and hit[0, 3, 2]
+    torch.testing.assert_close(scores[~hit], explicit[~hit])
+    assert (scores[hit] == MASKED_SCORE).all()
+
+
+def test_full_softmax_loss_is_cross_entropy_over_every_item():
+    torch.manual_seed(0)
+    model = make_model(max_seq_len=10)
+    sequences = torch.randint(1, 51, (2, 10))
+    targets = torch.randint(1, 51, (2, 10))
+    targets[1, :4] = 0  # padding
+    scores = model(sequences, targets.unsqueeze(-1), every_item(model.item_embedding.weight))
+    total, count = next_item_loss(scores, targets > 0, "ce-full")
+    hidden = model.encode(sequences)  # the reference: a softmax over items 1..50 at every position
+    reference = torch.nn.functional.cross_entropy((hidden @ model.item_embedding.weight[1:].T)[targets > 0],
+                                                  targets[targets > 0] - 1, reduction="sum")
+    assert int(count) == 16
+    torch.testing.assert_close(total, reference)

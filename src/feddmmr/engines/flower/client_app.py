@@ -78,14 +78,13 @@ def train_users(message: Message, context: Context) -> Message:
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     # Exactly the batches run_round would build for these users on the server.
-    settings = BatchSettings(max_len=config.max_seq_len, batch_size=config.batch_size, epochs=config.local_epochs,
-                             num_negatives=config.num_negatives, num_items=len(request.item_ids))
+    settings = BatchSettings.of(config, len(request.item_ids))
     batches = [make_client_batches(user, sequence, settings, client_rng(config.seed, request.round, user))
                for user, sequence in zip(request.users, sequences)]
 
     engine = make_engine(str(context.node_config.get(LOCAL_ENGINE, "vectorized")), model,
                          chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows,
-                         num_negatives=config.num_negatives)
+                         num_negatives=settings.scored_negatives, shared_negatives=settings.negatives != "per-target")
     frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
