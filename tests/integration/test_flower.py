@@ -448,6 +448,17 @@ def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes
         evaluate_run(tmp_path / "flower")
 
 
+@pytest.mark.parametrize("negatives", [dict(shared_negatives=True, num_negatives=16), dict(loss="ce-full")])
+def test_nodes_train_with_the_runs_negatives(tiny_data, tmp_path, negatives):
+    """Shared negatives and ce-full: the nodes draw and score the same negatives as the local engine."""
+    options = dict(num_rounds=1, server_optimizer="fedavg", **negatives)
+    local = train(config(tiny_data, tmp_path / "local", **options))
+    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **options))
+    assert flower.history[0]["failed_clients"] == 0
+    assert flower.history[0]["train_loss"] == pytest.approx(local.history[0]["train_loss"], rel=1e-5)
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir), fedadam_rounds=0)
+
+
 def test_nodes_train_with_the_runs_local_optimizer(tiny_data, tmp_path):
     sgd = dict(num_rounds=1, local_optimizer="sgd", learning_rate=0.5)
     local = train(config(tiny_data, tmp_path / "local", **sgd))

@@ -144,17 +144,29 @@ def test_centralized_baseline_trains_on_the_same_split(tiny_data, tmp_path):
         assert np.array_equal(a["test"], b["test"])  # the same protocol: same candidates for the same seed
 
 
+def test_centralized_shared_negatives_are_drawn_per_batch_and_repeat_with_the_seed(tiny_data, tmp_path):
+    options = dict(num_rounds=1, centralized=True, shared_negatives=True, num_negatives=32)
+    first = train(config(tiny_data, tmp_path / "a", **options))
+    again = train(config(tiny_data, tmp_path / "b", **options))
+    other = train(config(tiny_data, tmp_path / "c", **{**options, "seed": 1}))
+    assert first.history[0]["train_loss"] == again.history[0]["train_loss"] != other.history[0]["train_loss"]
+    # 32 negatives and the target: an untrained model's softmax loss is about log(33)
+    assert abs(first.history[0]["train_loss"] - np.log(33)) < 1.0
+
+
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
 
 
-def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path):
+@pytest.mark.parametrize("loss", ["ce", "ce-full"])
+def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path, loss):
     """With every client, one local step each on all its windows and plain SGD, FedAvg weighted by
     training targets is exactly one full-batch gradient step on the pooled data: the whole
-    federated pipeline (batches, engine, aggregation) must reproduce centralised training."""
+    federated pipeline (batches, engine, aggregation) must reproduce centralised training. (With
+    ce-full both score every item.)"""
     same = dict(num_rounds=1, validate_every=1, dropout=0.0, local_optimizer="sgd", learning_rate=0.5,
-                batch_size=10_000, local_epochs=1, server_optimizer="fedavg")
+                batch_size=10_000, local_epochs=1, server_optimizer="fedavg", loss=loss)
     federated = train(config(tiny_data, tmp_path / "fed", client_fraction=1.0, **same))
     centralized = train(config(tiny_data, tmp_path / "central", centralized=True, **same))
     fed = load_checkpoint(federated.run_dir / "checkpoints" / "last.pt")["model"]
