@@ -16,6 +16,7 @@ from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.split import leave_one_out
+from feddmmr.data.types import SequenceData
 from feddmmr.errors import InputError
 from feddmmr.evaluation import make_eval_sets
 from feddmmr.features.store import AlignedFeatures, load_modality, parse_modality_spec
@@ -105,11 +106,22 @@ def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | 
     return None
 
 
-def check_data_settings(config: TrainConfig, num_items: int) -> None:
+def check_data_settings(config: TrainConfig, data: SequenceData) -> None:
     """The settings that depend on the data's size."""
+    num_items = data.num_items
+    if config.loss == "ce-full":
+        return  # every item is a negative: nothing is drawn
     if config.num_negatives >= num_items:
         raise InputError(f"--num-negatives {config.num_negatives}: the data has {num_items} items, so a target has at "
-                         f"most {num_items - 1} other items to contrast with; use fewer (the seed's 4 works well)")
+                         f"most {num_items - 1} other items to contrast with; use fewer")
+    if config.shared_negatives:
+        # A step's negatives are distinct items outside the user's history (a superset of what
+        # training sees): the longest history bounds how many there are.
+        unread = num_items - max(len(np.unique(data.sequence(u))) for u in range(data.num_users))
+        if config.num_negatives > unread:
+            raise InputError(f"--num-negatives {config.num_negatives} with --shared-negatives: a user of the data has "
+                             f"read all but {unread} of its {num_items} items, so a step has at most {unread} distinct "
+                             f"negatives; use at most {unread}")
 
 
 def default_run_dir() -> Path:
@@ -126,7 +138,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
                          f"SuperNodes and ended with them; start a new run from its weights with --init-from {run_dir}")
     # Everything that can fail on the settings alone fails before the run directory is made.
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
-    check_data_settings(config, data.num_items)
+    check_data_settings(config, data)
     device = resolve_device(config.device)
     features = load_run_features(config, data.item_ids)
     model = build_model(config, data.num_items, device, features)

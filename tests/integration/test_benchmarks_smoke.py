@@ -47,6 +47,14 @@ def test_flower_round_time_quick_prints_every_figure():
     assert [int(row[0]) for row in rows] == [5, 20]
 
 
+def test_recipe_cost_quick_prints_every_recipe():
+    out = run_script("recipe_cost.py", "--quick", "--recipes", "default", "fedsasrec", "--threads", "1")
+    for label in ("machine:", "default #0: rounds [", "fedsasrec #0: rounds [", "default: train", "fedsasrec: train",
+                  "--config fedsasrec", "round time / default's: 1.00"):
+        assert label in out, f"{label!r} missing from:\n{out}"
+    assert out.count("peak RSS") == 2
+
+
 def test_quality_dry_run_prints_commands_and_runs_nothing(tmp_path):
     out = run_script("quality.py", "--dry-run", "--data", "synthetic", "--seeds", "0", "1", "--out", str(tmp_path),
                      "--", "--max-seq-len", "20")

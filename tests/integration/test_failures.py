@@ -187,7 +187,9 @@ def test_the_data_bounds_the_negatives(tiny_data, tmp_path):
           "--num-negatives 5000: the data has 150 items")
     fails(["train", *tiny_flags(tiny_data, tmp_path / "b")[:-2], "--num-negatives-eval", "140"],
           "--num-negatives-eval 140: user")
-    assert not (tmp_path / "a").exists()
+    fails(["train", *tiny_flags(tiny_data, tmp_path / "c"), "--shared-negatives", "--num-negatives", "140"],
+          "--num-negatives 140 with --shared-negatives: a user of the data has read all but 90 of its 150 items")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("extra, module, args", [
