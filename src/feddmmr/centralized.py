@@ -2,7 +2,7 @@
 optimiser (the clients' settings: --local-optimizer, --learning-rate, --batch-size); one "round"
 of the run loop is one epoch.
 
-Negatives as in federated training, except shared ones (--shared-negatives): a batch pools many
+Negatives as in federated training, except shared ones (--negatives shared): a batch pools many
 users' windows, so its N negatives are drawn once per batch from the whole catalogue (a negative
 that is a position's own target is masked, as everywhere; one that another user has read is not
 excluded)."""

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 MODALITY_OBJECTIVES = ("joint", "holdout", "holdout-backbone")
+NEGATIVE_LAYOUTS = ("per-target", "shared")  # and, with loss=ce-full, every item (federated/batches.py)
 PATH = Matches(r"(?s).*\S.*", "a path")
 BOOL = OneOf((False, True))
 CHUNK = Matches(r"auto|[1-9][0-9]*", "auto or a whole number >= 1")
@@ -116,11 +117,12 @@ class TrainConfig:
     dp_clip_norm: float | None = _opt(None, "DP on: clip each client's update to this L2 norm; clients are Poisson-sampled and count equally", rule=above(0))
     dp_noise_multiplier: float = _opt(0.0, "DP: Gaussian noise std on the sum of clipped updates, in units of dp_clip_norm", rule=at_least(0))
     dp_delta: float = _opt(1e-5, "DP: the delta at which epsilon is reported", rule=Between(0.0, 1.0, True, True))
-    num_negatives: int = _opt(4, "sampled negatives per training target (with shared_negatives: per local step)", rule=at_least(1))
-    shared_negatives: bool = _opt(False, "draw num_negatives distinct items once per local step, shared by all its targets "
-                                         "(scored as one matrix product: hundreds cost little)", rule=BOOL)
+    num_negatives: int = _opt(4, "training negatives: per target, or per local step with negatives=shared", rule=at_least(1))
+    negatives: str = _opt("per-target", "per-target (num_negatives drawn for each target) or shared (num_negatives "
+                                        "distinct items drawn once per local step for all its targets, scored as one "
+                                        "matrix product: hundreds cost little)", rule=OneOf(NEGATIVE_LAYOUTS))
     loss: str = _opt("ce", "ce (softmax over the target and its negatives), bpr, or ce-full (softmax over every item; "
-                           "num_negatives unused)", rule=OneOf(("ce", "bpr", "ce-full")))
+                           "negatives and num_negatives unused)", rule=OneOf(("ce", "bpr", "ce-full")))
     engine: str = _opt("vectorized", "vectorized, sequential or flower", rule=OneOf(_engines))
     centralized: bool = _opt(False, "train one model on all users pooled (the centralised baseline)", rule=BOOL)
     chunk_clients: str = _opt("auto", "vectorized engine: clients trained together at most, or auto (sized from "
@@ -178,10 +180,6 @@ class TrainConfig:
         if self.hidden_dim % self.num_heads:
             raise InputError(f"hidden_dim={self.hidden_dim} must be a multiple of num_heads={self.num_heads} "
                              f"(each head reads hidden_dim / num_heads dimensions)")
-
-    def _check_client(self) -> None:
-        if self.loss == "ce-full" and self.shared_negatives:
-            raise InputError("loss=ce-full scores every item: shared_negatives has nothing to draw; use one or the other")
 
     def _check_engine(self) -> None:
         if self.flower_secure_aggregation and self.aggregator != "fedavg":
@@ -260,7 +258,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data_dir", "format", "top_users", "min_length"),
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
     "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
-               "shared_negatives", "loss"),
+               "negatives", "loss"),
     "server": ("num_rounds", "client_fraction", "aggregator", "robust_fraction", "server_optimizer", "server_learning_rate",
                "server_epsilon", "server_momentum"),
     "engine": ("engine", "centralized", "chunk_clients", "chunk_windows", "flower_supernodes", "flower_round_timeout",

@@ -114,12 +114,12 @@ def check_data_settings(config: TrainConfig, data: SequenceData) -> None:
     if config.num_negatives >= num_items:
         raise InputError(f"--num-negatives {config.num_negatives}: the data has {num_items} items, so a target has at "
                          f"most {num_items - 1} other items to contrast with; use fewer")
-    if config.shared_negatives:
+    if config.negatives == "shared":
         # A step's negatives are distinct items outside the user's history (a superset of what
         # training sees): the longest history bounds how many there are.
         unread = num_items - max(len(np.unique(data.sequence(u))) for u in range(data.num_users))
         if config.num_negatives > unread:
-            raise InputError(f"--num-negatives {config.num_negatives} with --shared-negatives: a user of the data has "
+            raise InputError(f"--num-negatives {config.num_negatives} with --negatives shared: a user of the data has "
                              f"read all but {unread} of its {num_items} items, so a step has at most {unread} distinct "
                              f"negatives; use at most {unread}")
 

@@ -187,8 +187,8 @@ def test_the_data_bounds_the_negatives(tiny_data, tmp_path):
           "--num-negatives 5000: the data has 150 items")
     fails(["train", *tiny_flags(tiny_data, tmp_path / "b")[:-2], "--num-negatives-eval", "140"],
           "--num-negatives-eval 140: user")
-    fails(["train", *tiny_flags(tiny_data, tmp_path / "c"), "--shared-negatives", "--num-negatives", "140"],
-          "--num-negatives 140 with --shared-negatives: a user of the data has read all but 90 of its 150 items")
+    fails(["train", *tiny_flags(tiny_data, tmp_path / "c"), "--negatives", "shared", "--num-negatives", "140"],
+          "--num-negatives 140 with --negatives shared: a user of the data has read all but 90 of its 150 items")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 

@@ -145,7 +145,7 @@ def test_centralized_baseline_trains_on_the_same_split(tiny_data, tmp_path):
 
 
 def test_centralized_shared_negatives_are_drawn_per_batch_and_repeat_with_the_seed(tiny_data, tmp_path):
-    options = dict(num_rounds=1, centralized=True, shared_negatives=True, num_negatives=32)
+    options = dict(num_rounds=1, centralized=True, negatives="shared", num_negatives=32)
     first = train(config(tiny_data, tmp_path / "a", **options))
     again = train(config(tiny_data, tmp_path / "b", **options))
     other = train(config(tiny_data, tmp_path / "c", **{**options, "seed": 1}))

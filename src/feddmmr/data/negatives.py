@@ -115,7 +115,7 @@ def sample_distinct_negatives(history: np.ndarray, num_items: int, rows: int, si
     banned[history] = True
     allowed = np.flatnonzero(~banned)
     if len(allowed) < size:
-        raise ValueError(f"--num-negatives {size} with --shared-negatives: a user has read all but {len(allowed)} "
+        raise ValueError(f"--num-negatives {size} with --negatives shared: a user has read all but {len(allowed)} "
                          f"of the {num_items} items; use at most {len(allowed)}")
     # The `size` smallest of random keys: a uniform draw without replacement for every row at once.
     keys = rng.random((rows, len(allowed)))

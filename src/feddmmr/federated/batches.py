@@ -24,9 +24,6 @@ from feddmmr import streams
 from feddmmr.data.negatives import sample_distinct_negatives, sample_negatives
 
 
-NEGATIVE_LAYOUTS = ("per-target", "shared", "all")
-
-
 @dataclass(frozen=True)
 class BatchSettings:
     max_len: int
@@ -34,12 +31,12 @@ class BatchSettings:
     epochs: int
     num_negatives: int
     num_items: int
-    negatives: str = "per-target"  # one of NEGATIVE_LAYOUTS
+    negatives: str = "per-target"  # per-target, shared or all (ce-full)
 
     @classmethod
     def of(cls, config, num_items: int, **overrides) -> "BatchSettings":
         """The settings a run's config (a TrainConfig or Flower's run config) gives."""
-        negatives = "all" if config.loss == "ce-full" else "shared" if config.shared_negatives else "per-target"
+        negatives = "all" if config.loss == "ce-full" else config.negatives
         fields = dict(max_len=config.max_seq_len, batch_size=config.batch_size, epochs=config.local_epochs,
                       num_negatives=config.num_negatives, num_items=num_items, negatives=negatives)
         return cls(**{**fields, **overrides})

@@ -1,7 +1,7 @@
 """Next-item losses over [positive, N negatives] scores; padding positions masked.
 
 The negatives are sampled per target (`ce`, `bpr`), shared by every target of a local step
-(`--shared-negatives`), or the whole catalogue (`ce-full`: the softmax over all items of
+(`--negatives shared`), or the whole catalogue (`ce-full`: the softmax over all items of
 SASRec+, Klenitskiy & Vasilev 2023). Shared and full negatives are scored as one matrix product
 (`SASRec.score_shared`); where one of them is the position's own target its score is
 `MASKED_SCORE`, so it is no negative there.

@@ -187,7 +187,7 @@ def test_shared_negatives_are_distinct_per_step_and_avoid_history():
     assert all(len(set(row)) == 40 for row in a.shared)
     assert a.shared.min() > 150 and a.shared.max() <= 300
     assert len(np.unique(a.shared)) > 40  # a fresh draw each step
-    with pytest.raises(ValueError, match="--num-negatives 151 with --shared-negatives: .* all but 150 .*use at most 150"):
+    with pytest.raises(ValueError, match="--num-negatives 151 with --negatives shared: .* all but 150 .*use at most 150"):
         make_client_batches(0, seq, dataclasses.replace(settings, num_negatives=151), client_rng(0, 1, 0))
 
 
