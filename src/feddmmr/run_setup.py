@@ -206,10 +206,12 @@ def log_start(run: Run) -> None:
                  "Poisson sampling at rate %g, epsilon reported at delta %g%s", c.dp_clip_norm,
                  c.dp_noise_multiplier, c.client_fraction, c.dp_delta,
                  "" if c.dp_noise_multiplier else " (no noise: clipping only, no privacy guarantee)")
-    log.info("negatives: %d per training target, %d per held-out item in %s evaluation",
-             c.num_negatives, c.num_negatives_eval, c.eval)
-    log.info("validation: %s; early stopping after %s validated rounds without %s gain",
-             run.schedule.describe(), c.patience or "no", SELECTION_METRIC)
+    training = {"ce-full": f"every item ({c.loss})", "shared": f"{c.num_negatives} shared by each local step's targets",
+                "per-target": f"{c.num_negatives} per training target"}[c.loss if c.loss == "ce-full" else c.negatives]
+    log.info("negatives: %s, %d per held-out item in %s evaluation", training, c.num_negatives_eval, c.eval)
+    log.info("validation: %s; %s", run.schedule.describe(),
+             f"early stopping after {c.patience} validated rounds without {SELECTION_METRIC} gain" if c.patience
+             else "no early stopping")
     if run.attack is not None:
         log.info("attack: %s by %d fake clients (%d genuine users), targets %s (dense item ids)", run.attack.kind,
                  len(run.attack.fake_users), s.num_users, run.attack.targets.tolist())
