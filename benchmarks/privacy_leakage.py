@@ -40,6 +40,8 @@ ITEM_TABLE = "item_embedding.weight"
 SETTINGS = {  # name -> TrainConfig overrides
     "default (4 negatives)": {},
     "64 negatives": {"num_negatives": 64},
+    "256 shared negatives": {"negatives": "shared", "num_negatives": 256},
+    "full softmax (ce-full)": {"loss": "ce-full"},
     "DP clip 1, noise 0.5": {"dp_clip_norm": 1.0, "dp_noise_multiplier": 0.5},
     "DP clip 1, noise 1.0": {"dp_clip_norm": 1.0, "dp_noise_multiplier": 1.0},
     "DP clip 1, noise 2.0": {"dp_clip_norm": 1.0, "dp_noise_multiplier": 2.0},
@@ -53,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-users", type=int, help="keep the N most active users (default: 1000 for ml-1m-top1000)")
     p.add_argument("--warmup", type=int, default=5, help="rounds trained before the round whose updates are captured")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), metavar="NAME",
+                   help=f"the settings to measure (default: all): {', '.join(repr(n) for n in SETTINGS)}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a tiny synthetic run: checks the script, measures nothing")
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {common.DOCS_RESULTS}")
@@ -109,8 +113,10 @@ def measure(name: str, overrides: dict, args, data_dir, top_users, tmp: str) -> 
     config = TrainConfig(data_dir=data_dir, top_users=top_users, seed=args.seed, threads=args.threads,
                          run_dir=str(Path(tmp) / name.replace(" ", "_").replace(",", "")), **small, **overrides)
     run = prepare_run(config)
+    settings = run.batch_settings()
     engine = make_engine("vectorized", run.model, chunk_clients=config.chunk_clients,
-                         chunk_windows=config.chunk_windows, num_negatives=config.num_negatives)
+                         chunk_windows=config.chunk_windows, num_negatives=settings.scored_negatives,
+                         shared_negatives=settings.negatives != "per-target")
     for round_number in range(1, args.warmup + 1):
         run_round(run, engine, round_number)
     capturing = CapturingEngine(engine)
@@ -152,8 +158,8 @@ def main(argv=None) -> None:
              f"attack: rank items by the norm of their embedding row's change"]
     table = {}
     with tempfile.TemporaryDirectory(prefix="feddmmr-leakage-") as tmp:
-        for name, overrides in SETTINGS.items():
-            rows, notes = measure(name, overrides, args, data_dir, top_users, tmp)
+        for name in args.settings:
+            rows, notes = measure(name, SETTINGS[name], args, data_dir, top_users, tmp)
             table.update(rows)
             for note in notes:
                 print(note, flush=True)
@@ -164,7 +170,7 @@ def main(argv=None) -> None:
         lines.append(f"{name:<26} {row['AUC']:>6.3f} {row['P@10']:>6.3f} {row['R-prec']:>7.3f}  {shown}")
     for line in lines[1:]:
         print(line)
-    if args.write_docs and not args.quick:
+    if args.write_docs and not args.quick and args.settings == list(SETTINGS):
         common.write_result(common.DOCS_RESULTS, "privacy_leakage",
                             "Interaction leakage to a curious server (benchmarks/privacy_leakage.py)", lines)
 
