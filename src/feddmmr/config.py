@@ -373,8 +373,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 # Settings a resumed run may change. The first three do not affect the numbers it produces;
 # `patience` decides where it stops, and a new one is applied to the saved validations (patience 0
-# continues an early-stopped run to num_rounds, as if it had never stopped).
-RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout", "patience"})
+# continues an early-stopped run to num_rounds, as if it had never stopped); a larger `num_rounds`
+# extends a run (its rounds train as in a longer run; the old last round was validated, as every
+# last round is).
+RESUME_SAFE = frozenset({"device", "threads", "flower_round_timeout", "patience", "num_rounds"})
 
 
 def saved_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:

@@ -14,6 +14,7 @@ import torch
 
 from feddmmr.checkpoint import load_checkpoint, write_text
 from feddmmr.config import TrainConfig
+from feddmmr.errors import InputError
 from feddmmr.data.split import LeaveOneOut
 from feddmmr.engines import LocalTraining
 from feddmmr.evaluation import EvalSet, evaluate, metrics_from_ranks, router_usage
@@ -178,6 +179,9 @@ def restore(run: Run) -> None:
     saved = load_checkpoint(path, required=("model", "round", "early_stopping", "history", "loss_scale"),
                             fix=f"the run cannot continue from it: put back a copy of it, or start a new run from "
                                 f"this run's best weights with --init-from {run.checkpoints / 'best.pt'}")
+    if saved["round"] > run.config.num_rounds:
+        raise InputError(f"--num-rounds {run.config.num_rounds}: {run.run_dir} has already trained {saved['round']} "
+                         f"rounds; a resumed run can only go on (give at least {saved['round']})")
     run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
     load_memory(run, saved)
     # The config's patience (resume may change it) judges the saved validations afresh.

@@ -67,8 +67,8 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--num-rounds", "3"])
-    assert result.exit_code == 2 and "--num-rounds" in result.output
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--learning-rate", "3"])
+    assert result.exit_code == 2 and "--learning-rate" in result.output
 
 
 def test_download_offline_says_where_to_put_the_file(tmp_path, monkeypatch):

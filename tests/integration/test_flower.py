@@ -513,8 +513,10 @@ def test_resuming_from_the_run_config_takes_the_saved_config_and_refuses_other_s
     assert from_run_config(values) == (saved, False)
     resumed, resume = from_run_config({**values, "resume": True, "threads": 1})  # threads: a safe change
     assert resume and resumed.threads == 1 and resumed.num_rounds == 3
-    with pytest.raises(ValueError, match="asks for other values of num-rounds, learning-rate; drop those"):
-        from_run_config({**values, "resume": True, "num-rounds": 5, "learning-rate": 0.1})
+    extended, _ = from_run_config({**values, "resume": True, "num-rounds": 5})  # extends the run
+    assert extended.num_rounds == 5
+    with pytest.raises(ValueError, match="asks for other values of dropout, learning-rate; drop those"):
+        from_run_config({**values, "resume": True, "dropout": 0.3, "learning-rate": 0.1})
     with pytest.raises(ValueError, match='resume=true continues the run in run-dir; set run-dir="PATH"'):
         from_run_config({**values, "resume": True, "run-dir": ""})
     with pytest.raises(ValueError, match="does not exist; is run-dir a feddmmr run"):

@@ -115,6 +115,18 @@ def test_resuming_an_early_stopped_run_with_patience_0_continues_it_as_if_it_nev
     assert json.loads((tmp_path / "stopped" / "config.json").read_text())["patience"] == 0
 
 
+def test_a_finished_run_resumed_with_more_rounds_trains_on_as_a_longer_run(tiny_data, tmp_path):
+    settings = dict(validate_every=1, patience=0)
+    reference = train(config(tiny_data, tmp_path / "reference", num_rounds=5, **settings))
+    train(config(tiny_data, tmp_path / "short", num_rounds=3, **settings))
+    extended = train(saved_config(tmp_path / "short", num_rounds=5), resume=True)
+    assert extended.final["rounds_run"] == 5
+    assert [r["val"] for r in extended.history] == [r["val"] for r in reference.history]
+    assert extended.final["test"] == reference.final["test"]
+    with pytest.raises(InputError, match="--num-rounds 4: .* has already trained 5 rounds; .*give at least 5"):
+        train(saved_config(tmp_path / "short", num_rounds=4), resume=True)
+
+
 def test_a_second_run_into_the_same_directory_is_refused(tiny_data, tmp_path):
     train(config(tiny_data, tmp_path / "run", num_rounds=1))
     with pytest.raises(InputError, match="already holds a run; continue it with --resume"):
