@@ -204,7 +204,8 @@ def test_a_missing_extra_says_what_to_install(extra, module, args, tmp_path, mon
 
 
 def test_resume_takes_no_other_settings(run_copy):
-    fails(["train", "--resume", run_copy, "--num-rounds", "9"], "drop --num-rounds")
+    fails(["train", "--resume", run_copy, "--learning-rate", "0.5"], "drop --learning-rate")
+    fails(["train", "--resume", run_copy, "--num-rounds", "1"], "--num-rounds 1: ")
 
 
 # ---------------------------------------------------------------------------------------------
