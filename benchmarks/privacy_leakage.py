@@ -113,10 +113,8 @@ def measure(name: str, overrides: dict, args, data_dir, top_users, tmp: str) -> 
     config = TrainConfig(data_dir=data_dir, top_users=top_users, seed=args.seed, threads=args.threads,
                          run_dir=str(Path(tmp) / name.replace(" ", "_").replace(",", "")), **small, **overrides)
     run = prepare_run(config)
-    settings = run.batch_settings()
     engine = make_engine("vectorized", run.model, chunk_clients=config.chunk_clients,
-                         chunk_windows=config.chunk_windows, num_negatives=settings.scored_negatives,
-                         shared_negatives=settings.negatives != "per-target")
+                         chunk_windows=config.chunk_windows, **run.batch_settings().engine_negatives())
     for round_number in range(1, args.warmup + 1):
         run_round(run, engine, round_number)
     capturing = CapturingEngine(engine)

@@ -172,10 +172,8 @@ def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None]
         optimizer, train_round = epochs.optimizer, epochs.train
     else:
         if engine is None:
-            settings = run.batch_settings()
             engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
-                                 num_negatives=settings.scored_negatives,
-                                 shared_negatives=settings.negatives != "per-target")
+                                 **run.batch_settings().engine_negatives())
 
         def train_round(round_number: int) -> dict:
             return run_round(run, engine, round_number, progress_factory)

@@ -41,10 +41,11 @@ class BatchSettings:
                       num_negatives=config.num_negatives, num_items=num_items, negatives=negatives)
         return cls(**{**fields, **overrides})
 
-    @property
-    def scored_negatives(self) -> int:
-        """How many negatives each target is scored against."""
-        return self.num_items if self.negatives == "all" else self.num_negatives
+    def engine_negatives(self) -> dict:
+        """What `make_engine`'s memory estimate needs: how many negatives each target is scored
+        against, and whether they are shared by a step's targets (scored as a matrix product)."""
+        return {"num_negatives": self.num_items if self.negatives == "all" else self.num_negatives,
+                "shared_negatives": self.negatives != "per-target"}
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def train_users(message: Message, context: Context) -> Message:
 
     engine = make_engine(str(context.node_config.get(LOCAL_ENGINE, "vectorized")), model,
                          chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows,
-                         num_negatives=settings.scored_negatives, shared_negatives=settings.negatives != "per-target")
+                         **settings.engine_negatives())
     frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
