@@ -197,9 +197,6 @@ class TrainConfig:
         if self.model != "fedsasrec" or self.centralized:
             raise InputError(f"attack={self.attack} is simulated for federated FedSASRec (model=fedsasrec, not "
                              f"--centralized)")
-        if self.engine == "flower":
-            raise InputError(f"attack={self.attack} runs on the vectorized and sequential engines; the Flower engine "
-                             f"does not simulate fake clients")
 
     def _check_runtime(self) -> None:
         for tracker in dict.fromkeys(self.tracker):  # the module and the extra share the tracker's name

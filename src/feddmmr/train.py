@@ -45,7 +45,10 @@ ProgressFactory = Callable[[int, int], Callable[[int], None]]
 # One round
 
 
-def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFactory | None = None) -> dict:
+def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFactory | None = None,
+              attack_engine: Engine | None = None) -> dict:
+    """One round; `attack_engine` trains simulated fake clients (default: `engine`; on Flower a
+    local engine in this process, since no SuperNode holds them)."""
     c, split = run.config, run.split
     torch.manual_seed(streams.round_seed(c.seed, round_number))
     started = time.perf_counter()
@@ -67,14 +70,15 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     ]
     add = aggregator.add
     if run.attack is not None:  # simulated fake clients join the round (federated/attacks.py)
-        add = run.attack.join_round(round_number, c.client_fraction, batches, settings, aggregator.add, global_params)
+        add = run.attack.join_round(round_number, c.client_fraction, aggregator.add, global_params)
     progress = progress_factory(round_number, len(batches)) if progress_factory else None
-    result = engine.train(RoundContext(round_number, c.seed), global_params, batches, run.local_training(),
-                          add, progress)
-    if run.attack is not None:
-        run.attack.finish_round(aggregator.add, run.model, global_params)
+    context, local = RoundContext(round_number, c.seed), run.local_training()
+    result = engine.train(context, global_params, batches, local, add, progress)
+    if run.attack is not None:  # after the genuine clients, which train as without the attack
+        run.attack.finish_round(context, attack_engine or engine, settings, local, aggregator.add, run.model,
+                                global_params)
     run.precision.settle(result.loss_scales)
-    reports = [r for r in result.reports if r.user < split.num_users]  # genuine clients
+    reports = result.reports
     dropped = [r.user for r in reports if r.dropped]
     if dropped:
         log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,
@@ -171,12 +175,16 @@ def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None]
         epochs = CentralizedEpochs(run)
         optimizer, train_round = epochs.optimizer, epochs.train
     else:
+        def local_engine(name: str) -> Engine:
+            return make_engine(name, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
+                               **run.batch_settings().engine_negatives())
+
         if engine is None:
-            engine = make_engine(c.engine, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
-                                 **run.batch_settings().engine_negatives())
+            engine = local_engine(c.engine)
+        attack_engine = local_engine("vectorized") if run.attack is not None and c.engine == "flower" else None
 
         def train_round(round_number: int) -> dict:
-            return run_round(run, engine, round_number, progress_factory)
+            return run_round(run, engine, round_number, progress_factory, attack_engine)
     trackers = make_trackers(run)
     try:
         return run_until_done(run, train_round, [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(),

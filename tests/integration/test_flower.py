@@ -539,3 +539,20 @@ def test_robust_rules_combine_the_nodes_updates(tiny_data, tmp_path, aggregator)
     # Krum with f = 1 of 3 nodes keeps 2; the median takes the middle node per coordinate: neither is the mean.
     difference = (robust_weights["item_embedding.weight"] - plain_weights["item_embedding.weight"]).abs().max()
     assert difference > 1e-4
+
+
+@pytest.mark.parametrize("attack, nodes", [("data-poisoning", 3), ("model-poisoning", 60)])
+def test_fake_clients_join_a_flower_round_as_they_join_a_local_one(tiny_data, tmp_path, attack, nodes):
+    """The fake clients train (or craft their updates) in the server's process, beside the nodes,
+    and reach the aggregation as one client each. Model poisoning matches its norm to the median of
+    the updates the server receives, which are per-node means: with one user a node, those are the
+    local engine's per-user updates."""
+    options = dict(num_rounds=1, server_optimizer="fedavg", attack=attack, attack_fraction=0.1, attack_targets=3)
+    local = train(config(tiny_data, tmp_path / "local", **options))
+    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(nodes)),
+                           config(tiny_data, tmp_path / "flower", flower_supernodes=nodes, **options))
+    (local_record,), (flower_record,) = local.history, flower.history
+    assert flower_record["attack_clients"] == local_record["attack_clients"] == 3
+    assert flower_record["failed_clients"] == 0
+    assert flower_record["train_loss"] == pytest.approx(local_record["train_loss"], rel=1e-5)  # genuine clients only
+    assert_same_weights(weights(flower.run_dir), weights(local.run_dir), fedadam_rounds=0)

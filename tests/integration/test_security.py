@@ -81,6 +81,24 @@ def test_data_poisoning_clients_train_their_made_up_sequences(tiny_data, tmp_pat
     assert set(sequence[1::2].tolist()) <= set(run.attack.targets.tolist())  # every other item a target
 
 
+@pytest.mark.parametrize("kind", ["data-poisoning", "model-poisoning"])
+def test_genuine_clients_train_as_in_a_round_without_the_attack(tiny_data, tmp_path, recording, kind):
+    """The fake clients come after the genuine ones: the genuine updates the server receives are
+    those of the same round without an attack."""
+    run, _, record = round_with(tiny_data, tmp_path, kind)
+    with_attack = list(recording.received)
+    Recording.received = []
+    plain = prepare_run(tiny(tiny_data, tmp_path / "plain", aggregator="recording"))
+    run_round(plain, make_engine("vectorized", plain.model, num_negatives=plain.config.num_negatives), 1)
+    plain.close()
+    genuine = with_attack[:len(Recording.received)]
+    assert sum(len(w) for _, w in with_attack[len(genuine):]) == record["attack_clients"]
+    for (params, weights), (expected, expected_weights) in zip(genuine, Recording.received, strict=True):
+        assert torch.equal(weights, expected_weights)
+        for name in expected:
+            assert torch.equal(params[name], expected[name]), name
+
+
 def test_model_poisoning_clients_send_crafted_updates_to_the_target_rows_only(tiny_data, tmp_path, recording):
     run, global_params, record = round_with(tiny_data, tmp_path, "model-poisoning")
     *genuine, (crafted, weights) = recording.received
@@ -149,7 +167,7 @@ def test_the_leakage_metric_on_a_case_with_a_known_answer():
 
 @pytest.mark.parametrize("kind, message", [
     (dict(model="feddmmr", modality=["text=t.npz"]), "simulated for federated FedSASRec"),
-    (dict(engine="flower"), "the Flower engine does not simulate fake clients"),
+    (dict(centralized=True), "simulated for federated FedSASRec"),
 ])
 def test_attacks_outside_their_reach_are_refused(kind, message):
     with pytest.raises(ValueError, match=message):

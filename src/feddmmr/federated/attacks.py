@@ -13,6 +13,8 @@ measure what the aggregation rules withstand (`--attack NAME --attack-fraction F
 The attack is planned once per run from the seed: `attack_fraction` x the genuine users fake
 users (at least one), sampled each round at the genuine clients' rate; the targets are
 `attack_targets` cold items (among the least popular fifth with at least one interaction).
+The fake clients send their updates after the genuine clients' (`finish_round`), on any engine:
+on Flower they run in the server's process, beside the SuperNodes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from feddmmr import streams
 from feddmmr.data.split import LeaveOneOut
+from feddmmr.engines.base import Engine, LocalTraining, RoundContext
 from feddmmr.federated.batches import BatchSettings, ClientBatches, client_rng, make_client_batches
 
 ATTACKS = ("data-poisoning", "model-poisoning")
@@ -68,21 +71,31 @@ class Attack:
         count = max(1, int(round(fraction * len(self.fake_users))))
         return np.sort(rng.choice(self.fake_users, size=count, replace=False))
 
-    def join_round(self, round_number: int, fraction: float, batches: list[ClientBatches], settings: BatchSettings,
-                   add: Callable, global_params: dict[str, torch.Tensor]) -> Callable:
-        """The round's fake users join it: data-poisoning ones add their batches to `batches`;
-        model-poisoning ones watch the genuine updates that pass through the returned `add`,
-        and send theirs in `finish_round`."""
+    def join_round(self, round_number: int, fraction: float, add: Callable,
+                   global_params: dict[str, torch.Tensor]) -> Callable:
+        """Sample the round's fake users. Returns the `add` the genuine clients' updates go
+        through: model poisoning watches their norms and weights there (the attacker is assumed to
+        learn them, the strongest case); data poisoning needs nothing of them."""
         self.round_users = self.sampled(fraction, round_number)
         self.genuine_norms, self.genuine_weights = [], []
-        if self.kind == "data-poisoning":
-            batches += self.batches(self.round_users, settings, round_number)
-            return add
-        return self.watch(add, global_params)
+        return self.watch(add, global_params) if self.kind == "model-poisoning" else add
 
+    def finish_round(self, context: RoundContext, engine: Engine, settings: BatchSettings, local: LocalTraining,
+                     add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
+        """After the genuine clients, the round's fake users send their updates through `add`,
+        each as one client's: data-poisoning ones train their made-up sequences on `engine` (a
+        local engine: on Flower, one in the server's process beside the SuperNodes), model-poisoning
+        ones send crafted updates. Training them after the genuine clients leaves the genuine
+        updates exactly as in a round without the attack."""
+        if len(self.round_users) == 0:
+            return
+        if self.kind == "data-poisoning":
+            engine.train(context, global_params, self.batches(self.round_users, settings, context.round), local, add)
+        else:
+            self.send_crafted(add, model, global_params)
 
     def batches(self, users: np.ndarray, settings: BatchSettings, round_number: int) -> list[ClientBatches]:
-        """Data poisoning: the fake users' own batches, trained by the engine like anyone's."""
+        """Data poisoning: the fake users' own batches, trained like anyone's."""
         return [make_client_batches(int(u), self.sequences[int(u)], settings, client_rng(self.seed, round_number, int(u)))
                 for u in users]
 
@@ -99,11 +112,10 @@ class Attack:
         return watched
 
     @torch.no_grad()
-    def finish_round(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
-        """Model poisoning: one crafted update per fake user of the round, through `add` (data
-        poisoning has nothing left to do: its clients trained with the others)."""
+    def send_crafted(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
+        """Model poisoning: one crafted update per fake user of the round, through `add`."""
         users = self.round_users
-        if self.kind != "model-poisoning" or len(users) == 0 or not self.genuine_norms:
+        if not self.genuine_norms:
             return
         norm = torch.cat(self.genuine_norms).median()
         weight = torch.cat(self.genuine_weights).median()
