@@ -33,9 +33,9 @@ import common  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
 from feddmmr.engines import make_engine  # noqa: E402
 from feddmmr.federated.privacy import privacy_spent  # noqa: E402
+from feddmmr.model.sasrec import ITEM_TABLE  # noqa: E402
 from feddmmr.train import prepare_run, run_round  # noqa: E402
 
-ITEM_TABLE = "item_embedding.weight"
 
 SETTINGS = {  # name -> TrainConfig overrides
     "default (4 negatives)": {},

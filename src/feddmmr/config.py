@@ -104,7 +104,7 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "L2 weight decay of the client optimiser", rule=at_least(0))
     local_optimizer: str = _opt("sgd", "the client's optimiser, fresh each round: sgd or adam (also the optimiser of --centralized)", rule=OneOf(("adam", "sgd")))
     aggregator: str = _opt("fedavg", "how the clients' updates combine: fedavg (their mean, weighted by training targets), "
-                                     "norm-bound, median, trimmed-mean or krum (robust to malicious clients; "
+                                     "norm-bound, median, trimmed-mean, krum or row-bound (robust to malicious clients; "
                                      "docs/SECURITY.md), "
                                      "or a rule registered with register_aggregator (in feddmmr.federated.aggregation)", rule=OneOf(_aggregators))
     robust_fraction: float = _opt(0.1, "trimmed-mean and krum: the share of clients they are built to withstand "

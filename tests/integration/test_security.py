@@ -10,7 +10,8 @@ import torch
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
 from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregator
-from feddmmr.federated.attacks import ITEM_TABLE, Attack, exposure_rate
+from feddmmr.federated.attacks import Attack, exposure_rate
+from feddmmr.model.sasrec import ITEM_TABLE
 from feddmmr.train import prepare_run, run_round, train
 
 TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
@@ -22,7 +23,7 @@ def tiny(tiny_data, run_dir, **overrides) -> TrainConfig:
 
 
 @pytest.mark.parametrize("engine", ["vectorized", "sequential"])
-@pytest.mark.parametrize("aggregator", ["norm-bound", "median", "trimmed-mean", "krum"])
+@pytest.mark.parametrize("aggregator", ["norm-bound", "median", "trimmed-mean", "krum", "row-bound"])
 def test_each_robust_rule_trains_on_each_engine_with_the_server_optimiser(tiny_data, tmp_path, engine, aggregator):
     result = train(tiny(tiny_data, tmp_path / "run", num_rounds=2, validate_every=1, engine=engine,
                         aggregator=aggregator))

@@ -30,6 +30,7 @@ from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
 from feddmmr.federated.privacy import clip_updates
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
+from feddmmr.model.sasrec import ITEM_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ def plan_chunks(clients: list[ClientBatches], max_clients: int, max_windows: int
     return chunks
 
 
-ITEM_TABLE = "item_embedding.weight"
 
 
 def expand_rows(global_table: torch.Tensor, item_rows: torch.Tensor, local_tables: torch.Tensor) -> torch.Tensor:

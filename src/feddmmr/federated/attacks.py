@@ -30,9 +30,9 @@ from feddmmr import streams
 from feddmmr.data.split import LeaveOneOut
 from feddmmr.engines.base import Engine, LocalTraining, RoundContext
 from feddmmr.federated.batches import BatchSettings, ClientBatches, client_rng, make_client_batches
+from feddmmr.model.sasrec import ITEM_TABLE
 
 ATTACKS = ("data-poisoning", "model-poisoning")
-ITEM_TABLE = "item_embedding.weight"
 POPULAR = 50  # the fake sequences' popular items: the most read
 
 

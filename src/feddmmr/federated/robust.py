@@ -1,4 +1,4 @@
-"""Byzantine-robust aggregation rules (`--aggregator norm-bound|median|trimmed-mean|krum`).
+"""Byzantine-robust aggregation rules (`--aggregator norm-bound|median|trimmed-mean|krum|row-bound`).
 
 Unlike FedAvg they need every client's update at once: each rule keeps the round's changes
 (client - global, flattened to one vector per client, [clients, D] in float32) and combines them
@@ -11,6 +11,10 @@ in `result`. `robust_fraction` (β) is the share of clients a rule is built to w
   averaged (Yin et al. 2018), unweighted;
 - krum: Multi-Krum (Blanchard et al. 2017): f = β·n; each change is scored by its summed squared
   distance to its n - f - 2 nearest others, and the n - f best-scored are FedAvg-averaged.
+- row-bound: norm-bound per item: each change of each item-embedding row is scaled down to at
+  most the round's median, over clients, of their largest row change, then the FedAvg-weighted
+  mean. A client's update moves the rows of the items it read; an update that puts its norm on
+  a few rows (to promote them) is cut to what an ordinary client moves one row by.
 
 With the Flower engine the server sees one update per node (its users' mean), so the rules act on
 nodes, not users.
@@ -23,6 +27,7 @@ import math
 import torch
 
 from feddmmr.federated.aggregation import register_aggregator
+from feddmmr.model.sasrec import ITEM_TABLE
 
 
 class RobustRule:
@@ -73,6 +78,24 @@ class NormBound(RobustRule):
         return weighted_mean(changes * scale[:, None], weights)
 
 
+class RowBound(RobustRule):
+    def combine(self, changes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        names = list(self.global_params)
+        table = next((name for name in names if name.endswith(ITEM_TABLE)), None)  # FedDMMR: sasrec.<table>
+        if table is None:
+            raise ValueError(f"aggregator=row-bound bounds the rows of the item table ({ITEM_TABLE}), which this "
+                             f"round does not train")
+        start = sum(self.global_params[name].numel() for name in names[:names.index(table)])
+        rows, dim = self.global_params[table].shape
+        table = changes[:, start:start + rows * dim].reshape(len(changes), rows, dim)
+        row_norms = table.norm(dim=2)  # [clients, rows]
+        bound = row_norms.max(dim=1).values.median()
+        scale = torch.clamp(bound / row_norms.clamp_min(1e-12), max=1.0)
+        bounded = changes.clone()
+        bounded[:, start:start + rows * dim] = (table * scale[:, :, None]).reshape(len(changes), -1)
+        return weighted_mean(bounded, weights)
+
+
 class Median(RobustRule):
     def combine(self, changes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         ordered = changes.sort(dim=0).values
@@ -107,3 +130,4 @@ register_aggregator("norm-bound", NormBound)
 register_aggregator("median", Median)
 register_aggregator("trimmed-mean", TrimmedMean)
 register_aggregator("krum", MultiKrum)
+register_aggregator("row-bound", RowBound)

@@ -18,6 +18,7 @@ from feddmmr.model.losses import MASKED_SCORE
 
 
 # Shifts that cut a 64-bit random word into its eight bytes.
+ITEM_TABLE = "item_embedding.weight"  # the item embedding table's parameter name (input and output)
 BYTE_SHIFTS = tuple(range(0, 64, 8))
 
 

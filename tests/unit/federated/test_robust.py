@@ -22,7 +22,7 @@ def aggregate(name: str, rows: torch.Tensor, weights=None, chunks=2, fraction=0.
 
 
 def test_every_robust_rule_is_registered():
-    assert {"fedavg", "norm-bound", "median", "trimmed-mean", "krum"} <= set(AGGREGATORS)
+    assert {"fedavg", "norm-bound", "median", "trimmed-mean", "krum", "row-bound"} <= set(AGGREGATORS)
 
 
 def test_fedavg_is_pulled_far_by_one_attacker():
@@ -63,6 +63,32 @@ def test_norm_bound_shrinks_the_outlier_to_the_median_norm():
     assert torch.allclose(bounded, scaled.mean(0))
     assert (ATTACKER[0] * bound / norms[-1]).norm() == pytest.approx(float(bound))
     assert bounded.abs().max() < 3  # the attacker moves the mean by at most one honest-sized step
+
+
+def test_row_bound_cuts_each_item_row_to_the_median_largest_row_change():
+    """Four honest clients move two item rows each; the attacker puts a large change on one row
+    (its total norm is an honest one's): only that row is cut, to the median of the clients'
+    largest row changes; other parameters pass as in FedAvg."""
+    table = "item_embedding.weight"
+    start = {table: torch.zeros(4, 2), "b": torch.zeros(1)}
+    honest = [torch.tensor([[0, 0], [1.0, 0], [0, 1.0], [0, 0]]), torch.tensor([[0, 0], [0, 2.0], [1.0, 0], [0, 0]]),
+              torch.tensor([[0, 0], [3.0, 0], [0, 1.0], [0, 0]]), torch.tensor([[0, 0], [1.0, 0], [0, 0], [0, 4.0]])]
+    attacker = torch.tensor([[0, 0], [0, 0], [0, 0], [3.0, 4.0]])  # norm 5 on row 3
+    changes = torch.stack([*honest, attacker])
+    b = torch.tensor([[1.0], [1.0], [1.0], [1.0], [1.0]])
+    rule = make_aggregator("row-bound", start, 0.1)
+    rule.add({table: changes[:3], "b": b[:3]}, torch.ones(3))
+    rule.add({table: changes[3:], "b": b[3:]}, torch.ones(2))
+    out = rule.result()
+    # largest row change per client: 1, 2, 3, 4, 5 -> bound 3; rows above it are scaled to norm 3
+    expected = changes.clone()
+    expected[3, 3] = torch.tensor([0, 3.0])
+    expected[4, 3] = torch.tensor([3.0, 4.0]) * 3 / 5
+    assert torch.allclose(out[table], expected.mean(0))
+    assert torch.allclose(out["b"], torch.ones(1))
+    fedavg = make_aggregator("fedavg", start)
+    fedavg.add({table: changes, "b": b}, torch.ones(5))
+    assert float(out[table][3].norm()) < float(fedavg.result()[table][3].norm())
 
 
 def test_non_finite_updates_are_dropped_and_counted():
