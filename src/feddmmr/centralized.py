@@ -23,7 +23,7 @@ from feddmmr.engines.base import guarded_step
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.model.losses import every_item, next_item_loss
-from feddmmr.run_state import Run
+from feddmmr.run_state import Run, positive_weight
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class CentralizedEpochs:
         total, count, skipped = 0.0, 0.0, 0
         scales = run.precision.client_scales(1, run.device)
         shared = every_item(model.item_embedding.weight) if c.loss == "ce-full" else None
+        beta = positive_weight(c, split.num_items)
         negatives_rng = np.random.default_rng([c.seed, streams.CENTRALIZED_NEGATIVES, round_number])
         for start in range(0, len(order), c.batch_size):
             rows = order[start : start + c.batch_size]
@@ -68,7 +69,7 @@ class CentralizedEpochs:
                 shared = torch.from_numpy(drawn[0]).to(run.device)
             with run.precision.autocast():
                 scores = model(batch_inputs, batch_candidates, shared)
-            loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss)
+            loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss, beta)
             if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, scales):
                 skipped += 1
                 continue

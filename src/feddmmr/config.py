@@ -121,8 +121,11 @@ class TrainConfig:
     negatives: str = _opt("per-target", "per-target (num_negatives drawn for each target) or shared (num_negatives "
                                         "distinct items drawn once per local step for all its targets, scored as one "
                                         "matrix product: hundreds cost little)", rule=OneOf(NEGATIVE_LAYOUTS))
-    loss: str = _opt("ce", "ce (softmax over the target and its negatives), bpr, or ce-full (softmax over every item; "
-                           "negatives and num_negatives unused)", rule=OneOf(("ce", "bpr", "ce-full")))
+    loss: str = _opt("ce", "ce (softmax over the target and its negatives), bpr, gbce (gSASRec's calibrated binary "
+                           "cross-entropy over them), or ce-full (softmax over every item; negatives and "
+                           "num_negatives unused)", rule=OneOf(("ce", "bpr", "gbce", "ce-full")))
+    gbce_t: float = _opt(0.75, "loss=gbce: calibration t (0: plain binary cross-entropy; 1: calibrated to the whole "
+                               "catalogue; gSASRec's 0.75)", rule=Between(0.0, 1.0))
     engine: str = _opt("vectorized", "vectorized, sequential or flower", rule=OneOf(_engines))
     centralized: bool = _opt(False, "train one model on all users pooled (the centralised baseline)", rule=BOOL)
     chunk_clients: str = _opt("auto", "vectorized engine: clients trained together at most, or auto (sized from "
@@ -255,7 +258,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data_dir", "format", "top_users", "min_length"),
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
     "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
-               "negatives", "loss"),
+               "negatives", "loss", "gbce_t"),
     "server": ("num_rounds", "client_fraction", "aggregator", "robust_fraction", "server_optimizer", "server_learning_rate",
                "server_epsilon", "server_momentum"),
     "engine": ("engine", "centralized", "chunk_clients", "chunk_windows", "flower_supernodes", "flower_round_timeout",

@@ -29,7 +29,7 @@ from feddmmr.memory.clients import ClientMemories, combined_features
 from feddmmr.memory.two_tier import MemoryConfig
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_state import SELECTION_METRIC, Run, RunState, restore
+from feddmmr.run_state import SELECTION_METRIC, Run, RunState, positive_weight, restore
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,9 @@ def log_start(run: Run) -> None:
     training = {"ce-full": f"every item ({c.loss})", "shared": f"{c.num_negatives} shared by each local step's targets",
                 "per-target": f"{c.num_negatives} per training target"}[c.loss if c.loss == "ce-full" else c.negatives]
     log.info("negatives: %s, %d per held-out item in %s evaluation", training, c.num_negatives_eval, c.eval)
+    if c.loss == "gbce":
+        log.info("loss: gbce, calibration t %g: the positive's log-probability weighs %.4g",
+                 c.gbce_t, positive_weight(c, s.num_items))
     log.info("validation: %s; %s", run.schedule.describe(),
              f"early stopping after {c.patience} validated rounds without {SELECTION_METRIC} gain" if c.patience
              else "no early stopping")

@@ -25,7 +25,7 @@ from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState
 from feddmmr.memory.two_tier import summary as memory_summary
-from feddmmr.model.losses import AuxiliaryWeights
+from feddmmr.model.losses import AuxiliaryWeights, gbce_beta
 from feddmmr.model.sasrec import SASRec
 
 if TYPE_CHECKING:  # Flower is an optional extra
@@ -41,6 +41,12 @@ SELECTION_METRIC = "HR@10"
 def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
     """FedDMMR's auxiliary loss weights of the run."""
     return AuxiliaryWeights(config.load_balance_weight, config.alignment_weight, config.contrastive_weight)
+
+
+def positive_weight(config: TrainConfig, num_items: int) -> float:
+    """loss=gbce: the weight of the positive's log-probability, from the run's sampling rate and
+    calibration (model/losses.py, gbce_beta); 1 for the other losses."""
+    return gbce_beta(config.num_negatives, num_items, config.gbce_t) if config.loss == "gbce" else 1.0
 
 
 @dataclass
@@ -96,7 +102,7 @@ class Run:
         c = self.config
         return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
                              auxiliary=auxiliary_weights(c), frozen=self.frozen, optimizer=c.local_optimizer,
-                             clip_norm=c.dp_clip_norm)
+                             clip_norm=c.dp_clip_norm, gbce_beta=positive_weight(c, self.split.num_items))
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""

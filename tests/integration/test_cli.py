@@ -63,7 +63,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert missing.exit_code == 2
     assert "nowhere" in missing.output and "Traceback" not in missing.output
     bad = runner.invoke(app, ["train", "--loss", "hinge", "--run-dir", str(tmp_path / "r2")])
-    assert bad.exit_code == 2 and "loss: expected one of ce, bpr, ce-full, got 'hinge'" in bad.output
+    assert bad.exit_code == 2 and "loss: expected one of ce, bpr, gbce, ce-full, got 'hinge'" in bad.output
 
 
 def test_resume_refuses_other_settings(tmp_path):

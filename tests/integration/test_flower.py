@@ -448,7 +448,8 @@ def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes
         evaluate_run(tmp_path / "flower")
 
 
-@pytest.mark.parametrize("negatives", [dict(negatives="shared", num_negatives=16), dict(loss="ce-full")])
+@pytest.mark.parametrize("negatives", [dict(negatives="shared", num_negatives=16), dict(loss="ce-full"),
+                                       dict(loss="gbce", gbce_t=0.5)])
 def test_nodes_train_with_the_runs_negatives(tiny_data, tmp_path, negatives):
     """Shared negatives and ce-full: the nodes draw and score the same negatives as the local engine."""
     options = dict(num_rounds=1, server_optimizer="fedavg", **negatives)

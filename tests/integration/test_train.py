@@ -171,7 +171,7 @@ def test_full_ranking_mode(tiny_data, tmp_path):
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
 
 
-@pytest.mark.parametrize("loss", ["ce", "ce-full"])
+@pytest.mark.parametrize("loss", ["ce", "ce-full", "gbce"])
 def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path, loss):
     """With every client, one local step each on all its windows and plain SGD, FedAvg weighted by
     training targets is exactly one full-batch gradient step on the pooled data: the whole

@@ -45,6 +45,7 @@ class LocalTraining:
     optimizer: str = "sgd"  # the client's optimiser, fresh every round: sgd (the default recipe) or adam
     # DP: each client's update is clipped to this L2 norm and weighs 1 (federated/privacy.py)
     clip_norm: float | None = None
+    gbce_beta: float = 1.0  # loss=gbce: the positive's weight (model/losses.py, gbce_beta)
 
 
 @dataclass(frozen=True)

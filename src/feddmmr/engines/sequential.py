@@ -62,13 +62,14 @@ class SequentialEngine:
                 if memory is None:
                     with local.precision.autocast():
                         scores = model(inputs, candidates, shared)
-                    total, count = next_item_loss(scores.float(), valid, local.loss)
+                    total, count = next_item_loss(scores.float(), valid, local.loss, local.gbce_beta)
                     loss = objective = total / count
                 else:
                     items, mask = memory.retrieve(slots)
                     with local.precision.autocast():
                         scores, parts = model(inputs, candidates, items[0], mask[0], with_aux=True, shared=shared)
-                    objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary)
+                    objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary,
+                                                   local.gbce_beta)
                     # The positives happened whatever this step's fate: the memory takes them.
                     slots = memory.update(slots, positives[step : step + 1])
                 if not guarded_step(objective, trainable, optimizer, scales):

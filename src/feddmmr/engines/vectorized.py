@@ -78,7 +78,8 @@ class VectorizedEngine:
                     scores, parts = functional_call(model, {**params, **frozen},
                                                   (inputs, candidates, memory_items, memory_mask),
                                                   {"with_aux": True, "shared": shared})
-                objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary)
+                objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary,
+                                               local.gbce_beta)
                 return objective * scale, loss.detach()
 
             return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, shared_dim, 0, 0),
@@ -87,7 +88,7 @@ class VectorizedEngine:
         def client_loss(params, frozen, inputs, candidates, scale, shared):
             with local.precision.autocast():
                 scores = functional_call(model, {**params, **frozen}, (inputs, candidates, shared))
-            total, count = next_item_loss(scores.float(), candidates[..., 0] > 0, local.loss)
+            total, count = next_item_loss(scores.float(), candidates[..., 0] > 0, local.loss, local.gbce_beta)
             loss = total / count.clamp(min=1)
             return loss * scale, loss.detach()
 

@@ -1,8 +1,11 @@
 """Next-item losses over [positive, N negatives] scores; padding positions masked.
 
-The negatives are sampled per target (`ce`, `bpr`), shared by every target of a local step
-(`--negatives shared`), or the whole catalogue (`ce-full`: the softmax over all items of
-SASRec+, Klenitskiy & Vasilev 2023). Shared and full negatives are scored as one matrix product
+The negatives are sampled per target (`ce`, `bpr`, `gbce`), shared by every target of a local
+step (`--negatives shared`), or the whole catalogue (`ce-full`: the softmax over all items of
+SASRec+, Klenitskiy & Vasilev 2023). `gbce` is gSASRec's generalised binary cross-entropy
+(Petrov & Macdonald 2023): BCE over the positive and each negative, with the positive's
+log-probability weighted by `gbce_beta`, which undoes the overconfidence negative sampling
+teaches. Shared and full negatives are scored as one matrix product
 (`SASRec.score_shared`); where one of them is the position's own target its score is
 `MASKED_SCORE`, so it is no negative there.
 """
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "bpr", "ce-full")
+LOSSES = ("ce", "bpr", "ce-full", "gbce")
 # The score of a shared negative that is the position's target: it adds nothing to a softmax or
 # to BPR. Finite, not -inf, so that no gradient of it is ever NaN.
 MASKED_SCORE = -1e9
@@ -25,22 +28,34 @@ def every_item(item_table: torch.Tensor) -> torch.Tensor:
     return torch.arange(1, item_table.shape[0], device=item_table.device)
 
 
-def next_item_loss(scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce") -> tuple[torch.Tensor, torch.Tensor]:
+def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
+    """gBCE's weight of the positive's log-probability: beta = alpha (t (1 - 1/alpha) + 1/alpha),
+    alpha = num_negatives / (num_items - 1) the negative sampling rate, t in [0, 1] the calibration
+    (t = 0: plain BCE, beta 1; t = 1: beta = alpha, probabilities calibrated to the catalogue)."""
+    alpha = min(num_negatives, num_items - 1) / (num_items - 1)
+    return alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+
+
+def next_item_loss(scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce",
+                   beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-target losses summed over valid targets, and the count of valid targets.
 
-    `scores` [..., 1+N] has the positive in column 0; `valid` [...] marks real targets.
+    `scores` [..., 1+N] has the positive in column 0; `valid` [...] marks real targets; `beta`:
+    gBCE's weight of the positive (`gbce_beta`).
     """
-    per_target = per_target_loss(scores, kind)
+    per_target = per_target_loss(scores, kind, beta)
     weight = valid.to(per_target.dtype)
     return (per_target * weight).sum(), weight.sum()
 
 
-def per_target_loss(scores: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+def per_target_loss(scores: torch.Tensor, kind: str = "ce", beta: float = 1.0) -> torch.Tensor:
     """The next-item loss of every target [...] from its scores [..., 1+N] (positive first)."""
     if kind in ("ce", "ce-full"):
         return torch.logsumexp(scores, dim=-1) - scores[..., 0]
     if kind == "bpr":
         return -F.logsigmoid(scores[..., :1] - scores[..., 1:]).mean(-1)
+    if kind == "gbce":  # a masked negative (MASKED_SCORE) adds log sigmoid(1e9) = 0
+        return -beta * F.logsigmoid(scores[..., 0]) - F.logsigmoid(-scores[..., 1:]).sum(-1)
     raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
 
@@ -69,7 +84,7 @@ class ScoreParts:
 
 
 def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tensor, kind: str,
-                 weights: AuxiliaryWeights) -> tuple[torch.Tensor, torch.Tensor]:
+                 weights: AuxiliaryWeights, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(training objective, next-item loss), both means over the valid targets of one step.
 
     scores [B, L, 1+N]; candidates [B, L, 1+N] (target first, 0 = padding); `parts` from
@@ -88,7 +103,7 @@ def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tens
     valid = candidates[..., 0] > 0
     mask = valid.to(scores.dtype)
     count = mask.sum().clamp(min=1)
-    per_target = per_target_loss(scores, kind)
+    per_target = per_target_loss(scores, kind, beta)
     main = (per_target * mask).sum() / count
     total = main
     # The positions the auxiliary terms see: every one, or held out the last one only. Their
@@ -97,7 +112,7 @@ def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tens
     side_loss = per_target[:, first:]
     held_out = parts.held_out_scores
     if held_out is not None:
-        side_loss = per_target_loss(held_out.float(), kind)
+        side_loss = per_target_loss(held_out.float(), kind, beta)
         total = total + (side_loss * mask[:, -1:]).sum() / count
     side_candidates, side_valid, side_mask = candidates[:, first:], valid[:, first:], mask[:, first:]
     side_count = side_mask.sum().clamp(min=1)

@@ -32,12 +32,13 @@ def clients(num=9, epochs=2, batch_size=3, negatives="per-target", num_negatives
     return out
 
 
-def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, loss="ce", **engine_options):
+def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, loss="ce", gbce_beta=0.3,
+        **engine_options):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
     local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, loss, Precision("off", "cpu"),
-                          optimizer=optimizer, clip_norm=clip_norm)
+                          optimizer=optimizer, clip_norm=clip_norm, gbce_beta=gbce_beta)  # beta: loss=gbce only
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
@@ -56,12 +57,13 @@ def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
     assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
 
 
-@pytest.mark.parametrize("negatives, loss", [("shared", "ce"), ("shared", "bpr"), ("all", "ce-full")])
+@pytest.mark.parametrize("negatives, loss", [("shared", "ce"), ("shared", "bpr"), ("all", "ce-full"),
+                                             ("shared", "gbce"), ("per-target", "gbce")])
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
 def test_vectorized_round_with_shared_negatives_equals_sequential_round(negatives, loss, weight_decay):
     m = model()
     batches = clients(negatives=negatives, num_negatives=32)
-    assert all(b.candidates.shape[-1] == 1 for b in batches)
+    assert all(b.candidates.shape[-1] == (33 if negatives == "per-target" else 1) for b in batches)
     start, sequential, seq_reports = run("sequential", m, batches, weight_decay, loss=loss)
     _, vectorized, vec_reports = run("vectorized", m, batches, weight_decay, loss=loss, chunk_clients=4, chunk_windows=12)
     for name in start:

@@ -1,6 +1,8 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
-from feddmmr.model.losses import MASKED_SCORE, every_item, next_item_loss
+from feddmmr.model.losses import MASKED_SCORE, every_item, gbce_beta, next_item_loss, per_target_loss
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
 
@@ -126,6 +128,22 @@ def test_shared_negatives_score_as_the_same_candidates_given_per_target():
     assert hit.sum() >= 1 and hit[0, 3, 2]
     torch.testing.assert_close(scores[~hit], explicit[~hit])
     assert (scores[hit] == MASKED_SCORE).all()
+
+
+def test_gbce_weights_the_positive_by_beta_and_masked_negatives_add_nothing():
+    scores = torch.tensor([[2.0, -1.0, 0.5, MASKED_SCORE]])  # positive, two negatives, one masked
+    expected = -0.25 * F.logsigmoid(torch.tensor(2.0)) - F.logsigmoid(torch.tensor(1.0)) - F.logsigmoid(torch.tensor(-0.5))
+    torch.testing.assert_close(per_target_loss(scores, "gbce", beta=0.25), expected.reshape(1))
+    # beta 1 is plain binary cross-entropy: the positive labelled 1, the (unmasked) negatives 0
+    bce = F.binary_cross_entropy_with_logits(scores[0, :3], torch.tensor([1.0, 0.0, 0.0]), reduction="sum")
+    torch.testing.assert_close(per_target_loss(scores, "gbce", beta=1.0)[0], bce)
+
+
+def test_gbce_beta_follows_the_sampling_rate_and_calibration():
+    assert gbce_beta(4, 101, t=0.0) == 1.0  # plain BCE
+    assert gbce_beta(4, 101, t=1.0) == pytest.approx(4 / 100)  # alpha: calibrated to the catalogue
+    assert gbce_beta(4, 101, t=0.75) == pytest.approx(0.04 * (0.75 * (1 - 25) + 25))  # gSASRec's formula
+    assert gbce_beta(100, 101, t=0.75) == pytest.approx(1.0)  # every item a negative: nothing to correct
 
 
 def test_full_softmax_loss_is_cross_entropy_over_every_item():

@@ -46,7 +46,7 @@ from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState, summary_totals
 from feddmmr.run_setup import build_model, make_memories, resolve_device
-from feddmmr.run_state import auxiliary_weights
+from feddmmr.run_state import auxiliary_weights, positive_weight
 
 LOCAL_ENGINE, DEVICE = "engine", "device"
 RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"
@@ -91,7 +91,8 @@ def train_users(message: Message, context: Context) -> Message:
     with node_state(context, config, data.user_ids(), precision):
         local = LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision, memory=memory,
                               auxiliary=auxiliary_weights(config), frozen=frozen, optimizer=config.local_optimizer,
-                              clip_norm=config.dp_clip_norm)
+                              clip_norm=config.dp_clip_norm,
+                              gbce_beta=positive_weight(config, len(request.item_ids)))
         result = engine.train(RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add)
         precision.settle(result.loss_scales)  # kept in the node's Context for its next round
     if memory is not None:
