@@ -45,6 +45,8 @@ SETTINGS = {  # name -> TrainConfig overrides
     "DP clip 1, noise 0.5": {"dp_clip_norm": 1.0, "dp_noise_multiplier": 0.5},
     "DP clip 1, noise 1.0": {"dp_clip_norm": 1.0, "dp_noise_multiplier": 1.0},
     "DP clip 1, noise 2.0": {"dp_clip_norm": 1.0, "dp_noise_multiplier": 2.0},
+    "update noise 1": {"update_noise": 1.0},
+    "update noise 3": {"update_noise": 3.0},
 }
 NODE_SIZES = (5, 25)  # SecAgg+ node sizes, measured on the default setting's captured updates
 

@@ -117,6 +117,9 @@ class TrainConfig:
     dp_clip_norm: float | None = _opt(None, "DP on: clip each client's update to this L2 norm; clients are Poisson-sampled and count equally", rule=above(0))
     dp_noise_multiplier: float = _opt(0.0, "DP: Gaussian noise std on the sum of clipped updates, in units of dp_clip_norm", rule=at_least(0))
     dp_delta: float = _opt(1e-5, "DP: the delta at which epsilon is reported", rule=Between(0.0, 1.0, True, True))
+    update_noise: float = _opt(0.0, "each client adds Gaussian noise to every row of its item-table change before "
+                                    "sending it, std this x the RMS of its change over the rows it moved, to blur "
+                                    "which items it read (docs/SECURITY.md); 0: none", rule=at_least(0))
     num_negatives: int = _opt(4, "training negatives: per target, or per local step with negatives=shared", rule=at_least(1))
     negatives: str = _opt("per-target", "per-target (num_negatives drawn for each target) or shared (num_negatives "
                                         "distinct items drawn once per local step for all its targets, scored as one "
@@ -206,6 +209,10 @@ class TrainConfig:
             require_extra(tracker, f"tracker={tracker}", tracker)
 
     def _check_privacy(self) -> None:
+        if self.update_noise and (self.centralized or self.dp_clip_norm is not None):
+            raise InputError("update_noise is noise on each client's update, scaled to the update itself: "
+                             + ("--centralized has no client updates" if self.centralized else
+                                "DP's sensitivity bound does not hold for it; use dp_clip_norm or update_noise"))
         if self.dp_clip_norm is None:
             if self.dp_noise_multiplier:
                 raise InputError("dp_noise_multiplier needs dp_clip_norm: noise is calibrated to the clipping norm")
@@ -263,7 +270,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                "server_epsilon", "server_momentum"),
     "engine": ("engine", "centralized", "chunk_clients", "chunk_windows", "flower_supernodes", "flower_round_timeout",
                "flower_secure_aggregation", "flower_secagg_clipping_range"),
-    "privacy": ("dp_clip_norm", "dp_noise_multiplier", "dp_delta"),
+    "privacy": ("dp_clip_norm", "dp_noise_multiplier", "dp_delta", "update_noise"),
     "feddmmr": ("modality", "stage", "memory_long_capacity", "memory_novelty", "router", "load_balance_weight",
                 "alignment_weight", "contrastive_weight", "content_history", "modality_objective"),
     "attack": ("attack", "attack_fraction", "attack_targets"),

@@ -102,7 +102,8 @@ class Run:
         c = self.config
         return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
                              auxiliary=auxiliary_weights(c), frozen=self.frozen, optimizer=c.local_optimizer,
-                             clip_norm=c.dp_clip_norm, gbce_beta=positive_weight(c, self.split.num_items))
+                             clip_norm=c.dp_clip_norm, gbce_beta=positive_weight(c, self.split.num_items),
+                             update_noise=c.update_noise)
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""

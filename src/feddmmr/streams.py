@@ -17,6 +17,7 @@ DP_SAMPLING = 6  # Poisson sampling of the clients under DP (federated/privacy.p
 EVAL_CANDIDATES = 7  # the fixed validation and test negatives (data/negatives.py)
 SECAGG_ROUNDING = 8  # a node's stochastic rounding in secure aggregation (engines/flower/secure_aggregation.py)
 CENTRALIZED_NEGATIVES = 10  # the shared negatives of each centralised batch (centralized.py)
+UPDATE_NOISE = 11  # a client's noise on its item-table change (federated/privacy.py, noise_item_rows)
 ATTACK = 9  # the attack's targets and fake users (round 0), and which fake users each round samples (federated/attacks.py)
 
 

@@ -449,9 +449,10 @@ def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes
 
 
 @pytest.mark.parametrize("negatives", [dict(negatives="shared", num_negatives=16), dict(loss="ce-full"),
-                                       dict(loss="gbce", gbce_t=0.5)])
+                                       dict(loss="gbce", gbce_t=0.5), dict(update_noise=1.0)])
 def test_nodes_train_with_the_runs_negatives(tiny_data, tmp_path, negatives):
-    """Shared negatives and ce-full: the nodes draw and score the same negatives as the local engine."""
+    """Shared negatives and ce-full: the nodes draw and score the same negatives as the local engine
+    (and weigh gbce's positive, and draw each user's update noise, as it does)."""
     options = dict(num_rounds=1, server_optimizer="fedavg", **negatives)
     local = train(config(tiny_data, tmp_path / "local", **options))
     flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **options))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from feddmmr.config import TrainConfig
-from feddmmr.federated.privacy import DPFedAvg, clip_updates, poisson_sample, privacy_spent
+from feddmmr.federated.privacy import DPFedAvg, clip_updates, noise_item_rows, poisson_sample, privacy_spent
 
 
 def test_each_clients_update_is_clipped_over_all_its_tensors_and_weighs_one():
@@ -65,12 +65,39 @@ def test_privacy_spent_grows_with_rounds_and_shrinks_with_noise():
     assert privacy_spent(1.0, 0.05, 50, 1e-5) < fifty
 
 
+def test_update_noise_covers_every_item_row_at_the_clients_own_scale():
+    """Two clients: one moved rows 1 and 2 by 3 per coordinate (RMS 3), the other row 3 by 1.
+    Every row but padding gets noise of std scale x RMS, drawn from the client's own stream."""
+    table = "item_embedding.weight"
+    start = {table: torch.zeros(2001, 8), "bias": torch.zeros(2)}
+    moved = torch.zeros(2, 2001, 8)
+    moved[0, 1:3] = 3.0
+    moved[1, 3] = 1.0
+    params = {table: moved, "bias": torch.ones(2, 2)}
+    noisy = noise_item_rows(params, start, [7, 9], seed=0, round_number=4, scale=0.5)
+    noise = noisy[table] - moved
+    assert torch.equal(noise[:, 0], torch.zeros(2, 8))  # padding
+    assert (noise[:, 1:] != 0).all()  # every other row moved
+    assert float(noise[0, 1:].std()) == pytest.approx(0.5 * 3.0, rel=0.03)
+    assert float(noise[1, 1:].std()) == pytest.approx(0.5 * 1.0, rel=0.03)
+    assert torch.equal(noisy["bias"], params["bias"])  # only the item table
+    again = noise_item_rows({table: moved[1:], "bias": params["bias"][1:]}, start, [9], seed=0, round_number=4,
+                            scale=0.5)
+    assert torch.equal(again[table][0], noisy[table][1])  # the client's stream, whatever else is in its chunk
+    other_round = noise_item_rows(params, start, [7, 9], seed=0, round_number=5, scale=0.5)
+    assert not torch.equal(other_round[table], noisy[table])
+    assert noise_item_rows(params, start, [7, 9], seed=0, round_number=4, scale=0.0) is params
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(dp_noise_multiplier=1.0), "dp_noise_multiplier needs dp_clip_norm"),
     (dict(dp_clip_norm=0.0), "dp_clip_norm: expected a number > 0"),
     (dict(dp_clip_norm=1.0, dp_noise_multiplier=-1.0), "dp_noise_multiplier: expected a number >= 0"),
     (dict(dp_clip_norm=1.0, dp_delta=1.0), r"dp_delta: expected a number in \(0, 1\)"),
     (dict(dp_clip_norm=1.0, centralized=True), "--centralized pools the users"),
+    (dict(update_noise=1.0, dp_clip_norm=1.0), "DP's sensitivity bound does not hold for it"),
+    (dict(update_noise=1.0, centralized=True), "--centralized has no client updates"),
+    (dict(update_noise=-1.0), "update_noise: expected a number >= 0"),
 ])
 def test_bad_privacy_settings_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):

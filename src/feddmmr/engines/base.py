@@ -46,6 +46,7 @@ class LocalTraining:
     # DP: each client's update is clipped to this L2 norm and weighs 1 (federated/privacy.py)
     clip_norm: float | None = None
     gbce_beta: float = 1.0  # loss=gbce: the positive's weight (model/losses.py, gbce_beta)
+    update_noise: float = 0.0  # noise on each client's item-table change before it leaves (federated/privacy.py)
 
 
 @dataclass(frozen=True)

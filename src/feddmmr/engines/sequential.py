@@ -13,7 +13,7 @@ import torch
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult, guarded_step
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
-from feddmmr.federated.privacy import clip_updates
+from feddmmr.federated.privacy import clip_updates, noise_item_rows
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class SequentialEngine:
                 memory.scatter([client.user], slots)
             params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters() if n not in local.frozen}
             weights = torch.tensor([float(client.num_targets)], device=device)
+            params = noise_item_rows(params, global_params, [client.user], context.seed, context.round,
+                                     local.update_noise)
             kept = bool(aggregate(*clip_updates(params, global_params, weights, local.clip_norm))[0])
             reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped,
                                         dropped=not kept))

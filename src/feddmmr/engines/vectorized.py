@@ -28,7 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult
 from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
-from feddmmr.federated.privacy import clip_updates
+from feddmmr.federated.privacy import clip_updates, noise_item_rows
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
 from feddmmr.model.sasrec import ITEM_TABLE
 
@@ -162,6 +162,7 @@ class VectorizedEngine:
                 memory.scatter(batch.users, slots)
             if compact:
                 params[ITEM_TABLE] = expand_rows(global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE])
+            params = noise_item_rows(params, trained, batch.users, context.seed, context.round, local.update_noise)
             kept = aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm)).tolist()
             loss_sum, steps_trained, skipped = loss_sum.tolist(), steps_trained.tolist(), skipped.tolist()
             for i, user in enumerate(batch.users):

@@ -22,6 +22,7 @@ import torch
 
 from feddmmr import streams
 from feddmmr.federated.aggregation import FedAvg
+from feddmmr.model.sasrec import ITEM_TABLE
 
 
 def clip_updates(params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor], weights: torch.Tensor,
@@ -37,6 +38,29 @@ def clip_updates(params: dict[str, torch.Tensor], global_params: dict[str, torch
     clipped = {n: global_params[n].unsqueeze(0) + d * factors.to(d.dtype).view((-1,) + (1,) * (d.dim() - 1))
                for n, d in deltas.items()}
     return clipped, torch.ones_like(weights)
+
+
+def noise_item_rows(params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor], users: list[int],
+                    seed: int, round_number: int, scale: float) -> dict[str, torch.Tensor]:
+    """Clients' weights [clients, ...] with Gaussian noise on every row of their item-table change
+    (`--update-noise`, a defence against a server that reads a user's items off which rows moved,
+    docs/SECURITY.md): per coordinate, std `scale` x the root mean square of the client's change over
+    the rows it moved. Row 0 (padding) stays; each client's noise is its own stream, so every
+    engine draws the same. Unchanged when scale is 0 or the item table is not trained."""
+    name = next((n for n in params if n.endswith(ITEM_TABLE)), None)
+    if not scale or name is None:
+        return params
+    change = params[name] - global_params[name].unsqueeze(0)  # [clients, rows, d]
+    moved = (change != 0).any(-1).sum(-1).clamp_min(1)  # rows each client moved
+    rms = torch.sqrt(change.double().pow(2).sum((1, 2)) / (moved * change.shape[-1])).to(change.dtype)
+    rows, dim = change.shape[1:]
+    noise = torch.stack([
+        torch.randn(rows - 1, dim, generator=torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, streams.UPDATE_NOISE, round_number, user]).generate_state(1)[0]))).to(change)
+        for user in users])
+    noisy = params[name].clone()
+    noisy[:, 1:] += noise * (scale * rms).view(-1, 1, 1)
+    return {**params, name: noisy}
 
 
 def poisson_sample(eligible: np.ndarray, rate: float, seed: int, round_number: int) -> np.ndarray:

@@ -33,12 +33,13 @@ def clients(num=9, epochs=2, batch_size=3, negatives="per-target", num_negatives
 
 
 def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, loss="ce", gbce_beta=0.3,
-        **engine_options):
+        update_noise=0.0, **engine_options):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
     local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, loss, Precision("off", "cpu"),
-                          optimizer=optimizer, clip_norm=clip_norm, gbce_beta=gbce_beta)  # beta: loss=gbce only
+                          optimizer=optimizer, clip_norm=clip_norm, gbce_beta=gbce_beta,  # beta: loss=gbce only
+                          update_noise=update_noise)
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
@@ -87,6 +88,20 @@ def test_vectorized_round_with_clipped_updates_equals_sequential_round():
     moved = torch.sqrt(sum((sequential[n] - start[n]).double().pow(2).sum() for n in start))
     unclipped_moved = torch.sqrt(sum((unclipped[n] - start[n]).double().pow(2).sum() for n in start))
     assert 0.0 < moved <= 0.05 + 1e-6 < unclipped_moved
+
+
+def test_vectorized_round_with_update_noise_equals_sequential_round():
+    """Each client's noise comes from its own stream: both engines send the same noisy updates."""
+    m = model()
+    batches = clients()
+    start, sequential, _ = run("sequential", m, batches, 0.0, update_noise=1.0)
+    _, vectorized, _ = run("vectorized", m, batches, 0.0, update_noise=1.0, chunk_clients=4, chunk_windows=12)
+    _, quiet, _ = run("sequential", m, batches, 0.0)
+    for name in start:
+        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
+    table = "item_embedding.weight"
+    assert not torch.allclose(sequential[table], quiet[table])
+    assert ((sequential[table] - start[table])[1:] != 0).all()  # every item row moved
 
 
 def test_vectorized_round_with_client_sgd_equals_sequential_round():

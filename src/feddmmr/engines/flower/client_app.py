@@ -92,7 +92,7 @@ def train_users(message: Message, context: Context) -> Message:
         local = LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision, memory=memory,
                               auxiliary=auxiliary_weights(config), frozen=frozen, optimizer=config.local_optimizer,
                               clip_norm=config.dp_clip_norm,
-                              gbce_beta=positive_weight(config, len(request.item_ids)))
+                              gbce_beta=positive_weight(config, len(request.item_ids)), update_noise=config.update_noise)
         result = engine.train(RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add)
         precision.settle(result.loss_scales)  # kept in the node's Context for its next round
     if memory is not None:
