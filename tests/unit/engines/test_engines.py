@@ -76,14 +76,20 @@ def test_vectorized_round_with_shared_negatives_equals_sequential_round(negative
         assert moved[1:].all() and not moved[0]
 
 
+def sequential_equals_vectorized(m, batches, **options) -> tuple[dict, dict]:
+    """(the start, the sequential engine's FedAvg) of a round both engines ran alike (chunked small)."""
+    start, sequential, _ = run("sequential", m, batches, **options)
+    _, vectorized, _ = run("vectorized", m, batches, chunk_clients=4, chunk_windows=12, **options)
+    for name in start:
+        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
+    return start, sequential
+
+
 def test_vectorized_round_with_clipped_updates_equals_sequential_round():
     m = model()
     batches = clients()
-    start, sequential, _ = run("sequential", m, batches, 0.0, clip_norm=0.05)
-    _, vectorized, _ = run("vectorized", m, batches, 0.0, clip_norm=0.05, chunk_clients=4, chunk_windows=12)
+    start, sequential = sequential_equals_vectorized(m, batches, weight_decay=0.0, clip_norm=0.05)
     _, unclipped, _ = run("sequential", m, batches, 0.0)
-    for name in start:
-        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5)
     # An unweighted mean of updates of norm <= 0.05 moves the model by at most 0.05.
     moved = torch.sqrt(sum((sequential[n] - start[n]).double().pow(2).sum() for n in start))
     unclipped_moved = torch.sqrt(sum((unclipped[n] - start[n]).double().pow(2).sum() for n in start))
@@ -94,23 +100,16 @@ def test_vectorized_round_with_update_noise_equals_sequential_round():
     """Each client's noise comes from its own stream: both engines send the same noisy updates."""
     m = model()
     batches = clients()
-    start, sequential, _ = run("sequential", m, batches, 0.0, update_noise=1.0)
-    _, vectorized, _ = run("vectorized", m, batches, 0.0, update_noise=1.0, chunk_clients=4, chunk_windows=12)
+    start, sequential = sequential_equals_vectorized(m, batches, weight_decay=0.0, update_noise=1.0)
     _, quiet, _ = run("sequential", m, batches, 0.0)
-    for name in start:
-        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
     table = "item_embedding.weight"
     assert not torch.allclose(sequential[table], quiet[table])
     assert ((sequential[table] - start[table])[1:] != 0).all()  # every item row moved
 
 
 def test_vectorized_round_with_client_sgd_equals_sequential_round():
-    m = model()
-    batches = clients()
-    start, sequential, _ = run("sequential", m, batches, 0.0, "sgd")
-    _, vectorized, _ = run("vectorized", m, batches, 0.0, "sgd", chunk_clients=4, chunk_windows=12)
-    for name in start:
-        torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5)
+    start, sequential = sequential_equals_vectorized(model(), clients(), weight_decay=0.0, optimizer="sgd")
+    assert not torch.allclose(sequential["item_embedding.weight"], start["item_embedding.weight"])
 
 
 @pytest.mark.parametrize("batched, reference_class, fused", [
