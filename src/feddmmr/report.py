@@ -83,7 +83,10 @@ def load_run(run_dir: str | Path) -> RunRecords:
     return RunRecords(run_dir, records, read_final(run_dir))
 
 
-FINAL_COLUMNS = ("best round", "val HR@10", "test HR@10", "test NDCG@10", "rounds", "stopped early", "train s/round")
+# The test under both protocols: 1:N sampled candidates and full ranking (final.json's `test` is the
+# run's own, `test_full` / `test_sampled` the other; "-" for a run written before it had both).
+FINAL_COLUMNS = ("best round", "val HR@10", "test 1:N HR@10", "NDCG@10", "test full HR@10", "NDCG@10", "rounds",
+                 "stopped early", "train s/round")
 
 
 def final_table(runs: list[RunRecords]) -> str:
@@ -93,12 +96,15 @@ def final_table(runs: list[RunRecords]) -> str:
         f, seconds = run.final, [r["train_seconds"] for r in run.records]
         per_round = f"{sum(seconds) / len(seconds):.2f}"
         if f is None:
-            rows.append((run.name, str(run.best_round or "-"), "-", "(not finished)", "-", str(len(run.records)), "-",
-                         per_round))
+            rows.append((run.name, str(run.best_round or "-"), "-", "(not finished)", "-", "-", "-",
+                         str(len(run.records)), "-", per_round))
         else:
-            rows.append((run.name, str(f["best_round"]), f"{f['valid']['HR@10']:.4f}", f"{f['test']['HR@10']:.4f}",
-                         f"{f['test']['NDCG@10']:.4f}", str(f["rounds_run"]), "yes" if f["stopped_early"] else "no",
-                         per_round))
+            full_run = f.get("eval") == "full"
+            tests = [f.get("test_sampled") if full_run else f["test"], f["test"] if full_run else f.get("test_full")]
+            figures = [cell for test in tests for cell in (["-", "-"] if test is None else
+                                                           [f"{test['HR@10']:.4f}", f"{test['NDCG@10']:.4f}"])]
+            rows.append((run.name, str(f["best_round"]), f"{f['valid']['HR@10']:.4f}", *figures, str(f["rounds_run"]),
+                         "yes" if f["stopped_early"] else "no", per_round))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 

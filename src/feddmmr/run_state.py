@@ -122,13 +122,18 @@ class Run:
                            memory=self.memory_slots())
         return metrics, self.diagnostics()
 
-    def test(self, best_round: int) -> dict[str, float]:
-        """Test metrics of the model as it is now (the best round's, with that round's memories)."""
+    def test(self, best_round: int, mode: str | None = None) -> dict[str, float] | None:
+        """Test metrics of the model as it is now (the best round's, with that round's memories),
+        ranked as `mode` says (default: the run's own `eval`). None where the nodes hold the
+        memories and `mode` is not the run's own: they rank only as the run does."""
+        mode = mode or self.config.eval
         if self.nodes is not None:
+            if mode != self.config.eval:
+                return None
             ranks, _ = self.nodes.evaluate_on_nodes(self.params(), "test", self.test_set, self.state.round, best_round,
                                                     [best_round])
             return metrics_from_ranks(ranks)
-        return evaluate(self.model, self.test_set, self.config.eval, precision=self.precision, memory=self.memory_slots())
+        return evaluate(self.model, self.test_set, mode, precision=self.precision, memory=self.memory_slots())
 
     def diagnostics(self) -> dict:
         """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""

@@ -53,8 +53,8 @@ def round_metrics(record: dict) -> dict[str, float]:
 
 
 def final_metrics(final: dict) -> dict[str, float]:
-    return {metric_name(f"{split}/{name}"): float(value) for split in ("valid", "test")
-            for name, value in final[split].items()}
+    return {metric_name(f"{split}/{name}"): float(value) for split in ("valid", "test", "test_full", "test_sampled")
+            if split in final for name, value in final[split].items()}
 
 
 class TensorBoardTracker:

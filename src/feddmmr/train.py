@@ -226,7 +226,9 @@ def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: li
 
 
 def final_evaluation(run: Run) -> dict:
-    """Test once, on the best validated model."""
+    """Test once, on the best validated model, ranked both ways: `test` by the run's own protocol
+    (`eval`), and `test_full` (every unread item) or `test_sampled` (1:N candidates) by the other,
+    so that a run compares with papers of either kind."""
     best = load_checkpoint(run.checkpoints / "best.pt", required=("model", "round", "val"))
     run.model.load_state_dict({k: v.to(run.device) for k, v in best["model"].items()})
     load_memory(run, best)  # the memories of the best round
@@ -239,8 +241,17 @@ def final_evaluation(run: Run) -> dict:
         "stopped_early": run.state.stopped_early,
         "train_seconds": sum(r["train_seconds"] for r in run.state.history),
     }
+    other = "full" if run.config.eval == "sampled" else "sampled"
+    if (other_test := run.test(best["round"], other)) is not None:
+        final[f"test_{other}"] = other_test
+    else:
+        log.info("test ranked %s only: FedDMMR's nodes rank with the run's own protocol", run.config.eval)
     write_json(run.run_dir / "final.json", final)
     valid, test = final["valid"], final["test"]
     log.info("best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
              final["best_round"], valid["HR@10"], valid["NDCG@10"], test["HR@10"], test["NDCG@10"], run.run_dir)
+    if other_test is not None:
+        log.info("test ranked %s: HR@10 %.4f NDCG@10 %.4f", "against every unread item" if other == "full"
+                 else f"against {run.config.num_negatives_eval} sampled negatives", other_test["HR@10"],
+                 other_test["NDCG@10"])
     return final

@@ -31,6 +31,7 @@ def test_train_and_evaluate_from_the_command_line(tiny_data, tmp_path):
     assert ranked["eval"] == "full" and ranked["best_round"] == final["best_round"]
     # Every item outranks the held-out item at least as often as 100 sampled ones do.
     assert ranked["test"]["MRR"] <= final["test"]["MRR"] and ranked["test"] != final["test"]
+    assert ranked["test"] == final["test_full"]  # the run tested under both protocols at its end
     wrong = runner.invoke(app, ["evaluate", str(run_dir), "--eval", "all"])
     assert wrong.exit_code == 2 and "unknown eval mode 'all'; expected one of ('sampled', 'full')" in wrong.output
 
@@ -171,6 +172,7 @@ def test_report_compares_runs_with_a_table_and_marked_plots(tiny_data, tmp_path)
         cells = line.split()
         assert cells[0] == name and int(cells[1]) == finals[name]["best_round"]
         assert float(cells[3]) == round(finals[name]["test"]["HR@10"], 4)
+        assert float(cells[5]) == round(finals[name]["test_full"]["HR@10"], 4)  # the test under full ranking
     image = matplotlib.image.imread(tmp_path / "compared" / "comparison.png")
     assert image.shape[0] > 500 and image.shape[1] > 800
 

@@ -169,6 +169,9 @@ def test_centralized_shared_negatives_are_drawn_per_batch_and_repeat_with_the_se
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
+    # the second test, against the sampled candidates: the held-out item outranks more of them
+    assert result.final["test_sampled"]["MRR"] >= result.final["test"]["MRR"]
+    assert "test_full" not in result.final
 
 
 @pytest.mark.parametrize("loss", ["ce", "ce-full", "gbce"])
