@@ -206,10 +206,10 @@ def measure_one(args, engine: str, clients: int) -> dict:
     marks: dict = {"round_starts": [], "node_seconds": {}}
     original_round = train_module.run_round
 
-    def timed_round(run_, engine_, round_number, progress_factory=None):
+    def timed_round(run_, engine_, round_number, *rest):
         marks["round_starts"].append(time.perf_counter())
         marks["round"] = round_number
-        return original_round(run_, engine_, round_number, progress_factory)
+        return original_round(run_, engine_, round_number, *rest)
 
     train_module.run_round = timed_round
     if engine != "local":

@@ -41,8 +41,8 @@ def main(argv=None) -> None:
     original = training.run_round
     for amp in args.amp:
 
-        def run_round(run, engine, round_number, progress_factory=None):
-            record = original(run, engine, round_number, progress_factory)
+        def run_round(run, engine, round_number, *rest):
+            record = original(run, engine, round_number, *rest)
             finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
             print(f"  {amp} round {round_number}: loss {record['train_loss']:.4f} | skipped steps "
                   f"{record['skipped_steps']} | dropped clients {record['dropped_clients']} | loss scale "
