@@ -74,7 +74,7 @@ def test_a_registered_aggregator_runs_from_the_config(registered, tmp_path):
 def test_unknown_or_conflicting_names_are_refused_with_the_known_ones():
     with pytest.raises(ValueError, match=r"engine: expected one of vectorized, sequential, flower, got 'idle'"):
         TrainConfig(engine="idle")
-    with pytest.raises(ValueError, match=r"aggregator: expected one of fedavg, .*krum, got 'geometric-median'"):
+    with pytest.raises(ValueError, match=r"aggregator: expected one of fedavg, .*krum, row-bound, got 'geometric-median'"):
         TrainConfig(aggregator="geometric-median")
     with pytest.raises(ValueError, match=r"dp_clip_norm aggregates with DP-FedAvg"):
         register_aggregator("uniform", lambda params, fraction: UniformMean(params))
