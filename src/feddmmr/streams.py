@@ -21,7 +21,12 @@ UPDATE_NOISE = 11  # a client's noise on its item-table change (federated/privac
 ATTACK = 9  # the attack's targets and fake users (round 0), and which fake users each round samples (federated/attacks.py)
 
 
+def torch_seed(*keys: int) -> int:
+    """A torch seed for the stream named by `keys` (seed, ID, then round, user ... as above)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def round_seed(seed: int, round_number: int) -> int:
     """torch's seed for a round (dropout), so that a resumed run repeats it."""
-    return int(np.random.SeedSequence([seed, ROUND_TORCH, round_number]).generate_state(1)[0])
+    return torch_seed(seed, ROUND_TORCH, round_number)
 

@@ -30,7 +30,7 @@ from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
 from feddmmr.federated.privacy import clip_updates, noise_item_rows
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
-from feddmmr.model.sasrec import ITEM_TABLE
+from feddmmr.model.sasrec import ITEM_TABLE, item_table_name
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class VectorizedEngine:
         device = next(self.model.parameters()).device
         catalogue = None
         if local.loss == "ce-full":
-            catalogue = every_item(next(p for n, p in global_params.items() if n.endswith(ITEM_TABLE)))
+            catalogue = every_item(global_params[item_table_name(global_params)])
         gradient_fn = self._gradient_fn(local, 0 if clients and clients[0].shared is not None else None)
         reports = []
         memory = local.memory

@@ -22,7 +22,7 @@ import torch
 
 from feddmmr import streams
 from feddmmr.federated.aggregation import FedAvg
-from feddmmr.model.sasrec import ITEM_TABLE
+from feddmmr.model.sasrec import item_table_name
 
 
 def clip_updates(params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor], weights: torch.Tensor,
@@ -47,7 +47,7 @@ def noise_item_rows(params: dict[str, torch.Tensor], global_params: dict[str, to
     docs/SECURITY.md): per coordinate, std `scale` x the root mean square of the client's change over
     the rows it moved. Row 0 (padding) stays; each client's noise is its own stream, so every
     engine draws the same. Unchanged when scale is 0 or the item table is not trained."""
-    name = next((n for n in params if n.endswith(ITEM_TABLE)), None)
+    name = item_table_name(params)
     if not scale or name is None:
         return params
     change = params[name] - global_params[name].unsqueeze(0)  # [clients, rows, d]
@@ -56,7 +56,7 @@ def noise_item_rows(params: dict[str, torch.Tensor], global_params: dict[str, to
     rows, dim = change.shape[1:]
     noise = torch.stack([
         torch.randn(rows - 1, dim, generator=torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, streams.UPDATE_NOISE, round_number, user]).generate_state(1)[0]))).to(change)
+            streams.torch_seed(seed, streams.UPDATE_NOISE, round_number, user))).to(change)
         for user in users])
     noisy = params[name].clone()
     noisy[:, 1:] += noise * (scale * rms).view(-1, 1, 1)

@@ -27,7 +27,7 @@ import math
 import torch
 
 from feddmmr.federated.aggregation import register_aggregator
-from feddmmr.model.sasrec import ITEM_TABLE
+from feddmmr.model.sasrec import ITEM_TABLE, item_table_name
 
 
 class RobustRule:
@@ -81,19 +81,18 @@ class NormBound(RobustRule):
 class RowBound(RobustRule):
     def combine(self, changes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         names = list(self.global_params)
-        table = next((name for name in names if name.endswith(ITEM_TABLE)), None)  # FedDMMR: sasrec.<table>
-        if table is None:
+        name = item_table_name(names)
+        if name is None:
             raise ValueError(f"aggregator=row-bound bounds the rows of the item table ({ITEM_TABLE}), which this "
                              f"round does not train")
-        start = sum(self.global_params[name].numel() for name in names[:names.index(table)])
-        rows, dim = self.global_params[table].shape
-        table = changes[:, start:start + rows * dim].reshape(len(changes), rows, dim)
+        start = sum(self.global_params[n].numel() for n in names[:names.index(name)])
+        rows, dim = self.global_params[name].shape
+        table = changes[:, start:start + rows * dim].view(len(changes), rows, dim)
         row_norms = table.norm(dim=2)  # [clients, rows]
         bound = row_norms.max(dim=1).values.median()
         scale = torch.clamp(bound / row_norms.clamp_min(1e-12), max=1.0)
-        bounded = changes.clone()
-        bounded[:, start:start + rows * dim] = (table * scale[:, :, None]).reshape(len(changes), -1)
-        return weighted_mean(bounded, weights)
+        table.mul_(scale[:, :, None])  # a view into `changes`, the round's own copy: no second copy of it
+        return weighted_mean(changes, weights)
 
 
 class Median(RobustRule):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from feddmmr.model.sasrec import ITEM_TABLE
+
 STAGES = (1, 2, 3)
 
 
@@ -28,5 +30,5 @@ def frozen_parameters(model: torch.nn.Module, stage: int | None) -> frozenset[st
     if stage == 2:
         return frozenset(n for n in names if is_backbone(model, n))
     if stage == 3:
-        return frozenset(n for n in names if n.endswith("item_embedding.weight"))
+        return frozenset(n for n in names if n.endswith(ITEM_TABLE))
     return frozenset()

@@ -17,9 +17,14 @@ from torch import nn
 from feddmmr.model.losses import MASKED_SCORE
 
 
-# Shifts that cut a 64-bit random word into its eight bytes.
 ITEM_TABLE = "item_embedding.weight"  # the item embedding table's parameter name (input and output)
+# Shifts that cut a 64-bit random word into its eight bytes.
 BYTE_SHIFTS = tuple(range(0, 64, 8))
+
+
+def item_table_name(names) -> str | None:
+    """Which of the parameter `names` is the item table (FedDMMR's is `sasrec.item_embedding.weight`)."""
+    return next((name for name in names if name.endswith(ITEM_TABLE)), None)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
