@@ -1,7 +1,7 @@
 """Item promotion by fake clients against each aggregation rule: ER@10 of the targets, and the
 genuine users' test HR@10 and NDCG@10, with and without an attack.
 
-    python benchmarks/attacks.py                          # ML-1M top-1000, 30 runs of 20 rounds (~40 min on 2 cores)
+    python benchmarks/attacks.py                          # ML-1M top-1000, 36 runs of 20 rounds (~50 min on 2 cores)
     python benchmarks/attacks.py --aggregators fedavg krum --attacks none model-poisoning:0.01
     python benchmarks/attacks.py --quick                  # tiny synthetic runs (smoke test)
     python benchmarks/attacks.py --write-docs             # also put the table into docs/RESULTS.md
@@ -31,7 +31,8 @@ from feddmmr.federated.attacks import Attack, exposure_rate  # noqa: E402
 from feddmmr.train import train  # noqa: E402
 
 AGGREGATORS = ("fedavg", "norm-bound", "median", "trimmed-mean", "krum", "row-bound")
-ATTACKS = ("none", "data-poisoning:0.01", "model-poisoning:0.01", "data-poisoning:0.05", "model-poisoning:0.05")
+ATTACKS = ("none", "data-poisoning:0.01", "model-poisoning:0.01", "boosted-model-poisoning:0.01", "data-poisoning:0.05",
+           "model-poisoning:0.05")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -140,7 +140,8 @@ class TrainConfig:
     flower_secagg_clipping_range: float = _opt(1.0, "flower engine, secure aggregation: updates are quantized in [-range, range]; a node whose update leaves it fails the round", rule=above(0))
     # attack simulation (docs/SECURITY.md)
     attack: str | None = _opt(None, "add fake clients that promote target items: data-poisoning (made-up sequences) or "
-                                    "model-poisoning (crafted updates)", rule=OneOf(("data-poisoning", "model-poisoning")))
+                                    "model-poisoning (crafted updates of a genuine norm) or boosted-model-poisoning (scaled so the mean "
+                                    "carries them whole)", rule=OneOf(("data-poisoning", "model-poisoning", "boosted-model-poisoning")))
     attack_fraction: float = _opt(0.01, "fake clients, as a share of the genuine users (at least one)",
                                   rule=Between(0.0, 0.5, low_open=True))
     attack_targets: int = _opt(5, "target items, chosen by the seed among the coldest fifth", rule=at_least(1))

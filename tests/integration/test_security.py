@@ -116,6 +116,24 @@ def test_model_poisoning_clients_send_crafted_updates_to_the_target_rows_only(ti
     assert float(weights[0]) == float(torch.cat([w for _, w in genuine]).median())
 
 
+def test_boosted_model_poisoning_puts_the_whole_crafted_change_into_the_mean(tiny_data, tmp_path, recording):
+    """Explicit boosting: the fakes' share of the weighted mean is the crafted change of a genuine
+    norm, whole, in the direction of the unboosted attack."""
+    run, global_params, _ = round_with(tiny_data, tmp_path, "boosted-model-poisoning")
+    *genuine, (crafted, weights) = recording.received
+    Recording.received = []
+    round_with(tiny_data, tmp_path / "plain", "model-poisoning")
+    unboosted = Recording.received[-1][0][ITEM_TABLE][0] - global_params[ITEM_TABLE]
+    change = crafted[ITEM_TABLE] - global_params[ITEM_TABLE]
+    total_weight = float(weights.sum() + sum(w.sum() for _, w in genuine))
+    in_the_mean = (weights[:, None, None] * change).sum(0) / total_weight
+    assert torch.allclose(in_the_mean, unboosted, rtol=1e-4, atol=1e-7)
+    genuine_norms = torch.cat([sum((p[n] - global_params[n]).reshape(len(w), -1).pow(2).sum(1) for n in global_params).sqrt()
+                               for p, w in genuine])
+    assert float(in_the_mean.norm()) == pytest.approx(float(genuine_norms.median()), rel=1e-4)
+    assert float(change[0].norm()) > 5 * float(genuine_norms.max())  # what a norm check sees
+
+
 class RanksSevenFirstForEvenUsers(torch.nn.Module):
     """Scores item 7 highest when the user's newest input item is even, lowest otherwise (items
     1..N otherwise by id, highest id first)."""

@@ -8,7 +8,10 @@ measure what the aggregation rules withstand (`--attack NAME --attack-fraction F
   update that moves only the targets' embedding rows, towards the mean user representation of
   the current model (its output after sequences of popular items, so that every user's score of
   a target rises), scaled to the median norm of the round's genuine updates so that a norm check
-  cannot tell it apart, and claiming the median genuine weight.
+  cannot tell it apart, and claiming the median genuine weight;
+- boosted-model-poisoning: the same crafted update, scaled up by the round's total weight over the
+  fake clients' (explicit boosting, Bhagoji et al., ICML 2019), so that the weighted mean carries
+  the crafted change whole, as if every client had sent it; its norm gives it away to a norm check.
 
 The attack is planned once per run from the seed: `attack_fraction` x the genuine users fake
 users (at least one), sampled each round at the genuine clients' rate; the targets are
@@ -32,7 +35,7 @@ from feddmmr.engines.base import Engine, LocalTraining, RoundContext
 from feddmmr.federated.batches import BatchSettings, ClientBatches, client_rng, make_client_batches
 from feddmmr.model.sasrec import ITEM_TABLE
 
-ATTACKS = ("data-poisoning", "model-poisoning")
+ATTACKS = ("data-poisoning", "model-poisoning", "boosted-model-poisoning")
 POPULAR = 50  # the fake sequences' popular items: the most read
 
 
@@ -78,14 +81,14 @@ class Attack:
         learn them, the strongest case); data poisoning needs nothing of them."""
         self.round_users = self.sampled(fraction, round_number)
         self.genuine_norms, self.genuine_weights = [], []
-        return self.watch(add, global_params) if self.kind == "model-poisoning" else add
+        return add if self.kind == "data-poisoning" else self.watch(add, global_params)
 
     def finish_round(self, context: RoundContext, engine: Engine, settings: BatchSettings, local: LocalTraining,
                      add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
         """After the genuine clients, the round's fake users send their updates through `add`,
         each as one client's: data-poisoning ones train their made-up sequences on `engine` (a
-        local engine: on Flower, one in the server's process beside the SuperNodes), model-poisoning
-        ones send crafted updates. Training them after the genuine clients leaves the genuine
+        local engine: on Flower, one in the server's process beside the SuperNodes), the model-poisoning
+        kinds send crafted updates. Training them after the genuine clients leaves the genuine
         updates exactly as in a round without the attack."""
         if len(self.round_users) == 0:
             return
@@ -113,7 +116,7 @@ class Attack:
 
     @torch.no_grad()
     def send_crafted(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
-        """Model poisoning: one crafted update per fake user of the round, through `add`."""
+        """Model poisoning, boosted or not: one crafted update per fake user of the round, through `add`."""
         users = self.round_users
         if not self.genuine_norms:
             return
@@ -128,6 +131,9 @@ class Attack:
         change = torch.zeros_like(table)
         change[torch.as_tensor(self.targets, device=table.device)] = users_direction
         change *= norm / change.norm().clamp_min(1e-12)
+        if self.kind == "boosted-model-poisoning":
+            fakes_weight = weight * len(users)
+            change *= (torch.cat(self.genuine_weights).sum() + fakes_weight) / fakes_weight
         crafted = {name: p.unsqueeze(0).repeat(len(users), *([1] * p.dim())) for name, p in global_params.items()}
         crafted[ITEM_TABLE] = (table + change).unsqueeze(0).repeat(len(users), 1, 1)
         add(crafted, weight.repeat(len(users)).to(table.device))
