@@ -280,3 +280,19 @@ def test_attacks_quick_prints_a_row_per_run():
                      "model-poisoning:0.05")
     rows = [line for line in out.splitlines() if line.startswith(("fedavg ", "median "))]
     assert len(rows) == 4 and all(len(row.split()) == 5 for row in rows)
+
+
+def test_attack_reach_moves_the_targets_into_the_top_10_and_restores_the_model(tiny_data, tmp_path):
+    from feddmmr.config import TrainConfig
+    from feddmmr.train import train
+
+    run_dir = tmp_path / "run"
+    train(TrainConfig(data_dir=str(tiny_data), run_dir=str(run_dir), num_rounds=1, max_seq_len=10, hidden_dim=16,
+                      num_heads=2, num_blocks=1, num_negatives_eval=20, threads=1))
+    best_before = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    out = run_script("attack_reach.py", str(run_dir), "--targets", "3", "--deltas", "0", "100")
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [float(row[0]) for row in rows] == [0.0, 100.0] and all(len(row) == 3 for row in rows)
+    # a move of 100 a coordinate along the users' own mean puts a target above everything for most users
+    assert float(rows[1][2]) > 0.5 >= float(rows[0][2])
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == best_before  # measured in memory only
