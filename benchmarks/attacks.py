@@ -7,8 +7,8 @@ genuine users' test HR@10 and NDCG@10, with and without an attack.
     python benchmarks/attacks.py --write-docs             # also put the table into docs/RESULTS.md
 
 Every run trains `--rounds` rounds (validated every 5, the best validated round tested), with the
-default recipe and `--aggregator`; an attack is KIND:FRACTION (fake clients as a share of the
-users). ER@10 is measured on the best model over the test inputs, ranking every item the user has
+short_history recipe (the default until long histories replaced it) and `--aggregator`; an attack
+is KIND:FRACTION (fake clients as a share of the users). ER@10 is measured on the best model over the test inputs, ranking every item the user has
 not read; the same targets (chosen by the seed among the coldest fifth of items) are measured
 without an attack too.
 """
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
                                      num_rounds=rounds, validate_every=5 if not args.quick else 1, patience=0,
                                      aggregator=aggregator, attack=None if kind == "none" else kind,
                                      attack_fraction=float(fraction or 0.01), attack_targets=args.targets,
-                                     run_dir=str(run_dir), **small)
+                                     run_dir=str(run_dir), **{**common.short_history(), **small})
                 result = train(config)
                 best = load_best_model(run_dir)
                 exposure = exposure_rate(best.model, best.test_set, targets)

@@ -7,7 +7,8 @@ sampled user trained on (interaction-level membership inference, Yuan et al. WWW
 
 For each setting, the run trains `--warmup` rounds, then in the next round captures every sampled
 client's item-embedding update exactly as the server receives it (after any DP clipping; the
-DP noise is added by the server to the sum, so it never touches an individual update). The
+DP noise is added by the server to the sum, so it never touches an individual update). Every
+setting starts from the short_history preset (50 positions, 4 negatives a target). The
 attack scores each item by the L2 norm of its row's change and ranks items; the truth is the
 set of items in the user's training sequence. Reported per setting, averaged over the round's
 users: ROC AUC, precision@10, and R-precision (precision at k = the user's number of items).
@@ -38,7 +39,7 @@ from feddmmr.train import prepare_run, run_round  # noqa: E402
 
 
 SETTINGS = {  # name -> TrainConfig overrides
-    "default (4 negatives)": {},
+    "4 negatives a target": {},
     "64 negatives": {"num_negatives": 64},
     "256 shared negatives": {"negatives": "shared", "num_negatives": 256},
     "full softmax (ce-full)": {"loss": "ce-full"},
@@ -48,7 +49,7 @@ SETTINGS = {  # name -> TrainConfig overrides
     "update noise 1": {"update_noise": 1.0},
     "update noise 3": {"update_noise": 3.0},
 }
-NODE_SIZES = (5, 25)  # SecAgg+ node sizes, measured on the default setting's captured updates
+NODE_SIZES = (5, 25)  # SecAgg+ node sizes, measured on the 4-negatives setting's captured updates
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,7 +114,8 @@ def attack(row_norms: torch.Tensor, truths: list[np.ndarray]) -> dict[str, float
 def measure(name: str, overrides: dict, args, data_dir, top_users, tmp: str) -> tuple[dict, list[str]]:
     small = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20) if args.quick else {}
     config = TrainConfig(data_dir=data_dir, top_users=top_users, seed=args.seed, threads=args.threads,
-                         run_dir=str(Path(tmp) / name.replace(" ", "_").replace(",", "")), **small, **overrides)
+                         run_dir=str(Path(tmp) / name.replace(" ", "_").replace(",", "")),
+                         **{**common.short_history(), **small, **overrides})
     run = prepare_run(config)
     engine = make_engine("vectorized", run.model, chunk_clients=config.chunk_clients,
                          chunk_windows=config.chunk_windows, **run.batch_settings().engine_negatives())

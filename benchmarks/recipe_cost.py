@@ -1,6 +1,6 @@
 """Seconds per round, validation seconds and peak memory of training recipes, side by side.
 
-    python benchmarks/recipe_cost.py                                   # the default against the long_history preset
+    python benchmarks/recipe_cost.py                                   # the short_history preset against the default
     python benchmarks/recipe_cost.py --recipes default long_history -- --eval full
     python benchmarks/recipe_cost.py --data ml-1m --rounds 3
     python benchmarks/recipe_cost.py --quick                           # tiny synthetic run (smoke test)
@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
     p.add_argument("--top-users", type=int)
-    p.add_argument("--recipes", nargs="+", default=["default", "long_history"], help="default, or preset names")
+    p.add_argument("--recipes", nargs="+", default=["short_history", "default"], help="default, or preset names")
     p.add_argument("--rounds", type=int, default=4, help="rounds per child (the first is not timed)")
     p.add_argument("--repeats", type=int, default=2, help="children per recipe, in turns")
     p.add_argument("--threads", type=int, default=os.cpu_count())

@@ -61,7 +61,10 @@ class TrainConfig:
     gradients' sizes, so their mean is a large-batch update, which the server's Adam scales as a
     centralised Adam would: validation HR@10 at round 20 was 0.556 with client lr 1, 0.492 with
     0.3, against 0.394 for the best client-Adam recipe (lr 4e-3, FedAvg). A server lr of 8e-3
-    (test HR@10 0.656 over 3 seeds) beat 5e-3 (0.645) and 3e-3 (0.636) in 50 rounds."""
+    (test HR@10 0.656 over 3 seeds) beat 5e-3 (0.645) and 3e-3 (0.636) in 50 rounds. Each user's
+    last 200 items, each local step's targets against 256 shared negatives: on full ML-1M this beat
+    50 items and 4 negatives a target under full ranking on every seed (docs/RESULTS.md §3), at
+    about 1.8x the seconds a round; the older recipe ships as the short_history preset."""
 
     # data
     data_dir: str | None = _opt(None, "MovieLens folder or data file; omitted: the built-in synthetic dataset", rule=PATH)
@@ -90,7 +93,7 @@ class TrainConfig:
                                             "router, gate, content weights), the others only the ID backbone on its own "
                                             "score; holdout-backbone: holdout, and the backbone trains on the last targets "
                                             "too (the measured best with --content-history 5; docs/RESULTS.md)", rule=OneOf(MODALITY_OBJECTIVES))
-    max_seq_len: int = _opt(50, "items of history the model reads", rule=at_least(1))
+    max_seq_len: int = _opt(200, "items of history the model reads", rule=at_least(1))
     hidden_dim: int = _opt(128, "embedding and Transformer width d", rule=at_least(1))
     num_blocks: int = _opt(2, "Transformer blocks", rule=at_least(1))
     num_heads: int = _opt(4, "attention heads", rule=at_least(1))
@@ -120,8 +123,8 @@ class TrainConfig:
     update_noise: float = _opt(0.0, "each client adds Gaussian noise to every row of its item-table change before "
                                     "sending it, std this x the RMS of its change over the rows it moved, to blur "
                                     "which items it read (docs/SECURITY.md); 0: none", rule=at_least(0))
-    num_negatives: int = _opt(4, "training negatives: per target, or per local step with negatives=shared", rule=at_least(1))
-    negatives: str = _opt("per-target", "per-target (num_negatives drawn for each target) or shared (num_negatives "
+    num_negatives: int = _opt(256, "training negatives: per target, or per local step with negatives=shared", rule=at_least(1))
+    negatives: str = _opt("shared", "per-target (num_negatives drawn for each target) or shared (num_negatives "
                                         "distinct items drawn once per local step for all its targets, scored as one "
                                         "matrix product: hundreds cost little)", rule=OneOf(NEGATIVE_LAYOUTS))
     loss: str = _opt("ce", "ce (softmax over the target and its negatives), bpr, gbce (gSASRec's calibrated binary "

@@ -109,11 +109,12 @@ def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | 
 def check_data_settings(config: TrainConfig, data: SequenceData) -> None:
     """The settings that depend on the data's size."""
     num_items = data.num_items
+    smaller = "or --config short_history (4 negatives of its own for each target)"
     if config.loss == "ce-full":
         return  # every item is a negative: nothing is drawn
     if config.num_negatives >= num_items:
         raise InputError(f"--num-negatives {config.num_negatives}: the data has {num_items} items, so a target has at "
-                         f"most {num_items - 1} other items to contrast with; use fewer")
+                         f"most {num_items - 1} other items to contrast with; use fewer, {smaller}")
     if config.negatives == "shared":
         # A step's negatives are distinct items outside the user's history (a superset of what
         # training sees): the longest history bounds how many there are.
@@ -121,7 +122,7 @@ def check_data_settings(config: TrainConfig, data: SequenceData) -> None:
         if config.num_negatives > unread:
             raise InputError(f"--num-negatives {config.num_negatives} with --negatives shared: a user of the data has "
                              f"read all but {unread} of its {num_items} items, so a step has at most {unread} distinct "
-                             f"negatives; use at most {unread}")
+                             f"negatives; use at most {unread}, {smaller}")
 
 
 def default_run_dir() -> Path:

@@ -130,7 +130,8 @@ def test_the_ablations_genre_modality_is_each_movies_genre_multi_hot(tmp_path):
         ablation.write_genre_features(movies, tmp_path / "bad.npz")
 
 
-TINY_RUN = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
+TINY_RUN = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+                hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
                 client_fraction=0.5, learning_rate=0.5, num_rounds=2, validate_every=1, threads=1)
 
 
@@ -269,7 +270,7 @@ def test_fp16_on_cpu_runs_float16_autocast_and_reports_finite_weights():
 @pytest.mark.slow
 def test_privacy_leakage_quick_prints_the_table():
     out = run_script("privacy_leakage.py", "--quick")
-    for label in ("what the server sees", "default (4 negatives)", "secagg nodes of 5", "64 negatives",
+    for label in ("what the server sees", "4 negatives a target", "secagg nodes of 5", "64 negatives",
                   "DP clip 1, noise 1.0"):
         assert label in out, f"{label!r} missing from:\n{out}"
 
@@ -287,8 +288,7 @@ def test_attack_reach_moves_the_targets_into_the_top_10_and_restores_the_model(t
     from feddmmr.train import train
 
     run_dir = tmp_path / "run"
-    train(TrainConfig(data_dir=str(tiny_data), run_dir=str(run_dir), num_rounds=1, max_seq_len=10, hidden_dim=16,
-                      num_heads=2, num_blocks=1, num_negatives_eval=20, threads=1))
+    train(TrainConfig(data_dir=str(tiny_data), run_dir=str(run_dir), **{**TINY_RUN, "num_rounds": 1}))
     best_before = (run_dir / "checkpoints" / "best.pt").read_bytes()
     out = run_script("attack_reach.py", str(run_dir), "--targets", "3", "--deltas", "0", "100")
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]

@@ -7,7 +7,8 @@ from feddmmr.cli import app
 from feddmmr.config import TrainConfig, read_config_file, resolve_config
 
 runner = CliRunner()
-TINY = ["--max-seq-len", "10", "--hidden-dim", "16", "--num-heads", "2", "--num-blocks", "1",
+TINY = ["--max-seq-len", "10", "--negatives", "per-target", "--num-negatives", "4",
+        "--hidden-dim", "16", "--num-heads", "2", "--num-blocks", "1",
         "--num-negatives-eval", "20", "--client-fraction", "0.5"]
 
 

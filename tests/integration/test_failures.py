@@ -22,7 +22,8 @@ from feddmmr.train import train
 
 runner = CliRunner()
 
-TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
+TINY = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.5, learning_rate=5e-3)
 
 
@@ -189,7 +190,14 @@ def test_the_data_bounds_the_negatives(tiny_data, tmp_path):
           "--num-negatives-eval 140: user")
     fails(["train", *tiny_flags(tiny_data, tmp_path / "c"), "--negatives", "shared", "--num-negatives", "140"],
           "--num-negatives 140 with --negatives shared: a user of the data has read all but 90 of its 150 items")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    # The default (256 shared negatives) on a catalogue this small names the recipe that fits it.
+    fails(["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "d")],
+          "--num-negatives 256: the data has 150 items, so a target has at most 149 other items to contrast with; "
+          "use fewer, or --config short_history")
+    fails(["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "e"), "--num-negatives", "100"],
+          "a user of the data has read all but 90 of its 150 items, so a step has at most 90 distinct negatives; use "
+          "at most 90, or --config short_history")
+    assert not any((tmp_path / name).exists() for name in "acde")
 
 
 @pytest.mark.parametrize("extra, module, args", [

@@ -16,7 +16,8 @@ from feddmmr.best_model import evaluate_run
 from feddmmr.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "feddmmr" / "presets"
-TINY = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
+TINY = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.3, learning_rate=5e-3, dropout=0.1, threads=1)
 
 
@@ -76,8 +77,8 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(modality_objective="holdout")
     with pytest.raises(ValueError, match="modality_objective: expected one of joint, holdout, holdout-backbone, got 'held-out'"):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], modality_objective="held-out")
-    with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=50\].*got 51"):
-        TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=51)
+    with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=200\].*got 201"):
+        TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=201)
     with pytest.raises(ValueError, match="stage: expected one of 1, 2, 3, got 4"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], stage=4)
     with pytest.raises(ValueError, match="NAME=FILE"):

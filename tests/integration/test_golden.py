@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-SMALL = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=3,
+SMALL = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+             hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=3,
              validate_every=1, patience=0, threads=1, top_users=120)
 CASES = {
     "fedsasrec": dict(),
