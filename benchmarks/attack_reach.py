@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     attack = Attack.plan("model-poisoning", 0.01, args.targets, split, c.max_seq_len, c.seed)
     model = best.model.eval()
     table = dict(model.named_parameters())[ITEM_TABLE]
-    fake_inputs = torch.as_tensor(np.stack([attack.sequences[int(u)][:-1] for u in attack.fake_users]), device=table.device)
+    fake_inputs = torch.as_tensor(np.stack([attack.sequences[int(u)][:-1] for u in attack.fake_users]),
+                                  device=table.device)
     directions = {
         "attacker's estimate": model.encode(fake_inputs)[:, -1].mean(0).sign(),
         "users' own mean": model.encode(best.test_set.inputs.to(table.device))[:, -1].mean(0).sign(),

@@ -8,9 +8,9 @@ genuine users' test HR@10 and NDCG@10, with and without an attack.
 
 Every run trains `--rounds` rounds (validated every 5, the best validated round tested), with the
 short_history recipe (the default until long histories replaced it) and `--aggregator`; an attack
-is KIND:FRACTION (fake clients as a share of the users). ER@10 is measured on the best model over the test inputs, ranking every item the user has
-not read; the same targets (chosen by the seed among the coldest fifth of items) are measured
-without an attack too.
+is KIND:FRACTION (fake clients as a share of the users). ER@10 is measured on the best model over
+the test inputs, ranking every item the user has not read; the same targets (chosen by the seed
+among the coldest fifth of items) are measured without an attack too.
 """
 
 from __future__ import annotations

@@ -142,9 +142,10 @@ class TrainConfig:
     flower_secure_aggregation: bool = _opt(False, "flower engine: SecAgg+ (Flower's secaggplus), the server sees only the weighted mean of the nodes' updates (docs/PRIVACY.md)", rule=BOOL)
     flower_secagg_clipping_range: float = _opt(1.0, "flower engine, secure aggregation: updates are quantized in [-range, range]; a node whose update leaves it fails the round", rule=above(0))
     # attack simulation (docs/SECURITY.md)
-    attack: str | None = _opt(None, "add fake clients that promote target items: data-poisoning (made-up sequences) or "
-                                    "model-poisoning (crafted updates of a genuine norm) or boosted-model-poisoning (scaled so the mean "
-                                    "carries them whole)", rule=OneOf(("data-poisoning", "model-poisoning", "boosted-model-poisoning")))
+    attack: str | None = _opt(None, "add fake clients that promote target items: data-poisoning (made-up sequences), "
+                                    "model-poisoning (crafted updates of a genuine norm) or boosted-model-poisoning "
+                                    "(crafted updates scaled so that the mean carries them whole)",
+                              rule=OneOf(("data-poisoning", "model-poisoning", "boosted-model-poisoning")))
     attack_fraction: float = _opt(0.01, "fake clients, as a share of the genuine users (at least one)",
                                   rule=Between(0.0, 0.5, low_open=True))
     attack_targets: int = _opt(5, "target items, chosen by the seed among the coldest fifth", rule=at_least(1))

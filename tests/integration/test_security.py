@@ -10,7 +10,7 @@ import torch
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
 from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregator
-from feddmmr.federated.attacks import Attack, exposure_rate
+from feddmmr.federated.attacks import ATTACKS, Attack, exposure_rate
 from feddmmr.model.sasrec import ITEM_TABLE
 from feddmmr.train import prepare_run, run_round, train
 
@@ -192,3 +192,9 @@ def test_the_leakage_metric_on_a_case_with_a_known_answer():
 def test_attacks_outside_their_reach_are_refused(kind, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(attack="data-poisoning", **kind)
+
+
+def test_the_config_offers_every_attack_there_is():
+    from feddmmr.config import FIELDS
+
+    assert tuple(FIELDS["attack"].metadata["rule"].options()) == ATTACKS
