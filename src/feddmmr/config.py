@@ -39,6 +39,12 @@ def _aggregators() -> tuple[str, ...]:
     return tuple(AGGREGATORS)
 
 
+def _attacks() -> tuple[str, ...]:
+    from feddmmr.federated.attacks import ATTACKS  # the simulated attacks, where they are built
+
+    return ATTACKS
+
+
 def _engines() -> tuple[str, ...]:
     from feddmmr.engines import ENGINES  # engines registered by name
 
@@ -145,7 +151,7 @@ class TrainConfig:
     attack: str | None = _opt(None, "add fake clients that promote target items: data-poisoning (made-up sequences), "
                                     "model-poisoning (crafted updates of a genuine norm) or boosted-model-poisoning "
                                     "(crafted updates scaled so that the mean carries them whole)",
-                              rule=OneOf(("data-poisoning", "model-poisoning", "boosted-model-poisoning")))
+                              rule=OneOf(_attacks))
     attack_fraction: float = _opt(0.01, "fake clients, as a share of the genuine users (at least one)",
                                   rule=Between(0.0, 0.5, low_open=True))
     attack_targets: int = _opt(5, "target items, chosen by the seed among the coldest fifth", rule=at_least(1))

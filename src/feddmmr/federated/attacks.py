@@ -121,7 +121,8 @@ class Attack:
         if not self.genuine_norms:
             return
         norm = torch.cat(self.genuine_norms).median()
-        weight = torch.cat(self.genuine_weights).median()
+        genuine_weights = torch.cat(self.genuine_weights)
+        weight = genuine_weights.median()
         table = global_params[ITEM_TABLE]
         sequences = torch.as_tensor(np.stack([self.sequences[int(u)][:-1] for u in users]), device=table.device)
         was_training = model.training
@@ -133,7 +134,7 @@ class Attack:
         change *= norm / change.norm().clamp_min(1e-12)
         if self.kind == "boosted-model-poisoning":
             fakes_weight = weight * len(users)
-            change *= (torch.cat(self.genuine_weights).sum() + fakes_weight) / fakes_weight
+            change *= (genuine_weights.sum() + fakes_weight) / fakes_weight
         crafted = {name: p.unsqueeze(0).repeat(len(users), *([1] * p.dim())) for name, p in global_params.items()}
         crafted[ITEM_TABLE] = (table + change).unsqueeze(0).repeat(len(users), 1, 1)
         add(crafted, weight.repeat(len(users)).to(table.device))
