@@ -10,6 +10,11 @@ from feddmmr.data.types import SequenceData
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# The default recipe trains against 256 shared negatives, more than the tests' 150-item catalogue
+# leaves unread; tiny runs keep short_history's 4 negatives of their own for each target.
+TINY_NEGATIVES = dict(negatives="per-target", num_negatives=4)
+TINY_NEGATIVE_FLAGS = ["--negatives", "per-target", "--num-negatives", "4"]
+
 
 def make_sequences(rows: list[list[int]], num_items: int | None = None) -> SequenceData:
     """SequenceData from dense-id rows (user u = rows[u]); items 1..num_items."""

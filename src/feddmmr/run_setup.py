@@ -108,10 +108,10 @@ def make_server_optimizer(config: TrainConfig) -> ServerAdam | ServerMomentum | 
 
 def check_data_settings(config: TrainConfig, data: SequenceData) -> None:
     """The settings that depend on the data's size."""
-    num_items = data.num_items
-    smaller = "or --config short_history (4 negatives of its own for each target)"
     if config.loss == "ce-full":
         return  # every item is a negative: nothing is drawn
+    num_items = data.num_items
+    smaller = "or --config short_history (4 negatives of its own for each target)"
     if config.num_negatives >= num_items:
         raise InputError(f"--num-negatives {config.num_negatives}: the data has {num_items} items, so a target has at "
                          f"most {num_items - 1} other items to contrast with; use fewer, {smaller}")

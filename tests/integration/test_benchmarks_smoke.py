@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_NEGATIVES
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
@@ -130,7 +131,7 @@ def test_the_ablations_genre_modality_is_each_movies_genre_multi_hot(tmp_path):
         ablation.write_genre_features(movies, tmp_path / "bad.npz")
 
 
-TINY_RUN = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+TINY_RUN = dict(max_seq_len=10, **TINY_NEGATIVES,
                 hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
                 client_fraction=0.5, learning_rate=0.5, num_rounds=2, validate_every=1, threads=1)
 

@@ -5,9 +5,10 @@ from typer.testing import CliRunner
 
 from feddmmr.cli import app
 from feddmmr.config import TrainConfig, read_config_file, resolve_config
+from helpers import TINY_NEGATIVE_FLAGS
 
 runner = CliRunner()
-TINY = ["--max-seq-len", "10", "--negatives", "per-target", "--num-negatives", "4",
+TINY = ["--max-seq-len", "10", *TINY_NEGATIVE_FLAGS,
         "--hidden-dim", "16", "--num-heads", "2", "--num-blocks", "1",
         "--num-negatives-eval", "20", "--client-fraction", "0.5"]
 

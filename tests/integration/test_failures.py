@@ -19,10 +19,11 @@ from feddmmr.cli import app
 from feddmmr.config import BOOL, FIELDS, TrainConfig
 from feddmmr.config_rules import Between, Matches, OneOf
 from feddmmr.train import train
+from helpers import TINY_NEGATIVES
 
 runner = CliRunner()
 
-TINY = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.5, learning_rate=5e-3)
 

@@ -33,9 +33,10 @@ from feddmmr.engines.flower.client_app import make_client_app  # noqa: E402
 from feddmmr.engines.flower.run_config import from_flower_config, pyproject_block, to_flower_config  # noqa: E402
 from feddmmr.engines.flower.server_app import make_server_app, train_on_grid  # noqa: E402
 from feddmmr.train import train  # noqa: E402
+from helpers import TINY_NEGATIVES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.5, learning_rate=5e-3, dropout=0.0, local_epochs=2)
 SIMULATION_TIMEOUT = 150

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_NEGATIVES
 
-SMALL = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+SMALL = dict(max_seq_len=10, **TINY_NEGATIVES,
              hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=3,
              validate_every=1, patience=0, threads=1, top_users=120)
 CASES = {

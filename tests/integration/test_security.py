@@ -13,8 +13,9 @@ from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregat
 from feddmmr.federated.attacks import ATTACKS, Attack, exposure_rate
 from feddmmr.model.sasrec import ITEM_TABLE
 from feddmmr.train import prepare_run, run_round, train
+from helpers import TINY_NEGATIVES
 
-TINY = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.5, learning_rate=5e-3)
 

@@ -15,8 +15,9 @@ from feddmmr.config import TrainConfig, resolve_config, saved_config
 from feddmmr.errors import InputError
 from feddmmr.best_model import evaluate_run
 from feddmmr.train import train
+from helpers import TINY_NEGATIVES
 
-TINY = dict(max_seq_len=10, negatives="per-target", num_negatives=4,
+TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
             client_fraction=0.5, learning_rate=5e-3, dropout=0.1)
 
