@@ -15,6 +15,9 @@ Two summaries over the pairs:
   (one value per seed, so it holds the training's seed-to-seed noise) and how many pairs B leads.
 
     python benchmarks/paired_comparison.py --a FEDSASREC_S0 FEDSASREC_S1 --b FEDDMMR_S0 FEDDMMR_S1
+
+With `--users warm` (or `cold`), runs trained with `--cold-items` are compared on the test users
+whose test item is trained (or new) only; validation users are all warm.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", nargs="+", type=Path, required=True, help="the reference model's runs, one per seed")
     p.add_argument("--b", nargs="+", type=Path, required=True, help="the compared model's runs, in the same order")
+    p.add_argument("--users", choices=("all", "warm", "cold"), default="all",
+                   help="runs with --cold-items: only the test users whose test item is trained (warm) or new (cold)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if len(args.a) != len(args.b):
@@ -54,7 +59,13 @@ def main(argv=None) -> None:
 
     def metrics_by_user(run_dir: Path) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         best = load_best_model(run_dir)
-        return {(split, mode): user_metrics(best.ranks(eval_set, mode), 10)
+        users = {"valid": slice(None), "test": slice(None)}
+        if args.users != "all":
+            groups = best.split.user_groups()
+            if not groups:
+                sys.exit(f"{run_dir}: --users {args.users} needs runs trained with --cold-items")
+            users["test"] = groups[args.users]
+        return {(split, mode): user_metrics(best.ranks(eval_set, mode)[users[split]], 10)
                 for split, eval_set in (("valid", best.valid_set), ("test", best.test_set)) for mode in MODES}
 
     pooled: dict[tuple[str, str, str], list[np.ndarray]] = {}

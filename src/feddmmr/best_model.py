@@ -3,6 +3,7 @@ test), or with another ranking mode."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,12 @@ from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, saved_config
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import load_candidates
-from feddmmr.data.split import leave_one_out
-from feddmmr.evaluation import EvalSet, held_out_ranks, make_eval_sets, metrics_from_ranks
+from feddmmr.data.split import LeaveOneOut
+from feddmmr.evaluation import EvalSet, group_metrics, held_out_ranks, make_eval_sets, metrics_from_ranks
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.two_tier import MemoryState
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_setup import build_model, feature_paths, load_run_features, make_memories, resolve_device
+from feddmmr.run_setup import build_model, feature_paths, load_run_features, make_memories, resolve_device, run_split
 
 
 @dataclass
@@ -31,6 +32,7 @@ class BestModel:
     round: int
     model: torch.nn.Module
     item_ids: np.ndarray  # the dataset's item ids by dense id (what modality files are aligned to)
+    split: LeaveOneOut  # the run's split (its users, their sequences, its new items)
     memory_slots: tuple[torch.Tensor, torch.Tensor] | None  # (items [users, K], mask)
     valid_set: EvalSet
     test_set: EvalSet
@@ -45,6 +47,28 @@ class BestModel:
         """Metrics on `eval_set` (`mode` as for `ranks`)."""
         return metrics_from_ranks(self.ranks(eval_set, mode))
 
+    def with_new_items(self, modality: list[str]) -> BestModel:
+        """This run's model with new items appended to its catalogue (new_items.py): the items of
+        the feature files `modality` (NAME=FILE, one per modality of the run, as `feddmmr features`
+        writes them) that the run's data does not hold, in the order of the first file. Their
+        dataset ids end `item_ids`; the model needs `--item-tower content`."""
+        from feddmmr.features.store import load_features, load_modality, parse_modality_spec
+        from feddmmr.new_items import aligned_rows, with_new_items
+
+        if not modality:
+            raise ValueError("new items: give at least one feature file, as NAME=FILE")
+        ids, _ = load_features(parse_modality_spec(modality[0])[1])
+        if ids is None:
+            raise ValueError(f"{modality[0]}: new items need a file with their ids (.npz or .safetensors with 'ids')")
+        known = set(np.asarray(self.item_ids[1:]).astype(str))
+        new_ids = ids[[str(i) not in known for i in ids]]
+        if not len(new_ids):
+            raise ValueError(f"{modality[0]}: every item of the file is already in the run's catalogue: no new item")
+        extended = np.concatenate([self.item_ids, new_ids])
+        new = {feature.name: aligned_rows(new_ids, feature)
+               for feature in (load_modality(spec, extended) for spec in modality)}
+        return dataclasses.replace(self, model=with_new_items(self.model, new), item_ids=extended)
+
 
 def load_best_model(run_dir: str | Path) -> BestModel:
     run_dir = Path(run_dir)
@@ -54,12 +78,12 @@ def load_best_model(run_dir: str | Path) -> BestModel:
                          f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
     run_directory.check_data(run_dir, data, feature_paths(config))
-    split = leave_one_out(data)
+    split = run_split(config, data)
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split, config.num_negatives_eval)
     valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
     device = resolve_device(config.device)
     features = load_run_features(config, split.data.item_ids)
-    model = build_model(config, split.num_items, device, features)
+    model = build_model(config, split.num_items, device, features, split.trained_items())
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt", required=("model", "round"),
                            fix="the run's best model is lost: train the run again")
     model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
@@ -69,7 +93,7 @@ def load_best_model(run_dir: str | Path) -> BestModel:
         memory.state = MemoryState.from_dict(best["memory"])
         slots = memory.retrieve(memory.state)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    return BestModel(config, best["round"], model, split.data.item_ids, slots, valid_set, test_set, precision)
+    return BestModel(config, best["round"], model, split.data.item_ids, split, slots, valid_set, test_set, precision)
 
 
 def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
@@ -77,8 +101,12 @@ def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
     or with another ranking `mode` (sampled or full; default: the run's own)."""
     best = load_best_model(run_dir)
     mode = mode or best.config.eval
-    return {"best_round": best.round, "eval": mode, "valid": best.evaluate(best.valid_set, mode),
-            "test": best.evaluate(best.test_set, mode)}
+    ranks = best.ranks(best.test_set, mode)
+    result = {"best_round": best.round, "eval": mode, "valid": best.evaluate(best.valid_set, mode),
+              "test": metrics_from_ranks(ranks)}
+    if groups := best.split.user_groups():
+        result["test_groups"] = group_metrics(ranks, groups)  # new items: warm- and cold-target users
+    return result
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SASRec:

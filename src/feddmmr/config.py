@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from feddmmr.config_rules import Between, ConfigError, Matches, OneOf, Rule, above, at_least, checked_value
+from feddmmr.data.cold import COLD_BY
 from feddmmr.data.readers import FORMATS
 from feddmmr.errors import InputError
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 MODALITY_OBJECTIVES = ("joint", "holdout", "holdout-backbone")
+ITEM_TOWERS = ("id", "content")
 NEGATIVE_LAYOUTS = ("per-target", "shared")  # and, with loss=ce-full, every item (federated/batches.py)
 PATH = Matches(r"(?s).*\S.*", "a path")
 BOOL = OneOf((False, True))
@@ -77,6 +79,11 @@ class TrainConfig:
     format: str | None = _opt(None, "force the data format (ml-1m, ml-100k, sequences, user-item, csv, parquet)", rule=OneOf(FORMATS))
     top_users: int | None = _opt(None, "keep the N users with the most interactions (the seed: 1000)", rule=at_least(1))
     min_length: int = _opt(3, "drop users with fewer items (leave-one-out needs 3)", rule=at_least(1))
+    cold_items: float = _opt(0.0, "new items: this share of the items is held out of training, seen only as test items, "
+                                  "and test metrics are also given for users whose test item is new (cold) or trained "
+                                  "(warm); 0: off (docs/DATA.md)", rule=Between(0.0, 1.0, high_open=True))
+    cold_items_by: str = _opt("random", "which items are new: random (drawn by the seed) or time (the items first "
+                                        "interacted with last; needs timestamps)", rule=OneOf(COLD_BY))
     # model
     model: str = _opt("fedsasrec", "fedsasrec (ID-only SASRec) or feddmmr (SASRec + modality experts over a local memory)", rule=OneOf(("fedsasrec", "feddmmr")))
     modality: list[str] = field(default_factory=list, metadata={
@@ -91,6 +98,9 @@ class TrainConfig:
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss", rule=at_least(0))
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)", rule=at_least(0))
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts", rule=at_least(0))
+    item_tower: str = _opt("id", "feddmmr: id (every item's vector is its learned ID embedding: the seed's) or content "
+                                 "(an item no client trained on, such as a new one, gets a vector projected from its "
+                                 "modality features, learned beside the ID model; docs/RESULTS.md)", rule=OneOf(ITEM_TOWERS))
     content_history: int = _opt(0, "feddmmr: add to the score a learned weight times the candidate's highest feature "
                                    "cosine with the user's last N items; 0: off (not in the seed's design; docs/RESULTS.md)", rule=at_least(0))
     modality_objective: str = _opt("joint", "feddmmr: which targets train what. joint (the seed's): every target "
@@ -209,6 +219,12 @@ class TrainConfig:
             raise InputError(f"flower_secure_aggregation is for engine=flower (the SuperNodes mask their updates), "
                              f"got engine={self.engine!r}")
         if self.engine == "flower" and not self.centralized:
+            for name, value, why in (("cold_items", self.cold_items, "the SuperNodes split their own data"),
+                                     ("item_tower", self.item_tower != "id", "the SuperNodes do not receive which "
+                                                                             "items were trained")):
+                if value:
+                    raise InputError(f"{name} is not supported with engine=flower yet ({why}); use engine "
+                                     f"vectorized or sequential")
             require_extra("flwr", "engine=flower", "flower")
 
     def _check_attack(self) -> None:
@@ -255,6 +271,9 @@ class TrainConfig:
         if self.content_history > self.max_seq_len:
             raise InputError(f"content_history must be in [0, max_seq_len={self.max_seq_len}] (items matched; 0: off), "
                              f"got {self.content_history}")
+        if self.item_tower != "id" and self.model != "feddmmr":
+            raise InputError(f"item_tower={self.item_tower} builds item vectors from modality features: it needs "
+                             f"model=feddmmr")
         if self.content_history and self.model != "feddmmr":
             raise InputError("content_history matches a candidate's modality features with the user's items: it needs model=feddmmr")
         if self.modality_objective != "joint" and self.model != "feddmmr":
@@ -276,7 +295,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # The sections of a config, in the order they are checked; every field is in exactly one. Flags and
 # files stay flat (`--learning-rate`, `learning_rate:`); `TrainConfig.section(name)` reads one.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("data_dir", "format", "top_users", "min_length"),
+    "data": ("data_dir", "format", "top_users", "min_length", "cold_items", "cold_items_by"),
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
     "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
                "negatives", "loss", "gbce_t"),
@@ -286,7 +305,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                "flower_secure_aggregation", "flower_secagg_clipping_range"),
     "privacy": ("dp_clip_norm", "dp_noise_multiplier", "dp_delta", "update_noise"),
     "feddmmr": ("modality", "stage", "memory_long_capacity", "memory_novelty", "router", "load_balance_weight",
-                "alignment_weight", "contrastive_weight", "content_history", "modality_objective"),
+                "alignment_weight", "contrastive_weight", "item_tower", "content_history",
+                "modality_objective"),
     "attack": ("attack", "attack_fraction", "attack_targets"),
     "evaluation": ("eval", "num_negatives_eval", "validate_every", "patience"),
     "runtime": ("device", "amp", "seed", "run_dir", "init_from", "tracker", "threads"),

@@ -35,6 +35,14 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     return out
 
 
+def group_metrics(ranks: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, dict]:
+    """`metrics_from_ranks` of each group of users (`groups`: name -> [users] mask), with the
+    group's number of users (`users`; a group of none has only that)."""
+    ranks = np.asarray(ranks)
+    return {name: {**(metrics_from_ranks(ranks[mask]) if mask.any() else {}), "users": int(mask.sum())}
+            for name, mask in groups.items()}
+
+
 def ranks_of_first(scores: torch.Tensor) -> torch.Tensor:
     """0-based rank of column 0 among the columns of `scores` [users, n]."""
     positive = scores[:, :1]

@@ -15,7 +15,9 @@ from feddmmr.checkpoint import load_checkpoint, load_weights_into, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
-from feddmmr.data.split import leave_one_out
+from feddmmr.data.cold import choose_cold_items
+from feddmmr.data.cold import describe as describe_cold
+from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.data.types import SequenceData
 from feddmmr.errors import InputError
 from feddmmr.evaluation import make_eval_sets
@@ -25,9 +27,10 @@ from feddmmr.federated.attacks import Attack
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.federated.stages import frozen_parameters
-from feddmmr.memory.clients import ClientMemories, combined_features
+from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryConfig
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
+from feddmmr.model.item_tower import combined_features
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 from feddmmr.run_state import SELECTION_METRIC, Run, RunState, positive_weight, restore
 
@@ -49,8 +52,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(config: TrainConfig, num_items: int, device: torch.device,
-                features: dict[str, AlignedFeatures] | None = None) -> SASRec | FedDMMR:
-    """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`)."""
+                features: dict[str, AlignedFeatures] | None = None, trained: np.ndarray | None = None) -> SASRec | FedDMMR:
+    """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`); `trained`
+    [num_items + 1] bool, the items of the training sequences (`LeaveOneOut.trained_items`), is
+    what FedDMMR's content item tower gives an ID part."""
     torch.manual_seed(config.seed)
     sasrec = SASRecConfig(
         num_items=num_items, max_seq_len=config.max_seq_len, hidden_dim=config.hidden_dim,
@@ -63,11 +68,20 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
     model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned",
                                   content_history=config.content_history,
                                   holdout_content=config.modality_objective != "joint",
-                                  holdout_backbone=config.modality_objective == "holdout-backbone"),
+                                  holdout_backbone=config.modality_objective == "holdout-backbone",
+                                  item_tower=config.item_tower),
                     {n: torch.from_numpy(f.matrix) for n, f in features.items()},
-                    {n: torch.from_numpy(f.available) for n, f in features.items()})
+                    {n: torch.from_numpy(f.available) for n, f in features.items()},
+                    None if trained is None else torch.from_numpy(trained))
     model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone
     return model.to(device)
+
+
+def run_split(config: TrainConfig, data: SequenceData) -> LeaveOneOut:
+    """The run's leave-one-out split of `data`, its new items (`--cold-items`) held out of training."""
+    if not config.cold_items:
+        return leave_one_out(data)
+    return leave_one_out(data, choose_cold_items(data, config.cold_items, config.cold_items_by, config.seed))
 
 
 def load_run_features(config: TrainConfig, item_ids: np.ndarray) -> dict[str, AlignedFeatures]:
@@ -140,9 +154,10 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
     # Everything that can fail on the settings alone fails before the run directory is made.
     data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
     check_data_settings(config, data)
+    split = run_split(config, data)
     device = resolve_device(config.device)
     features = load_run_features(config, data.item_ids)
-    model = build_model(config, data.num_items, device, features)
+    model = build_model(config, data.num_items, device, features, split.trained_items())
     if config.init_from and not resume:
         checkpoint = load_checkpoint(Path(config.init_from), fix="--init-from takes a best.pt or last.pt written by "
                                      "feddmmr, or a run directory")
@@ -159,7 +174,6 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
             run_directory.check_data(run_dir, data, feature_files)
         else:
             run_directory.record_data(run_dir, data, feature_files)
-        split = leave_one_out(data)
         candidates_path = run_dir / "candidates.npz"
         if resume and candidates_path.exists():
             valid_c, test_c = load_candidates(candidates_path, split, config.num_negatives_eval)
@@ -191,6 +205,8 @@ def log_start(run: Run) -> None:
     eligible = int((s.num_train_targets > 0).sum())
     per_round = max(1, int(round(c.client_fraction * eligible)))
     log.info("data: %s: %d users, %d items, %d interactions", s.data.source, s.num_users, s.num_items, s.data.num_interactions)
+    if s.cold is not None:
+        log.info(describe_cold(s.data, s.cold, s.test_items))
     log.info("device %s | amp %s | engine %s | %s", run.device, run.precision.mode,
              "centralized" if c.centralized else c.engine,
              "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round")

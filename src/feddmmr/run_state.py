@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from feddmmr.checkpoint import load_checkpoint, write_text
@@ -17,7 +18,7 @@ from feddmmr.config import TrainConfig
 from feddmmr.errors import InputError
 from feddmmr.data.split import LeaveOneOut
 from feddmmr.engines import LocalTraining
-from feddmmr.evaluation import EvalSet, evaluate, metrics_from_ranks, router_usage
+from feddmmr.evaluation import EvalSet, evaluate, held_out_ranks, metrics_from_ranks, router_usage
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
 from feddmmr.federated.batches import BatchSettings
 from feddmmr.federated.precision import Precision
@@ -122,18 +123,19 @@ class Run:
                            memory=self.memory_slots())
         return metrics, self.diagnostics()
 
-    def test(self, best_round: int, mode: str | None = None) -> dict[str, float] | None:
-        """Test metrics of the model as it is now (the best round's, with that round's memories),
-        ranked as `mode` says (default: the run's own `eval`). None where the nodes hold the
-        memories and `mode` is not the run's own: they rank only as the run does."""
+    def test_ranks(self, best_round: int, mode: str | None = None) -> np.ndarray | None:
+        """[users] 0-based test rank of each user's held-out item under the model as it is now (the
+        best round's, with that round's memories), ranked as `mode` says (default: the run's own
+        `eval`). None where the nodes hold the memories and `mode` is not the run's own: they rank
+        only as the run does."""
         mode = mode or self.config.eval
         if self.nodes is not None:
             if mode != self.config.eval:
                 return None
             ranks, _ = self.nodes.evaluate_on_nodes(self.params(), "test", self.test_set, self.state.round, best_round,
                                                     [best_round])
-            return metrics_from_ranks(ranks)
-        return evaluate(self.model, self.test_set, mode, precision=self.precision, memory=self.memory_slots())
+            return np.asarray(ranks)
+        return held_out_ranks(self.model, self.test_set, mode, precision=self.precision, memory=self.memory_slots())
 
     def diagnostics(self) -> dict:
         """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""

@@ -18,6 +18,7 @@ EVAL_CANDIDATES = 7  # the fixed validation and test negatives (data/negatives.p
 SECAGG_ROUNDING = 8  # a node's stochastic rounding in secure aggregation (engines/flower/secure_aggregation.py)
 CENTRALIZED_NEGATIVES = 10  # the shared negatives of each centralised batch (centralized.py)
 UPDATE_NOISE = 11  # a client's noise on its item-table change (federated/privacy.py, noise_item_rows)
+COLD_ITEMS = 12  # which items a run holds out of training as new items (data/cold.py)
 ATTACK = 9  # the attack's targets and fake users (round 0), and which fake users each round samples (federated/attacks.py)
 
 

@@ -26,6 +26,7 @@ from feddmmr.callbacks import (Callback, LogEarlyStopping, LogRound, OnRound, Sa
                                WriteMetrics)
 from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
+from feddmmr.evaluation import group_metrics, metrics_from_ranks
 from feddmmr.errors import TrainingDiverged
 from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.batches import client_rng, make_client_batches
@@ -228,30 +229,46 @@ def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: li
 def final_evaluation(run: Run) -> dict:
     """Test once, on the best validated model, ranked both ways: `test` by the run's own protocol
     (`eval`), and `test_full` (every unread item) or `test_sampled` (1:N candidates) by the other,
-    so that a run compares with papers of either kind."""
+    so that a run compares with papers of either kind. With new items (`--cold-items`), each also
+    by group of users (`test_groups`, `test_full_groups` ...): `warm` (a trained test item) and
+    `cold` (a new one)."""
     best = load_checkpoint(run.checkpoints / "best.pt", required=("model", "round", "val"))
     run.model.load_state_dict({k: v.to(run.device) for k, v in best["model"].items()})
     load_memory(run, best)  # the memories of the best round
+    groups = run.split.user_groups()
+    own, other = run.config.eval, "full" if run.config.eval == "sampled" else "sampled"
     final = {
         "best_round": best["round"],
         "valid": best["val"],
-        "test": run.test(best["round"]),
-        "eval": run.config.eval,
+        "eval": own,
         "rounds_run": run.state.round,
         "stopped_early": run.state.stopped_early,
         "train_seconds": sum(r["train_seconds"] for r in run.state.history),
     }
-    other = "full" if run.config.eval == "sampled" else "sampled"
-    if (other_test := run.test(best["round"], other)) is not None:
-        final[f"test_{other}"] = other_test
-    else:
-        log.info("test ranked %s only: FedDMMR's nodes rank with the run's own protocol", run.config.eval)
+    for key, mode in (("test", own), (f"test_{other}", other)):
+        ranks = run.test_ranks(best["round"], mode)
+        if ranks is None:
+            log.info("test ranked %s only: FedDMMR's nodes rank with the run's own protocol", own)
+            continue
+        final[key] = metrics_from_ranks(ranks)
+        if groups:
+            final[f"{key}_groups"] = group_metrics(ranks, groups)
     write_json(run.run_dir / "final.json", final)
     valid, test = final["valid"], final["test"]
     log.info("best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
              final["best_round"], valid["HR@10"], valid["NDCG@10"], test["HR@10"], test["NDCG@10"], run.run_dir)
-    if other_test is not None:
+    if f"test_{other}" in final:
         log.info("test ranked %s: HR@10 %.4f NDCG@10 %.4f", "against every unread item" if other == "full"
-                 else f"against {run.config.num_negatives_eval} sampled negatives", other_test["HR@10"],
-                 other_test["NDCG@10"])
+                 else f"against {run.config.num_negatives_eval} sampled negatives", final[f"test_{other}"]["HR@10"],
+                 final[f"test_{other}"]["NDCG@10"])
+    for key in (k for k in ("test", f"test_{other}") if f"{k}_groups" in final):
+        log.info("%s by test item: %s", "test" if key == "test" else f"test ranked {other}", describe_groups(final[f"{key}_groups"]))
     return final
+
+
+def describe_groups(groups: dict[str, dict]) -> str:
+    """'new (139 users) HR@10 0.2810 NDCG@10 0.1500 | trained (861) ...' for the log."""
+    names = {"cold": "new", "warm": "trained"}
+    return " | ".join(f"{names.get(name, name)} ({g['users']} users)"
+                      + ("" if "HR@10" not in g else f" HR@10 {g['HR@10']:.4f} NDCG@10 {g['NDCG@10']:.4f}")
+                      for name, g in sorted(groups.items()))

@@ -154,5 +154,8 @@ def test_every_preset_resolves():
     measured = resolve_config(CONFIGS / "feddmmr_text.yaml")
     assert (measured.model, measured.modality, measured.content_history, measured.modality_objective,
             measured.top_users) == ("feddmmr", ["text=features/ml-1m-text.npz"], 5, "holdout-backbone", 1000)
+    cold = resolve_config(CONFIGS / "feddmmr_cold.yaml")
+    assert (cold.model, cold.item_tower, cold.content_history, cold.modality_objective, cold.max_seq_len,
+            cold.negatives, cold.num_negatives) == ("feddmmr", "content", 5, "holdout-backbone", 50, "per-target", 4)
     override = resolve_config(CONFIGS / "drift_adaptive.yaml", modality=["text=other.npz"])
     assert override.modality == ["text=other.npz"]  # the command line replaces the preset's list

@@ -60,12 +60,18 @@ def build_sequences(
     row_kept = np.repeat(keep, counts)
     item_ids, dense_items = np.unique(items[row_kept], return_inverse=True)
     kept_counts = counts[keep]
+    first_seen = None
+    if interactions.times is not None:
+        times = interactions.times[order][row_kept]
+        first_seen = np.full(len(item_ids) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first_seen, dense_items + 1, times.astype(np.int64))
     return SequenceData(
         user_ids=user_ids[keep],
         item_ids=np.concatenate([_padding_id(item_ids), item_ids]),
         offsets=np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int64),
         items=dense_items.astype(np.int64) + 1,
         source=source,
+        item_first_seen=first_seen,
     )
 
 

@@ -6,18 +6,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from feddmmr.data.cold import hold_out_cold_items
 from feddmmr.data.types import SequenceData
 
 
 @dataclass(frozen=True)
 class LeaveOneOut:
-    """Training sequences (CSR over dense ids) and the two held-out items of every user."""
+    """Training sequences (CSR over dense ids) and the two held-out items of every user; with new
+    items (`cold`, [num_items + 1] bool, data/cold.py), `data` is the data without them except as
+    test items."""
 
     data: SequenceData
     train_offsets: np.ndarray
     train_items: np.ndarray
     valid_items: np.ndarray
     test_items: np.ndarray
+    cold: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -34,13 +38,33 @@ class LeaveOneOut:
     def train_lengths(self) -> np.ndarray:
         return np.diff(self.train_offsets)
 
+    def trained_items(self) -> np.ndarray:
+        """[num_items + 1] bool: the items of some user's training sequence (what training can
+        learn an ID for); padding is not one."""
+        trained = np.zeros(self.num_items + 1, dtype=bool)
+        trained[self.train_items] = True
+        trained[0] = False
+        return trained
+
+    def user_groups(self) -> dict[str, np.ndarray]:
+        """With new items: the users whose test item is trained (`warm`) and new (`cold`), as
+        [users] masks; {} without new items."""
+        if self.cold is None:
+            return {}
+        cold_target = self.cold[self.test_items]
+        return {"warm": ~cold_target, "cold": cold_target}
+
     @property
     def num_train_targets(self) -> np.ndarray:
         """Next-item targets per user: every training item but the first is predicted once."""
         return np.maximum(self.train_lengths - 1, 0)
 
 
-def leave_one_out(data: SequenceData) -> LeaveOneOut:
+def leave_one_out(data: SequenceData, cold: np.ndarray | None = None) -> LeaveOneOut:
+    """The split of `data`; with `cold` items, after removing them from every sequence but as its
+    last item (data/cold.py)."""
+    if cold is not None:
+        data = hold_out_cold_items(data, cold)
     lengths = data.lengths
     too_short = np.flatnonzero(lengths < 3)
     if too_short.size:
@@ -59,6 +83,7 @@ def leave_one_out(data: SequenceData) -> LeaveOneOut:
         train_items=data.items[keep],
         valid_items=data.items[ends - 2],
         test_items=data.items[ends - 1],
+        cold=cold,
     )
 
 

@@ -47,6 +47,8 @@ class SequenceData:
       placeholder (0 for integer ids, "" for string ids).
     - `offsets` (int64, num_users+1) and `items` (int64, dense ids >= 1): user u's sequence, oldest
       first, is `items[offsets[u]:offsets[u+1]]`.
+    - `item_first_seen[i]`: the earliest timestamp of dense item i (index 0: padding), or None when
+      the data has no timestamps (what splits new items by time, data/cold.py, reads).
     """
 
     user_ids: np.ndarray
@@ -54,6 +56,7 @@ class SequenceData:
     offsets: np.ndarray
     items: np.ndarray
     source: str
+    item_first_seen: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from feddmmr.memory.two_tier import MemoryConfig, MemoryState, empty_memory, retrieve, scatter, select, update_memory
 
@@ -42,11 +41,3 @@ class ClientMemories:
         """`part` after a local step whose positives [C, T] are in each user's time order (0 = none)."""
         features = None if self.features is None else self.features.to(part.device)
         return update_memory(part, positives, features, losses, self.config)
-
-
-def combined_features(matrices: list[torch.Tensor]) -> torch.Tensor:
-    """normalise(concat of the L2-normalised modality features) [num_items+1, sum D_m].
-
-    An item's unavailable modality contributes zeros; an item with none is a zero row (the memory
-    never writes it to the long-term tier)."""
-    return F.normalize(torch.cat([F.normalize(m.float(), dim=-1) for m in matrices], dim=-1), dim=-1)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddmmr.model.item_tower import ContentItemTower, combined_features
 from feddmmr.model.losses import MASKED_SCORE, ScoreParts
 from feddmmr.model.sasrec import SASRec, SASRecConfig, dropout
 
@@ -57,6 +58,7 @@ class FedDMMRConfig:
     content_history: int = 0
     holdout_content: bool = False
     holdout_backbone: bool = False
+    item_tower: str = "id"  # or "content": untrained items' vectors from their features (model/item_tower.py)
 
 
 def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -128,10 +130,20 @@ class ModalityExpert(nn.Module):
 
 
 class FedDMMR(nn.Module):
-    def __init__(self, config: FedDMMRConfig, features: dict[str, torch.Tensor], available: dict[str, torch.Tensor]) -> None:
+    def __init__(self, config: FedDMMRConfig, features: dict[str, torch.Tensor], available: dict[str, torch.Tensor],
+                 trained: torch.Tensor | None = None) -> None:
+        """`trained` [num_items + 1] bool (with item_tower="content"): the items some user's
+        training sequence holds, which get an ID part."""
         super().__init__()
         self.config = config
         self.sasrec = SASRec(config.sasrec)
+        if config.item_tower == "content":
+            if trained is None or not features:
+                raise ValueError("item_tower='content' needs modality features and the trained items' mask")
+            combined = combined_features([features[name].float() for name in sorted(features)])
+            self.sasrec.item_tower = ContentItemTower(combined, trained, config.sasrec.hidden_dim)
+        elif config.item_tower != "id":
+            raise ValueError(f"item_tower {config.item_tower!r}; expected 'id' or 'content'")
         # False: score as SASRec even with modalities (stage 1 trains the ID-only backbone).
         self.use_mixture = True
         dim = config.sasrec.hidden_dim
@@ -172,7 +184,7 @@ class FedDMMR(nn.Module):
 
     def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
         """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
-        weights, outputs, _ = self._experts_and_router(self.sasrec.item_embedding(candidates), candidates,
+        weights, outputs, _ = self._experts_and_router(self.sasrec.item_vectors(candidates), candidates,
                                                        memory_items, memory_mask, None)
         return weights, torch.stack(outputs, dim=-2)
 
@@ -225,7 +237,29 @@ class FedDMMR(nn.Module):
     def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                memory_mask: torch.Tensor, history: torch.Tensor | None,
                holdout: bool = False, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ScoreParts]:
-        """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
+        """Scores and what the training losses need besides them (see `forward(with_aux=True)`):
+        `_fused_score`'s, and in training with the content item tower its auxiliary loss terms."""
+        scores, parts = self._fused_score(hidden, candidates, memory_items, memory_mask, history, holdout, shared)
+        if self.training and self.sasrec.item_tower is not None:
+            parts = dataclasses.replace(parts, stand_in_error=self._stand_in_error(candidates, shared))
+        return scores, parts
+
+    def _stand_in_error(self, candidates: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
+        """The content item tower's auxiliary loss terms (model/item_tower.py) of the candidates
+        [B, L, n], or of the targets and the shared items [B, L, 1+N] (`shared` [N]; a shared item
+        that is the position's target: 0)."""
+        tower, table = self.sasrec.item_tower, self.sasrec.item_embedding.weight
+        if shared is None:
+            return tower.stand_in_error(candidates, table)
+        targets = candidates[..., 0]
+        others = tower.stand_in_error(shared, table).expand(*targets.shape, -1)  # computed once for every position
+        others = others.masked_fill(shared == targets.unsqueeze(-1), 0.0)
+        return torch.cat([tower.stand_in_error(targets, table).unsqueeze(-1), others], dim=-1)
+
+    def _fused_score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
+                     memory_mask: torch.Tensor, history: torch.Tensor | None,
+                     holdout: bool = False, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ScoreParts]:
+        """The scores and their parts, backbone and modality side.
 
         `holdout` (with `holdout_content`): the last position's loss trains only the modality
         side, on top of the (untrained there) backbone's score; the others' scores are the
@@ -240,7 +274,7 @@ class FedDMMR(nn.Module):
         only) it costs N candidates once a window, otherwise N at every position."""
         targets = candidates[..., 0]
         if not self.mixes:
-            parts = ScoreParts(hidden, self.sasrec.item_embedding(targets))
+            parts = ScoreParts(hidden, self.sasrec.item_vectors(targets))
             if shared is not None:
                 return self.sasrec.score_shared(hidden, targets, shared), parts
             return self.sasrec.score(hidden, candidates), parts
@@ -252,7 +286,7 @@ class FedDMMR(nn.Module):
         if not holdout:
             if shared is not None:
                 candidates = torch.cat([candidates, shared.expand(*candidates.shape[:-1], -1)], dim=-1)
-            embeddings = self.sasrec.item_embedding(candidates)
+            embeddings = self.sasrec.item_vectors(candidates)
             mixture, match, parts = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
             # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
             scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
@@ -266,7 +300,7 @@ class FedDMMR(nn.Module):
         # Held out, the modality side enters the loss at the last position only, so it is computed
         # there only (the experts over every position were most of FedDMMR's extra cost). It reads
         # the ID embeddings (its fallback queries, the dot product) but must not train them.
-        last_embeddings = self.sasrec.item_embedding(last).detach()
+        last_embeddings = self.sasrec.item_vectors(last).detach()
         mixture, match, parts = self._side(hidden[:, -1:], last_embeddings, last, memory_items,
                                            memory_mask, None if history is None else history[:, -1:])
         held_out = backbone[:, -1:].detach() + (mixture * last_embeddings).sum(-1) + match  # [B, 1, n]
@@ -340,7 +374,7 @@ class FedDMMR(nn.Module):
         per-candidate tensors stay bounded whatever the catalogue size."""
         hidden = self.sasrec.encode(sequences)[:, -1:]
         if not self.mixes:
-            return hidden[:, 0] @ self.sasrec.item_embedding.weight.T
+            return hidden[:, 0] @ self.sasrec.all_item_vectors().T
         batch, dim = sequences.shape[0], hidden.shape[-1]
         chunk = max(1, max_elements // (batch * dim))
         items = torch.arange(self.config.sasrec.num_items + 1, device=sequences.device)

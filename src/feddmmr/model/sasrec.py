@@ -137,6 +137,21 @@ class SASRec(nn.Module):
         )
         self.final_norm = nn.LayerNorm(dim, eps=1e-8)
         self.reset_parameters()
+        # None: an item's vector is its ID embedding. FedDMMR may set a content tower
+        # (model/item_tower.py), which gives items no client trained on a vector from their features.
+        self.item_tower: nn.Module | None = None
+
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The vectors [..., d] of the items `ids` [...]: their input embeddings and scoring vectors."""
+        if self.item_tower is None:
+            return self.item_embedding(ids)
+        return self.item_tower(ids, self.item_embedding.weight)
+
+    def all_item_vectors(self) -> torch.Tensor:
+        """Every item's vector [num_items + 1, d] (row 0: padding), as evaluation scores them."""
+        if self.item_tower is None:
+            return self.item_embedding.weight
+        return self.item_tower.table(self.item_embedding.weight)
 
     def reset_parameters(self) -> None:
         for name, param in self.named_parameters():
@@ -153,7 +168,7 @@ class SASRec(nn.Module):
         if length > self.config.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds max_seq_len {self.config.max_seq_len}")
         keep = (sequences > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
-        x = self.item_embedding(sequences) * math.sqrt(self.config.hidden_dim)
+        x = self.item_vectors(sequences) * math.sqrt(self.config.hidden_dim)
         x = x + self.position_embedding.weight[-length:]
         x = dropout(x, self.config.dropout, self.training) * keep
         # A query may see earlier real items and itself; a padding query sees only itself, which
@@ -170,7 +185,7 @@ class SASRec(nn.Module):
         """Dot products of hidden states [..., d] with candidate items [..., n] -> [..., n], in
         float32 even under autocast: a score can exceed float16's range (65504)."""
         with torch.autocast(hidden.device.type, enabled=False):
-            return (self.item_embedding(candidates).float() @ hidden.float().unsqueeze(-1)).squeeze(-1)
+            return (self.item_vectors(candidates).float() @ hidden.float().unsqueeze(-1)).squeeze(-1)
 
     def score_shared(self, hidden: torch.Tensor, targets: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """Scores [..., 1+N]: each position's target (`targets` [...]) first, then the N items of
@@ -178,8 +193,8 @@ class SASRec(nn.Module):
         gather). A shared item that is the position's target gets `MASKED_SCORE`."""
         with torch.autocast(hidden.device.type, enabled=False):  # in float32, as `score`
             hidden = hidden.float()
-            positive = (self.item_embedding(targets).float() * hidden).sum(-1, keepdim=True)
-            others = hidden @ self.item_embedding(shared).float().T
+            positive = (self.item_vectors(targets).float() * hidden).sum(-1, keepdim=True)
+            others = hidden @ self.item_vectors(shared).float().T
         others = others.masked_fill(shared == targets.unsqueeze(-1), MASKED_SCORE)
         return torch.cat([positive, others], dim=-1)
 
@@ -200,4 +215,4 @@ class SASRec(nn.Module):
         """Scores of every item (column 0 = padding) after the whole sequence: [batch, num_items+1]."""
         hidden = self.encode(sequences)[:, -1]
         with torch.autocast(hidden.device.type, enabled=False):  # in float32, as `score`
-            return hidden.float() @ self.item_embedding.weight.float().T
+            return hidden.float() @ self.all_item_vectors().float().T

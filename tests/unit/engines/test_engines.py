@@ -221,11 +221,13 @@ def feddmmr_model(**options):
     features = {"text": torch.nn.functional.normalize(text, dim=-1), "image": torch.nn.functional.normalize(image, dim=-1)}
     available = {"text": torch.arange(301) > 0, "image": (torch.arange(301) > 0) & (torch.arange(301) < 250)}
     config = SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=1, num_heads=2, dropout=0.0)
-    return FedDMMR(FedDMMRConfig(config, **options), features, available)
+    trained = (torch.arange(301) > 0) & (torch.arange(301) < 280)  # items 280-300: no ID part (content tower)
+    return FedDMMR(FedDMMRConfig(config, **options), features, available, trained)
 
 
 def feddmmr_memories(m, num_users):
-    from feddmmr.memory.clients import ClientMemories, combined_features
+    from feddmmr.memory.clients import ClientMemories
+    from feddmmr.model.item_tower import combined_features
     from feddmmr.memory.two_tier import MemoryConfig
 
     combined = combined_features([m.features_image, m.features_text])
@@ -252,6 +254,7 @@ HOLDOUT_BACKBONE = {"content_history": 5, "holdout_content": True, "holdout_back
     ({}, "per-target", "ce"), ({"content_history": 5, "holdout_content": True}, "per-target", "ce"),
     (HOLDOUT_BACKBONE, "per-target", "ce"), ({}, "shared", "ce"), (HOLDOUT_BACKBONE, "shared", "ce"),
     (HOLDOUT_BACKBONE, "all", "ce-full"),
+    ({"item_tower": "content"}, "per-target", "ce"), ({"item_tower": "content", **HOLDOUT_BACKBONE}, "shared", "ce"),
 ])
 def test_vectorized_feddmmr_round_equals_sequential_round(options, negatives, loss):
     m = feddmmr_model(**options)
