@@ -25,7 +25,13 @@ def tower_run(tmp_path_factory):
     features = synthetic_features(folder)
     config = TrainConfig(**{**SMALL, "num_rounds": 2, "cold_items": 0.15, "model": "feddmmr", "item_tower": "content",
                             "modality": [f"text={features}"], "run_dir": str(folder / "run")})
-    train(config)
+    threads = torch.get_num_threads()
+    try:
+        train(config)
+    finally:
+        # A module fixture runs outside conftest's per-test guard: the run's one thread must not
+        # leak into the tests after this module.
+        torch.set_num_threads(threads)
     return folder / "run", features
 
 
