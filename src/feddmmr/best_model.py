@@ -52,12 +52,13 @@ class BestModel:
         the feature files `modality` (NAME=FILE, one per modality of the run, as `feddmmr features`
         writes them) that the run's data does not hold, in the order of the first file. Their
         dataset ids end `item_ids`; the model needs `--item-tower content`."""
-        from feddmmr.features.store import load_features, load_modality, parse_modality_spec
+        from feddmmr.features.store import align_features, load_features, parse_modality_spec
         from feddmmr.new_items import aligned_rows, with_new_items
 
         if not modality:
             raise ValueError("new items: give at least one feature file, as NAME=FILE")
-        ids, _ = load_features(parse_modality_spec(modality[0])[1])
+        files = [(name, path, *load_features(path)) for name, path in map(parse_modality_spec, modality)]  # read once
+        ids = files[0][2]
         if ids is None:
             raise ValueError(f"{modality[0]}: new items need a file with their ids (.npz or .safetensors with 'ids')")
         known = set(np.asarray(self.item_ids[1:]).astype(str))
@@ -65,8 +66,8 @@ class BestModel:
         if not len(new_ids):
             raise ValueError(f"{modality[0]}: every item of the file is already in the run's catalogue: no new item")
         extended = np.concatenate([self.item_ids, new_ids])
-        new = {feature.name: aligned_rows(new_ids, feature)
-               for feature in (load_modality(spec, extended) for spec in modality)}
+        new = {name: aligned_rows(new_ids, align_features(file_ids, matrix, extended, source=str(path), name=name))
+               for name, path, file_ids, matrix in files}
         return dataclasses.replace(self, model=with_new_items(self.model, new), item_ids=extended)
 
 

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class ContentItemTower(nn.Module):
     def __init__(self, features: torch.Tensor, trained: torch.Tensor, dim: int) -> None:
         """`features` [num_items + 1, D] (row 0: padding), `trained` [num_items + 1] bool."""
@@ -61,11 +60,10 @@ class ContentItemTower(nn.Module):
         return self.projection(self.centred(self.features[ids]))
 
     def forward(self, ids: torch.Tensor, id_table: torch.Tensor) -> torch.Tensor:
-        """Vectors [..., d] of the items `ids` [...] given the ID table [num_items + 1, d]: in
-        evaluation the ID embedding of a trained item and the stand-in of any other; in training
-        every item's ID embedding, so that the backbone trains as it would without the tower."""
-        if self.training:
-            return F.embedding(ids, id_table)
+        """Vectors [..., d] of the items `ids` [...] given the ID table [num_items + 1, d], as
+        evaluation scores them: the ID embedding of a trained item, the stand-in of any other. (In
+        training the model reads every item by its ID embedding, `SASRec.item_vectors`, so that the
+        backbone trains as it would without the tower.)"""
         return torch.where(self.trained[ids].unsqueeze(-1), F.embedding(ids, id_table), self.stand_ins(ids))
 
     def stand_in_error(self, ids: torch.Tensor, id_table: torch.Tensor) -> torch.Tensor:

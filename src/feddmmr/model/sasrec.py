@@ -142,8 +142,9 @@ class SASRec(nn.Module):
         self.item_tower: nn.Module | None = None
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """The vectors [..., d] of the items `ids` [...]: their input embeddings and scoring vectors."""
-        if self.item_tower is None:
+        """The vectors [..., d] of the items `ids` [...]: their input embeddings and scoring vectors.
+        In training every item is read by its ID embedding, tower or not (model/item_tower.py)."""
+        if self.item_tower is None or self.training:
             return self.item_embedding(ids)
         return self.item_tower(ids, self.item_embedding.weight)
 
