@@ -476,7 +476,7 @@ def test_a_resumed_flower_run_repeats_the_uninterrupted_one(tiny_data, tmp_path,
     (`resume = true`, as after a restarted SuperLink) on fresh nodes with empty state ends with the
     weights, clients and metrics of a run that never stopped: the nodes keep nothing a later round
     needs, and the server's checkpoint has the rest."""
-    settings = dict(validate_every=1, patience=0, flower_supernodes=2, engine="flower")
+    settings = dict(validate_every=1, patience=0, flower_supernodes=2, engine="flower", threads=1)  # as the resumed run
     reference = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
                               config(tiny_data, tmp_path / "reference", num_rounds=4, **settings))
     # The first run stops after round 2 of 4, as if killed (the CLI resumes only with the same config).
