@@ -84,7 +84,7 @@ def load_best_model(run_dir: str | Path) -> BestModel:
     valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
     device = resolve_device(config.device)
     features = load_run_features(config, split.data.item_ids)
-    model = build_model(config, split.num_items, device, features, split.trained_items())
+    model = build_model(config, split.num_items, device, features, split.train_counts())
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt", required=("model", "round"),
                            fix="the run's best model is lost: train the run again")
     model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})

@@ -99,8 +99,9 @@ class TrainConfig:
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)", rule=at_least(0))
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts", rule=at_least(0))
     item_tower: str = _opt("id", "feddmmr: id (every item's vector is its learned ID embedding: the seed's) or content "
-                                 "(an item no client trained on, such as a new one, gets a vector projected from its "
-                                 "modality features, learned beside the ID model; docs/RESULTS.md)", rule=OneOf(ITEM_TOWERS))
+                                 "(an item no client trained on, such as a new one, gets a vector from its modality "
+                                 "features, a ridge regression of the trained items' ID embeddings on theirs, refitted "
+                                 "in evaluation: training is the ID model's; docs/RESULTS.md)", rule=OneOf(ITEM_TOWERS))
     content_history: int = _opt(0, "feddmmr: add to the score a learned weight times the candidate's highest feature "
                                    "cosine with the user's last N items; 0: off (not in the seed's design; docs/RESULTS.md)", rule=at_least(0))
     modality_objective: str = _opt("joint", "feddmmr: which targets train what. joint (the seed's): every target "

@@ -2,7 +2,8 @@
 content`) scores them from their features, without retraining.
 
 The catalogue grows at its end (dense ids num_items + 1, ...). A new item's ID part is zero and
-unused (it is not a trained item), so its vector is the tower's projection of its features, the
+unused (it has no training interaction), so its vector is the tower's stand-in fitted from its
+features (model/item_tower.py: the fit reads the trained items only, so theirs do not move), the
 same path by which the model scored the run's held-out new items (`--cold-items`) in evaluation.
 """
 
@@ -45,13 +46,13 @@ def with_new_items(model: FedDMMR, new: dict[str, AlignedFeatures]) -> FedDMMR:
         features[name] = torch.cat([table.cpu(), extra.float()])
         available[name] = torch.cat([usable.cpu(), torch.zeros(count, dtype=torch.bool) if rows is None
                                      else torch.from_numpy(rows.available[1:])])
-    trained = torch.cat([tower.trained.cpu(), torch.zeros(count, dtype=torch.bool)])
+    counts = torch.cat([tower.train_counts.cpu(), torch.zeros(count)])
     sasrec = dataclasses.replace(model.config.sasrec, num_items=model.config.sasrec.num_items + count)
-    bigger = FedDMMR(dataclasses.replace(model.config, sasrec=sasrec), features, available, trained)
+    bigger = FedDMMR(dataclasses.replace(model.config, sasrec=sasrec), features, available, counts)
     state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
     table_name = f"sasrec.{ITEM_TABLE}"
     state[table_name] = torch.cat([state[table_name], torch.zeros(count, state[table_name].shape[1])])
-    state["sasrec.item_tower.trained"] = trained
+    state["sasrec.item_tower.train_counts"] = counts
     bigger.load_state_dict(state)
     bigger.use_mixture = model.use_mixture
     device = next(model.parameters()).device

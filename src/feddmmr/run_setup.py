@@ -52,10 +52,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(config: TrainConfig, num_items: int, device: torch.device,
-                features: dict[str, AlignedFeatures] | None = None, trained: np.ndarray | None = None) -> SASRec | FedDMMR:
-    """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`); `trained`
-    [num_items + 1] bool, the items of the training sequences (`LeaveOneOut.trained_items`), is
-    what FedDMMR's content item tower gives an ID part."""
+                features: dict[str, AlignedFeatures] | None = None, train_counts: np.ndarray | None = None) -> SASRec | FedDMMR:
+    """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`);
+    `train_counts` [num_items + 1], each item's occurrences in the training sequences
+    (`LeaveOneOut.train_counts`), is what FedDMMR's content item tower fits its stand-ins on."""
     torch.manual_seed(config.seed)
     sasrec = SASRecConfig(
         num_items=num_items, max_seq_len=config.max_seq_len, hidden_dim=config.hidden_dim,
@@ -72,7 +72,7 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
                                   item_tower=config.item_tower),
                     {n: torch.from_numpy(f.matrix) for n, f in features.items()},
                     {n: torch.from_numpy(f.available) for n, f in features.items()},
-                    None if trained is None else torch.from_numpy(trained))
+                    None if train_counts is None else torch.from_numpy(train_counts))
     model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone
     return model.to(device)
 
@@ -157,7 +157,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
     split = run_split(config, data)
     device = resolve_device(config.device)
     features = load_run_features(config, data.item_ids)
-    model = build_model(config, data.num_items, device, features, split.trained_items())
+    model = build_model(config, data.num_items, device, features, split.train_counts())
     if config.init_from and not resume:
         checkpoint = load_checkpoint(Path(config.init_from), fix="--init-from takes a best.pt or last.pt written by "
                                      "feddmmr, or a run directory")

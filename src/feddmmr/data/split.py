@@ -38,13 +38,17 @@ class LeaveOneOut:
     def train_lengths(self) -> np.ndarray:
         return np.diff(self.train_offsets)
 
+    def train_counts(self) -> np.ndarray:
+        """[num_items + 1] int64: each item's number of occurrences in the training sequences
+        (0: an item training cannot learn an ID for); padding's is 0."""
+        counts = np.bincount(self.train_items, minlength=self.num_items + 1)
+        counts[0] = 0
+        return counts
+
     def trained_items(self) -> np.ndarray:
         """[num_items + 1] bool: the items of some user's training sequence (what training can
         learn an ID for); padding is not one."""
-        trained = np.zeros(self.num_items + 1, dtype=bool)
-        trained[self.train_items] = True
-        trained[0] = False
-        return trained
+        return self.train_counts() > 0
 
     def user_groups(self) -> dict[str, np.ndarray]:
         """With new items: the users whose test item is trained (`warm`) and new (`cold`), as

@@ -131,17 +131,17 @@ class ModalityExpert(nn.Module):
 
 class FedDMMR(nn.Module):
     def __init__(self, config: FedDMMRConfig, features: dict[str, torch.Tensor], available: dict[str, torch.Tensor],
-                 trained: torch.Tensor | None = None) -> None:
-        """`trained` [num_items + 1] bool (with item_tower="content"): the items some user's
-        training sequence holds, which get an ID part."""
+                 train_counts: torch.Tensor | None = None) -> None:
+        """`train_counts` [num_items + 1] (with item_tower="content"): each item's number of
+        training interactions; the items with none get their vectors from their features."""
         super().__init__()
         self.config = config
         self.sasrec = SASRec(config.sasrec)
         if config.item_tower == "content":
-            if trained is None or not features:
-                raise ValueError("item_tower='content' needs modality features and the trained items' mask")
+            if train_counts is None or not features:
+                raise ValueError("item_tower='content' needs modality features and the items' training counts")
             combined = combined_features([features[name].float() for name in sorted(features)])
-            self.sasrec.item_tower = ContentItemTower(combined, trained, config.sasrec.hidden_dim)
+            self.sasrec.item_tower = ContentItemTower(combined, train_counts)
         elif config.item_tower != "id":
             raise ValueError(f"item_tower {config.item_tower!r}; expected 'id' or 'content'")
         # False: score as SASRec even with modalities (stage 1 trains the ID-only backbone).
@@ -237,29 +237,7 @@ class FedDMMR(nn.Module):
     def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
                memory_mask: torch.Tensor, history: torch.Tensor | None,
                holdout: bool = False, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ScoreParts]:
-        """Scores and what the training losses need besides them (see `forward(with_aux=True)`):
-        `_fused_score`'s, and in training with the content item tower its auxiliary loss terms."""
-        scores, parts = self._fused_score(hidden, candidates, memory_items, memory_mask, history, holdout, shared)
-        if self.training and self.sasrec.item_tower is not None:
-            parts = dataclasses.replace(parts, stand_in_error=self._stand_in_error(candidates, shared))
-        return scores, parts
-
-    def _stand_in_error(self, candidates: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
-        """The content item tower's auxiliary loss terms (model/item_tower.py) of the candidates
-        [B, L, n], or of the targets and the shared items [B, L, 1+N] (`shared` [N]; a shared item
-        that is the position's target: 0)."""
-        tower, table = self.sasrec.item_tower, self.sasrec.item_embedding.weight
-        if shared is None:
-            return tower.stand_in_error(candidates, table)
-        targets = candidates[..., 0]
-        others = tower.stand_in_error(shared, table).expand(*targets.shape, -1)  # computed once for every position
-        others = others.masked_fill(shared == targets.unsqueeze(-1), 0.0)
-        return torch.cat([tower.stand_in_error(targets, table).unsqueeze(-1), others], dim=-1)
-
-    def _fused_score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                     memory_mask: torch.Tensor, history: torch.Tensor | None,
-                     holdout: bool = False, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ScoreParts]:
-        """The scores and their parts, backbone and modality side.
+        """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
 
         `holdout` (with `holdout_content`): the last position's loss trains only the modality
         side, on top of the (untrained there) backbone's score; the others' scores are the

@@ -81,7 +81,6 @@ class ScoreParts:
     router_weights: torch.Tensor | None = None  # [B, P, n, M], when the experts are used
     expert_positive: torch.Tensor | None = None  # [B, P, M, d]: the target's normalised expert outputs
     held_out_scores: torch.Tensor | None = None  # [B, 1, n]: holdout-backbone's side scores of the last position
-    stand_in_error: torch.Tensor | None = None  # [B, L, n]: the content item tower's auxiliary loss terms (item_tower.py)
 
 
 def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tensor, kind: str,
@@ -98,8 +97,6 @@ def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tens
       targets of the same window as negatives, per-target weight 1 + 0.5 sigmoid(loss_i);
     - with `parts.held_out_scores` (holdout-backbone): the last targets' loss on those scores,
       summed and divided by the same count, so that each of them weighs as one more target;
-    - with `parts.stand_in_error` (the content item tower): its terms averaged over each target's
-      trained candidates, then over the targets (it trains the tower's projection only).
     The auxiliary terms cover the side's positions: all of them, or held out (`parts.held_out`)
     the last one only, as means over its valid targets.
     """
@@ -117,10 +114,6 @@ def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tens
     if held_out is not None:
         side_loss = per_target_loss(held_out.float(), kind, beta)
         total = total + (side_loss * mask[:, -1:]).sum() / count
-    if parts.stand_in_error is not None:
-        error = parts.stand_in_error
-        per_position = error.sum(-1) / (error > 0).sum(-1).clamp(min=1)  # untrained candidates are 0
-        total = total + (per_position * mask).sum() / count
     side_candidates, side_valid, side_mask = candidates[:, first:], valid[:, first:], mask[:, first:]
     side_count = side_mask.sum().clamp(min=1)
     surprise = 1 + 0.5 * torch.sigmoid(side_loss.detach())
