@@ -13,6 +13,7 @@ import torch
 from feddmmr import run_directory
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, saved_config
+from feddmmr.errors import InputError
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import load_candidates
 from feddmmr.data.split import LeaveOneOut
@@ -46,6 +47,14 @@ class BestModel:
     def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
         """Metrics on `eval_set` (`mode` as for `ranks`)."""
         return metrics_from_ranks(self.ranks(eval_set, mode))
+
+    def recommend(self, users=None, *, history=None, k: int = 10, exclude_seen: bool = True):
+        """The top `k` items (`recommend.Recommendation`: the dataset's item id and its score) for
+        each of `users` (the data's user ids) or for one `history` (the data's item ids), best first;
+        see recommend.py."""
+        from feddmmr.recommend import recommend
+
+        return recommend(self, users=users, history=history, k=k, exclude_seen=exclude_seen)
 
     def with_new_items(self, modality: list[str]) -> BestModel:
         """This run's model with new items appended to its catalogue (new_items.py): the items of
@@ -87,7 +96,12 @@ def load_best_model(run_dir: str | Path) -> BestModel:
     model = build_model(config, split.num_items, device, features, split.train_counts())
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt", required=("model", "round"),
                            fix="the run's best model is lost: train the run again")
-    model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
+    except RuntimeError as error:  # missing or unexpected tensors, or other shapes
+        raise InputError(f"{run_dir / 'checkpoints' / 'best.pt'}: the saved model does not fit the model this version "
+                         f"of feddmmr builds from the run's config ({str(error).splitlines()[0]} ...); it was trained by "
+                         f"another version: reload it with that version, or train the run again") from error
     memory = make_memories(config, split.num_users, features, device)
     slots = None
     if memory is not None:

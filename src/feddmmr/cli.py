@@ -251,6 +251,53 @@ def evaluate_command(
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
+@app.command("recommend")
+def recommend_command(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    user: typing.List[str] = typer.Option([], "--user", help="a user id of the run's data (repeat for several): "
+                                                              "their whole sequence is the input"),
+    history: Optional[str] = typer.Option(None, "--history", help="instead of --user: item ids of the data, "
+                                                                   "comma-separated, oldest first"),
+    k: int = typer.Option(10, "-k", "--top", min=1, help="how many items for each user"),
+    new_items: typing.List[str] = typer.Option([], "--new-items", help="NAME=FILE: also rank the items of this "
+                                               "feature file that the run's data lacks (one per modality of the run; "
+                                               "needs --item-tower content)"),
+    include_seen: bool = typer.Option(False, "--include-seen", help="also recommend the items of the input"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tab-separated lines"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"),
+) -> None:
+    """Recommend items with a run's best model: the top k for each --user, or for a --history.
+    Prints user, rank, item and score, tab-separated."""
+    import torch
+
+    from feddmmr.best_model import load_best_model
+
+    setup_logging()
+    if threads:
+        torch.set_num_threads(threads)
+    if bool(user) == (history is not None):
+        raise InputError("recommend: give --user (one or more) or --history, not both")
+    best = load_best_model(run_dir)
+    if new_items:
+        best = best.with_new_items(new_items)
+    items = None if history is None else [item.strip() for item in history.split(",") if item.strip()]
+    lists = best.recommend(user or None, history=items, k=k, exclude_seen=not include_seen)
+    labels = user or ["history"]
+    if as_json:
+        print(json.dumps({str(label): [{"item": _plain(r.item), "score": r.score} for r in recs]
+                          for label, recs in zip(labels, lists)}, indent=2))
+        return
+    print("user\trank\titem\tscore")
+    for label, recs in zip(labels, lists):
+        for rank, rec in enumerate(recs, 1):
+            print(f"{label}\t{rank}\t{rec.item}\t{rec.score:.4f}")
+
+
+def _plain(value):
+    """A numpy scalar as the Python value JSON can write."""
+    return value.item() if hasattr(value, "item") else value
+
+
 @app.command("report")
 def report_command(
     run_dirs: typing.List[Path] = typer.Argument(..., help="run directories (finished or not); several are compared"),

@@ -1,0 +1,106 @@
+"""Recommendations from a trained model: each user's top k items, in the dataset's own ids.
+
+A user's input is their whole known sequence (training, validation and test items: the next
+item after all of them is what a recommendation is for), or a history given by item ids. Padding
+and, unless asked otherwise, the items of that input are never recommended. Scores come from
+`score_all_last`, the path full-ranking evaluation takes, so a model with the content item tower
+ranks new items (`--cold-items`, `BestModel.with_new_items`) beside the trained ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from feddmmr.best_model import BestModel
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item: Any  # the dataset's item id
+    score: float
+
+
+def top_items(scores: torch.Tensor, exclude: list[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, dense ids), each [B, k'] with k' = min(k, items left), of the best items of each
+    row of `scores` [B, num_items + 1], never padding (column 0) nor the dense ids `exclude[b]`."""
+    scores = scores.float().clone()
+    scores[:, 0] = float("-inf")
+    for row, items in enumerate(exclude):
+        scores[row, torch.as_tensor(items, dtype=torch.long)] = float("-inf")
+    left = int(torch.isfinite(scores).sum(1).min())
+    return torch.topk(scores, min(k, left), dim=1)
+
+
+def dense_items(best: BestModel, items: Sequence) -> np.ndarray:
+    """The dense ids of the dataset item ids `items`; an unknown id is an error that names it."""
+    index = {str(item): dense for dense, item in enumerate(best.item_ids) if dense}
+    unknown = [item for item in items if str(item) not in index]
+    if unknown:
+        raise ValueError(f"history: item id(s) {', '.join(map(str, unknown[:5]))} are not in the run's catalogue "
+                         f"({len(index)} items, ids as in the data file)")
+    return np.array([index[str(item)] for item in items], dtype=np.int64)
+
+
+def recommend(best: BestModel, *, users: Sequence | None = None, history: Sequence | None = None, k: int = 10,
+              exclude_seen: bool = True, batch_size: int = 256) -> list[list[Recommendation]]:
+    """The top `k` items for each of `users` (the dataset's user ids: their whole sequence is the
+    input, and FedDMMR reads their memory), or for one `history` of item ids (a new user: FedDMMR
+    reads an empty memory). One list per user, best first."""
+    if (users is None) == (history is None):
+        raise ValueError("recommend: give users (the data's user ids) or one history (item ids), not both")
+    if k < 1:
+        raise ValueError(f"recommend: k must be at least 1, got {k}")
+    data, model = best.split.data, best.model
+    if history is not None:
+        if not len(history):
+            raise ValueError("recommend: the history is empty; give at least one item id")
+        sequences, rows = [dense_items(best, history)], None
+    else:
+        index = {str(user): row for row, user in enumerate(data.user_ids)}
+        unknown = [user for user in users if str(user) not in index]
+        if unknown:
+            raise ValueError(f"recommend: user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
+                             f"{len(index)} users (such as {', '.join(map(str, data.user_ids[:3]))}); give their "
+                             f"history instead")
+        rows = np.array([index[str(user)] for user in users], dtype=np.int64)
+        sequences = [data.sequence(row) for row in rows]
+    device = next(model.parameters()).device
+    length = best.config.max_seq_len
+    was_training = model.training
+    model.eval()
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start:start + batch_size]
+            inputs = torch.zeros(len(chunk), length, dtype=torch.long)
+            for row, sequence in enumerate(chunk):
+                last = sequence[-length:]
+                inputs[row, length - len(last):] = torch.from_numpy(last)
+            slots = _memory_slots(best, None if rows is None else rows[start:start + batch_size], len(chunk))
+            with best.precision.autocast():
+                scores = model.score_all_last(inputs.to(device), *slots).cpu()
+            exclude = chunk if exclude_seen else [np.empty(0, dtype=np.int64)] * len(chunk)
+            values, items = top_items(scores, exclude, k)
+            results += [[Recommendation(best.item_ids[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist())]
+                        for vs, ids in zip(values, items)]
+    model.train(was_training)
+    return results
+
+
+def _memory_slots(best: BestModel, rows: np.ndarray | None, count: int) -> tuple[torch.Tensor, ...]:
+    """FedDMMR's memory slots for the users `rows` (None: `count` new users, with empty memories);
+    () for FedSASRec."""
+    if best.memory_slots is None:
+        return ()
+    items, mask = best.memory_slots
+    device = next(best.model.parameters()).device
+    if rows is None:
+        return (torch.zeros(count, items.shape[1], dtype=items.dtype, device=device),
+                torch.zeros(count, mask.shape[1], dtype=torch.bool, device=device))
+    index = torch.from_numpy(rows)
+    return items[index].to(device), mask[index].to(device)
