@@ -26,3 +26,12 @@ def test_the_quick_tour_runs_as_written(tmp_path, monkeypatch):
         assert result.exit_code == 0, f"feddmmr {' '.join(command)}:\n{result.output[-3000:]}"
     assert (tmp_path / "report" / "comparison.png").stat().st_size > 0
     assert list((tmp_path / "runs" / "lr1" / "tensorboard").iterdir())
+
+
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    api = README.parent / "docs" / "API.md"
+    block = re.search(r"```python\n(.*?)```", api.read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, str(api), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "HR@10" in printed and (tmp_path / "runs" / "api" / "final.json").exists()
