@@ -77,7 +77,8 @@ class BestModel:
         extended = np.concatenate([self.item_ids, new_ids])
         new = {name: aligned_rows(new_ids, align_features(file_ids, matrix, extended, source=str(path), name=name))
                for name, path, file_ids, matrix in files}
-        return dataclasses.replace(self, model=with_new_items(self.model, new), item_ids=extended)
+        names = [parse_modality_spec(spec)[0] for spec in self.config.modality]
+        return dataclasses.replace(self, model=with_new_items(self.model, new, names), item_ids=extended)
 
 
 def load_best_model(run_dir: str | Path) -> BestModel:
@@ -133,6 +134,9 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
     if args is None:
         raise ValueError(f"{checkpoint}: this checkpoint was saved before checkpoints carried the model's arguments; "
                          f"load it with load_best_model(RUN_DIR), which rebuilds the model from the run's config and data")
+    if any(name.startswith("item_tower.") for name in saved["model"]):
+        raise ValueError(f"{checkpoint}: this model scores new items from its modality feature files (--item-tower "
+                         f"content): use load_best_model(RUN_DIR), which reads them")
     if args["model"] != "fedsasrec":
         raise ValueError(f"{checkpoint}: a {args['model']} model also needs its modality feature files "
                          f"({', '.join(args.get('modalities', []))}): use load_best_model(RUN_DIR)")

@@ -87,7 +87,8 @@ class TrainConfig:
     # model
     model: str = _opt("fedsasrec", "fedsasrec (ID-only SASRec) or feddmmr (SASRec + modality experts over a local memory)", rule=OneOf(("fedsasrec", "feddmmr")))
     modality: list[str] = field(default_factory=list, metadata={
-        "help": "feddmmr: a modality feature file as NAME=FILE (e.g. text=features/ml-1m-text.npz); repeat for several",
+        "help": "feddmmr, or item_tower=content: a modality feature file as NAME=FILE (e.g. "
+                "text=features/ml-1m-text.npz); repeat for several",
         "rule": Matches(r"[A-Za-z][A-Za-z0-9_-]*=.+", "NAME=FILE, NAME a letter then letters, digits, _ or -")})
     stage: int | None = _opt(None, "staged training: 1 ID-only backbone, 2 modality parts with the backbone frozen, "
                                    "3 all but the item embedding (default: train everything)", rule=OneOf((1, 2, 3)))
@@ -98,10 +99,10 @@ class TrainConfig:
     load_balance_weight: float = _opt(0.01, "feddmmr: weight of the router's load-balance loss", rule=at_least(0))
     alignment_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive alignment loss (the seed's lambda)", rule=at_least(0))
     contrastive_weight: float = _opt(0.0, "feddmmr: weight of the drift-adaptive contrastive loss between two experts", rule=at_least(0))
-    item_tower: str = _opt("id", "feddmmr: id (every item's vector is its learned ID embedding: the seed's) or content "
+    item_tower: str = _opt("id", "id (every item's vector is its learned ID embedding: the seed's) or content "
                                  "(an item no client trained on, such as a new one, gets a vector from its modality "
                                  "features, a ridge regression of the trained items' ID embeddings on theirs, refitted "
-                                 "in evaluation: training is the ID model's; docs/RESULTS.md)", rule=OneOf(ITEM_TOWERS))
+                                 "in evaluation: training is the ID model's; either model; docs/RESULTS.md)", rule=OneOf(ITEM_TOWERS))
     content_history: int = _opt(0, "feddmmr: add to the score a learned weight times the candidate's highest feature "
                                    "cosine with the user's last N items; 0: off (not in the seed's design; docs/RESULTS.md)", rule=at_least(0))
     modality_objective: str = _opt("joint", "feddmmr: which targets train what. joint (the seed's): every target "
@@ -263,8 +264,9 @@ class TrainConfig:
             raise InputError(f"modality names must differ, got {', '.join(names)}")
         if self.model == "feddmmr" and not self.modality:
             raise InputError("model=feddmmr needs at least one modality: --modality NAME=FILE (e.g. text=features/ml-1m-text.npz)")
-        if self.model != "feddmmr" and self.modality:
-            raise InputError(f"modality is for model=feddmmr; model={self.model!r} is ID-only")
+        if self.model != "feddmmr" and self.modality and self.item_tower != "content":
+            raise InputError(f"modality is for model=feddmmr or item_tower=content; model={self.model!r} with "
+                             f"item_tower={self.item_tower} is ID-only")
         if self.stage == 2 and self.model != "feddmmr":
             raise InputError("stage=2 trains the modality parts of model=feddmmr; fedsasrec has none")
         if self.model == "feddmmr" and self.centralized:
@@ -272,9 +274,9 @@ class TrainConfig:
         if self.content_history > self.max_seq_len:
             raise InputError(f"content_history must be in [0, max_seq_len={self.max_seq_len}] (items matched; 0: off), "
                              f"got {self.content_history}")
-        if self.item_tower != "id" and self.model != "feddmmr":
-            raise InputError(f"item_tower={self.item_tower} builds item vectors from modality features: it needs "
-                             f"model=feddmmr")
+        if self.item_tower != "id" and not self.modality:
+            raise InputError(f"item_tower={self.item_tower} builds item vectors from modality features: give them "
+                             f"with --modality NAME=FILE (e.g. text=features/ml-1m-text.npz)")
         if self.content_history and self.model != "feddmmr":
             raise InputError("content_history matches a candidate's modality features with the user's items: it needs model=feddmmr")
         if self.modality_objective != "joint" and self.model != "feddmmr":

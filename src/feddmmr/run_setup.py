@@ -30,7 +30,7 @@ from feddmmr.federated.stages import frozen_parameters
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryConfig
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
-from feddmmr.model.item_tower import combined_features
+from feddmmr.model.item_tower import combined_features, content_tower
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 from feddmmr.run_state import SELECTION_METRIC, Run, RunState, positive_weight, restore
 
@@ -55,14 +55,19 @@ def build_model(config: TrainConfig, num_items: int, device: torch.device,
                 features: dict[str, AlignedFeatures] | None = None, train_counts: np.ndarray | None = None) -> SASRec | FedDMMR:
     """FedSASRec, or FedDMMR over the modality `features` (see `load_run_features`);
     `train_counts` [num_items + 1], each item's occurrences in the training sequences
-    (`LeaveOneOut.train_counts`), is what FedDMMR's content item tower fits its stand-ins on."""
+    (`LeaveOneOut.train_counts`), is what the content item tower (`item_tower=content`, either
+    model) fits its stand-ins on."""
     torch.manual_seed(config.seed)
     sasrec = SASRecConfig(
         num_items=num_items, max_seq_len=config.max_seq_len, hidden_dim=config.hidden_dim,
         num_blocks=config.num_blocks, num_heads=config.num_heads, dropout=config.dropout,
     )
     if config.model != "feddmmr":
-        return SASRec(sasrec).to(device)
+        model = SASRec(sasrec)
+        if config.item_tower == "content":  # FedSASRec with new items scored from their features
+            model.item_tower = content_tower({n: torch.from_numpy(f.matrix) for n, f in features.items()},
+                                             None if train_counts is None else torch.from_numpy(train_counts))
+        return model.to(device)
     if not features:
         raise ValueError("model=feddmmr needs its modality features: build_model(..., load_run_features(config, item_ids))")
     model = FedDMMR(FedDMMRConfig(sasrec, learned_router=config.router == "learned",

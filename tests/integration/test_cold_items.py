@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_golden import SMALL, synthetic_features  # noqa: E402
 
-from feddmmr.best_model import evaluate_run, load_best_model  # noqa: E402
+from feddmmr.best_model import evaluate_run, load_best_model, load_model  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
 from feddmmr.errors import InputError  # noqa: E402
 from feddmmr.features.store import load_features, save_features  # noqa: E402
@@ -98,9 +98,41 @@ def test_an_id_only_model_cannot_take_new_items(tmp_path):
         load_best_model(tmp_path / "run").with_new_items([f"text={new_file}"])
 
 
+def test_fedsasrec_with_the_tower_trains_as_without_it_and_scores_new_items_from_their_features(tmp_path):
+    features = synthetic_features(tmp_path)
+    runs = {}
+    for tower in ("id", "content"):
+        extra = {"item_tower": "content", "modality": [f"text={features}"]} if tower == "content" else {}
+        runs[tower] = tmp_path / tower
+        train(TrainConfig(**{**SMALL, "num_rounds": 2, "cold_items": 0.15, **extra, "run_dir": str(runs[tower])}))
+    with_tower = torch.load(runs["content"] / "checkpoints" / "last.pt")["model"]
+    without = torch.load(runs["id"] / "checkpoints" / "last.pt")["model"]
+    assert with_tower.keys() - without.keys() == {"item_tower.train_counts", "item_tower.feature_mean"}
+    for name, tensor in without.items():  # the tower changes no step of training
+        assert torch.equal(with_tower[name], tensor), name
+    best = load_best_model(runs["content"])
+    cold = np.flatnonzero(best.split.cold)
+    with torch.no_grad():
+        table = best.model.eval().item_embedding.weight
+        before = best.model.score_all_last(best.test_set.inputs[:16])
+        table[cold] = torch.randn(len(cold), table.shape[1]) * 10  # a new item's ID row is never read
+        assert torch.equal(before, best.model.score_all_last(best.test_set.inputs[:16]))
+    ids, matrix = load_features(features)  # an item added after training: as the new item of the same features
+    row = matrix[list(ids).index(best.item_ids[cold[0]])]
+    grown = best.with_new_items([f"text={save_features(tmp_path / 'new.npz', np.array([999_001]), row[None])}"])
+    with torch.no_grad():
+        scores = grown.model.eval().score_all_last(best.test_set.inputs[:16])
+    torch.testing.assert_close(scores[:, -1], scores[:, cold[0]])
+    torch.testing.assert_close(scores[:, :-1], before)
+    with pytest.raises(ValueError, match="use load_best_model"):
+        load_model(runs["content"])
+
+
 def test_settings_that_do_not_fit_are_refused(tmp_path):
-    with pytest.raises(InputError, match="item_tower=content .* needs model=feddmmr"):
+    with pytest.raises(InputError, match="item_tower=content builds item vectors from modality features: give them"):
         TrainConfig(item_tower="content")
+    with pytest.raises(InputError, match="modality is for model=feddmmr or item_tower=content"):
+        TrainConfig(modality=["text=f.npz"])
     for field, value in (("cold_items", 0.1), ("item_tower", "content")):
         with pytest.raises(InputError, match=f"{field} is not supported with engine=flower yet"):
             TrainConfig(engine="flower", model="feddmmr", modality=["text=f.npz"], **{field: value})

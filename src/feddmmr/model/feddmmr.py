@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddmmr.model.item_tower import ContentItemTower, combined_features
+from feddmmr.model.item_tower import content_tower
 from feddmmr.model.losses import MASKED_SCORE, ScoreParts
 from feddmmr.model.sasrec import SASRec, SASRecConfig, dropout
 
@@ -138,10 +138,7 @@ class FedDMMR(nn.Module):
         self.config = config
         self.sasrec = SASRec(config.sasrec)
         if config.item_tower == "content":
-            if train_counts is None or not features:
-                raise ValueError("item_tower='content' needs modality features and the items' training counts")
-            combined = combined_features([features[name].float() for name in sorted(features)])
-            self.sasrec.item_tower = ContentItemTower(combined, train_counts)
+            self.sasrec.item_tower = content_tower(features, train_counts)
         elif config.item_tower != "id":
             raise ValueError(f"item_tower {config.item_tower!r}; expected 'id' or 'content'")
         # False: score as SASRec even with modalities (stage 1 trains the ID-only backbone).

@@ -121,6 +121,14 @@ def ridge_regression(x: torch.Tensor, y: torch.Tensor, grid: tuple[float, ...] =
     return vh.T @ ((s / (s.square() + lam)).unsqueeze(-1) * projected), lam
 
 
+def content_tower(features: dict[str, torch.Tensor], train_counts: torch.Tensor | None) -> ContentItemTower:
+    """The tower over the modality tables `features` (by name, each [num_items + 1, D_m]), read as
+    one combined feature."""
+    if train_counts is None or not features:
+        raise ValueError("item_tower='content' needs modality features and the items' training counts")
+    return ContentItemTower(combined_features([features[name].float() for name in sorted(features)]), train_counts)
+
+
 def combined_features(matrices: list[torch.Tensor]) -> torch.Tensor:
     """normalise(concat of the L2-normalised modality features) [num_items+1, sum D_m].
 
