@@ -54,7 +54,7 @@ class ContentItemTower(nn.Module):
         present = features.norm(dim=-1) > 0
         self.register_buffer("feature_mean", features[present].float().mean(0) if present.any()
                              else torch.zeros(features.shape[1]))
-        self._fitted: tuple[tuple, torch.Tensor] | None = None  # (what it was fitted on, stand-ins)
+        self._fitted: tuple | None = None  # (what it was fitted on, the stand-ins, the inputs' storages)
         self.ridge: float | None = None  # the last fit's ridge strength
 
     @property
@@ -70,11 +70,13 @@ class ContentItemTower(nn.Module):
     def stand_ins(self, id_table: torch.Tensor) -> torch.Tensor:
         """Every item's stand-in S [num_items + 1, d] given the ID table [num_items + 1, d]
         (padding's is 0), fitted once per state of the table, features and counts."""
-        key = tuple((t.data_ptr(), t._version, t.device) for t in (id_table, self.features, self.train_counts))
-        key += (id_table.dtype, torch.is_inference_mode_enabled())
+        inputs = (id_table, self.features, self.train_counts)
+        key = tuple((t.data_ptr(), t._version, t.device) for t in inputs) + (id_table.dtype, torch.is_inference_mode_enabled())
         if self._fitted is None or self._fitted[0] != key:
             with torch.no_grad():
-                self._fitted = key, self._fit(id_table).to(id_table.dtype)
+                # The inputs' storages are kept with the fit, so that no other tensor can take
+                # their addresses (and a fresh table at a reused address pass for the fitted one).
+                self._fitted = key, self._fit(id_table).to(id_table.dtype), [t.untyped_storage() for t in inputs]
         return self._fitted[1]
 
     def _fit(self, id_table: torch.Tensor) -> torch.Tensor:

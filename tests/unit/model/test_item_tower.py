@@ -71,7 +71,10 @@ def test_a_trained_item_is_its_id_row_and_a_new_one_its_stand_in_refitted_when_t
     assert m.sasrec.item_tower.stand_ins(table) is stand_ins  # fitted once per state of the table
     with torch.no_grad():
         table[3] += 1.0  # a round moves a trained item's embedding
-    assert not torch.allclose(m.sasrec.item_vectors(ids)[1], expected[1])
+    moved = m.sasrec.item_vectors(ids)[1]
+    assert not torch.allclose(moved, expected[1])
+    table.data = table.data * 2  # a fresh tensor in place of the table
+    torch.testing.assert_close(m.sasrec.item_vectors(ids)[1], 2 * moved)  # the fit is linear in the ID rows
 
 
 def test_the_stand_in_is_the_weighted_ridge_fit_of_the_trained_items_id_rows_on_their_centred_features():
