@@ -82,7 +82,7 @@ class OneErrorPath(TyperGroup):
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneErrorPath,
                   pretty_exceptions_show_locals=False)
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens; describe a dataset.")
 app.add_typer(data_app, name="data")
 features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
 app.add_typer(features_app, name="features")
@@ -327,6 +327,23 @@ def download_command(
     setup_logging()
     folder = download_dataset(name, cache_dir)
     print(folder)
+
+
+@data_app.command("stats")
+def stats_command(
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="as for train (default: the built-in synthetic data)"),
+    format: Optional[str] = typer.Option(None, "--format", help="as for train"),
+    top_users: Optional[int] = typer.Option(None, "--top-users", min=1, help="as for train"),
+    min_length: int = typer.Option(3, "--min-length", min=1, help="as for train"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Describe a dataset as a run would read it: users, items, interactions, density, lengths."""
+    from feddmmr.data.load import load_sequences
+    from feddmmr.data.stats import dataset_stats, format_stats
+
+    setup_logging()
+    stats = dataset_stats(load_sequences(data_dir, format=format, top_users=top_users, min_length=min_length))
+    print(json.dumps(stats, indent=2) if as_json else format_stats(stats))
 
 
 @features_app.command("text")
