@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feddmmr import run_directory
+from feddmmr import provenance, run_directory
 from feddmmr.checkpoint import load_checkpoint, load_weights_into, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
@@ -174,6 +174,11 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
     try:
         config.run_dir = str(run_dir)
         write_json(run_dir / "config.json", config.to_dict())
+        start = provenance.record_start(run_dir, device, resume=resume)
+        source = start["source"]
+        log.info("feddmmr %s%s, torch %s", start["packages"]["feddmmr"],
+                 "" if source is None else f" (commit {source['commit'][:10]}{', with changes' if source['changed'] else ''})",
+                 start["packages"]["torch"])
         feature_files = feature_paths(config)
         if resume:
             run_directory.check_data(run_dir, data, feature_files)
