@@ -32,6 +32,8 @@ ITEM_TOWERS = ("id", "content")
 NEGATIVE_LAYOUTS = ("per-target", "shared")  # and, with loss=ce-full, every item (federated/batches.py)
 PATH = Matches(r"(?s).*\S.*", "a path")
 BOOL = OneOf((False, True))
+# The model's dropout draws in steps of 1/256 (model/sasrec.py `dropout`): 255/256 is the most it can drop.
+MAX_DROPOUT = 255 / 256
 CHUNK = Matches(r"auto|[1-9][0-9]*", "auto or a whole number >= 1")
 
 
@@ -115,7 +117,7 @@ class TrainConfig:
     hidden_dim: int = _opt(128, "embedding and Transformer width d", rule=at_least(1))
     num_blocks: int = _opt(2, "Transformer blocks", rule=at_least(1))
     num_heads: int = _opt(4, "attention heads", rule=at_least(1))
-    dropout: float = _opt(0.1, "dropout rate", rule=Between(0.0, 1.0, high_open=True))
+    dropout: float = _opt(0.1, "dropout rate, at most 255/256 = 0.996 (it is drawn in steps of 1/256)", rule=Between(0.0, MAX_DROPOUT))
     # federated training
     num_rounds: int = _opt(50, "federated rounds (epochs with --centralized)", rule=at_least(1))
     client_fraction: float = _opt(0.2, "fraction of clients sampled per round", rule=Between(0.0, 1.0, low_open=True))
@@ -214,6 +216,11 @@ class TrainConfig:
                              f"(each head reads hidden_dim / num_heads dimensions)")
 
     def _check_engine(self) -> None:
+        if self.centralized and self.engine != "vectorized":
+            raise InputError(f"--centralized trains one model on the pooled users in this process; engine={self.engine} "
+                             f"runs federated rounds: drop one of them")
+        if self.centralized and self.aggregator != "fedavg":
+            raise InputError(f"--centralized has no client updates to aggregate; drop aggregator={self.aggregator}")
         if self.flower_secure_aggregation and self.aggregator != "fedavg":
             raise InputError(f"aggregator={self.aggregator} needs each node's update, but with flower_secure_aggregation "
                              f"the server sees only their sum (SecAgg+); use one or the other")

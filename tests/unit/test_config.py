@@ -3,6 +3,7 @@
 import pytest
 
 from feddmmr.config import FIELDS, SECTIONS, TrainConfig
+from feddmmr.errors import InputError
 
 
 def test_the_sections_hold_every_setting_exactly_once():
@@ -35,3 +36,16 @@ def test_each_section_checks_its_settings(section, bad, message):
     assert set(bad) <= set(SECTIONS[section])
     with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)
+
+
+def test_settings_centralized_training_would_ignore_are_refused():
+    with pytest.raises(InputError, match="--centralized trains one model .* engine=flower"):
+        TrainConfig(centralized=True, engine="flower")
+    with pytest.raises(InputError, match="--centralized has no client updates to aggregate; drop aggregator=krum"):
+        TrainConfig(centralized=True, aggregator="krum")
+
+
+def test_a_dropout_the_model_cannot_draw_is_refused():
+    TrainConfig(dropout=255 / 256)
+    with pytest.raises(ValueError, match=r"dropout: expected a number in \[0, 0.996094\], got 0.999"):
+        TrainConfig(dropout=0.999)

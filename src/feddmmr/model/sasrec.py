@@ -39,6 +39,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0:
         return x
     threshold = round(p * 256)
+    if not 0 <= threshold < 256:
+        raise ValueError(f"dropout {p}: this dropout draws in steps of 1/256, so it takes p in [0, 255/256]")
     count = x.numel()
     words = torch.randint(-(2**63), 2**63 - 1, ((count + 7) // 8, 1), dtype=torch.int64, device=x.device)
     shifts = torch.tensor(BYTE_SHIFTS, dtype=torch.int64, device=x.device)
