@@ -15,6 +15,11 @@ from feddmmr.errors import InputError, read_guarded
 log = logging.getLogger(__name__)
 
 
+def json_value(value: Any) -> Any:
+    """A numpy scalar (an item or user id) as the Python value JSON writes; anything else as is."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda h: h.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 

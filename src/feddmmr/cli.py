@@ -271,6 +271,7 @@ def recommend_command(
     import torch
 
     from feddmmr.best_model import load_best_model
+    from feddmmr.checkpoint import json_value
 
     setup_logging()
     if threads:
@@ -284,18 +285,13 @@ def recommend_command(
     lists = best.recommend(user or None, history=items, k=k, exclude_seen=not include_seen)
     labels = user or ["history"]
     if as_json:
-        print(json.dumps({str(label): [{"item": _plain(r.item), "score": r.score} for r in recs]
+        print(json.dumps({str(label): [{"item": json_value(r.item), "score": r.score} for r in recs]
                           for label, recs in zip(labels, lists)}, indent=2))
         return
     print("user\trank\titem\tscore")
     for label, recs in zip(labels, lists):
         for rank, rec in enumerate(recs, 1):
             print(f"{label}\t{rank}\t{rec.item}\t{rec.score:.4f}")
-
-
-def _plain(value):
-    """A numpy scalar as the Python value JSON can write."""
-    return value.item() if hasattr(value, "item") else value
 
 
 @app.command("report")

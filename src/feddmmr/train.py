@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from feddmmr import streams
-from feddmmr.checkpoint import load_checkpoint, write_json
+from feddmmr.checkpoint import json_value, load_checkpoint, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.callbacks import (Callback, LogEarlyStopping, LogRound, OnRound, SaveBestCheckpoint, SaveLastCheckpoint,
                                WriteMetrics)
@@ -29,6 +29,7 @@ from feddmmr.engines import Engine, RoundContext, make_engine
 from feddmmr.evaluation import group_metrics, metrics_from_ranks
 from feddmmr.errors import TrainingDiverged
 from feddmmr.federated.aggregation import make_aggregator
+from feddmmr.federated.attacks import exposure_rate
 from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
@@ -253,6 +254,10 @@ def final_evaluation(run: Run) -> dict:
         final[key] = metrics_from_ranks(ranks)
         if groups:
             final[f"{key}_groups"] = group_metrics(ranks, groups)
+    if run.attack is not None:  # did the promotion work: how many test users get a target in their top 10
+        targets = run.attack.targets
+        final["attack"] = {"kind": run.config.attack, "targets": [json_value(i) for i in run.split.data.item_ids[targets]],
+                           "ER@10": exposure_rate(run.model, run.test_set, targets)}
     write_json(run.run_dir / "final.json", final)
     valid, test = final["valid"], final["test"]
     log.info("best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
@@ -261,6 +266,9 @@ def final_evaluation(run: Run) -> dict:
         log.info("test ranked %s: HR@10 %.4f NDCG@10 %.4f", "against every unread item" if other == "full"
                  else f"against {run.config.num_negatives_eval} sampled negatives", final[f"test_{other}"]["HR@10"],
                  final[f"test_{other}"]["NDCG@10"])
+    if "attack" in final:
+        log.info("attack %s: ER@10 %.4f (the share of test users with a target item in their full-ranking top 10)",
+                 final["attack"]["kind"], final["attack"]["ER@10"])
     for key in (k for k in ("test", f"test_{other}") if f"{k}_groups" in final):
         log.info("%s by test item: %s", "test" if key == "test" else f"test ranked {other}", describe_groups(final[f"{key}_groups"]))
     return final

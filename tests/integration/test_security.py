@@ -199,3 +199,18 @@ def test_the_config_offers_every_attack_there_is():
     from feddmmr.config import FIELDS
 
     assert tuple(FIELDS["attack"].metadata["rule"].options()) == ATTACKS
+
+
+def test_an_attacked_run_says_whether_the_attack_worked(tiny_data, tmp_path):
+    """final.json and the log give ER@10 of the run's targets on its best model: what
+    benchmarks/attacks.py measures."""
+    from feddmmr.best_model import load_best_model
+
+    result = train(tiny(tiny_data, tmp_path / "run", num_rounds=2, validate_every=1, attack="data-poisoning",
+                        attack_fraction=0.1, attack_targets=3))
+    attack = result.final["attack"]
+    best = load_best_model(tmp_path / "run")
+    dense = [list(best.item_ids).index(item) for item in attack["targets"]]
+    assert attack["kind"] == "data-poisoning" and len(dense) == 3
+    assert attack["ER@10"] == exposure_rate(best.model, best.test_set, np.array(dense))
+    assert f"attack data-poisoning: ER@10 {attack['ER@10']:.4f}" in (tmp_path / "run" / "run.log").read_text()
