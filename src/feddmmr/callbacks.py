@@ -64,7 +64,8 @@ def round_line(record: dict) -> str:
     if "dp" in record:
         epsilon = record["dp"]["epsilon"]
         shown += "  DP epsilon " + ("inf" if epsilon is None else f"{epsilon:.2f}") + f" (delta {record['dp']['delta']:g})"
-    return (f"round {record['round']:>3}  loss {record['train_loss']:.4f}  {shown}  "
+    loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"  # None: no step trained
+    return (f"round {record['round']:>3}  loss {loss}  {shown}  "
             f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s")
 
 

@@ -20,6 +20,7 @@ from feddmmr import streams
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.data.negatives import sample_distinct_negatives
 from feddmmr.engines.base import guarded_step
+from feddmmr.errors import TrainingDiverged, diverged_advice
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.model.losses import every_item, next_item_loss
@@ -76,7 +77,13 @@ class CentralizedEpochs:
             total += float(loss_sum.detach())
             count += float(n)
         run.precision.settle([scales])
+        steps = -(-len(order) // c.batch_size)
         if skipped:
-            log.warning("round %d: skipped %d steps with a non-finite loss or gradient", round_number, skipped)
-        return {"round": round_number, "clients": len(eligible), "train_loss": total / max(count, 1.0),
+            log.warning("round %d: skipped %d of %d steps (%.1f%%): a non-finite loss or gradient", round_number, skipped,
+                        steps, 100 * skipped / steps)
+        if skipped == steps:
+            raise TrainingDiverged(f"epoch {round_number}: every step ({steps}) had a non-finite loss or gradient, so "
+                                   f"nothing trained; the checkpoints of epoch {round_number - 1} are intact. "
+                                   f"{diverged_advice(c, run.run_dir)}")
+        return {"round": round_number, "clients": len(eligible), "train_loss": total / count if count else None,
                 "skipped_steps": skipped, "train_seconds": time.perf_counter() - started}

@@ -30,6 +30,12 @@ class CorruptFile(InputError):
     """A file that cannot be read back: truncated, empty, or not what its name says."""
 
 
+def diverged_advice(config, run_dir) -> str:
+    """What to do when training diverged, for a `TrainingDiverged` message."""
+    return (f"Start a new run with a lower --learning-rate (now {config.learning_rate:g}) or --amp off (now "
+            f"{config.amp}); --init-from {run_dir} starts it from this run's best weights")
+
+
 class RunDirectoryInUse(FeddmmrError):
     """Another process is writing to the run directory."""
 

@@ -27,7 +27,7 @@ from feddmmr.callbacks import (Callback, LogEarlyStopping, LogRound, OnRound, Sa
 from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
 from feddmmr.evaluation import group_metrics, metrics_from_ranks
-from feddmmr.errors import TrainingDiverged
+from feddmmr.errors import TrainingDiverged, diverged_advice
 from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.attacks import exposure_rate
 from feddmmr.federated.batches import client_rng, make_client_batches
@@ -89,7 +89,9 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
             raise TrainingDiverged(
                 f"round {round_number}: every client's update ({len(dropped)}) was non-finite, so the round "
                 f"has nothing to aggregate and training cannot go on; the checkpoints of round {round_number - 1} "
-                f"are intact. {DIVERGED_ADVICE.format(lr=c.learning_rate, amp=c.amp, run_dir=run.run_dir)}")
+                f"are intact. {diverged_advice(c, run.run_dir)}")
+
+    check_skipped_steps(reports, round_number, c, run.run_dir)
 
     new_params = aggregator.result()
     if run.server_optimizer is not None:
@@ -100,13 +102,14 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     # The Flower engine reports only the clients whose node replied: average over those.
     targets = {b.user: b.num_targets for b in batches}
     reported = sorted(reports, key=lambda r: r.user)
-    weights = np.array([targets[r.user] for r in reported], dtype=np.float64)
-    losses = np.array([r.mean_loss for r in reported])
+    trained = [r for r in reported if r.steps]  # a client whose every step was skipped has no loss to average
+    weights = np.array([targets[r.user] for r in trained], dtype=np.float64)
+    losses = np.array([r.mean_loss for r in trained])
     record = {
         "round": round_number,
         "clients": len(users),
         "failed_clients": len(users) - len(reported),
-        "train_loss": float(np.average(losses, weights=weights)) if reported else float("nan"),
+        "train_loss": float(np.average(losses, weights=weights)) if trained else None,
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
         "dropped_clients": len(dropped),
         **({} if run.attack is None else {"attack_clients": len(run.attack.round_users)}),
@@ -118,8 +121,22 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     return record
 
 
-DIVERGED_ADVICE = ("Start a new run with a lower --learning-rate (now {lr:g}) or --amp off (now {amp}); "
-                   "--init-from {run_dir} starts it from this run's best weights")
+def check_skipped_steps(reports, round_number: int, config, run_dir) -> None:
+    """One line for the round's skipped steps (a non-finite loss or gradient: never trained on),
+    and a stop when no step of the round trained: its update would be the model it started from."""
+    skipped = sum(r.skipped_steps for r in reports)
+    if not skipped:
+        return
+    steps = skipped + sum(r.steps for r in reports)
+    clients = sum(1 for r in reports if r.skipped_steps)
+    log.warning("round %d: skipped %d of %d local steps (%.1f%%) in %d of %d clients: a non-finite loss or gradient",
+                round_number, skipped, steps, 100 * skipped / steps, clients, len(reports))
+    if skipped == steps:
+        raise TrainingDiverged(
+            f"round {round_number}: every local step ({steps}) had a non-finite loss or gradient, so nothing "
+            f"trained; the checkpoints of round {round_number - 1} are intact. "
+            f"{diverged_advice(config, run_dir)}")
+
 
 
 def stop_if_not_finite(run: Run, round_number: int) -> None:
@@ -134,7 +151,7 @@ def stop_if_not_finite(run: Run, round_number: int) -> None:
         f"round {round_number}: the global model's weights became non-finite (NaN or inf in "
         f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}); nothing of this round was saved, the "
         f"checkpoints of round {round_number - 1} are intact. "
-        + DIVERGED_ADVICE.format(lr=c.learning_rate, amp=c.amp, run_dir=run.run_dir))
+        + diverged_advice(c, run.run_dir))
 
 
 # ---------------------------------------------------------------------------------------------

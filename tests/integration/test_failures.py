@@ -490,3 +490,25 @@ def test_an_interrupt_says_how_to_resume(tiny_data, tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", *tiny_flags(tiny_data, tmp_path / "run")])
     assert result.exit_code == 130 and "--resume RUN_DIR" in result.output
     assert "Traceback" not in result.output
+
+
+def test_skipped_steps_are_one_line_a_round_and_a_round_that_trained_nothing_stops(tmp_path, caplog):
+    import logging
+
+    from feddmmr.engines.base import ClientReport
+    from feddmmr.errors import TrainingDiverged
+    from feddmmr.train import check_skipped_steps
+
+    config = TrainConfig(learning_rate=2.0)
+    with caplog.at_level(logging.WARNING, logger="feddmmr.train"):
+        check_skipped_steps([ClientReport(1, 0.5, 3, 1), ClientReport(2, 0.4, 4, 0)], 7, config, tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        "round 7: skipped 1 of 8 local steps (12.5%) in 1 of 2 clients: a non-finite loss or gradient"]
+    with pytest.raises(TrainingDiverged, match=r"round 7: every local step \(5\) had a non-finite loss or gradient, "
+                                               r"so nothing trained; .* lower --learning-rate \(now 2\)"):
+        check_skipped_steps([ClientReport(1, 0.0, 0, 2), ClientReport(2, 0.0, 0, 3)], 7, config, tmp_path)
+    # --centralized at an absurd learning rate: its second epoch skips every step; it stops, it does not log loss 0
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: every step \(\d+\) had a non-finite loss or gradient"):
+        train(TrainConfig(**{**TINY, "top_users": 120, "validate_every": 1, "num_rounds": 2, "centralized": True,
+                             "learning_rate": 1e6,
+                             "run_dir": str(tmp_path / "run")}))

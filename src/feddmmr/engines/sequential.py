@@ -76,8 +76,6 @@ class SequentialEngine:
                     skipped += 1
                     continue
                 losses.append(float(loss.detach()))
-            if skipped:
-                log.warning("client %d: skipped %d steps with a non-finite loss or gradient", client.user, skipped)
             if memory is not None:
                 memory.scatter([client.user], slots)
             params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters() if n not in local.frozen}

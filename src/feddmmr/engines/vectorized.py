@@ -166,8 +166,6 @@ class VectorizedEngine:
             kept = aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm)).tolist()
             loss_sum, steps_trained, skipped = loss_sum.tolist(), steps_trained.tolist(), skipped.tolist()
             for i, user in enumerate(batch.users):
-                if skipped[i]:
-                    log.warning("client %d: skipped %d steps with a non-finite loss or gradient", user, skipped[i])
                 reports.append(ClientReport(user, loss_sum[i] / max(steps_trained[i], 1), steps_trained[i], skipped[i],
                                             dropped=not kept[i]))
             if progress:
