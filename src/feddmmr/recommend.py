@@ -25,15 +25,16 @@ class Recommendation:
     score: float
 
 
-def top_items(scores: torch.Tensor, exclude: list[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, dense ids), each [B, k'] with k' = min(k, items left), of the best items of each
-    row of `scores` [B, num_items + 1], never padding (column 0) nor the dense ids `exclude[b]`."""
+def top_items(scores: torch.Tensor, exclude: list[np.ndarray], k: int) -> list[tuple[list[float], list[int]]]:
+    """For each row of `scores` [B, num_items + 1]: (scores, dense ids) of its best `k` items, best
+    first, never padding (column 0) nor the dense ids `exclude[b]` (fewer when fewer are left)."""
     scores = scores.float().clone()
     scores[:, 0] = float("-inf")
     for row, items in enumerate(exclude):
         scores[row, torch.as_tensor(items, dtype=torch.long)] = float("-inf")
-    left = int(torch.isfinite(scores).sum(1).min())
-    return torch.topk(scores, min(k, left), dim=1)
+    values, ids = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    return [([v for v in vs if v != float("-inf")], ids_row[:sum(v != float("-inf") for v in vs)])
+            for vs, ids_row in zip(values.tolist(), ids.tolist())]
 
 
 def dense_items(best: BestModel, items: Sequence) -> np.ndarray:
@@ -85,9 +86,8 @@ def recommend(best: BestModel, *, users: Sequence | None = None, history: Sequen
             with best.precision.autocast():
                 scores = model.score_all_last(inputs.to(device), *slots).cpu()
             exclude = chunk if exclude_seen else [np.empty(0, dtype=np.int64)] * len(chunk)
-            values, items = top_items(scores, exclude, k)
-            results += [[Recommendation(best.item_ids[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist())]
-                        for vs, ids in zip(values, items)]
+            results += [[Recommendation(best.item_ids[i], v) for v, i in zip(values, ids)]
+                        for values, ids in top_items(scores, exclude, k)]
     model.train(was_training)
     return results
 

@@ -101,3 +101,11 @@ def test_the_cli_prints_each_users_list(tower_run):
     assert [entry["item"] for entry in printed[users[0]]] == [r.item for r in expected[:2]]
     result = runner.invoke(app, ["recommend", str(tower_run[0])])
     assert result.exit_code == 2 and "give --user" in result.output
+
+
+def test_each_user_gets_their_own_count_when_one_has_read_almost_everything():
+    from feddmmr.recommend import top_items
+
+    scores = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0], [9.0, 4.0, 3.0, 2.0, 1.0]])
+    lists = top_items(scores, [np.array([1, 2, 3]), np.array([], dtype=np.int64)], k=3)
+    assert lists == [([4.0], [4]), ([4.0, 3.0, 2.0], [1, 2, 3])]  # never padding, never a read item
