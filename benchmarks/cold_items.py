@@ -6,7 +6,8 @@ metrics are split by the user's test item: new (`cold`, never trained on), train
 all. Beside them, on the same users and candidates of each seed's run: popularity (training
 interactions) and the content-only nearest neighbour (the candidate's highest feature cosine with
 the user's last K items, for each K of `--recent`). Each figure is the mean over the seeds ± its
-standard error.
+standard error. A second table ranks each new-item user's test item among the new items alone: the
+most that full ranking could give them, whatever the level of the new items' scores.
 
     python benchmarks/cold_items.py --runs fedsasrec=RUN_S0,RUN_S1,RUN_S2 feddmmr=RUN_S0,RUN_S1,RUN_S2 \\
         --features text=features/ml-1m-text.npz --recent 1 5
@@ -45,6 +46,22 @@ def figures(model, best, mode: str) -> dict[str, dict]:
     return grouped(held_out_ranks(model, best.test_set, mode, precision=best.precision, memory=slots), best.split)
 
 
+@torch.no_grad()
+def among_new_items(model, best) -> float:
+    """HR@10 of the new-item users' test item ranked among the new items alone: the most full
+    ranking could give them if every trained item ranked below the new ones (how well the content
+    alone orders new items)."""
+    users = np.flatnonzero(best.split.user_groups()["cold"])
+    new_items = torch.from_numpy(np.flatnonzero(best.split.cold))
+    slots = () if best.memory_slots is None or model is not best.model else tuple(m[users] for m in best.memory_slots)
+    was_training = model.training
+    scores = model.eval().score_all_last(best.test_set.inputs[users], *slots).float()
+    model.train(was_training)
+    target = scores.gather(1, best.test_set.targets[users].unsqueeze(1))
+    rank = (scores[:, new_items] >= target).sum(1) - 1  # ties count against the target, as in evaluation; less itself
+    return float((rank < 10).double().mean())
+
+
 def summary(values: list[float]) -> str:
     values = np.asarray(values, dtype=np.float64)
     error = f" ± {values.std(ddof=1) / np.sqrt(len(values)):.3f}" if len(values) > 1 else ""
@@ -71,6 +88,7 @@ def main(argv=None) -> None:
     if len(seeds) != 1:
         raise SystemExit(f"every label needs the same number of runs (one per seed), got {sorted(seeds)}")
     rows: dict[str, dict] = {}  # label -> (mode, group, metric) -> values over seeds
+    among: dict[str, list[float]] = {}  # label -> new-item users' HR@10 among the new items, over seeds
 
     def add(label: str, mode: str, result: dict[str, dict]) -> None:
         for group in GROUPS:
@@ -82,6 +100,7 @@ def main(argv=None) -> None:
             best = load_best_model(runs[index])
             for mode in MODES:
                 add(label, mode, figures(best.model, best, mode))
+            among.setdefault(label, []).append(among_new_items(best.model, best))
             if position:
                 continue
             # The baselines on the first label's run of this seed (every label shares its split).
@@ -92,6 +111,7 @@ def main(argv=None) -> None:
             for name, model in baselines.items():
                 for mode in MODES:
                     add(name, mode, figures(model, best, mode))
+                among.setdefault(name, []).append(among_new_items(model, best))
         print(f"seed {index}: {', '.join(str(runs[index]) for _, runs in labelled)}", flush=True)
 
     header = ["model", "users"] + [f"{group} {'1:N' if mode == 'sampled' else 'full'} {metric}"
@@ -105,6 +125,10 @@ def main(argv=None) -> None:
     print("|" + "---|" * len(table[0]))
     for row in table[1:]:
         print("| " + " | ".join(row) + " |")
+    print("\nnew-item users, test item ranked among the new items only (a ceiling for full ranking):")
+    print("| model | HR@10 among new items |\n|---|---|")
+    for label, values in among.items():
+        print(f"| {label} | {summary(values)} |")
 
 
 if __name__ == "__main__":
