@@ -80,18 +80,19 @@ class ContentItemTower(nn.Module):
         return self._fitted[1]
 
     def _fit(self, id_table: torch.Tensor) -> torch.Tensor:
-        trained = self.trained
-        x = self.centred(self.features).double()
-        weights = self.train_counts[trained].double()
+        # On the CPU in float64: a small solve (D x D), and MPS has no float64.
+        trained = self.trained.cpu()
+        x = self.centred(self.features).cpu().double()
+        weights = self.train_counts.cpu()[trained].double()
         weights = weights / weights.mean()
         x_mean = weights @ x[trained] / weights.sum()
-        y = id_table.detach().double()
+        y = id_table.detach().cpu().double()
         y_mean = weights @ y[trained] / weights.sum()
         root = weights.sqrt().unsqueeze(-1)
         coefficients, self.ridge = ridge_regression(root * (x[trained] - x_mean), root * (y[trained] - y_mean))
         stand_ins = (x - x_mean) @ coefficients + y_mean
         stand_ins[0] = 0
-        return stand_ins
+        return stand_ins.to(id_table.device)
 
     def forward(self, ids: torch.Tensor, id_table: torch.Tensor) -> torch.Tensor:
         """Vectors [..., d] of the items `ids` [...] given the ID table [num_items + 1, d], as
