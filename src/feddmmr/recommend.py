@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from feddmmr.data.split import last_items
+
 if TYPE_CHECKING:
     from feddmmr.best_model import BestModel
 
@@ -78,10 +80,8 @@ def recommend(best: BestModel, *, users: Sequence | None = None, history: Sequen
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start:start + batch_size]
-            inputs = torch.zeros(len(chunk), length, dtype=torch.long)
-            for row, sequence in enumerate(chunk):
-                last = sequence[-length:]
-                inputs[row, length - len(last):] = torch.from_numpy(last)
+            offsets = np.concatenate([[0], np.cumsum([len(sequence) for sequence in chunk])])
+            inputs = torch.from_numpy(last_items(offsets, np.concatenate(chunk), length))  # left-padded, as evaluation's
             slots = _memory_slots(best, None if rows is None else rows[start:start + batch_size], len(chunk))
             with best.precision.autocast():
                 scores = model.score_all_last(inputs.to(device), *slots).cpu()
