@@ -106,7 +106,7 @@ def main(argv=None) -> None:
             # The baselines on the first label's run of this seed (every label shares its split).
             split = best.split
             features = load_modality(args.features, split.data.item_ids).matrix
-            baselines = {"popularity": Popularity(split.train_items, split.num_items),
+            baselines = {"popularity": Popularity(split.train_counts()),
                          **{f"content kNN (last {k})": ContentNeighbours(features, k) for k in args.recent}}
             for name, model in baselines.items():
                 for mode in MODES:

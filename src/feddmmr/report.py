@@ -129,6 +129,11 @@ def both_protocols(final: dict, suffix: str = "") -> list[dict | None]:
             final.get(f"test{suffix}") if full_run else final.get(f"test_full{suffix}")]
 
 
+def train_losses(run) -> list[float]:
+    """Each round's training loss; NaN (a gap in the plot) for a round in which no step trained."""
+    return [float("nan") if r["train_loss"] is None else r["train_loss"] for r in run.records]
+
+
 def aligned(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
@@ -216,7 +221,7 @@ def _training(plt, run: RunRecords):
     clients that failed or were dropped."""
     figure, (loss_axis, val_axis, client_axis) = plt.subplots(1, 3, figsize=(15, 4))
     rounds = [r["round"] for r in run.records]
-    loss_axis.plot(rounds, [float("nan") if r["train_loss"] is None else r["train_loss"] for r in run.records], marker=".")
+    loss_axis.plot(rounds, train_losses(run), marker=".")
     loss_axis.set(xlabel="round", ylabel="training loss (mean over clients)", title="training loss")
     _mark_best(loss_axis, run)
     loss_axis.legend()
@@ -254,7 +259,7 @@ def _comparison(plt, runs: list[RunRecords]):
                 axis.plot([run.final["best_round"]], [run.final["test"][metric]], marker="*", markersize=12,
                           color=color, linestyle="none")
             _mark_best(axis, run, color=color, label=False)
-        axes[1][0].plot(rounds, [float("nan") if r["train_loss"] is None else r["train_loss"] for r in run.records], color=color, label=run.name)
+        axes[1][0].plot(rounds, train_losses(run), color=color, label=run.name)
         axes[1][1].plot(rounds, [r["train_seconds"] + r["eval_seconds"] for r in run.records], color=color,
                         label=run.name)
     axes[0][0].set(xlabel="round", ylabel="validation HR@10", title="validation HR@10 (star: test at the best round)")

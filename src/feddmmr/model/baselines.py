@@ -17,9 +17,10 @@ from torch import nn
 
 
 class Popularity(nn.Module):
-    def __init__(self, train_items: np.ndarray, num_items: int) -> None:
+    def __init__(self, train_counts: np.ndarray) -> None:
+        """`train_counts` [num_items + 1]: each item's training interactions (`LeaveOneOut.train_counts`)."""
         super().__init__()
-        counts = np.bincount(train_items, minlength=num_items + 1).astype(np.float32)
+        counts = train_counts.astype(np.float32)
         counts[0] = -1.0  # padding below every item
         # A frozen parameter, not a buffer: evaluation finds the model's device by its parameters.
         self.counts = nn.Parameter(torch.from_numpy(counts), requires_grad=False)
