@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 import torch
 
 from feddmmr.checkpoint import save_checkpoint
-from feddmmr.run_state import SELECTION_METRIC, Run, checkpoint_state, memory_entry, write_metrics
+from feddmmr.run_state import Run, checkpoint_state, memory_entry, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Callback(Protocol):
 
 
 class SaveBestCheckpoint:
-    """best.pt: the model (and FedDMMR memories) of a validated round that improved HR@10."""
+    """best.pt: the model (and FedDMMR memories) of a validated round that improved the selection metric (--select-metric)."""
 
     def on_round_end(self, run: Run, record: dict) -> None:
         if record["validated"] and run.state.early_stopping.best_round == record["round"]:
@@ -80,7 +80,7 @@ class LogEarlyStopping:
     def on_round_end(self, run: Run, record: dict) -> None:
         if run.state.stopped_early:
             log.info("early stopping at round %d: no %s gain in %d validations (best: round %d)", record["round"],
-                     SELECTION_METRIC, run.config.patience, run.state.early_stopping.best_round)
+                     run.config.select_metric, run.config.patience, run.state.early_stopping.best_round)
 
 
 class OnRound:

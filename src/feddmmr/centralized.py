@@ -23,7 +23,7 @@ from feddmmr.engines.base import guarded_step
 from feddmmr.errors import TrainingDiverged, diverged_advice
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
-from feddmmr.model.losses import every_item, next_item_loss
+from feddmmr.model.losses import next_item_loss
 from feddmmr.run_state import Run, positive_weight
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class CentralizedEpochs:
         model.train()
         total, count, skipped = 0.0, 0.0, 0
         scales = run.precision.client_scales(1, run.device)
-        shared = every_item(model.item_embedding.weight) if c.loss == "ce-full" else None
+        shared = None
         beta = positive_weight(c, split.num_items)
         negatives_rng = np.random.default_rng([c.seed, streams.CENTRALIZED_NEGATIVES, round_number])
         for start in range(0, len(order), c.batch_size):
@@ -69,8 +69,11 @@ class CentralizedEpochs:
                                                   negatives_rng)
                 shared = torch.from_numpy(drawn[0]).to(run.device)
             with run.precision.autocast():
-                scores = model(batch_inputs, batch_candidates, shared)
-            loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss, beta)
+                if c.loss == "ce-full":
+                    loss_sum, n = model.full_softmax_loss(batch_inputs, batch_candidates[..., 0])
+                else:
+                    scores = model(batch_inputs, batch_candidates, shared)
+                    loss_sum, n = next_item_loss(scores.float(), batch_candidates[..., 0] > 0, c.loss, beta)
             if not guarded_step(loss_sum / n.clamp(min=1), list(model.parameters()), optimizer, scales):
                 skipped += 1
                 continue

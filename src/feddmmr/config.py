@@ -123,6 +123,9 @@ class TrainConfig:
     client_fraction: float = _opt(0.2, "fraction of clients sampled per round", rule=Between(0.0, 1.0, low_open=True))
     local_epochs: int = _opt(2, "passes over its data each sampled client makes", rule=at_least(1))
     batch_size: int = _opt(4, "training windows (of max_seq_len positions) per local step", rule=at_least(1))
+    train_windows: str = _opt("all", "which of a history's max_seq_len-position windows an epoch trains: all (every "
+                                     "target once) or last (the newest only: SASRec+'s one sample a user an epoch)",
+                              rule=OneOf(("all", "last")))
     learning_rate: float = _opt(1.0, "learning rate of the client's optimiser (and of the model's with --centralized)", rule=above(0))
     weight_decay: float = _opt(0.0, "L2 weight decay of the client optimiser", rule=at_least(0))
     local_optimizer: str = _opt("sgd", "the client's optimiser, fresh each round: sgd or adam (also the optimiser of --centralized)", rule=OneOf(("adam", "sgd")))
@@ -176,6 +179,8 @@ class TrainConfig:
     # 10, not 5: validating 1,000 users has a standard error of about 0.015 HR@10, and late rounds gain
     # about 0.01 in 10; 5 validations (10 rounds) stopped ML-1M top-1000 seed 0 on noise at round 34
     # with test HR@10 0.612, against 0.659 after 50 rounds (docs/RESULTS.md §3).
+    select_metric: str = _opt("HR@10", "the validation metric that picks the best round and drives early stopping "
+                                       "(SASRec+: NDCG@10)", rule=OneOf(("HR@10", "NDCG@10")))
     patience: int = _opt(10, "early stopping: validated rounds without improvement (0: never stop)", rule=at_least(0))
     # runtime
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto", rule=Matches(r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, cuda, cuda:N or mps"))
@@ -307,7 +312,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data_dir", "format", "top_users", "min_length", "cold_items", "cold_items_by"),
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),
-    "client": ("local_epochs", "batch_size", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
+    "client": ("local_epochs", "batch_size", "train_windows", "learning_rate", "weight_decay", "local_optimizer", "num_negatives",
                "negatives", "loss", "gbce_t"),
     "server": ("num_rounds", "client_fraction", "aggregator", "robust_fraction", "server_optimizer", "server_learning_rate",
                "server_epsilon", "server_momentum"),
@@ -318,7 +323,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "alignment_weight", "contrastive_weight", "item_tower", "content_history",
                 "modality_objective"),
     "attack": ("attack", "attack_fraction", "attack_targets"),
-    "evaluation": ("eval", "num_negatives_eval", "validate_every", "patience"),
+    "evaluation": ("eval", "num_negatives_eval", "validate_every", "select_metric", "patience"),
     "runtime": ("device", "amp", "seed", "run_dir", "init_from", "tracker", "threads"),
 }
 # Settings that no longer exist, and why; a preset or an old run's config.json may still hold them.

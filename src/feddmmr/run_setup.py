@@ -32,7 +32,7 @@ from feddmmr.memory.two_tier import MemoryConfig
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.item_tower import combined_features, content_tower
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_state import SELECTION_METRIC, Run, RunState, positive_weight, restore
+from feddmmr.run_state import Run, RunState, positive_weight, restore
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def log_start(run: Run) -> None:
         log.info("loss: gbce, calibration t %g: the positive's log-probability weighs %.4g",
                  c.gbce_t, positive_weight(c, s.num_items))
     log.info("validation: %s; %s", run.schedule.describe(),
-             f"early stopping after {c.patience} validated rounds without {SELECTION_METRIC} gain" if c.patience
+             f"early stopping after {c.patience} validated rounds without {c.select_metric} gain" if c.patience
              else "no early stopping")
     if run.attack is not None:
         log.info("attack: %s by %d fake clients (%d genuine users), targets %s (dense item ids)", run.attack.kind,

@@ -36,8 +36,6 @@ if TYPE_CHECKING:  # Flower is an optional extra
 
 log = logging.getLogger(__name__)
 
-SELECTION_METRIC = "HR@10"
-
 
 def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
     """FedDMMR's auxiliary loss weights of the run."""

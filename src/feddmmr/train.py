@@ -34,7 +34,7 @@ from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
 from feddmmr.run_setup import prepare_run
-from feddmmr.run_state import SELECTION_METRIC, Run, load_memory
+from feddmmr.run_state import Run, load_memory
 from feddmmr.trackers import make_trackers
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: li
         if record["validated"]:
             record["val"], diagnostics = run.validate(round_number)
             record.update(diagnostics)
-            state.early_stopping.update(round_number, record["val"][SELECTION_METRIC])
+            state.early_stopping.update(round_number, record["val"][run.config.select_metric])
             state.stopped_early = state.early_stopping.should_stop
         else:
             record["next_validation"] = run.schedule.next_validation(round_number)

@@ -14,6 +14,12 @@ moves, both measured on the 8 cases:
   the others 4e-9 to 2e-8), while a learning rate off by a relative 1e-3 moves round 1's loss by
   a relative 1e-4, a hundred times the bound (`test_a_planted_change_fails_the_comparison`
   keeps that true);
+- except FedDMMR's losses after its first round, to a relative 1e-3 (`MEMORY_LOSS_RTOL`): its memory
+  admits an item to the long-term tier when the item's novelty passes a threshold, a discrete
+  decision that a last-bit difference can flip. On an AMD EPYC, AVX-512 against AVX2 kernels
+  (`ATEN_CPU_CAPABILITY`) moved rounds 1-3 by 1.4e-9, 1.0e-6 and 5.0e-5; with the threshold out of
+  reach (`memory_novelty=2`, nothing admitted) by 1.1e-9, 1.2e-10 and 8.3e-9. Its first round, and
+  its validation and test metrics, keep the bounds of every case;
 - validation and test metrics within one user's worth, 1/USERS: a tie between two candidates
   broken the other way moves one user's rank by one, which changes that user's HR@10, NDCG@10 and
   MRR by at most 1 each, so the mean over USERS users by at most 1/USERS. Another dispatch
@@ -52,6 +58,7 @@ CASES = {
 METRICS = ("HR@10", "NDCG@10", "MRR")
 USERS = SMALL["top_users"]  # every user is validated and tested: a metric is a mean over USERS users
 LOSS_RTOL = 1e-6
+MEMORY_LOSS_RTOL = 1e-3  # FedDMMR's losses after round 1 (the module's docstring)
 
 
 def synthetic_features(folder: Path) -> Path:
@@ -162,14 +169,15 @@ GOLDEN: dict[str, dict] = {  # recorded at e51976a (python tests/integration/tes
 }
 
 
-def mismatches(observed: dict, golden: dict) -> list[str]:
-    """Where `observed` leaves the bounds around `golden` (see the module's docstring); [] if nowhere."""
+def mismatches(observed: dict, golden: dict, later_loss_rtol: float = LOSS_RTOL) -> list[str]:
+    """Where `observed` leaves the bounds around `golden` (see the module's docstring); [] if nowhere.
+    `later_loss_rtol`: the bound of the losses after round 1."""
     found = []
     if len(observed["rounds"]) != len(golden["rounds"]):
         return [f"{len(observed['rounds'])} rounds, recorded {len(golden['rounds'])}"]
     one_user = 1 / USERS + 1e-12
     for number, (seen, recorded) in enumerate(zip(observed["rounds"], golden["rounds"]), start=1):
-        if abs(seen[0] - recorded[0]) > LOSS_RTOL * abs(recorded[0]):
+        if abs(seen[0] - recorded[0]) > (LOSS_RTOL if number == 1 else later_loss_rtol) * abs(recorded[0]):
             found.append(f"round {number} loss {seen[0]!r}, recorded {recorded[0]!r}")
         found += [f"round {number} validation {metric} {a!r}, recorded {b!r}"
                   for metric, a, b in zip(METRICS, seen[1:], recorded[1:]) if abs(a - b) > one_user]
@@ -183,7 +191,8 @@ def mismatches(observed: dict, golden: dict) -> list[str]:
 def test_a_run_repeats_the_recorded_numbers(case, tmp_path):
     if case == "flower":
         pytest.importorskip("flwr")
-    assert mismatches(observe(case, tmp_path), GOLDEN[case]) == []
+    later = MEMORY_LOSS_RTOL if case == "feddmmr" else LOSS_RTOL
+    assert mismatches(observe(case, tmp_path), GOLDEN[case], later) == []
 
 
 @pytest.mark.slow
@@ -196,6 +205,15 @@ def test_a_planted_change_fails_the_comparison(tmp_path):
     finally:
         del CASES["planted"]
     assert found and found[0].startswith("round 1 loss"), found
+
+
+def test_feddmmrs_later_losses_get_the_memory_bound_and_its_first_round_does_not():
+    golden = {"rounds": [[2.0, 0.5, 0.25, 0.125]] * 2, "test": [0.5, 0.25, 0.125]}
+    later = {"rounds": [[2.0, 0.5, 0.25, 0.125], [2.0 * (1 + 0.9 * MEMORY_LOSS_RTOL), 0.5, 0.25, 0.125]],
+             "test": [0.5, 0.25, 0.125]}
+    assert mismatches(later, golden, MEMORY_LOSS_RTOL) == [] and mismatches(later, golden) != []
+    first = {"rounds": [[2.0 * (1 + 2 * LOSS_RTOL), 0.5, 0.25, 0.125], [2.0, 0.5, 0.25, 0.125]], "test": [0.5, 0.25, 0.125]}
+    assert mismatches(first, golden, MEMORY_LOSS_RTOL) == [f"round 1 loss {2.0 * (1 + 2 * LOSS_RTOL)!r}, recorded 2.0"]
 
 
 def test_the_bounds_take_one_users_worth_and_no_more():

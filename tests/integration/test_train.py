@@ -168,6 +168,34 @@ def test_centralized_shared_negatives_are_drawn_per_batch_and_repeat_with_the_se
     assert abs(first.history[0]["train_loss"] - np.log(33)) < 1.0
 
 
+def test_the_sasrec_plus_preset_trains_newest_windows_and_keeps_the_round_of_best_ndcg(tiny_data, tmp_path):
+    """The preset's recipe on the tiny data (its model shrunk): a full softmax over the users' newest
+    windows, validated under full ranking, the best round the one of highest validation NDCG@10
+    (the first of equals), and early stopping counts NDCG@10 too."""
+    plus = resolve_config("sasrec_plus", data_dir=str(tiny_data), run_dir=str(tmp_path / "run"), max_seq_len=10,
+                          hidden_dim=16, batch_size=8, num_rounds=6, patience=2, learning_rate=5e-2, threads=1,
+                          num_negatives_eval=20)
+    assert (plus.centralized, plus.loss, plus.train_windows, plus.select_metric, plus.eval) == (
+        True, "ce-full", "last", "NDCG@10", "full")
+    result = train(plus)
+    ndcg = [r["val"]["NDCG@10"] for r in result.history]
+    assert result.final["best_round"] == 1 + int(np.argmax(ndcg)) and result.final["eval"] == "full"
+    best = result.final["best_round"]
+    assert len(ndcg) == 6 or (len(ndcg) == best + 2 and max(ndcg[best:]) <= ndcg[best - 1])  # stopped on NDCG@10
+
+
+@pytest.mark.parametrize("metric, best", [("HR@10", 2), ("NDCG@10", 3)])
+def test_the_selection_metric_picks_the_best_round_and_stops(tiny_data, tmp_path, monkeypatch, metric, best):
+    """Validation figures scripted so that HR@10 peaks at round 2 and NDCG@10 at round 3: the run
+    keeps the round of its --select-metric and stops `patience` validations after it."""
+    from feddmmr.run_state import Run
+
+    scripted = {1: (0.1, 0.10), 2: (0.4, 0.20), 3: (0.3, 0.30), 4: (0.2, 0.25), 5: (0.2, 0.25), 6: (0.2, 0.25)}
+    monkeypatch.setattr(Run, "validate", lambda run, r: ({"HR@10": scripted[r][0], "NDCG@10": scripted[r][1]}, {}))
+    result = train(config(tiny_data, tmp_path / metric, num_rounds=6, validate_every=1, patience=2, select_metric=metric))
+    assert result.final["best_round"] == best and result.history[-1]["round"] == best + 2
+
+
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1

@@ -3,7 +3,7 @@
 Every next-item target of the client's training sequence is trained once per epoch: the
 sequence is cut into non-overlapping windows of `max_len` positions, counted back from the most
 recent item (the oldest window is left-padded), and each window trains all its positions in one
-pass. The layout is a pure function of (sequence, settings, rng), so every engine (vectorised,
+pass. With `windows="last"` (SASRec+'s sampling) an epoch trains the newest window only. The layout is a pure function of (sequence, settings, rng), so every engine (vectorised,
 sequential, Flower) trains on exactly the same batches and negatives.
 
 Negatives come in one of three layouts (`BatchSettings.negatives`):
@@ -32,13 +32,15 @@ class BatchSettings:
     num_negatives: int
     num_items: int
     negatives: str = "per-target"  # per-target, shared or all (ce-full)
+    windows: str = "all"  # all: every window an epoch; last: the newest only (--train-windows)
 
     @classmethod
     def of(cls, config, num_items: int, **overrides) -> "BatchSettings":
         """The settings a run's config (a TrainConfig or Flower's run config) gives."""
         negatives = "all" if config.loss == "ce-full" else config.negatives
         fields = dict(max_len=config.max_seq_len, batch_size=config.batch_size, epochs=config.local_epochs,
-                      num_negatives=config.num_negatives, num_items=num_items, negatives=negatives)
+                      num_negatives=config.num_negatives, num_items=num_items, negatives=negatives,
+                      windows=config.train_windows)
         return cls(**{**fields, **overrides})
 
     def engine_negatives(self) -> dict:
@@ -78,8 +80,11 @@ class ClientBatches:
         return targets.reshape(self.num_steps, -1)
 
 
-def training_windows(sequence: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets), each [num_windows, max_len]: item t predicts item t+1."""
+def training_windows(sequence: np.ndarray, max_len: int, which: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), each [num_windows, max_len]: item t predicts item t+1; `which="last"`:
+    the newest window alone, [1, max_len]."""
+    if which == "last":
+        sequence = sequence[-(max_len + 1):]
     inputs, targets = sequence[:-1], sequence[1:]
     num_windows = -(-len(targets) // max_len)
     pad = num_windows * max_len - len(targets)
@@ -95,7 +100,7 @@ def client_rng(seed: int, round_number: int, user: int) -> np.random.Generator:
 
 
 def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings, rng: np.random.Generator) -> ClientBatches:
-    inputs, targets = training_windows(sequence, settings.max_len)
+    inputs, targets = training_windows(sequence, settings.max_len, settings.windows)
     num_windows = len(inputs)
     rows = min(settings.batch_size, max(num_windows, 1))
     steps_per_epoch = -(-num_windows // rows)
@@ -119,7 +124,7 @@ def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings
         candidates = batch_targets[..., None]
         if settings.negatives == "shared":
             shared = sample_distinct_negatives(sequence, settings.num_items, steps, settings.num_negatives, rng)
-    return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=len(sequence) - 1,
+    return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=int(np.count_nonzero(targets)),
                          windows=batch_windows, shared=shared)
 
 

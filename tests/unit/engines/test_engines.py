@@ -179,6 +179,22 @@ def test_training_windows_cover_every_target_once():
     assert inputs.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
+def test_the_last_window_is_the_newest_max_len_targets_and_weighs_what_it_trains():
+    """--train-windows last (SASRec+'s sampling): one window, the newest targets, whatever the
+    history's length; its FedAvg weight counts those targets, not the whole history."""
+    seq = np.arange(1, 13)  # 11 targets
+    inputs, targets = training_windows(seq, 4, "last")
+    assert inputs.tolist() == [[8, 9, 10, 11]] and targets.tolist() == [[9, 10, 11, 12]]
+    inputs, targets = training_windows(np.arange(1, 4), 4, "last")  # shorter than a window: left-padded
+    assert inputs.tolist() == [[0, 0, 1, 2]] and targets.tolist() == [[0, 0, 2, 3]]
+    settings = BatchSettings(max_len=4, batch_size=3, epochs=2, num_negatives=2, num_items=300, windows="last")
+    batches = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
+    assert batches.num_steps == 2 and batches.num_targets == 4
+    assert batches.candidates[..., 0].tolist() == [[[9, 10, 11, 12]]] * 2
+    every = make_client_batches(0, seq, dataclasses.replace(settings, windows="all"), client_rng(0, 1, 0))
+    assert every.num_targets == 11
+
+
 def test_client_batches_are_deterministic_and_negatives_avoid_history():
     seq = np.random.default_rng(3).choice(np.arange(1, 301), size=100, replace=False)
     settings = BatchSettings(max_len=20, batch_size=2, epochs=3, num_negatives=4, num_items=300)

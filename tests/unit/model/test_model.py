@@ -159,3 +159,29 @@ def test_full_softmax_loss_is_cross_entropy_over_every_item():
                                                   targets[targets > 0] - 1, reduction="sum")
     assert int(count) == 16
     torch.testing.assert_close(total, reference)
+
+
+def test_the_fast_full_softmax_loss_equals_the_scored_one_in_value_and_gradient():
+    """SASRec.full_softmax_loss (real positions only, fused) against forward + next_item_loss over
+    every item: the same loss, the same gradient, and the padding row gets none."""
+    model = make_model(max_seq_len=10).train()
+    sequences = torch.randint(1, 51, (3, 10))
+    sequences[0, :6] = 0
+    targets = torch.randint(1, 51, (3, 10))
+    targets[0, :6] = 0
+
+    def gradients(loss_of):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        total, count = loss_of()
+        (total / count).backward()
+        return total.detach(), count, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    slow = gradients(lambda: next_item_loss(model(sequences, targets.unsqueeze(-1), every_item(model.item_embedding.weight)),
+                                            targets > 0, "ce-full"))
+    fast = gradients(lambda: model.full_softmax_loss(sequences, targets))
+    torch.testing.assert_close(fast[0], slow[0])
+    assert int(fast[1]) == int(slow[1]) == 24
+    for name, grad in slow[2].items():
+        torch.testing.assert_close(fast[2][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert not fast[2]["item_embedding.weight"][0].any()
