@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 
 def plan_chunks(clients: list[ClientBatches], max_clients: int, max_windows: int) -> list[list[ClientBatches]]:
     """Group clients of similar size; a chunk holds at most `max_clients` clients and
-    `max_windows` padded windows per step."""
-    ordered = sorted(clients, key=lambda c: (c.inputs.shape[0], c.inputs.shape[1]), reverse=True)
+    `max_windows` padded windows per step. Within equal steps and rows, by training targets: clients
+    of one short window each (sparse data) share a chunk with others of about their length, so that
+    `stack_batches` can cut the chunk's common leading padding."""
+    ordered = sorted(clients, key=lambda c: (c.inputs.shape[0], c.inputs.shape[1], c.num_targets), reverse=True)
     chunks: list[list[ClientBatches]] = []
     for client in ordered:
         if chunks:

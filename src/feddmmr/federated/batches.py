@@ -130,7 +130,8 @@ def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings
 
 @dataclass(frozen=True)
 class StackedBatches:
-    """Several clients' batches padded to common [clients, steps, rows, ...] tensors.
+    """Several clients' batches padded to common [clients, steps, rows, length, ...] tensors, `length`
+    the chunk's longest window (at most max_len: the padding every window shares is cut).
 
     With `item_rows`, item ids in `inputs`/`candidates` are local: client c's local id j stands
     for item `item_rows[c, j]` (local 0 = padding), so each client trains a compact copy of only
@@ -189,6 +190,12 @@ def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact
         candidates[i, :s, :r] = arrays[1]
         if has_shared:
             shared[i, :s] = arrays[2]
+    # Windows are left-padded: the positions that are padding in every window of the chunk change
+    # no real position's output (padding is masked from attention and zeroed), so they are cut. On
+    # sparse data, where most histories are far shorter than max_len, that is most of the work.
+    real = (candidates[..., 0] > 0).reshape(-1, length).any(0)
+    first = int(real.argmax()) if real.any() else length - 1
+    inputs, candidates = inputs[..., first:], candidates[..., first:, :]
     active = (candidates[..., 0] > 0).reshape(len(clients), steps, -1).any(-1)
     rows_tensor = None
     if compact_items:

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from feddmmr.engines import LocalTraining, RoundContext, make_engine
+from feddmmr.engines.vectorized import plan_chunks
 from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
-from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches, touched_items, training_windows
+from feddmmr.federated.batches import (BatchSettings, client_rng, make_client_batches, stack_batches, touched_items,
+                                      training_windows)
 from feddmmr.federated.precision import Precision
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
@@ -388,3 +390,24 @@ def test_the_server_optimiser_follows_the_config():
         TrainConfig(server_epsilon=-1)
     with pytest.raises(ValueError, match=r"server_learning_rate: expected a number > 0, got 0.0"):
         TrainConfig(server_learning_rate=0)
+
+
+def test_short_clients_share_a_chunk_and_its_common_padding_is_cut():
+    """Sparse data: clients of one short window each. Chunks group them by length, a chunk's
+    tensors are as long as its longest window, and cutting that padding changes no real score."""
+    settings = BatchSettings(max_len=20, batch_size=2, epochs=1, num_negatives=4, num_items=300)
+    lengths = [4, 15, 6, 12, 3, 9]  # items; targets one fewer
+    batches = [make_client_batches(u, np.arange(1, n + 1) + 10 * u, settings, client_rng(0, 1, u))
+               for u, n in enumerate(lengths)]
+    chunks = plan_chunks(batches, max_clients=2, max_windows=64)
+    assert [[c.num_targets for c in chunk] for chunk in chunks] == [[14, 11], [8, 5], [3, 2]]
+    stacked = [stack_batches(chunk, torch.device("cpu")) for chunk in chunks]
+    assert [s.inputs.shape[-1] for s in stacked] == [14, 8, 3]
+    assert [s.candidates.shape[-2] for s in stacked] == [14, 8, 3]
+    for chunk, cut in zip(chunks, stacked):  # the real targets all stay
+        assert sorted(cut.candidates[..., 0][cut.candidates[..., 0] > 0].tolist()) == sorted(
+            np.concatenate([c.candidates[..., 0][c.candidates[..., 0] > 0] for c in chunk]).tolist())
+    m = model().eval()
+    full = torch.from_numpy(batches[1].inputs[0])  # 15 items: 14 inputs left-padded to 20
+    candidates = torch.from_numpy(batches[1].candidates[0])
+    torch.testing.assert_close(m(full, candidates)[:, -14:], m(full[:, -14:], candidates[:, -14:]))
