@@ -28,6 +28,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             temp_file.flush()
             os.fsync(temp_file.fileno())
         os.replace(temp_path, path)
+    except OSError as error:
+        temp_path.unlink(missing_ok=True)
+        if error.filename is None:  # a failed write or fsync names no file: name the one being written
+            raise type(error)(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -29,7 +30,11 @@ def write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda h: torch.save(state, h))
+    # Serialised in memory first: torch.save writing to the file itself wraps a full disk's OSError
+    # in a RuntimeError ("enforce fail at inline_container.cc"), which would read as a bug.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda h: h.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path, *, fix: str = "give a best.pt or last.pt written by feddmmr",

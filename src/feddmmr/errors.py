@@ -69,6 +69,10 @@ def describe_os_error(error: OSError) -> str:
         errno.EROFS: "the file system is read-only: pick another --run-dir / --output",
     }
     hints[errno.EPERM] = hints[errno.EACCES]
+    hints[errno.EDQUOT] = hints[errno.ENOSPC].replace("free some space", "free some space or raise the quota")
+    hints[errno.EIO] = ("the disk reported a read or write failure: check the device (dmesg), then continue with "
+                        "`feddmmr train --resume RUN_DIR` on a healthy disk: files are replaced atomically, so the "
+                        "ones written before are whole")
     hint = hints.get(error.errno)
     return f"{where}{error.strerror}" + (f"; {hint}" if hint else "")
 

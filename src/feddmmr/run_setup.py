@@ -221,9 +221,9 @@ def log_start(run: Run) -> None:
              "centralized" if c.centralized else c.engine,
              "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round")
     if c.centralized:
-        log.info("centralised optimiser: %s, lr %g, batches of %d windows (the clients' settings); the measured "
-                 "centralised recipe is --local-optimizer adam --learning-rate 1e-3 --batch-size 64 --dropout 0.2",
-                 c.local_optimizer, c.learning_rate, c.batch_size)
+        log.info("centralised optimiser: %s, lr %g, batches of %d windows (%s); the field's reference recipe is "
+                 "--config sasrec_plus", c.local_optimizer, c.learning_rate, c.batch_size,
+                 "every user's newest window an epoch" if c.train_windows == "last" else "every window an epoch")
     else:
         log.info("local training: %s, lr %g, %d epochs of batches of %d windows | server: %s%s", c.local_optimizer,
                  c.learning_rate, c.local_epochs, c.batch_size, c.server_optimizer,

@@ -432,6 +432,53 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monk
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KiB file system (tmpfs), too small for a run's checkpoints: mounting needs root (CI
+    runs as root)."""
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_real_full_disk_names_the_file_and_the_run_resumes_once_there_is_room(tiny_data, tmp_path, small_tmpfs):
+    """Not a patched fault: torch.save meets a real ENOSPC (which it would wrap in a RuntimeError
+    written straight to the file). The error names the file and says --resume; after the disk
+    grows, the resumed run ends where an uninterrupted one does."""
+    import subprocess
+
+    run_dir = small_tmpfs / "run"
+    wide = ["--num-rounds", "2", "--hidden-dim", "128"]  # checkpoints of about 1 MiB: torch.save meets the full disk
+    line = fails(["train", *tiny_flags(tiny_data, run_dir), *wide], "No space left on device", code=1)
+    assert str(run_dir) in line and "--resume" in line
+    assert not list(run_dir.rglob(".*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
+    assert runner.invoke(app, ["train", "--resume", str(run_dir)]).exit_code == 0
+    reference = tmp_path / "reference"
+    assert runner.invoke(app, ["train", *tiny_flags(tiny_data, reference), *wide]).exit_code == 0
+    resumed, uninterrupted = (json.loads((d / "final.json").read_text()) for d in (run_dir, reference))
+    assert {k: v for k, v in resumed.items() if k != "train_seconds"} == {
+        k: v for k, v in uninterrupted.items() if k != "train_seconds"}
+
+
+@pytest.mark.parametrize("code, hint", [(errno.EIO, "check the device"), (errno.EDQUOT, "raise the quota")])
+def test_io_and_quota_errors_name_the_file_and_say_what_to_do(tiny_data, tmp_path, monkeypatch, code, hint):
+    import feddmmr.atomic as atomic
+
+    def failing(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(atomic.os, "fsync", failing)
+    line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run")], os.strerror(code), code=1)
+    assert str(tmp_path / "run") in line and hint in line and "--resume" in line
+
+
 def test_a_read_only_run_directory(tiny_data, tmp_path, monkeypatch):
     import feddmmr.atomic as atomic
 
