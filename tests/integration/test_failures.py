@@ -432,6 +432,15 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monk
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_a_later_stage_without_the_previous_stages_weights_is_refused(tiny_data, tmp_path, stage):
+    """Stages 2 and 3 freeze part of the model where it starts: from random weights that is no
+    training at all, so they need --init-from."""
+    extra = ["--model", "feddmmr", "--modality", f"text={tmp_path / 'unread.npz'}"] if stage == "2" else []
+    line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run"), "--stage", stage, *extra], "--init-from")
+    assert f"stage={stage}" in line and not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A real 64 KiB file system (tmpfs), too small for a run's checkpoints: mounting needs root (CI

@@ -262,9 +262,10 @@ def test_a_flower_dp_round_clips_on_the_nodes_like_the_local_engine(tiny_data, t
 
 def test_frozen_weights_stay_on_the_nodes(tiny_data, tmp_path):
     """Stage 3 freezes the item embedding: nodes leave it as it was and do not send it back."""
-    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, stage=3))
+    start = str(train(config(tiny_data, tmp_path / "stage1", num_rounds=1, stage=1)).run_dir)
+    local = train(config(tiny_data, tmp_path / "local", num_rounds=1, stage=3, init_from=start))
     flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
-                           config(tiny_data, tmp_path / "flower", num_rounds=1, stage=3))
+                           config(tiny_data, tmp_path / "flower", num_rounds=1, stage=3, init_from=start))
     assert flower.history[0]["failed_clients"] == 0
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
 
