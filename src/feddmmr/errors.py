@@ -44,6 +44,10 @@ class TrainingDiverged(FeddmmrError, RuntimeError):
     """The global model became non-finite."""
 
 
+class NodesLost(FeddmmrError, RuntimeError):
+    """No Flower node answered a round's training or evaluation: nothing to aggregate or measure."""
+
+
 class MissingExtra(FeddmmrError, ImportError):
     """An optional dependency the settings need is not installed."""
 

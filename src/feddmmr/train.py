@@ -27,7 +27,7 @@ from feddmmr.callbacks import (Callback, LogEarlyStopping, LogRound, OnRound, Sa
 from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
 from feddmmr.evaluation import group_metrics, metrics_from_ranks
-from feddmmr.errors import TrainingDiverged, diverged_advice
+from feddmmr.errors import NodesLost, TrainingDiverged, diverged_advice
 from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.attacks import exposure_rate
 from feddmmr.federated.batches import client_rng, make_client_batches
@@ -81,6 +81,12 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
                                 global_params)
     run.precision.settle(result.loss_scales)
     reports = result.reports
+    if len(users) and not reports:  # Flower: every node failed or missed the timeout
+        raise NodesLost(
+            f"round {round_number}: no update arrived from any of its {len(users)} clients (every node failed or "
+            f"missed --flower-round-timeout {c.flower_round_timeout:g} s; the warnings above say why), so the round has "
+            f"nothing to aggregate; the checkpoints of round {round_number - 1} are intact. Fix the nodes or raise "
+            f"the timeout, then continue with `feddmmr train --resume {run.run_dir}`")
     dropped = [r.user for r in reports if r.dropped]
     if dropped:
         log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,

@@ -270,6 +270,22 @@ def test_frozen_weights_stay_on_the_nodes(tiny_data, tmp_path):
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
 
 
+def test_a_round_that_hears_from_no_node_stops_the_run_and_keeps_the_last_checkpoints(tiny_data, tmp_path):
+    """Both nodes fail in round 2: the run stops with an error (no NaN model, no round 2 in
+    metrics.jsonl, best.pt still round 1's), and resumes once the nodes work."""
+    from feddmmr.errors import NodesLost
+
+    failing = InProcessGrid(make_client_app([fail_on_partition(0, 2), fail_on_partition(1, 2)]), partitions(2))
+    cfg = config(tiny_data, tmp_path / "flower", num_rounds=2, validate_every=1)
+    with pytest.raises(NodesLost, match="round 2: no update arrived from any of its"):
+        train_on_grid(failing, cfg)
+    run_dir = tmp_path / "flower"
+    assert [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["round"] == 1
+    resumed = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg, resume=True)
+    assert [r["round"] for r in resumed.history] == [1, 2] and resumed.history[1]["failed_clients"] == 0
+
+
 def test_a_failing_node_is_left_out_and_logged(tiny_data, tmp_path, caplog):
     """Partition 1 raises, partition 2 never replies: the round aggregates partition 0 alone."""
     grid = InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3), hang=frozenset({1002}))

@@ -34,6 +34,7 @@ from feddmmr.config import TrainConfig
 from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.secure_aggregation import secure_mean_update
+from feddmmr.errors import NodesLost
 from feddmmr.evaluation import EvalSet
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.memory.two_tier import summary_from_totals
@@ -177,7 +178,9 @@ class FlowerEngine:
             log.warning("round %d: node %d failed in evaluation (%s), %s; its users %s are left out of the %s metrics",
                         round_number, node, which, reason, self._ids(by_node[node]), which)
         if not ranks:
-            raise RuntimeError(f"round {round_number}: no node answered the {which} evaluation")
+            raise NodesLost(f"round {round_number}: no node answered the {which} evaluation (the warnings above say "
+                            f"why); fix the nodes or raise --flower-round-timeout ({self.timeout:g} s), then continue "
+                            f"with `feddmmr train --resume RUN_DIR`")
         return np.array([ranks[u] for u in sorted(ranks)]), _diagnostics(totals)
 
     # -----------------------------------------------------------------------------------------
