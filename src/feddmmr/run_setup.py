@@ -33,6 +33,7 @@ from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.item_tower import combined_features, content_tower
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 from feddmmr.run_state import Run, RunState, positive_weight, restore
+from feddmmr.trackers import check_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
         loaded = load_weights_into(model, checkpoint["model"], config.init_from)
         log.info("init-from %s: loaded %d tensors (round %s of that run)", config.init_from, loaded, checkpoint.get("round"))
 
+    check_tracking_uri(config)
     lock = run_directory.claim(run_dir, resume=resume)
     run_log = run_directory.RunLog(run_dir)
     try:

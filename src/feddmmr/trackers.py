@@ -17,9 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
 
 from feddmmr.checkpoint import write_json
+from feddmmr.errors import InputError
 from feddmmr.run_state import Run
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,35 @@ class TensorBoardTracker:
 
     def close(self) -> None:
         self.writer.close()
+
+
+# What MLflow's tracking URI may start with (a path without a scheme is a local file store).
+MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+SERVER_CHECK_SECONDS = 5.0
+
+
+def check_tracking_uri(config) -> None:
+    """Before the run folder is made: an MLflow URI with an unknown scheme, or a server that does not
+    answer within SERVER_CHECK_SECONDS, is an error (MLflow itself would retry for minutes, then fail
+    with a traceback after the run folder exists)."""
+    uri, timeout = os.environ.get("MLFLOW_TRACKING_URI"), SERVER_CHECK_SECONDS
+    if "mlflow" not in config.tracker or not uri:
+        return
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme and scheme not in MLFLOW_SCHEMES and not os.path.isabs(uri):
+        raise InputError(f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; expected one of "
+                         f"{', '.join(MLFLOW_SCHEMES)}, or a folder path")
+    if scheme not in ("http", "https"):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # the server answered
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise InputError(f"MLFLOW_TRACKING_URI={uri}: no MLflow server answered within {timeout:g} s ({reason}); "
+                         f"start it (`mlflow server`), fix or unset the variable (unset: a local SQLite store "
+                         f"next to the run), or drop --tracker mlflow") from None
 
 
 class MlflowTracker:

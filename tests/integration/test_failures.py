@@ -442,6 +442,33 @@ def test_a_later_stage_without_the_previous_stages_weights_is_refused(tiny_data,
 
 
 @pytest.fixture
+def silent_server():
+    """A local port that accepts connections and never answers: an MLflow server that hangs."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.mark.parametrize("uri, culprit", [("foo://tracking", "unknown scheme 'foo'"),
+                                          ("http://127.0.0.1:9", "no MLflow server answered"),
+                                          ("silent", "no MLflow server answered within 0.5 s")])
+def test_an_unusable_mlflow_uri_fails_fast_and_before_the_run_folder(tiny_data, tmp_path, monkeypatch, silent_server,
+                                                                     uri, culprit):
+    pytest.importorskip("mlflow")
+    import feddmmr.trackers as trackers
+
+    monkeypatch.setattr(trackers, "SERVER_CHECK_SECONDS", 0.5)
+    uri = silent_server if uri == "silent" else uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run"), "--tracker", "mlflow"], culprit)
+    assert f"MLFLOW_TRACKING_URI={uri}" in line and not (tmp_path / "run").exists()
+
+
+@pytest.fixture
 def small_tmpfs(tmp_path):
     """A real 64 KiB file system (tmpfs), too small for a run's checkpoints: mounting needs root (CI
     runs as root)."""
