@@ -57,6 +57,10 @@ _NON_NEGATIVE_INT = re.compile(r"[0-9]+")
 _INT = r"-?[0-9]+"
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?")
 _INT64_MAX = int(np.iinfo(np.int64).max)
+# Never an id (docs/DATA.md, "Ids"): what pandas, R or a database write for a missing value, and
+# decimal numbers (an integer column that went through floats). Either would become an item.
+_MISSING_MARKER = r"(?i)nan|na|n/a|<na>|null|none"
+_DECIMAL = r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?[0-9]+[eE][+-]?[0-9]+"
 
 
 class DataFormatError(InputError):
@@ -606,10 +610,24 @@ def _reject_missing(missing: np.ndarray, column: str, locate: Callable[[int], st
 
 
 def _string_ids(values: pd.Series, column: str, locate: Callable[[int], str]) -> np.ndarray:
-    """int64 when every id is an integer, else the ids as strings."""
+    """int64 when every id is an integer, else the ids as labels (strings)."""
     _reject_missing((values == "").to_numpy(), column, locate)
     if values.str.fullmatch(_INT).all():
         return _non_negative(_to_int64(values, column, locate), column, locate)
+    return _labels(values, column, locate)
+
+
+def _labels(values: pd.Series, column: str, locate: Callable[[int], str]) -> np.ndarray:
+    """A column of labels, compared as text; a missing-value marker or a decimal number in it is an
+    error, not an item."""
+    for pattern, what in ((_MISSING_MARKER, "a missing-value marker"), (_DECIMAL, "a decimal number")):
+        bad = values.str.fullmatch(pattern).to_numpy(dtype=bool)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataFormatError(
+                f"{locate(row)}: {column} {values.iloc[row]!r} is {what}, not an id ({int(bad.sum())} rows hold "
+                f"one); an id is an integer (then every id of the column is) or a label that is not a number "
+                f"(docs/DATA.md, \"Ids\")")
     return np.asarray(values.to_numpy(), dtype=str)
 
 
@@ -672,7 +690,9 @@ def _typed_ids(values: pd.Series, column: str, locate: Callable[[int], str]) -> 
     if pd.api.types.is_integer_dtype(values.dtype):
         return _non_negative(values.to_numpy(dtype=np.int64), column, locate)
     if pd.api.types.is_string_dtype(values.dtype) and values.map(type).eq(str).all():
-        return np.asarray(values.to_numpy(), dtype=str)
+        if values.str.fullmatch(_INT).all():  # integers written as text: by value, as in every format
+            return _non_negative(_to_int64(values, column, locate), column, locate)
+        return _labels(values, column, locate)
     raise DataFormatError(
         f"{locate(0)}: column {column!r} has type {values.dtype}; expected integer or string ids"
     )

@@ -422,3 +422,36 @@ def test_real_ml100k_folder() -> None:
     assert len(interactions) == 100_000
     assert len(np.unique(interactions.users)) == 943
     assert len(np.unique(interactions.items)) == 1_682
+
+
+# --------------------------------------------------------------------------- the id rule (docs/DATA.md, "Ids")
+
+
+@pytest.mark.parametrize("cell, what", [("NaN", "a missing-value marker"), ("null", "a missing-value marker"),
+                                        ("N/A", "a missing-value marker"), ("1.0", "a decimal number"),
+                                        ("2e3", "a decimal number")])
+def test_a_csv_cell_that_is_no_id_is_an_error_not_an_item(tmp_path: Path, cell: str, what: str) -> None:
+    path = write(tmp_path / "log.csv", f"user,item\n1,10\n1,{cell}\n2,11\n")
+    with pytest.raises(DataFormatError, match=f"log.csv:3: item '{cell}' is {what}"):
+        load_interactions(path)
+
+
+def test_integer_ids_are_read_by_value_in_every_format_and_labels_as_text(tmp_path: Path) -> None:
+    """0007 is item 7 wherever every id is an integer (text formats, CSV, Parquet strings); in a
+    column of labels it is the label '0007', not '7'."""
+    as_text = load_interactions(write(tmp_path / "log.txt", "1 0007\n1 7\n2 8\n"), format="user-item")
+    as_csv = load_interactions(write(tmp_path / "log.csv", "user,item\n1,0007\n1,7\n2,8\n"))
+    frame = tmp_path / "log.parquet"
+    pd.DataFrame({"user": ["1", "1", "2"], "item": ["0007", "7", "8"]}).to_parquet(frame)
+    as_parquet = load_interactions(frame)
+    for interactions in (as_text, as_csv, as_parquet):
+        assert interactions.items.tolist() == [7, 7, 8] and interactions.items.dtype == np.int64
+    labels = load_interactions(write(tmp_path / "labels.csv", "user,item\n1,0007\n1,7\n2,sku-8\n"))
+    assert labels.items.tolist() == ["0007", "7", "sku-8"]
+
+
+def test_a_parquet_string_column_with_a_missing_marker_is_an_error(tmp_path: Path) -> None:
+    frame = tmp_path / "log.parquet"
+    pd.DataFrame({"user": [1, 2], "item": ["sku-1", "nan"]}).to_parquet(frame)
+    with pytest.raises(DataFormatError, match="row 2: item 'nan' is a missing-value marker"):
+        load_interactions(frame)
