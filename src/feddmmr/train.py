@@ -281,6 +281,9 @@ def final_evaluation(run: Run) -> dict:
         targets = run.attack.targets
         final["attack"] = {"kind": run.config.attack, "targets": [json_value(i) for i in run.split.data.item_ids[targets]],
                            "ER@10": exposure_rate(run.model, run.test_set, targets)}
+    warnings = validation_warnings(run, final)
+    if warnings:
+        final["warnings"] = warnings
     write_json(run.run_dir / "final.json", final)
     valid, test = final["valid"], final["test"]
     log.info("best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
@@ -294,7 +297,35 @@ def final_evaluation(run: Run) -> dict:
                  final["attack"]["kind"], final["attack"]["ER@10"])
     for key in (k for k in ("test", f"test_{other}") if f"{k}_groups" in final):
         log.info("%s by test item: %s", "test" if key == "test" else f"test ranked {other}", describe_groups(final[f"{key}_groups"]))
+    for warning in warnings:
+        log.warning("%s", warning)
     return final
+
+
+# A last validation below this share of the best one: the model fell apart after its best round.
+COLLAPSE_SHARE = 0.5
+
+
+def validation_warnings(run: Run, final: dict) -> list[str]:
+    """What a finished run's validation says went wrong, for the log's last lines and final.json: a
+    best round no better than ranking at random, or a collapse after the best round."""
+    c, warnings = run.config, []
+    metric = c.select_metric
+    best = final["valid"]["HR@10"]
+    candidates = c.num_negatives_eval + 1 if c.eval == "sampled" else run.split.num_items
+    chance = min(1.0, 10 / candidates)  # HR@10 of a random ranking
+    if best <= chance:
+        warnings.append(f"the best validation HR@10, {best:.4f}, is no better than ranking at random ({chance:.4f}): "
+                        f"the model learned nothing (too few rounds, or a learning rate far too high or too low: now "
+                        f"{c.learning_rate:g})")
+    validated = [r for r in run.state.history if r.get("validated")]
+    if validated and validated[-1]["round"] != final["best_round"]:
+        last, peak = validated[-1]["val"][metric], final["valid"][metric]
+        if last < COLLAPSE_SHARE * peak:
+            warnings.append(f"validation {metric} collapsed after round {final['best_round']}: {peak:.4f} there, "
+                            f"{last:.4f} at round {validated[-1]['round']}; the tested model (best.pt) is round "
+                            f"{final['best_round']}'s, but training diverged after it: {diverged_advice(c, run.run_dir)}")
+    return warnings
 
 
 def describe_groups(groups: dict[str, dict]) -> str:

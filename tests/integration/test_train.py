@@ -196,6 +196,27 @@ def test_the_selection_metric_picks_the_best_round_and_stops(tiny_data, tmp_path
     assert result.final["best_round"] == best and result.history[-1]["round"] == best + 2
 
 
+@pytest.mark.parametrize("hr, warned", [([0.60, 0.70, 0.75], None),
+                                        ([0.60, 0.70, 0.20], "validation HR@10 collapsed after round 2: 0.7000 there, "
+                                                             "0.2000 at round 3"),
+                                        ([0.00, 0.01, 0.02], "no better than ranking at random (0.4762)")])
+def test_a_run_says_loudly_when_validation_collapsed_or_never_beat_chance(tiny_data, tmp_path, monkeypatch, caplog,
+                                                                         hr, warned):
+    """Scripted validation figures (1:20 candidates: chance is HR@10 10/21): a healthy run has no
+    warnings; a collapse after the best round, or a best round at chance, is a warning in the log's
+    last lines and in final.json."""
+    from feddmmr.run_state import Run
+
+    monkeypatch.setattr(Run, "validate", lambda run, r: ({"HR@10": hr[r - 1], "NDCG@10": hr[r - 1] / 2}, {}))
+    with caplog.at_level("WARNING", logger="feddmmr"):
+        result = train(config(tiny_data, tmp_path / "run", num_rounds=3, validate_every=1, patience=0))
+    if warned is None:
+        assert "warnings" not in result.final
+        return
+    (warning,) = result.final["warnings"]
+    assert warned in warning and warning in caplog.text
+
+
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
