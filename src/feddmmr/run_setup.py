@@ -32,7 +32,7 @@ from feddmmr.memory.two_tier import MemoryConfig
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.item_tower import combined_features, content_tower
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_state import Run, RunState, positive_weight, restore
+from feddmmr.run_state import Run, RunState, payload_bytes, positive_weight, restore
 from feddmmr.trackers import check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,10 @@ def log_start(run: Run) -> None:
                  "--config sasrec_plus", c.local_optimizer, c.learning_rate, c.batch_size,
                  "every user's newest window an epoch" if c.train_windows == "last" else "every window an epoch")
     else:
+        parameters = {n: p for n, p in run.model.named_parameters()}
+        log.info("per client and round: %.2f MiB down (the model), %.2f MiB up (its update); %.1f MiB a round for "
+                 "%d clients", payload_bytes(parameters) / 2**20, payload_bytes(parameters, run.frozen) / 2**20,
+                 per_round * (payload_bytes(parameters) + payload_bytes(parameters, run.frozen)) / 2**20, per_round)
         log.info("local training: %s, lr %g, %d epochs of batches of %d windows | server: %s%s", c.local_optimizer,
                  c.learning_rate, c.local_epochs, c.batch_size, c.server_optimizer,
                  "" if c.server_optimizer == "fedavg" else f", lr {c.server_learning_rate:g}")

@@ -37,6 +37,11 @@ if TYPE_CHECKING:  # Flower is an optional extra
 log = logging.getLogger(__name__)
 
 
+def payload_bytes(params: dict[str, torch.Tensor], without: frozenset[str] = frozenset()) -> int:
+    """Bytes of the parameters a client receives or sends (all of them, or all but the frozen)."""
+    return sum(p.numel() * p.element_size() for name, p in params.items() if name not in without)
+
+
 def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
     """FedDMMR's auxiliary loss weights of the run."""
     return AuxiliaryWeights(config.load_balance_weight, config.alignment_weight, config.contrastive_weight)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # A round's record (metrics.jsonl) under the names the trackers show.
 RENAMED = {"train_loss": "train/loss", "train_seconds": "time/train_seconds", "eval_seconds": "time/eval_seconds",
            "clients": "clients/sampled", "failed_clients": "clients/failed", "dropped_clients": "clients/dropped",
-           "skipped_steps": "train/skipped_steps"}
+           "skipped_steps": "train/skipped_steps", "bytes_down": "wire/bytes_down", "bytes_up": "wire/bytes_up"}
 NOT_METRICS = {"round", "validated", "next_validation"}
 
 

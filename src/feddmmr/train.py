@@ -34,7 +34,7 @@ from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
 from feddmmr.run_setup import prepare_run
-from feddmmr.run_state import Run, load_memory
+from feddmmr.run_state import Run, load_memory, payload_bytes
 from feddmmr.trackers import make_trackers
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,10 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
         "train_loss": float(np.average(losses, weights=weights)) if trained else None,
         "skipped_steps": int(sum(r.skipped_steps for r in reports)),
         "dropped_clients": len(dropped),
+        # On the wire (the model's float32 payload, framing not counted): every sampled client receives
+        # the whole model, and each that replies sends back what it trains (frozen weights stay).
+        "bytes_down": len(users) * payload_bytes(global_params),
+        "bytes_up": len(reports) * payload_bytes(global_params, without=run.frozen),
         **({} if run.attack is None else {"attack_clients": len(run.attack.round_users)}),
         "train_seconds": time.perf_counter() - started,
     }

@@ -217,6 +217,20 @@ def test_a_run_says_loudly_when_validation_collapsed_or_never_beat_chance(tiny_d
     assert warned in warning and warning in caplog.text
 
 
+def test_each_round_records_the_bytes_its_clients_receive_and_send(tiny_data, tmp_path):
+    """Every sampled client receives the whole model (float32) and sends back what it trains: with
+    stage 3 the frozen item table does not travel back."""
+    result = train(config(tiny_data, tmp_path / "all", num_rounds=1))
+    model = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["model"]
+    total = sum(t.numel() * 4 for t in model.values())
+    (record,) = result.history
+    assert record["bytes_down"] == record["bytes_up"] == record["clients"] * total == 30 * total
+    staged = train(config(tiny_data, tmp_path / "stage3", num_rounds=1, stage=3, init_from=str(result.run_dir)))
+    (record,) = staged.history
+    table = model["item_embedding.weight"].numel() * 4
+    assert record["bytes_down"] == 30 * total and record["bytes_up"] == 30 * (total - table)
+
+
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
