@@ -59,6 +59,8 @@ def round_line(record: dict) -> str:
     if record["validated"]:
         val = record["val"]
         shown = f"val HR@10 {val['HR@10']:.4f}  NDCG@10 {val['NDCG@10']:.4f}"
+        if "ER@10" in val:  # an attacked run: the share of users with a target in their top 10
+            shown += f"  ER@10 {val['ER@10']:.4f}"
     else:
         shown = f"val skipped (next at round {record['next_validation']})"
     if "dp" in record:

@@ -237,6 +237,8 @@ def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: li
         if record["validated"]:
             record["val"], diagnostics = run.validate(round_number)
             record.update(diagnostics)
+            if run.attack is not None:  # the attack's progress: its targets in the validation users' top 10
+                record["val"]["ER@10"] = exposure_rate(run.model, run.valid_set, run.attack.targets)
             state.early_stopping.update(round_number, record["val"][run.config.select_metric])
             state.stopped_early = state.early_stopping.should_stop
         else:

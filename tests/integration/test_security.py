@@ -214,3 +214,8 @@ def test_an_attacked_run_says_whether_the_attack_worked(tiny_data, tmp_path):
     assert attack["kind"] == "data-poisoning" and len(dense) == 3
     assert attack["ER@10"] == exposure_rate(best.model, best.test_set, np.array(dense))
     assert f"attack data-poisoning: ER@10 {attack['ER@10']:.4f}" in (tmp_path / "run" / "run.log").read_text()
+    # ... and every validation, on the validation users, in metrics.jsonl and the round's line
+    best_record = next(r for r in result.history if r["round"] == result.final["best_round"])
+    assert best_record["val"]["ER@10"] == exposure_rate(best.model, best.valid_set, np.array(dense))
+    assert all(0 <= r["val"]["ER@10"] <= 1 for r in result.history)
+    assert f"ER@10 {result.history[0]['val']['ER@10']:.4f}" in (tmp_path / "run" / "run.log").read_text()
