@@ -299,17 +299,25 @@ def report_command(
     run_dirs: typing.List[Path] = typer.Argument(..., help="run directories (finished or not); several are compared"),
     output: Optional[Path] = typer.Option(None, "--output", help="where to write the PNGs (default: RUN_DIR/plots "
                                                                  "for one run, ./report for several)"),
+    over_seeds: bool = typer.Option(False, "--over-seeds", help="one row per setting: runs that differ only by "
+                                                                "--seed, as mean ± standard error over them"),
+    form: str = typer.Option("text", "--format", help="the table as text, markdown or csv (then the PNG paths go "
+                                                      "to stderr)"),
 ) -> None:
     """Plot a run's metrics (training curves; for FedDMMR router weights and memory statistics), or
     compare several runs; print a table of their final figures."""
-    from feddmmr.report import final_table, load_run, plot_runs
+    from feddmmr.report import load_run, plot_runs
+    from feddmmr.summary import FORMATS, final_table, seeds_table
 
     setup_logging()
+    if form not in FORMATS:
+        raise InputError(f"--format {form}: expected one of {', '.join(FORMATS)}")
     runs = [load_run(path) for path in run_dirs]  # read once, for the plots and the table
+    table = seeds_table(runs, form) if over_seeds else final_table(runs, form)
     written = plot_runs(runs, output)
-    print(final_table(runs))
+    print(table)
     for path in written:
-        print(path)
+        print(path, file=sys.stdout if form == "text" else sys.stderr)
 
 
 @data_app.command("download")

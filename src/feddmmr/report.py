@@ -1,6 +1,6 @@
 """`feddmmr report RUN_DIR [RUN_DIR ...]`: PNG plots of runs' metrics.jsonl (matplotlib, Agg
-backend), and a table of their final figures. Every plot marks the best round (dashed) and an
-early stop (dotted).
+backend); the table of final figures beside them is summary.py's. Every plot marks the best round
+(dashed) and an early stop (dotted).
 
 - training.png (one run): training loss per round; validation HR@10 and NDCG@10 on the validated
   rounds, with the test figures at the best round; clients that failed or were dropped;
@@ -83,60 +83,9 @@ def load_run(run_dir: str | Path) -> RunRecords:
     return RunRecords(run_dir, records, read_final(run_dir))
 
 
-# The test under both protocols: 1:N sampled candidates and full ranking (final.json's `test` is the
-# run's own, `test_full` / `test_sampled` the other; "-" for a run written before it had both).
-FINAL_COLUMNS = ("best round", "val HR@10", "test 1:N HR@10", "NDCG@10", "test full HR@10", "NDCG@10", "rounds",
-                 "stopped early", "train s/round")
-
-
-def final_table(runs: list[RunRecords]) -> str:
-    """The runs' final figures, one row per run, as aligned text; with runs that hold new items
-    (`--cold-items`), a second table of their test by group of users."""
-    rows = [("run", *FINAL_COLUMNS)]
-    for run in runs:
-        f, seconds = run.final, [r["train_seconds"] for r in run.records]
-        per_round = f"{sum(seconds) / len(seconds):.2f}"
-        if f is None:
-            rows.append((run.name, str(run.best_round or "-"), "-", "(not finished)", "-", "-", "-",
-                         str(len(run.records)), "-", per_round))
-        else:
-            figures = [cell for test in both_protocols(f) for cell in (["-", "-"] if test is None else
-                                                                       [f"{test['HR@10']:.4f}", f"{test['NDCG@10']:.4f}"])]
-            rows.append((run.name, str(f["best_round"]), f"{f['valid']['HR@10']:.4f}", *figures, str(f["rounds_run"]),
-                         "yes" if f["stopped_early"] else "no", per_round))
-    table = aligned(rows)
-    grouped = [run for run in runs if run.final is not None and "test_groups" in run.final]
-    if not grouped:
-        return table
-    rows = [("run", "test users", *GROUP_COLUMNS)]
-    for run in grouped:
-        tests = both_protocols(run.final, "_groups")
-        users = "/".join(str(run.final["test_groups"][g]["users"]) for g in GROUPS)
-        rows.append((run.name, users, *(f"{test[g][m]:.4f}" if test is not None and m in test[g] else "-"
-                                        for g in GROUPS for test in tests for m in ("HR@10", "NDCG@10"))))
-    return table + "\n\nby test item (new: never trained on; trained):\n" + aligned(rows)
-
-
-GROUPS = ("cold", "warm")
-GROUP_COLUMNS = tuple(f"{'new' if g == 'cold' else 'trained'} {protocol} {metric}" for g in GROUPS
-                      for protocol in ("1:N", "full") for metric in ("HR@10", "NDCG@10"))
-
-
-def both_protocols(final: dict, suffix: str = "") -> list[dict | None]:
-    """final.json's test entries (`suffix` "" or "_groups"): 1:N sampled first, then full ranking."""
-    full_run = final.get("eval") == "full"
-    return [final.get(f"test_sampled{suffix}") if full_run else final.get(f"test{suffix}"),
-            final.get(f"test{suffix}") if full_run else final.get(f"test_full{suffix}")]
-
-
 def train_losses(run) -> list[float]:
     """Each round's training loss; NaN (a gap in the plot) for a round in which no step trained."""
     return [float("nan") if r["train_loss"] is None else r["train_loss"] for r in run.records]
-
-
-def aligned(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def write_report(run_dirs: str | Path | list, output: str | Path | None = None) -> list[Path]:

@@ -179,6 +179,39 @@ def test_report_compares_runs_with_a_table_and_marked_plots(tiny_data, tmp_path)
     assert image.shape[0] > 500 and image.shape[1] > 800
 
 
+def test_report_over_seeds_gives_mean_and_se_per_setting_as_csv_and_markdown(tiny_data, tmp_path):
+    """Two settings (learning rates), the first over seeds 0 and 1: one row each, the mean and the
+    standard error of the seeds' figures; the same seed twice, or an unfinished run, is an error."""
+    import csv
+    import io
+    import shutil
+
+    runs = {("a", 0): "0.1", ("a", 1): "0.1", ("b", 0): "1.0"}
+    for (name, seed), rate in runs.items():
+        result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / f"{name}{seed}"),
+                                     "--num-rounds", "1", "--learning-rate", rate, "--seed", str(seed), *TINY])
+        assert result.exit_code == 0, result.output
+    dirs = [str(tmp_path / f"{name}{seed}") for name, seed in runs]
+    table = runner.invoke(app, ["report", *dirs, "--output", str(tmp_path / "plots"), "--over-seeds", "--format", "csv"])
+    assert table.exit_code == 0, table.output
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [(r["setting (its first run)"], r["seeds"]) for r in rows] == [("a0", "0 1"), ("b0", "0")]
+    tests = [json.loads((tmp_path / name / "final.json").read_text())["test"]["HR@10"] for name in ("a0", "a1")]
+    assert float(rows[0]["test 1:N HR@10 mean"]) == pytest.approx(sum(tests) / 2)
+    assert float(rows[0]["test 1:N HR@10 se"]) == pytest.approx(abs(tests[0] - tests[1]) / 2)
+    assert rows[1]["test 1:N HR@10 se"] == ""  # one seed: no standard error
+    markdown = runner.invoke(app, ["report", *dirs, "--output", str(tmp_path / "plots"), "--over-seeds",
+                                   "--format", "markdown"]).stdout.splitlines()
+    assert markdown[0].startswith("| setting (its first run) | seeds |") and markdown[1].startswith("|---|")
+    assert f"{sum(tests) / 2:.4f} ± {abs(tests[0] - tests[1]) / 2:.4f}" in markdown[2]
+    shutil.copytree(tmp_path / "a0", tmp_path / "again")
+    twice = runner.invoke(app, ["report", dirs[0], str(tmp_path / "again"), "--over-seeds"])
+    assert twice.exit_code == 2 and "one seed would count more than once" in twice.output
+    (tmp_path / "again" / "final.json").unlink()
+    unfinished = runner.invoke(app, ["report", dirs[0], str(tmp_path / "again"), "--over-seeds"])
+    assert unfinished.exit_code == 2 and "not finished: again" in unfinished.output
+
+
 def test_the_plots_mark_the_best_round_and_the_test_figures(tiny_data, tmp_path):
     import matplotlib
 

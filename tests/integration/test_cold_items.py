@@ -48,7 +48,8 @@ def test_the_test_by_group_adds_up_to_the_total_under_both_protocols(tower_run):
     assert evaluate_run(run_dir)["test_groups"] == final["test_groups"]  # evaluate reproduces it
     log = (run_dir / "run.log").read_text()
     assert "new items: " in log and "test by test item: new (" in log
-    from feddmmr.report import final_table, load_run
+    from feddmmr.report import load_run
+    from feddmmr.summary import final_table
 
     table = final_table([load_run(run_dir)]).splitlines()
     assert table[-3].startswith("by test item") and "new 1:N HR@10" in table[-2]
