@@ -76,8 +76,12 @@ class TensorBoardTracker:
         self.writer.flush()
 
     def on_run_end(self, run: Run, final: dict) -> None:
-        for name, value in final_metrics(final).items():
-            self.writer.add_scalar(f"final/{name}", value, final["best_round"])
+        # The final figures against the run's settings: TensorBoard's HParams view compares runs by them
+        # (its scalars are the final/* charts, at the best round).
+        settings = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                    for k, v in run.config.to_dict().items()}
+        self.writer.add_hparams(settings, {f"final/{k}": v for k, v in final_metrics(final).items()}, run_name=".",
+                                global_step=final["best_round"])
         self.writer.add_text("final", "```\n" + json.dumps(final, indent=2) + "\n```", final["best_round"])
         self.writer.add_text("best_checkpoint", str(run.checkpoints / "best.pt"), final["best_round"])
         self.close()

@@ -44,6 +44,11 @@ def test_tensorboard_holds_every_round_and_the_final_figures(tiny_data, tmp_path
     assert [e.value for e in events.Scalars("val/HR_at_10")] == pytest.approx([r["val"]["HR@10"] for r in records])
     test_hr = events.Scalars("final/test/HR_at_10")
     assert test_hr[0].step == final["best_round"] and test_hr[0].value == pytest.approx(final["test"]["HR@10"])
+    from tensorboard.plugins.hparams import plugin_data_pb2  # the HParams view: the run's settings
+
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["num_rounds"].number_value == 3 and hparams["tracker"].string_value == '["tensorboard"]'
 
 
 def test_mlflow_holds_the_config_every_round_the_final_figures_and_the_best_checkpoint(tiny_data, tmp_path):
