@@ -3,7 +3,6 @@ and a resumed run reads the same data it started with (data.json)."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +13,12 @@ import numpy as np
 
 from feddmmr.checkpoint import write_json
 from feddmmr.data.types import SequenceData
-from feddmmr.errors import InputError, RunDirectoryInUse, read_guarded
+from feddmmr.errors import FeddmmrError, InputError, RunDirectoryInUse, read_guarded
+
+try:
+    import fcntl
+except ImportError:  # Windows has no POSIX file locks: training refuses to start (RunLock)
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,9 @@ class RunLock:
     when the process ends, however it ends (kill -9 included), so a stale lock cannot block a resume."""
 
     def __init__(self, run_dir: Path) -> None:
+        if fcntl is None:
+            raise FeddmmrError("training locks its run directory with a POSIX file lock (fcntl), which Windows lacks: "
+                               "train under WSL2, Linux or macOS; a trained model loads and recommends anywhere")
         self.path = run_dir / LOCK_NAME
         self.handle = open(self.path, "a+")
         try:

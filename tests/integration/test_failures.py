@@ -441,6 +441,15 @@ def test_a_later_stage_without_the_previous_stages_weights_is_refused(tiny_data,
     assert f"stage={stage}" in line and not (tmp_path / "run").exists()
 
 
+def test_training_without_posix_file_locks_says_where_it_runs(tiny_data, tmp_path, monkeypatch):
+    """Windows has no fcntl: training stops as it claims the run directory, and names the alternatives."""
+    import feddmmr.run_directory as run_directory
+
+    monkeypatch.setattr(run_directory, "fcntl", None)
+    line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run")], "Windows lacks", code=1)
+    assert "WSL2" in line
+
+
 @pytest.fixture
 def silent_server():
     """A local port that accepts connections and never answers: an MLflow server that hangs."""
