@@ -242,6 +242,12 @@ def log_start(run: Run) -> None:
     training = {"ce-full": f"every item ({c.loss})", "shared": f"{c.num_negatives} shared by each local step's targets",
                 "per-target": f"{c.num_negatives} per training target"}[c.loss if c.loss == "ce-full" else c.negatives]
     log.info("negatives: %s, %d per held-out item in %s evaluation", training, c.num_negatives_eval, c.eval)
+    targets = s.num_train_targets[s.num_train_targets > 0]
+    if len(targets):
+        typical = int(np.percentile(targets, 95))
+        log.info("windows: %d positions; 95%% of the training histories hold at most %d targets%s", c.max_seq_len,
+                 typical, " (the vectorised engine cuts the padding a chunk's windows share)"
+                 if typical < c.max_seq_len and not c.centralized else "")
     if c.loss == "gbce":
         log.info("loss: gbce, calibration t %g: the positive's log-probability weighs %.4g",
                  c.gbce_t, positive_weight(c, s.num_items))
