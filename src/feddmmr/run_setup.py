@@ -18,6 +18,7 @@ from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_c
 from feddmmr.data.cold import choose_cold_items
 from feddmmr.data.cold import describe as describe_cold
 from feddmmr.data.split import LeaveOneOut, leave_one_out
+from feddmmr.data.stats import dataset_stats
 from feddmmr.data.types import SequenceData
 from feddmmr.errors import InputError
 from feddmmr.evaluation import make_eval_sets
@@ -217,6 +218,10 @@ def log_start(run: Run) -> None:
     eligible = int((s.num_train_targets > 0).sum())
     per_round = max(1, int(round(c.client_fraction * eligible)))
     log.info("data: %s: %d users, %d items, %d interactions", s.data.source, s.num_users, s.num_items, s.data.num_interactions)
+    stats = dataset_stats(s.data)
+    log.info("data: density %.4f%%, items a user: median %g, mean %.1f, max %g; the top 1%% of items hold %.1f%% of "
+             "the interactions", 100 * stats["density"], stats["sequence_length"]["q50"], stats["sequence_length"]["mean"],
+             stats["sequence_length"]["q100"], 100 * stats["share_of_top_1pct_items"])
     if s.cold is not None:
         log.info(describe_cold(s.data, s.cold, s.test_items))
     log.info("device %s | amp %s | engine %s | %s", run.device, run.precision.mode,
