@@ -109,7 +109,8 @@ def load_best_model(run_dir: str | Path) -> BestModel:
         memory.state = MemoryState.from_dict(best["memory"])
         slots = memory.retrieve(memory.state)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    return BestModel(config, best["round"], model, split.data.item_ids, split, slots, valid_set, test_set, precision)
+    return BestModel(config, best["round"], model.eval(), split.data.item_ids, split, slots, valid_set, test_set,
+                     precision)
 
 
 def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:

@@ -294,6 +294,20 @@ def recommend_command(
             print(f"{label}\t{rank}\t{rec.item}\t{rec.score:.4f}")
 
 
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="a finished FedSASRec run directory"),
+    output: Path = typer.Option(..., "--output", help="the folder for model.pt2 and items.json"),
+) -> None:
+    """Export a run's best model for serving with torch alone: model.pt2 (torch.export: padded
+    histories of dense ids in, every item's score out) and items.json (dense id -> item id)."""
+    from feddmmr.export import export_run
+
+    setup_logging()
+    for path in export_run(run_dir, output):
+        print(path)
+
+
 @app.command("report")
 def report_command(
     run_dirs: typing.List[Path] = typer.Argument(..., help="run directories (finished or not); several are compared"),
