@@ -19,12 +19,11 @@ from feddmmr.memory.two_tier import MemoryConfig, MemoryState, empty_memory, ret
 class ClientMemories:
     state: MemoryState  # [num_users, ...], on the CPU
     config: MemoryConfig
-    features: torch.Tensor | None  # the combined item feature [num_items+1, D] (row 0 zeros), or None
+    features: torch.Tensor  # the combined item feature [num_items+1, D] (row 0 zeros)
 
     @classmethod
-    def empty(cls, num_users: int, config: MemoryConfig, features: torch.Tensor | None) -> ClientMemories:
-        dim = 1 if features is None else features.shape[1]
-        return cls(empty_memory(num_users, config, dim=dim), config, features)
+    def empty(cls, num_users: int, config: MemoryConfig, features: torch.Tensor) -> ClientMemories:
+        return cls(empty_memory(num_users, config, dim=features.shape[1]), config, features)
 
     def select(self, users: list[int] | np.ndarray, device: torch.device) -> MemoryState:
         part = select(self.state, torch.as_tensor(np.asarray(users, dtype=np.int64)))
@@ -37,7 +36,6 @@ class ClientMemories:
         """(items [C, K], mask [C, K]) of the clients of `part`."""
         return retrieve(part, self.config)
 
-    def update(self, part: MemoryState, positives: torch.Tensor, losses: torch.Tensor | None = None) -> MemoryState:
+    def update(self, part: MemoryState, positives: torch.Tensor) -> MemoryState:
         """`part` after a local step whose positives [C, T] are in each user's time order (0 = none)."""
-        features = None if self.features is None else self.features.to(part.device)
-        return update_memory(part, positives, features, losses, self.config)
+        return update_memory(part, positives, self.features.to(part.device), self.config)

@@ -38,7 +38,6 @@ class MemoryConfig:
     merge_threshold: float = 0.74
     ema: float = 0.9
     age_scale: float = 200.0
-    surprise_threshold: float = 0.5
     retrieve_short: int = 5
     retrieve_long: int = 15
 
@@ -53,8 +52,6 @@ class MemoryConfig:
         _check_range("ema", self.ema, 0.0, 1.0)
         if not (math.isfinite(self.age_scale) and self.age_scale > 0):
             raise ValueError(f"MemoryConfig.age_scale must be positive and finite, got {self.age_scale}")
-        if not math.isfinite(self.surprise_threshold):
-            raise ValueError(f"MemoryConfig.surprise_threshold must be finite, got {self.surprise_threshold}")
         for name, capacity in (("retrieve_short", self.short_capacity), ("retrieve_long", self.long_capacity)):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= capacity:
@@ -250,50 +247,40 @@ def retrieve(state: MemoryState, config: MemoryConfig) -> tuple[torch.Tensor, to
     return items, items != 0
 
 
-def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.Tensor | None,
-                  losses: torch.Tensor | None, config: MemoryConfig) -> MemoryState:
+def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.Tensor,
+                  config: MemoryConfig) -> MemoryState:
     """The memories after the positives of one local step; `state` and the inputs are not modified.
 
     - `positives` [C, T]: item ids in each user's time order; 0 = no positive (skipped, no step).
-    - `features` [num_items+1, D]: the combined item feature (row 0 zeros). With features the LT
-      gate is novelty against ST and merging is by cosine; items with a zero feature row cannot be
-      compared, so they are never written to LT (they still enter ST).
-    - `features` None: the gate is `losses` [C, T] >= surprise_threshold and merging is by item id
-      (`losses` is ignored when features are given).
+    - `features` [num_items+1, D]: the combined item feature (row 0 zeros). The LT gate is novelty
+      against ST and merging is by cosine; items with a zero feature row cannot be compared, so
+      they are never written to LT (they still enter ST).
     """
-    _check_update_inputs(state, positives, features, losses, config)
-    positives, losses = _compact(positives.to(state.device, torch.int64),
-                                 None if losses is None else losses.to(state.device))
-    if features is not None:
-        features = features.to(state.device, state.long_embeddings.dtype)
+    _check_update_inputs(state, positives, features, config)
+    positives = _compact(positives.to(state.device, torch.int64))
+    features = features.to(state.device, state.long_embeddings.dtype)
     new = state.clone()
     length = int((positives != 0).sum(1).max().item()) if positives.numel() else 0
     for start in range(0, length, _BLOCK):
-        block = slice(start, min(start + _BLOCK, length))
-        _update_block(new, positives[:, block], features, None if losses is None else losses[:, block], config)
+        _update_block(new, positives[:, start:min(start + _BLOCK, length)], features, config)
     return new
 
 
-def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.Tensor | None,
-                  losses: torch.Tensor | None, config: MemoryConfig) -> None:
+def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.Tensor, config: MemoryConfig) -> None:
     """`update_memory` for one block of compacted positives, in place."""
     counts = (positives != 0).sum(1)
     history_items = torch.cat([state.short_items, positives], dim=1)  # [C, S+T]: the ST, then the positives
-    if features is None:
-        embeddings = pairwise = None
-        write = (positives != 0) & (losses >= config.surprise_threshold)
-    else:
-        # Only the rows used are normalised (so that every dot product below is a cosine whatever
-        # the caller passed), not the whole catalogue at every step.
-        history = features[history_items]
-        norms = history.norm(dim=-1, keepdim=True)
-        history = history / norms.clamp_min(1e-12)  # F.normalize, keeping the norms
-        embeddings = history[:, state.short_capacity:]
-        cosines = torch.bmm(embeddings, history.transpose(1, 2))  # [C, T, S+T]
-        novelty = _novelty(history_items, cosines)
-        pairwise = cosines[:, :, state.short_capacity:]
-        has_feature = norms[:, state.short_capacity:, 0] > 0
-        write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
+    # Only the rows used are normalised (so that every dot product below is a cosine whatever the
+    # caller passed), not the whole catalogue at every step.
+    history = features[history_items]
+    norms = history.norm(dim=-1, keepdim=True)
+    history = history / norms.clamp_min(1e-12)  # F.normalize, keeping the norms
+    embeddings = history[:, state.short_capacity:]
+    cosines = torch.bmm(embeddings, history.transpose(1, 2))  # [C, T, S+T]
+    novelty = _novelty(history_items, cosines)
+    pairwise = cosines[:, :, state.short_capacity:]
+    has_feature = norms[:, state.short_capacity:, 0] > 0
+    write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
     _write_long_term(state, positives, embeddings, pairwise, write, config)
     state.short_items = _append_short_term(history_items, state.short_capacity, counts)
     state.step += counts
@@ -301,8 +288,8 @@ def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.T
     state.writes += write.sum(1)
 
 
-def _check_update_inputs(state: MemoryState, positives: torch.Tensor, features: torch.Tensor | None,
-                         losses: torch.Tensor | None, config: MemoryConfig) -> None:
+def _check_update_inputs(state: MemoryState, positives: torch.Tensor, features: torch.Tensor,
+                         config: MemoryConfig) -> None:
     if (state.short_capacity, state.long_capacity) != (config.short_capacity, config.long_capacity):
         raise ValueError(f"memory state capacities (ST {state.short_capacity}, LT {state.long_capacity}) "
                          f"differ from the config's ({config.short_capacity}, {config.long_capacity})")
@@ -311,27 +298,22 @@ def _check_update_inputs(state: MemoryState, positives: torch.Tensor, features: 
                          f"got {positives.dtype} {tuple(positives.shape)}")
     if positives.numel() and positives.min().item() < 0:
         raise ValueError("positives must be item ids >= 0 (0 = no positive)")
-    if features is not None:
-        if features.dim() != 2 or features.shape[1] != state.dim:
-            raise ValueError(f"features must be [num_items+1, D={state.dim}] (the memory's width), "
-                             f"got {tuple(features.shape)}")
-        if positives.numel() and positives.max().item() >= features.shape[0]:
-            raise ValueError(f"positive item id {positives.max().item()} has no feature row "
-                             f"(features has {features.shape[0]} rows, row 0 = padding)")
-    elif losses is None:
-        raise ValueError("update_memory needs features (novelty gate) or losses (surprise gate); got neither")
-    elif losses.shape != positives.shape:
-        raise ValueError(f"losses must match positives {tuple(positives.shape)}, got {tuple(losses.shape)}")
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != state.dim:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
+        raise ValueError(f"features must be [num_items+1, D={state.dim}] (the memory's width), got {shape}")
+    if positives.numel() and positives.max().item() >= features.shape[0]:
+        raise ValueError(f"positive item id {positives.max().item()} has no feature row "
+                         f"(features has {features.shape[0]} rows, row 0 = padding)")
 
 
-def _compact(positives: torch.Tensor, losses: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Move each client's positives (and their losses) to the left, keeping their time order.
+def _compact(positives: torch.Tensor) -> torch.Tensor:
+    """Move each client's positives to the left, keeping their time order.
 
     Clients are independent, so skipping a client's 0 entries is the same as processing its
     positives back to back; after this, column t is every client's t-th real positive.
     """
     order = torch.sort((positives == 0).to(torch.int8), dim=1, stable=True).indices
-    return positives.gather(1, order), None if losses is None else losses.gather(1, order)
+    return positives.gather(1, order)
 
 
 def _novelty(history: torch.Tensor, cosines: torch.Tensor) -> torch.Tensor:
@@ -358,8 +340,8 @@ def _append_short_term(history: torch.Tensor, capacity: int, counts: torch.Tenso
     return history.gather(1, window)
 
 
-def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: torch.Tensor | None,
-                     pairwise: torch.Tensor | None, write: torch.Tensor, config: MemoryConfig) -> None:
+def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: torch.Tensor, pairwise: torch.Tensor,
+                     write: torch.Tensor, config: MemoryConfig) -> None:
     """Apply the LT writes of every positive, in time order, to `state` (in place).
 
     Only two narrow parts of the block can change LT, and the work is cut to them (writes are
@@ -384,19 +366,17 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     width = min(capacity, int((extent + write.sum(1)).max()))
     items, frequency, refreshed = (_with_scratch_slot(t[:, :width]) for t in
                                    (state.long_items, state.long_frequency, state.long_refreshed))
-    slots = incoming = None
-    if embeddings is not None:
-        # Each slot's row is [its embedding (D) | its cosines with every written positive]: the
-        # cosines are computed once against the LT as it is now, and each write then updates its
-        # slot's row from the positive's own row [embedding | cosines] (see _write_embedding): a
-        # batched matrix-vector product per positive would read all LT embeddings at every write.
-        # One row holds both so that a write is one gather and one scatter. An empty slot's
-        # cosines are -inf so that it never looks like a merge target.
-        embeddings, dim = embeddings[:, steps], embeddings.shape[2]
-        long_embeddings = state.long_embeddings[:, :width]
-        cosines = torch.bmm(long_embeddings, embeddings.transpose(1, 2)).masked_fill(~used[:, :width, None], -math.inf)
-        slots = _with_scratch_slot(torch.cat([long_embeddings, cosines], dim=2))
-        incoming = torch.cat([embeddings, pairwise[:, steps][:, :, steps]], dim=2)  # [C, steps, D + steps]
+    # Each slot's row is [its embedding (D) | its cosines with every written positive]: the cosines
+    # are computed once against the LT as it is now, and each write then updates its slot's row
+    # from the positive's own row [embedding | cosines] (see _write_embedding): a batched
+    # matrix-vector product per positive would read all LT embeddings at every write. One row holds
+    # both so that a write is one gather and one scatter. An empty slot's cosines are -inf so that
+    # it never looks like a merge target.
+    embeddings, dim = embeddings[:, steps], embeddings.shape[2]
+    long_embeddings = state.long_embeddings[:, :width]
+    cosines = torch.bmm(long_embeddings, embeddings.transpose(1, 2)).masked_fill(~used[:, :width, None], -math.inf)
+    slots = _with_scratch_slot(torch.cat([long_embeddings, cosines], dim=2))
+    incoming = torch.cat([embeddings, pairwise[:, steps][:, :, steps]], dim=2)  # [C, steps, D + steps]
     now = state.step.unsqueeze(1) + steps  # [C, steps]
     # Only a client with more writes than empty slots can find its LT full: when there is none
     # (most blocks), the utilities of the eviction rule are not needed.
@@ -404,12 +384,8 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     merged, evicted = [], []
     for t in range(len(steps)):
         empty = items[:, :width] == 0
-        if embeddings is None:
-            similarity, threshold = (items[:, :width] == positives[:, t:t + 1]).float(), 1.0  # empty: item 0, never equal
-        else:
-            similarity, threshold = slots[:, :width, dim + t], config.merge_threshold
-        best_similarity, best_slot = similarity.max(1)
-        merge = best_similarity >= threshold
+        best_similarity, best_slot = slots[:, :width, dim + t].max(1)
+        merge = best_similarity >= config.merge_threshold
         # An added entry goes to the first empty slot, or, when LT is full, to the slot of lowest
         # utility (argmin returns the first, i.e. lowest-index, slot among ties).
         add_slot = empty.to(torch.int8).argmax(1)
@@ -420,8 +396,7 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
             evicted.append(~merge & full)
         # [C, 1]: where each client writes; the scratch slot for those not writing.
         slot = torch.where(write[:, t], torch.where(merge, best_slot, add_slot), width).unsqueeze(1)
-        if embeddings is not None:
-            _write_embedding(slots, incoming[:, t], dim, slot, merge, config.ema)
+        _write_embedding(slots, incoming[:, t], dim, slot, merge, config.ema)
         items.scatter_(1, slot.masked_fill(merge.unsqueeze(1), width), positives[:, t:t + 1])  # a merge keeps the item
         old_frequency = frequency.gather(1, slot)
         frequency.scatter_(1, slot, torch.where(merge.unsqueeze(1), old_frequency + 1, 1))
@@ -429,7 +404,7 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
         merged.append(merge)
 
     for name, values in (("long_items", items), ("long_frequency", frequency), ("long_refreshed", refreshed),
-                         *((("long_embeddings", slots[..., :dim]),) if embeddings is not None else ())):
+                         ("long_embeddings", slots[..., :dim])):
         getattr(state, name)[:, :width] = values[:, :width]
     state.merges += (write & torch.stack(merged, 1)).sum(1)
     if evicted:

@@ -66,7 +66,7 @@ def test_default_config_has_twenty_retrieval_slots():
 
 @pytest.mark.parametrize("bad", [
     {"short_capacity": 0}, {"long_capacity": 2.5}, {"novelty_threshold": 2.5}, {"merge_threshold": 1.5},
-    {"ema": -0.1}, {"age_scale": 0.0}, {"surprise_threshold": math.nan}, {"retrieve_short": 51},
+    {"ema": -0.1}, {"age_scale": 0.0}, {"retrieve_short": 51},
     {"retrieve_long": -1}, {"retrieve_short": 0, "retrieve_long": 0},
 ])
 def test_config_rejects_bad_values(bad):
@@ -80,7 +80,7 @@ def test_novelty_gate_writes_only_items_far_enough_from_short_term():
     # After item 1 (0 deg, written: empty ST has novelty 1), item 2 at 65 deg has novelty
     # 1 - cos 65 = 0.577 < 0.583 (not written) and item 3 at 66 deg 0.593 (written, added).
     config = MemoryConfig(short_capacity=3, long_capacity=3, retrieve_short=1, retrieve_long=1)
-    state = update_memory(empty_memory(2, config, 2), batch([1, 2], [1, 3]), angle_features([0, 65, 66]), None, config)
+    state = update_memory(empty_memory(2, config, 2), batch([1, 2], [1, 3]), angle_features([0, 65, 66]), config)
     assert state.long_items.tolist() == [[1, 0, 0], [1, 3, 0]]
     assert state.writes.tolist() == [1, 2] and state.positives.tolist() == [2, 2]
 
@@ -89,7 +89,7 @@ def test_merge_updates_frequency_refresh_step_and_ema_embedding():
     # ST holds only the last item. A (0 deg) and B (90 deg) are added at steps 0 and 1; C (-30 deg)
     # is novel against ST = [B] (cos -0.5) and has cos 0.866 >= 0.74 with A: it merges into A.
     config = MemoryConfig(short_capacity=1, long_capacity=3, retrieve_short=1, retrieve_long=1)
-    state = update_memory(empty_memory(1, config, 2), batch([1, 2, 3]), angle_features([0, 90, -30]), None, config)
+    state = update_memory(empty_memory(1, config, 2), batch([1, 2, 3]), angle_features([0, 90, -30]), config)
     assert long_term(state) == {"items": [1, 2, 0], "frequency": [2, 1, 0], "refreshed": [2, 1, 0]}
     expected = F.normalize(torch.tensor([0.9 + 0.1 * math.cos(math.radians(30)), -0.1 * 0.5]), dim=0)
     torch.testing.assert_close(state.long_embeddings[0, 0], expected)
@@ -104,7 +104,7 @@ def test_merge_goes_into_the_most_similar_entry():
     features = angle_features([0, 50, 30])
     state = with_long_term(config, 2, [[1, 2, 0]], [[1, 1, 0]], [[0, 0, 0]], [4],
                            embeddings=torch.cat([features[1:3], torch.zeros(1, 2)])[None])
-    state = update_memory(state, batch([3]), features, None, config)
+    state = update_memory(state, batch([3]), features, config)
     assert long_term(state) == {"items": [1, 2, 0], "frequency": [1, 2, 0], "refreshed": [0, 4, 0]}
 
 
@@ -119,7 +119,7 @@ def test_writes_reach_holes_and_entries_past_them_while_other_clients_write_noth
     embeddings[0, 0], embeddings[0, 4] = features[1], features[2]
     state = with_long_term(config, 2, [[1, 0, 0, 0, 2, 0], [0] * 6], [[1, 0, 0, 0, 1, 0], [0] * 6],
                            [[0, 0, 0, 0, 1, 0], [0] * 6], [2, 0], embeddings=embeddings)
-    state = update_memory(state, batch([3, 4], []), features, None, config)
+    state = update_memory(state, batch([3, 4], []), features, config)
     assert long_term(state, 0) == {"items": [1, 3, 0, 0, 2, 0], "frequency": [1, 1, 0, 0, 2, 0],
                                    "refreshed": [0, 2, 0, 0, 3, 0]}
     torch.testing.assert_close(state.long_embeddings[0, 1], features[3])
@@ -140,7 +140,7 @@ EYE3 = torch.cat([torch.zeros(1, 3), torch.eye(3)])  # items 1, 2, 3 = the three
 def test_eviction_removes_the_lowest_utility_entry(frequency, refreshed, age_scale, evicted):
     config = MemoryConfig(short_capacity=2, long_capacity=2, age_scale=age_scale, retrieve_short=1, retrieve_long=1)
     state = with_long_term(config, 3, [[1, 2]], [frequency], [refreshed], [10], embeddings=EYE3[1:3][None])
-    state = update_memory(state, batch([3]), EYE3, None, config)  # item 3 is orthogonal: added
+    state = update_memory(state, batch([3]), EYE3, config)  # item 3 is orthogonal: added
     items, new_frequency, new_refreshed = [1, 2], list(frequency), list(refreshed)
     items[evicted], new_frequency[evicted], new_refreshed[evicted] = 3, 1, 10
     assert long_term(state) == {"items": items, "frequency": new_frequency, "refreshed": new_refreshed}
@@ -151,28 +151,18 @@ def test_eviction_removes_the_lowest_utility_entry(frequency, refreshed, age_sca
 def test_items_without_a_feature_enter_short_term_but_never_long_term():
     config = MemoryConfig(short_capacity=3, long_capacity=3, retrieve_short=1, retrieve_long=1)
     features = torch.cat([EYE3, torch.zeros(1, 3)])  # item 4 has no feature
-    state = update_memory(empty_memory(1, config, 3), batch([4, 1]), features, None, config)
+    state = update_memory(empty_memory(1, config, 3), batch([4, 1]), features, config)
     assert state.long_items.tolist() == [[1, 0, 0]] and state.short_items.tolist() == [[0, 4, 1]]
-
-
-def test_loss_fallback_without_features_writes_surprising_items_and_merges_by_id():
-    config = MemoryConfig(short_capacity=4, long_capacity=3, retrieve_short=1, retrieve_long=1)
-    losses = torch.tensor([[0.9, 0.2, 0.7, 0.5]])  # 0.5 == surprise_threshold: written
-    state = update_memory(empty_memory(1, config), batch([5, 6, 5, 7]), None, losses, config)
-    assert long_term(state) == {"items": [5, 7, 0], "frequency": [2, 1, 0], "refreshed": [2, 3, 0]}
-    assert state.short_items.tolist() == [[5, 6, 5, 7]]
-    assert summary(state) == {"short_term_size": 4.0, "long_term_size": 2.0, "write_ratio": 0.75,
-                              "merges": 1.0, "evictions": 0.0}
 
 
 # --- short-term FIFO and zero positives ------------------------------------------------------
 
 def test_short_term_is_a_fifo_in_time_order_across_calls():
     config = MemoryConfig(short_capacity=3, long_capacity=3, retrieve_short=1, retrieve_long=1)
-    no_writes = torch.zeros(2, 5)
-    state = update_memory(empty_memory(2, config), batch([1, 2, 3, 4, 5], [1, 2]), None, no_writes, config)
+    no_writes = torch.zeros(7, 1)  # no item has a feature: none is written to long-term
+    state = update_memory(empty_memory(2, config), batch([1, 2, 3, 4, 5], [1, 2]), no_writes, config)
     assert state.short_items.tolist() == [[3, 4, 5], [0, 1, 2]]
-    state = update_memory(state, batch([6], [3]), None, torch.zeros(2, 1), config)
+    state = update_memory(state, batch([6], [3]), no_writes, config)
     assert state.short_items.tolist() == [[4, 5, 6], [1, 2, 3]]
     assert state.step.tolist() == [6, 3] and state.long_items.count_nonzero() == 0
 
@@ -180,10 +170,10 @@ def test_short_term_is_a_fifo_in_time_order_across_calls():
 def test_zero_positives_change_nothing_and_gaps_are_skipped():
     config = MemoryConfig(short_capacity=3, long_capacity=3, retrieve_short=1, retrieve_long=1)
     features = angle_features([0, 90, -30])
-    start = update_memory(empty_memory(2, config, 2), batch([1], [2]), features, None, config)
-    assert_states_equal(update_memory(start, torch.zeros(2, 4, dtype=torch.long), features, None, config), start)
-    gaps = update_memory(start, torch.tensor([[0, 2, 0, 3], [0, 0, 0, 0]]), features, None, config)
-    dense = update_memory(start, torch.tensor([[2, 3], [0, 0]]), features, None, config)
+    start = update_memory(empty_memory(2, config, 2), batch([1], [2]), features, config)
+    assert_states_equal(update_memory(start, torch.zeros(2, 4, dtype=torch.long), features, config), start)
+    gaps = update_memory(start, torch.tensor([[0, 2, 0, 3], [0, 0, 0, 0]]), features, config)
+    dense = update_memory(start, torch.tensor([[2, 3], [0, 0]]), features, config)
     assert_states_equal(gaps, dense)
     assert gaps.step.tolist() == [3, 1]
 
@@ -192,7 +182,7 @@ def test_update_is_pure():
     config = MemoryConfig(short_capacity=2, long_capacity=2, retrieve_short=1, retrieve_long=1)
     state = with_long_term(config, 3, [[1, 2]], [[1, 1]], [[0, 0]], [3], embeddings=EYE3[1:3][None])
     before, positives, features = state.clone(), batch([3, 1]), EYE3.clone()
-    update_memory(state, positives, features, None, config)
+    update_memory(state, positives, features, config)
     assert_states_equal(state, before)
     assert positives.tolist() == [[3, 1]] and torch.equal(features, EYE3)
 
@@ -245,7 +235,7 @@ def test_batched_update_matches_a_per_client_reference_across_blocks_and_calls()
     positives = batch(*sequences)
     state = empty_memory(3, config, 6)
     for part in (positives[:, :140], positives[:, 140:]):  # > 128 positives: several blocks per call
-        state = update_memory(state, part, features, None, config)
+        state = update_memory(state, part, features, config)
     assert state.merges.sum() > 0 and state.evictions.sum() > 0
     for client, sequence in enumerate(sequences):
         expected = reference_update(sequence, features, config)
@@ -259,8 +249,8 @@ def test_a_client_gets_the_same_memory_alone_or_batched_with_others():
     features = clustered_features(40, 5, seed=3)
     generator = torch.Generator().manual_seed(4)
     positives = torch.randint(0, 41, (3, 50), generator=generator)
-    alone = update_memory(empty_memory(1, config, 5), positives[:1], features, None, config)
-    together = update_memory(empty_memory(3, config, 5), positives, features, None, config)
+    alone = update_memory(empty_memory(1, config, 5), positives[:1], features, config)
+    together = update_memory(empty_memory(3, config, 5), positives, features, config)
     assert_states_equal(select(together, torch.tensor([0])), alone)
 
 
@@ -291,7 +281,7 @@ def test_retrieve_from_empty_memories_is_fully_masked():
 def filled_state(num_clients: int = 4) -> tuple[MemoryState, MemoryConfig]:
     config = MemoryConfig(short_capacity=4, long_capacity=6, retrieve_short=2, retrieve_long=3)
     positives = torch.randint(1, 41, (num_clients, 30), generator=torch.Generator().manual_seed(5))
-    state = update_memory(empty_memory(num_clients, config, 5), positives, clustered_features(40, 5, 6), None, config)
+    state = update_memory(empty_memory(num_clients, config, 5), positives, clustered_features(40, 5, 6), config)
     return state, config
 
 
@@ -319,9 +309,9 @@ def test_to_dict_from_dict_survive_a_weights_only_checkpoint():
 
 def test_bad_inputs_are_rejected_with_clear_errors():
     state, config = filled_state(2)
-    with pytest.raises(ValueError, match="neither"):
-        update_memory(state, batch([1], [2]), None, None, config)
+    with pytest.raises(ValueError, match="features must be"):
+        update_memory(state, batch([1], [2]), None, config)
     with pytest.raises(ValueError, match="memory's width"):
-        update_memory(state, batch([1], [2]), torch.zeros(41, 3), None, config)
+        update_memory(state, batch([1], [2]), torch.zeros(41, 3), config)
     with pytest.raises(ValueError, match="capacities"):
-        update_memory(state, batch([1], [2]), None, torch.ones(2, 1), MemoryConfig())
+        update_memory(state, batch([1], [2]), torch.zeros(41, state.dim), MemoryConfig())
