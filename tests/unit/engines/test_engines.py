@@ -307,8 +307,8 @@ def test_memory_takes_each_steps_positives_in_time_order():
         assert sorted(real.tolist()) == sorted(batch.candidates[step, ..., 0][batch.candidates[step, ..., 0] > 0].tolist())
     # The short-term FIFO ends with the step's most recent positive.
     config = MemoryConfig(short_capacity=5, long_capacity=5, retrieve_short=5, retrieve_long=0)
-    state = update_memory(empty_memory(1, config), torch.from_numpy(ordered[:1]), None,
-                          torch.zeros(1, 40), config)
+    no_features = torch.zeros(301, 1)  # no long-term writes: the short-term FIFO alone
+    state = update_memory(empty_memory(1, config), torch.from_numpy(ordered[:1]), no_features, config)
     assert state.short_items[0].tolist() == sorted(ordered[0][ordered[0] > 0].tolist())[-5:]
 
 
