@@ -16,12 +16,12 @@ import click
 import typer
 from rich.console import Console
 from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 from feddmmr.config import (BOOL, FIELDS, OLD_OBJECTIVE_FLAGS, RESUME_SAFE, SECTIONS, TrainConfig, presets,
                             resolve_config, saved_config)
 from feddmmr.errors import FeddmmrError, InputError, describe_os_error, exit_code, out_of_memory
+from feddmmr.progress import round_bars
 
 console = Console(stderr=True)
 EXPECTED_ERRORS = (FeddmmrError, ValueError, OSError)
@@ -203,23 +203,7 @@ def train_command(**options) -> None:
     else:
         config = resolve_config(config_file, **options)
 
-    # In a terminal: a bar over the run's rounds (elapsed, estimate) and one over the round's clients.
-    # Elsewhere rich draws no bars; the log's one line per round says the same.
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) as bars:
-        rounds = bars.add_task("rounds", total=config.num_rounds)
-        clients = {}
-
-        def progress_factory(round_number: int, total: int):
-            bars.update(rounds, completed=round_number - 1)  # a resumed run starts part-way
-            clients[round_number] = bars.add_task(f"round {round_number} clients", total=total)
-            return lambda n: bars.advance(clients[round_number], n)
-
-        def on_round(record: dict) -> None:
-            bars.update(rounds, completed=record["round"])
-            if record["round"] in clients:
-                bars.remove_task(clients.pop(record["round"]))
-
+    with round_bars(config.num_rounds, console) as (progress_factory, on_round):
         if config.engine == "flower" and not config.centralized:  # the run is a Flower app
             from feddmmr.engines.flower.simulation import run_flower_simulation
 

@@ -34,6 +34,7 @@ from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
 from feddmmr.run_setup import prepare_run
+from feddmmr.progress import round_bars
 from feddmmr.run_state import Run, load_memory, payload_bytes
 from feddmmr.trackers import make_trackers
 
@@ -177,12 +178,22 @@ class RunResult:
 
 def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
           progress_factory: ProgressFactory | None = None, engine: Engine | None = None,
-          callbacks: Sequence[Callback] = ()) -> RunResult:
+          callbacks: Sequence[Callback] = (), progress: bool = False) -> RunResult:
     """Run (or resume) training. After each round the checkpoints and metrics.jsonl are written,
-    then `on_round(record)` and each of `callbacks` runs (callbacks.py). `engine` overrides the
-    one named in the config: the Flower ServerApp passes an engine that sends each round's local
-    updates to Flower clients (a run with engine=flower starts as a Flower app:
+    then `on_round(record)` and each of `callbacks` runs (callbacks.py). `progress`: the command
+    line's bars over the rounds and each round's clients (in a terminal or notebook). `engine`
+    overrides the one named in the config: the Flower ServerApp passes an engine that sends each
+    round's local updates to Flower clients (a run with engine=flower starts as a Flower app:
     `run_flower_simulation`, or `flwr run`)."""
+    if progress:
+        with round_bars(config.num_rounds) as (bar_factory, bar_on_round):
+            def both(record: dict) -> None:
+                bar_on_round(record)
+                if on_round is not None:
+                    on_round(record)
+
+            return train(config, resume=resume, on_round=both, progress_factory=bar_factory, engine=engine,
+                         callbacks=callbacks)
     if config.engine == "flower" and engine is None and not config.centralized:
         raise ValueError("engine=flower runs as a Flower app: feddmmr.engines.flower.simulation.run_flower_simulation"
                          "(config), `feddmmr train --engine flower` or `flwr run` (docs/DEPLOY.md)")

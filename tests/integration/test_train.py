@@ -231,6 +231,25 @@ def test_each_round_records_the_bytes_its_clients_receive_and_send(tiny_data, tm
     assert record["bytes_down"] == 30 * total and record["bytes_up"] == 30 * (total - table)
 
 
+def test_a_run_from_python_can_show_the_command_lines_bars(tiny_data, tmp_path):
+    """train(progress=True) draws the bars over rounds and clients (here into a terminal-like
+    buffer) and still calls the caller's on_round."""
+    import io
+
+    from rich.console import Console
+
+    from feddmmr.progress import round_bars
+
+    seen = []
+    train(config(tiny_data, tmp_path / "run", num_rounds=2), progress=True, on_round=lambda r: seen.append(r["round"]))
+    assert seen == [1, 2]
+    screen = io.StringIO()
+    with round_bars(2, Console(file=screen, force_terminal=True, width=100)) as (factory, on_round):
+        factory(1, 30)(30)
+        on_round({"round": 1})
+    assert "rounds" in screen.getvalue() and "round 1 clients" in screen.getvalue()
+
+
 def test_full_ranking_mode(tiny_data, tmp_path):
     result = train(config(tiny_data, tmp_path / "run", num_rounds=2, eval="full"))
     assert result.final["eval"] == "full" and 0 <= result.final["test"]["HR@10"] <= 1
