@@ -82,12 +82,16 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
                                 global_params)
     run.precision.settle(result.loss_scales)
     reports = result.reports
-    if len(users) and not reports:  # Flower: every node failed or missed the timeout
-        raise NodesLost(
-            f"round {round_number}: no update arrived from any of its {len(users)} clients (every node failed or "
-            f"missed --flower-round-timeout {c.flower_round_timeout:g} s; the warnings above say why), so the round has "
-            f"nothing to aggregate; the checkpoints of round {round_number - 1} are intact. Fix the nodes or raise "
-            f"the timeout, then continue with `feddmmr train --resume {run.run_dir}`")
+    if len(users) and not reports:  # Flower: no node's update arrived
+        if result.skipped is not None:
+            log.warning("round %d: no update (%s): the model stays as it was", round_number, result.skipped)
+        else:
+            raise NodesLost(
+                f"round {round_number}: no update arrived from any of its {len(users)} clients (every node failed, "
+                f"missed --flower-round-timeout {c.flower_round_timeout:g} s or was refused: the warnings above say "
+                f"why), so the round has nothing to aggregate; the checkpoints of round {round_number - 1} are intact. "
+                f"Fix the nodes or the setting the warnings name, then continue with `feddmmr train --resume "
+                f"{run.run_dir}`")
     dropped = [r.user for r in reports if r.dropped]
     if dropped:
         log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,

@@ -231,15 +231,25 @@ def test_a_secure_dp_round_equals_a_plain_dp_round(tiny_data, tmp_path):
 def test_a_node_whose_update_leaves_the_secure_range_fails_loudly(tiny_data, tmp_path, caplog):
     cfg = config(tiny_data, tmp_path / "secure", num_rounds=1, engine="flower", flower_supernodes=2,
                  flower_secure_aggregation=True, flower_secagg_clipping_range=1e-9)
-    with caplog.at_level("WARNING", logger="feddmmr"):
-        run = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)
-    assert run.history[0]["failed_clients"] == run.history[0]["clients"]
+    from feddmmr.errors import NodesLost
+
+    with caplog.at_level("WARNING", logger="feddmmr"), pytest.raises(NodesLost, match="round 1: no update arrived"):
+        train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)
     assert any("outside flower_secagg_clipping_range=1e-09" in r.getMessage() for r in caplog.records)
-    # The model is left as it was: the same as a round in which every node crashed.
-    crashed = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(0), fail_on_partition(1)]), partitions(2)),
-                            config(tiny_data, tmp_path / "crashed", num_rounds=1, engine="flower", flower_supernodes=2))
-    unchanged, expected = weights(run.run_dir), weights(crashed.run_dir)
-    assert all(torch.equal(unchanged[name], expected[name]) for name in expected)
+    assert not (tmp_path / "secure" / "checkpoints" / "last.pt").exists()  # nothing trained, nothing saved
+
+
+def test_a_secure_round_with_one_node_is_skipped_not_lost(tiny_data, tmp_path, caplog):
+    """SecAgg+ cannot hide one node's update in a sum: such a round leaves the model as it was, with
+    a warning, and the run goes on (a round whose nodes all fail stops it)."""
+    cfg = config(tiny_data, tmp_path / "one", num_rounds=2, validate_every=1, engine="flower", flower_supernodes=1,
+                 flower_secure_aggregation=True)
+    with caplog.at_level("WARNING", logger="feddmmr"):
+        run = train_on_grid(InProcessGrid(make_client_app(), partitions(1)), cfg)
+    assert [r["round"] for r in run.history] == [1, 2]
+    assert all(r["failed_clients"] == r["clients"] and r["train_loss"] is None for r in run.history)
+    assert sum("needs at least 2 nodes with sampled users, this round has 1" in r.getMessage()
+               and "the model stays as it was" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_secure_aggregation_is_a_flower_setting(tiny_data, tmp_path):

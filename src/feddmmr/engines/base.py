@@ -65,6 +65,9 @@ class RoundResult:
 
     reports: list[ClientReport]
     loss_scales: tuple[LossScales, ...] = ()
+    # Why a round has no update by design (SecAgg+ cannot mask a round whose users all live on one
+    # node): the model stays as it was. A round without reports and without this lost its clients.
+    skipped: str | None = None
 
 
 class Engine(Protocol):

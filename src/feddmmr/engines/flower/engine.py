@@ -83,6 +83,9 @@ class FlowerEngine:
         trained = {name: p for name, p in global_params.items() if name not in local.frozen}
         clipped = local.clip_norm is not None
         if self.config.flower_secure_aggregation:
+            if len(contents) < 2:  # a "sum" of one node's update would be that update: nothing to hide it in
+                return RoundResult([], skipped=f"secure aggregation needs at least 2 nodes with sampled users, "
+                                               f"this round has {len(contents)}")
             return RoundResult(self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate))
 
         def advance(node: int) -> None:
