@@ -30,7 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(temp_path, path)
     except OSError as error:
         temp_path.unlink(missing_ok=True)
-        if error.filename is None:  # a failed write or fsync names no file: name the one being written
+        if error.filename is None and error.errno is not None:  # a failed write names no file: name this one
             raise type(error)(error.errno, error.strerror, str(path)) from error
         raise
     except BaseException:

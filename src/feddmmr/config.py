@@ -281,10 +281,6 @@ class TrainConfig:
                              f"item_tower={self.item_tower} is ID-only")
         if self.stage == 2 and self.model != "feddmmr":
             raise InputError("stage=2 trains the modality parts of model=feddmmr; fedsasrec has none")
-        if self.stage in (2, 3) and not self.init_from:
-            frozen = "the backbone" if self.stage == 2 else "the item embedding"
-            raise InputError(f"stage={self.stage} keeps {frozen} frozen where it starts: give the previous stage's "
-                             f"run with --init-from RUN_DIR (without it, {frozen} would stay at its random start)")
         if self.model == "feddmmr" and self.centralized:
             raise InputError("model=feddmmr trains with client memories: it runs federated, not --centralized")
         if self.content_history > self.max_seq_len:

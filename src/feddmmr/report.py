@@ -72,7 +72,14 @@ class RunRecords:
     def best_round(self) -> int | None:
         if self.final is not None:
             return self.final["best_round"]
-        return max(self.validated, key=lambda r: r["val"]["HR@10"])["round"] if self.validated else None
+        metric = self.select_metric
+        return max(self.validated, key=lambda r: r["val"][metric])["round"] if self.validated else None
+
+    @property
+    def select_metric(self) -> str:
+        """The metric that picks the run's best round (config.json's select_metric; HR@10 before it existed)."""
+        path = self.run_dir / "config.json"
+        return json.loads(path.read_text()).get("select_metric", "HR@10") if path.exists() else "HR@10"
 
 
 def load_run(run_dir: str | Path) -> RunRecords:

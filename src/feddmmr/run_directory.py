@@ -23,6 +23,8 @@ except ImportError:  # Windows has no POSIX file locks: training refuses to star
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+NO_LOCK = ("training locks its run directory with a POSIX file lock (fcntl), which Windows lacks: train under WSL2, "
+           "Linux or macOS; a trained model loads and recommends anywhere")
 DATA_NAME = "data.json"
 
 
@@ -32,8 +34,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         if fcntl is None:
-            raise FeddmmrError("training locks its run directory with a POSIX file lock (fcntl), which Windows lacks: "
-                               "train under WSL2, Linux or macOS; a trained model loads and recommends anywhere")
+            raise FeddmmrError(NO_LOCK)
         self.path = run_dir / LOCK_NAME
         self.handle = open(self.path, "a+")
         try:
@@ -78,6 +79,8 @@ def claim(run_dir: Path, *, resume: bool) -> RunLock:
     that already holds one, finished or not: that run would be mixed with this one."""
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"--run-dir {run_dir} is a file; expected a folder (new or a run's)")
+    if fcntl is None:
+        raise FeddmmrError(NO_LOCK)
     if resume and not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")
     if not resume and (run_dir / "config.json").exists():

@@ -154,6 +154,10 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
     """`memories_on_nodes`: FedDMMR on Flower, whose client memories live on the SuperNodes."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.stage in (2, 3) and not config.init_from and not resume:  # a new run only: old folders still load
+        frozen = "the backbone" if config.stage == 2 else "the item embedding"
+        raise InputError(f"stage={config.stage} keeps {frozen} frozen where it starts: give the previous stage's "
+                         f"run with --init-from RUN_DIR (without it, {frozen} would stay at its random start)")
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
     if memories_on_nodes and resume and (run_dir / "checkpoints" / "last.pt").exists():
         raise InputError(f"{run_dir}: a FedDMMR run on Flower cannot be resumed: its client memories lived on the "

@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from feddmmr.config import saved_config
 from feddmmr.errors import InputError
 from feddmmr.report import RunRecords
 
@@ -89,11 +90,9 @@ def final_table(runs: list[RunRecords], form: str = "text") -> str:
 
 
 def run_settings(run: RunRecords) -> dict:
-    path = run.run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read the run's settings ({error}); --over-seeds groups runs by them") from None
+    """The run's settings as today's TrainConfig reads its config.json: a run saved before a setting
+    existed gets its default, so it groups with a new run of the same settings."""
+    return saved_config(run.run_dir).to_dict()
 
 
 def by_setting(runs: list[RunRecords]) -> list[list[tuple[RunRecords, int]]]:

@@ -91,7 +91,8 @@ class TensorBoardTracker:
 
 
 # What MLflow's tracking URI may start with (a path without a scheme is a local file store).
-MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+# A database scheme may name its driver (postgresql+psycopg2), as MLflow allows.
+MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc")
 SERVER_CHECK_SECONDS = 5.0
 
 
@@ -103,7 +104,7 @@ def check_tracking_uri(config) -> None:
     if "mlflow" not in config.tracker or not uri:
         return
     scheme = urllib.parse.urlparse(uri).scheme
-    if scheme and scheme not in MLFLOW_SCHEMES and not os.path.isabs(uri):
+    if scheme and scheme.split("+")[0] not in MLFLOW_SCHEMES and not os.path.isabs(uri):
         raise InputError(f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; expected one of "
                          f"{', '.join(MLFLOW_SCHEMES)}, or a folder path")
     if scheme not in ("http", "https"):

@@ -477,6 +477,16 @@ def test_an_unusable_mlflow_uri_fails_fast_and_before_the_run_folder(tiny_data, 
     assert f"MLFLOW_TRACKING_URI={uri}" in line and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("uri", ["postgresql+psycopg2://user@db.example/mlflow", "mysql+pymysql://user@db/mlflow",
+                                 "sqlite:///runs/mlflow.db", "uc:databricks-uc", "/srv/mlruns"])
+def test_mlflow_uris_that_mlflow_takes_pass_the_check(monkeypatch, uri):
+    """Database schemes may name their driver; none of these needs a server to answer."""
+    from feddmmr.trackers import check_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    check_tracking_uri(type("Settings", (), {"tracker": ["mlflow"]})())  # raises if refused
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A real 64 KiB file system (tmpfs), too small for a run's checkpoints: mounting needs root (CI

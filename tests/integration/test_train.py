@@ -194,6 +194,10 @@ def test_the_selection_metric_picks_the_best_round_and_stops(tiny_data, tmp_path
     monkeypatch.setattr(Run, "validate", lambda run, r: ({"HR@10": scripted[r][0], "NDCG@10": scripted[r][1]}, {}))
     result = train(config(tiny_data, tmp_path / metric, num_rounds=6, validate_every=1, patience=2, select_metric=metric))
     assert result.final["best_round"] == best and result.history[-1]["round"] == best + 2
+    from feddmmr.report import load_run  # an unfinished run's report marks the same round
+
+    (tmp_path / metric / "final.json").unlink()
+    assert load_run(tmp_path / metric).best_round == best
 
 
 @pytest.mark.parametrize("hr, warned", [([0.60, 0.70, 0.75], None),
