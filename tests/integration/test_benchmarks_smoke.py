@@ -297,3 +297,17 @@ def test_attack_reach_moves_the_targets_into_the_top_10_and_restores_the_model(t
     # a move of 100 a coordinate along the users' own mean puts a target above everything for most users
     assert float(rows[1][2]) > 0.5 >= float(rows[0][2])
     assert (run_dir / "checkpoints" / "best.pt").read_bytes() == best_before  # measured in memory only
+
+
+def test_tie_order_writes_both_orders_and_counts_the_held_out_items_that_move(tmp_path):
+    """Made-up ratings: user 1's last two share a second (both held-out items move), user 2's first
+    two (the validation item moves, the test item does not)."""
+    ratings = tmp_path / "ratings.dat"
+    ratings.write_text("1::30::5::100\n1::10::4::200\n1::50::3::300\n1::20::3::300\n"
+                       "2::7::5::100\n2::9::5::100\n2::8::5::200\n")
+    sequences = tmp_path / "sequences.txt"
+    sequences.write_text("1 30 10 50 20\n2 9 7 8\n")  # ties in some order, as a preprocessed file holds them
+    out = run_script("tie_order.py", "--ratings", str(ratings), "--sequences", str(sequences), "--out", str(tmp_path / "o"))
+    assert "2 users: ordering ties by movie id changes the test item of 1 and the validation item of 2" in out
+    assert (tmp_path / "o" / "time_then_id.txt").read_text() == "1 30 10 20 50\n2 7 9 8\n"
+    assert (tmp_path / "o" / "shared_order.txt").read_text() == "1 30 10 50 20\n2 9 7 8\n"
