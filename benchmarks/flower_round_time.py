@@ -56,7 +56,7 @@ from feddmmr.config import TrainConfig  # noqa: E402
 RESULT_PREFIX = "RESULT "
 PROGRESS_PREFIX = "progress: "
 ENGINES = ("local", "flower", "flower-secagg")  # flower-secagg: with SecAgg+ (--secure-aggregation)
-# Flower and Ray, quiet and offline (docs/DEPLOY.md, tests/test_flower.py).
+# Flower and Ray, quiet and offline (docs/DEPLOY.md, tests/integration/test_flower.py).
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
 
