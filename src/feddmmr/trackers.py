@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from feddmmr import provenance
 from feddmmr.checkpoint import write_json
 from feddmmr.errors import InputError
 from feddmmr.run_state import Run
@@ -33,6 +34,22 @@ RENAMED = {"train_loss": "train/loss", "train_seconds": "time/train_seconds", "e
            "clients": "clients/sampled", "failed_clients": "clients/failed", "dropped_clients": "clients/dropped",
            "skipped_steps": "train/skipped_steps", "bytes_down": "wire/bytes_down", "bytes_up": "wire/bytes_up"}
 NOT_METRICS = {"round", "validated", "next_validation"}
+
+
+def latest_start(run: Run) -> dict:
+    """This start's entry of provenance.json: versions, commit, command line, device."""
+    return json.loads((run.run_dir / provenance.NAME).read_text())["starts"][-1]
+
+
+def provenance_tags(start: dict) -> dict[str, str]:
+    """A start's provenance as flat MLflow tags (feddmmr.commit, feddmmr.package.torch, ...)."""
+    source = start.get("source") or {}
+    tags = {"feddmmr.device": start["device"], "feddmmr.python": start["python"],
+            "feddmmr.command": " ".join(start["command"]), "feddmmr.started": start["started"],
+            "feddmmr.commit": source.get("commit", "none (an installed package)"),
+            "feddmmr.changed": str(source.get("changed", False)).lower()}
+    tags.update({f"feddmmr.package.{name}": version for name, version in start["packages"].items()})
+    return tags
 
 
 def metric_name(name: str) -> str:
@@ -68,6 +85,8 @@ class TensorBoardTracker:
         self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
         if run.state.round == 0:
             self.writer.add_text("config", "```\n" + json.dumps(run.config.to_dict(), indent=2) + "\n```", 0)
+        start = latest_start(run)
+        self.writer.add_text("provenance", "```\n" + json.dumps(start, indent=2) + "\n```", run.state.round)
         log.info("tensorboard: logging to %s", run.run_dir / "tensorboard")
 
     def on_round_end(self, run: Run, record: dict) -> None:
@@ -141,6 +160,7 @@ class MlflowTracker:
         if previous is None:
             write_json(id_file, {"run_id": self.active.info.run_id, "tracking_uri": uri})
             mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in run.config.to_dict().items()})
+        mlflow.set_tags(provenance_tags(latest_start(run)))  # how it was made: its latest start's
         log.info("mlflow: logging to %s (run %s)", uri, self.active.info.run_id)
 
     def on_round_end(self, run: Run, record: dict) -> None:

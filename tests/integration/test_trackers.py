@@ -49,6 +49,9 @@ def test_tensorboard_holds_every_round_and_the_final_figures(tiny_data, tmp_path
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["num_rounds"].number_value == 3 and hparams["tracker"].string_value == '["tensorboard"]'
+    provenance = json.loads((tmp_path / "run" / "provenance.json").read_text())["starts"][-1]
+    assert events.Tensors("provenance/text_summary")  # how the run was made, as a text panel
+    assert provenance["packages"]["torch"] in events.Tensors("provenance/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
 def test_mlflow_holds_the_config_every_round_the_final_figures_and_the_best_checkpoint(tiny_data, tmp_path):
@@ -62,6 +65,9 @@ def test_mlflow_holds_the_config_every_round_the_final_figures_and_the_best_chec
     client = MlflowClient(saved["tracking_uri"])
     logged = client.get_run(saved["run_id"])
     assert logged.data.params["num_rounds"] == "3" and logged.data.params["tracker"] == '["mlflow"]'
+    start = json.loads((run_dir / "provenance.json").read_text())["starts"][-1]
+    assert logged.data.tags["feddmmr.package.torch"] == start["packages"]["torch"]
+    assert logged.data.tags["feddmmr.command"] == " ".join(start["command"])
     history = client.get_metric_history(saved["run_id"], "val/HR_at_10")
     assert [(m.step, m.value) for m in history] == [(r["round"], pytest.approx(r["val"]["HR@10"])) for r in records]
     assert logged.data.metrics["final/test/NDCG_at_10"] == pytest.approx(final["test"]["NDCG@10"])
