@@ -59,6 +59,7 @@ class RunRecords:
     run_dir: Path
     records: list[dict]
     final: dict | None
+    select_metric: str = "HR@10"  # what picks the best round (config.json's; HR@10 before it existed)
 
     @property
     def name(self) -> str:
@@ -72,14 +73,7 @@ class RunRecords:
     def best_round(self) -> int | None:
         if self.final is not None:
             return self.final["best_round"]
-        metric = self.select_metric
-        return max(self.validated, key=lambda r: r["val"][metric])["round"] if self.validated else None
-
-    @property
-    def select_metric(self) -> str:
-        """The metric that picks the run's best round (config.json's select_metric; HR@10 before it existed)."""
-        path = self.run_dir / "config.json"
-        return json.loads(path.read_text()).get("select_metric", "HR@10") if path.exists() else "HR@10"
+        return max(self.validated, key=lambda r: r["val"][self.select_metric])["round"] if self.validated else None
 
 
 def load_run(run_dir: str | Path) -> RunRecords:
@@ -87,7 +81,9 @@ def load_run(run_dir: str | Path) -> RunRecords:
     records = read_metrics(run_dir)
     if not records:
         raise InputError(f"{run_dir}: metrics.jsonl is empty (no round finished yet)")
-    return RunRecords(run_dir, records, read_final(run_dir))
+    config = run_dir / "config.json"
+    metric = json.loads(config.read_text()).get("select_metric", "HR@10") if config.exists() else "HR@10"
+    return RunRecords(run_dir, records, read_final(run_dir), metric)
 
 
 def train_losses(run) -> list[float]:

@@ -33,8 +33,6 @@ class RunLock:
     when the process ends, however it ends (kill -9 included), so a stale lock cannot block a resume."""
 
     def __init__(self, run_dir: Path) -> None:
-        if fcntl is None:
-            raise FeddmmrError(NO_LOCK)
         self.path = run_dir / LOCK_NAME
         self.handle = open(self.path, "a+")
         try:
@@ -79,7 +77,7 @@ def claim(run_dir: Path, *, resume: bool) -> RunLock:
     that already holds one, finished or not: that run would be mixed with this one."""
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"--run-dir {run_dir} is a file; expected a folder (new or a run's)")
-    if fcntl is None:
+    if fcntl is None:  # before the folder is made: nothing is left behind
         raise FeddmmrError(NO_LOCK)
     if resume and not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")

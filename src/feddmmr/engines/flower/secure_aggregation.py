@@ -24,7 +24,6 @@ users so that runs repeat.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -45,7 +44,6 @@ from feddmmr import streams
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.node_data import node_seed
 
-log = logging.getLogger(__name__)
 
 # Shares and reconstruction threshold, as fractions of the round's nodes: every node shares its
 # secrets with all others, and the masks of up to half of them can be rebuilt if they drop out.
@@ -57,16 +55,12 @@ def secure_mean_update(grid: Grid, round_number: int, contents: dict[int, Record
                        timeout: float) -> tuple[dict[str, torch.Tensor] | None, dict[int, Message]]:
     """Run one round's training through SecAgg+.
 
-    `contents`: each node's train message content; `weights`: the FedAvg weight the server
+    `contents`: each node's train message content, for at least 2 nodes (the engine skips a round
+    with one: a "sum" of one update is that update); `weights`: the FedAvg weight the server
     expects of each node; `names`: the trained weights. Returns the weighted mean of the updates
-    of the nodes that answered, by name (None when the protocol could not finish, e.g. a round
-    whose sampled users all live on one node: a "sum" of one update is that update), and the
+    of the nodes that answered, by name (None when the protocol could not finish), and the
     nodes' replies: train replies (their reports; the updates stayed masked) or error replies.
     """
-    if len(contents) < 2:
-        log.warning("round %d: secure aggregation needs at least 2 nodes with sampled users, this round has %d",
-                    round_number, len(contents))
-        return None, {}
     strategy = _KeepMean(list(contents))
     context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
                             strategy=strategy)
