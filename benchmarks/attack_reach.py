@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 import common  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -42,9 +42,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     common.require_feddmmr()
+    from feddmmr.best_model import load_best_model
     from feddmmr.evaluation import metrics_from_ranks, ranks_of_first
     from feddmmr.features.store import load_modality
-    from feddmmr.best_model import load_best_model
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())

@@ -51,8 +51,8 @@ def main(argv=None) -> None:
     if len(args.a) != len(args.b):
         sys.exit(f"--a has {len(args.a)} runs and --b {len(args.b)}: give one run of each per seed, paired in order")
     common.require_feddmmr()
-    from feddmmr.evaluation import user_metrics
     from feddmmr.best_model import load_best_model
+    from feddmmr.evaluation import user_metrics
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())

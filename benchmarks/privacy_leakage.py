@@ -37,7 +37,6 @@ from feddmmr.federated.privacy import privacy_spent  # noqa: E402
 from feddmmr.model.sasrec import ITEM_TABLE  # noqa: E402
 from feddmmr.train import prepare_run, run_round  # noqa: E402
 
-
 SETTINGS = {  # name -> TrainConfig overrides
     "4 negatives a target": {},
     "64 negatives": {"num_negatives": 64},

@@ -13,15 +13,22 @@ import torch
 from feddmmr import run_directory
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, saved_config
-from feddmmr.errors import InputError
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import load_candidates
 from feddmmr.data.split import LeaveOneOut
+from feddmmr.errors import InputError
 from feddmmr.evaluation import EvalSet, group_metrics, held_out_ranks, make_eval_sets, metrics_from_ranks
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.two_tier import MemoryState
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_setup import build_model, feature_paths, load_run_features, make_memories, resolve_device, run_split
+from feddmmr.run_setup import (
+    build_model,
+    feature_paths,
+    load_run_features,
+    make_memories,
+    resolve_device,
+    run_split,
+)
 
 
 @dataclass

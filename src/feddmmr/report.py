@@ -184,7 +184,7 @@ def _training(plt, run: RunRecords):
             val_axis.plot([run.final["best_round"]], [run.final["test"][metric]], marker="*", markersize=14,
                           linestyle="none", color=color, label=f"test {metric} {run.final['test'][metric]:.4f}")
     _mark_best(val_axis, run)
-    val_axis.set(xlabel="round", ylabel="metric", title=f"validation (validated rounds), test at the best round")
+    val_axis.set(xlabel="round", ylabel="metric", title="validation (validated rounds), test at the best round")
     val_axis.legend(fontsize=8)
     lost = 0
     for key, label in (("failed_clients", "failed (no reply)"), ("dropped_clients", "dropped (non-finite update)")):

@@ -112,7 +112,7 @@ def check_data(run_dir: Path, data: SequenceData, feature_files: dict[str, Path]
         record_data(run_dir, data, feature_files)
         return
     saved = read_guarded(path, "data record", lambda p: json.loads(p.read_text()),
-                         fix=f"delete it to record the data read now (unchecked), or start a new run")
+                         fix="delete it to record the data read now (unchecked), or start a new run")
     now = fingerprint(data, feature_files)
     changed = sorted(name for name, digest in now["features"].items() if saved.get("features", {}).get(name) != digest)
     if changed:

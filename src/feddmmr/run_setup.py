@@ -13,10 +13,10 @@ import torch
 from feddmmr import provenance, run_directory
 from feddmmr.checkpoint import load_checkpoint, load_weights_into, write_json
 from feddmmr.config import TrainConfig
-from feddmmr.data.load import load_sequences
-from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.cold import choose_cold_items
 from feddmmr.data.cold import describe as describe_cold
+from feddmmr.data.load import load_sequences
+from feddmmr.data.negatives import draw_eval_candidates, load_candidates, save_candidates
 from feddmmr.data.split import LeaveOneOut, leave_one_out
 from feddmmr.data.stats import dataset_stats
 from feddmmr.data.types import SequenceData

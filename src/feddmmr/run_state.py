@@ -15,9 +15,9 @@ import torch
 
 from feddmmr.checkpoint import load_checkpoint, write_text
 from feddmmr.config import TrainConfig
-from feddmmr.errors import InputError
 from feddmmr.data.split import LeaveOneOut
 from feddmmr.engines import LocalTraining
+from feddmmr.errors import InputError
 from feddmmr.evaluation import EvalSet, evaluate, held_out_ranks, metrics_from_ranks, router_usage
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
 from feddmmr.federated.batches import BatchSettings

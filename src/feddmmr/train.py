@@ -20,21 +20,28 @@ import numpy as np
 import torch
 
 from feddmmr import streams
+from feddmmr.callbacks import (
+    Callback,
+    LogEarlyStopping,
+    LogRound,
+    OnRound,
+    SaveBestCheckpoint,
+    SaveLastCheckpoint,
+    WriteMetrics,
+)
+from feddmmr.centralized import CentralizedEpochs
 from feddmmr.checkpoint import json_value, load_checkpoint, write_json
 from feddmmr.config import TrainConfig
-from feddmmr.callbacks import (Callback, LogEarlyStopping, LogRound, OnRound, SaveBestCheckpoint, SaveLastCheckpoint,
-                               WriteMetrics)
-from feddmmr.centralized import CentralizedEpochs
 from feddmmr.engines import Engine, RoundContext, make_engine
-from feddmmr.evaluation import group_metrics, metrics_from_ranks
 from feddmmr.errors import NodesLost, TrainingDiverged, diverged_advice
+from feddmmr.evaluation import group_metrics, metrics_from_ranks
 from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.attacks import exposure_rate
 from feddmmr.federated.batches import client_rng, make_client_batches
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
-from feddmmr.run_setup import prepare_run
 from feddmmr.progress import round_bars
+from feddmmr.run_setup import prepare_run
 from feddmmr.run_state import Run, load_memory, payload_bytes
 from feddmmr.trackers import make_trackers
 

@@ -1,11 +1,11 @@
 import json
 
 import pytest
+from helpers import TINY_NEGATIVE_FLAGS
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
 from feddmmr.config import TrainConfig, read_config_file, resolve_config
-from helpers import TINY_NEGATIVE_FLAGS
 
 runner = CliRunner()
 TINY = ["--max-seq-len", "10", *TINY_NEGATIVE_FLAGS,

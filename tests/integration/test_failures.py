@@ -13,13 +13,13 @@ import typing
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_NEGATIVES
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
 from feddmmr.config import BOOL, FIELDS, TrainConfig
 from feddmmr.config_rules import Between, Matches, OneOf
 from feddmmr.train import train
-from helpers import TINY_NEGATIVES
 
 runner = CliRunner()
 

@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_NEGATIVES
 from typer.testing import CliRunner
 
+from feddmmr.best_model import evaluate_run
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.cli import app
 from feddmmr.config import TrainConfig, resolve_config
 from feddmmr.features.store import save_features
-from feddmmr.best_model import evaluate_run
 from feddmmr.train import train
-from helpers import TINY_NEGATIVES
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "feddmmr" / "presets"
 TINY = dict(max_seq_len=10, **TINY_NEGATIVES,

@@ -14,11 +14,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 pytest.importorskip("flwr")
@@ -26,6 +26,7 @@ pytest.importorskip("flwr")
 from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from helpers import TINY_NEGATIVES  # noqa: E402
 
 from feddmmr.checkpoint import load_checkpoint  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
@@ -33,7 +34,6 @@ from feddmmr.engines.flower.client_app import make_client_app  # noqa: E402
 from feddmmr.engines.flower.run_config import from_flower_config, pyproject_block, to_flower_config  # noqa: E402
 from feddmmr.engines.flower.server_app import make_server_app, train_on_grid  # noqa: E402
 from feddmmr.train import train  # noqa: E402
-from helpers import TINY_NEGATIVES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(max_seq_len=10, **TINY_NEGATIVES,

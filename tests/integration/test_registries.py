@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import TINY_NEGATIVES
 
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig
@@ -11,7 +12,6 @@ from feddmmr.engines import ENGINES, ClientReport, register_engine
 from feddmmr.engines.base import RoundResult
 from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregator
 from feddmmr.train import train
-from helpers import TINY_NEGATIVES
 
 TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=2,

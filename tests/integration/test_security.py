@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_NEGATIVES
 
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
@@ -13,7 +14,6 @@ from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregat
 from feddmmr.federated.attacks import ATTACKS, Attack, exposure_rate
 from feddmmr.model.sasrec import ITEM_TABLE
 from feddmmr.train import prepare_run, run_round, train
-from helpers import TINY_NEGATIVES
 
 TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,

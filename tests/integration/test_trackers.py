@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from helpers import TINY_NEGATIVE_FLAGS
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
 from feddmmr.trackers import round_metrics
-from helpers import TINY_NEGATIVE_FLAGS
 
 runner = CliRunner()
 TINY = ["--max-seq-len", "10", *TINY_NEGATIVE_FLAGS,

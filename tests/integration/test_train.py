@@ -9,13 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_NEGATIVES
 
+from feddmmr.best_model import evaluate_run
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig, resolve_config, saved_config
 from feddmmr.errors import InputError
-from feddmmr.best_model import evaluate_run
 from feddmmr.train import train
-from helpers import TINY_NEGATIVES
 
 TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
             hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,

@@ -8,8 +8,8 @@ import numpy as np
 
 from feddmmr import streams
 from feddmmr.atomic import atomic_write
-from feddmmr.errors import InputError, read_guarded
 from feddmmr.data.split import LeaveOneOut
+from feddmmr.errors import InputError, read_guarded
 
 
 def user_history(split: LeaveOneOut, user: int) -> np.ndarray:

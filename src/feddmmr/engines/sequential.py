@@ -10,7 +10,15 @@ import logging
 
 import torch
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult, guarded_step
+from feddmmr.engines.base import (
+    Aggregate,
+    ClientReport,
+    LocalTraining,
+    Progress,
+    RoundContext,
+    RoundResult,
+    guarded_step,
+)
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.federated.privacy import clip_updates, noise_item_rows

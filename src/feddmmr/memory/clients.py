@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from feddmmr.memory.two_tier import MemoryConfig, MemoryState, empty_memory, retrieve, scatter, select, update_memory
+from feddmmr.memory.two_tier import (
+    MemoryConfig,
+    MemoryState,
+    empty_memory,
+    retrieve,
+    scatter,
+    select,
+    update_memory,
+)
 
 
 @dataclass

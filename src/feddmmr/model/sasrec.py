@@ -16,7 +16,6 @@ from torch import nn
 
 from feddmmr.model.losses import MASKED_SCORE, every_item
 
-
 ITEM_TABLE = "item_embedding.weight"  # the item embedding table's parameter name (input and output)
 # Shifts that cut a 64-bit random word into its eight bytes.
 BYTE_SHIFTS = tuple(range(0, 64, 8))

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from helpers import make_sequences, random_sequences
 
 from feddmmr.data.cold import choose_cold_items, hold_out_cold_items
 from feddmmr.data.split import leave_one_out
 from feddmmr.data.types import SequenceData
 from feddmmr.errors import InputError
 from feddmmr.evaluation import group_metrics, metrics_from_ranks
-from helpers import make_sequences, random_sequences
 
 
 def test_random_new_items_are_the_share_asked_drawn_by_the_seed():

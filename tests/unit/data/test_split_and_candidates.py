@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from helpers import make_sequences, random_sequences
 
 from feddmmr.data.negatives import draw_eval_candidates, load_candidates, sample_negatives, save_candidates
 from feddmmr.data.split import last_items, leave_one_out
-from helpers import make_sequences, random_sequences
 
 
 def test_leave_one_out_holds_out_the_last_two_items():

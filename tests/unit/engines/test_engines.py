@@ -10,8 +10,14 @@ from feddmmr.engines import LocalTraining, RoundContext, make_engine
 from feddmmr.engines.vectorized import plan_chunks
 from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
-from feddmmr.federated.batches import (BatchSettings, client_rng, make_client_batches, stack_batches, touched_items,
-                                      training_windows)
+from feddmmr.federated.batches import (
+    BatchSettings,
+    client_rng,
+    make_client_batches,
+    stack_batches,
+    touched_items,
+    training_windows,
+)
 from feddmmr.federated.precision import Precision
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
@@ -245,8 +251,8 @@ def feddmmr_model(**options):
 
 def feddmmr_memories(m, num_users):
     from feddmmr.memory.clients import ClientMemories
-    from feddmmr.model.item_tower import combined_features
     from feddmmr.memory.two_tier import MemoryConfig
+    from feddmmr.model.item_tower import combined_features
 
     combined = combined_features([m.features_image, m.features_text])
     return ClientMemories.empty(num_users, MemoryConfig(long_capacity=20, retrieve_long=10), combined)

@@ -14,7 +14,6 @@ from feddmmr.memory import (
     retrieve,
     scatter,
     select,
-    summary,
     update_memory,
 )
 
