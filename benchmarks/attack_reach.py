@@ -30,7 +30,9 @@ from feddmmr.model.sasrec import ITEM_TABLE  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir")
     p.add_argument("--targets", type=int, default=5)
     p.add_argument("--deltas", type=float, nargs="+", default=[0.0, 0.04, 0.08, 0.16, 0.24])
@@ -45,18 +47,23 @@ def main(argv=None) -> None:
     print(common.machine_line())
     best = load_best_model(args.run_dir)
     c = best.config
-    split = leave_one_out(load_sequences(c.data_dir, format=c.format, top_users=c.top_users, min_length=c.min_length))
+    split = leave_one_out(
+        load_sequences(c.data_dir, format=c.format, top_users=c.top_users, min_length=c.min_length)
+    )
     attack = Attack.plan("model-poisoning", 0.01, args.targets, split, c.max_seq_len, c.seed)
     model = best.model.eval()
     table = dict(model.named_parameters())[ITEM_TABLE]
-    fake_inputs = torch.as_tensor(np.stack([attack.sequences[int(u)][:-1] for u in attack.fake_users]),
-                                  device=table.device)
+    fake_inputs = torch.as_tensor(
+        np.stack([attack.sequences[int(u)][:-1] for u in attack.fake_users]), device=table.device
+    )
     directions = {
         "attacker's estimate": model.encode(fake_inputs)[:, -1].mean(0).sign(),
         "users' own mean": model.encode(best.test_set.inputs.to(table.device))[:, -1].mean(0).sign(),
     }
-    print(f"run {args.run_dir} (best round {best.round}), targets {attack.targets.tolist()} (dense ids); "
-          f"item-table coordinates' std {float(table[1:].std()):.4f}")
+    print(
+        f"run {args.run_dir} (best round {best.round}), targets {attack.targets.tolist()} (dense ids); "
+        f"item-table coordinates' std {float(table[1:].std()):.4f}"
+    )
     print(f"{'delta per coordinate':>20}  " + "  ".join(f"{name:>20}" for name in directions))
     original = table.detach().clone()
     rows = torch.as_tensor(attack.targets, device=table.device)

@@ -43,7 +43,9 @@ def figures(model, best, mode: str) -> dict[str, dict]:
     from feddmmr.evaluation import held_out_ranks
 
     slots = best.memory_slots if model is best.model else None
-    return grouped(held_out_ranks(model, best.test_set, mode, precision=best.precision, memory=slots), best.split)
+    return grouped(
+        held_out_ranks(model, best.test_set, mode, precision=best.precision, memory=slots), best.split
+    )
 
 
 @torch.no_grad()
@@ -53,12 +55,18 @@ def among_new_items(model, best) -> float:
     alone orders new items)."""
     users = np.flatnonzero(best.split.user_groups()["cold"])
     new_items = torch.from_numpy(np.flatnonzero(best.split.cold))
-    slots = () if best.memory_slots is None or model is not best.model else tuple(m[users] for m in best.memory_slots)
+    slots = (
+        ()
+        if best.memory_slots is None or model is not best.model
+        else tuple(m[users] for m in best.memory_slots)
+    )
     was_training = model.training
     scores = model.eval().score_all_last(best.test_set.inputs[users], *slots).float()
     model.train(was_training)
     target = scores.gather(1, best.test_set.targets[users].unsqueeze(1))
-    rank = (scores[:, new_items] >= target).sum(1) - 1  # ties count against the target, as in evaluation; less itself
+    rank = (scores[:, new_items] >= target).sum(
+        1
+    ) - 1  # ties count against the target, as in evaluation; less itself
     return float((rank < 10).double().mean())
 
 
@@ -69,11 +77,22 @@ def summary(values: list[float]) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", required=True, metavar="LABEL=RUN[,RUN...]",
-                   help="each label's runs, one per seed, in the same seed order for every label")
-    p.add_argument("--features", required=True, metavar="NAME=FILE", help="the item features of the content baseline")
-    p.add_argument("--recent", nargs="+", type=int, default=[1, 5], help="the content baseline's K last items")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        required=True,
+        metavar="LABEL=RUN[,RUN...]",
+        help="each label's runs, one per seed, in the same seed order for every label",
+    )
+    p.add_argument(
+        "--features", required=True, metavar="NAME=FILE", help="the item features of the content baseline"
+    )
+    p.add_argument(
+        "--recent", nargs="+", type=int, default=[1, 5], help="the content baseline's K last items"
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     common.require_feddmmr()
@@ -83,7 +102,9 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     print(common.machine_line())
-    labelled = [(label, [Path(r) for r in runs.split(",")]) for label, runs in (s.split("=", 1) for s in args.runs)]
+    labelled = [
+        (label, [Path(r) for r in runs.split(",")]) for label, runs in (s.split("=", 1) for s in args.runs)
+    ]
     seeds = {len(runs) for _, runs in labelled}
     if len(seeds) != 1:
         raise SystemExit(f"every label needs the same number of runs (one per seed), got {sorted(seeds)}")
@@ -93,7 +114,9 @@ def main(argv=None) -> None:
     def add(label: str, mode: str, result: dict[str, dict]) -> None:
         for group in GROUPS:
             for metric in (*METRICS, "users"):
-                rows.setdefault(label, {}).setdefault((mode, group, metric), []).append(result[group].get(metric, np.nan))
+                rows.setdefault(label, {}).setdefault((mode, group, metric), []).append(
+                    result[group].get(metric, np.nan)
+                )
 
     for index in range(seeds.pop()):
         for position, (label, runs) in enumerate(labelled):
@@ -106,21 +129,34 @@ def main(argv=None) -> None:
             # The baselines on the first label's run of this seed (every label shares its split).
             split = best.split
             features = load_modality(args.features, split.data.item_ids).matrix
-            baselines = {"popularity": Popularity(split.train_counts()),
-                         **{f"content kNN (last {k})": ContentNeighbours(features, k) for k in args.recent}}
+            baselines = {
+                "popularity": Popularity(split.train_counts()),
+                **{f"content kNN (last {k})": ContentNeighbours(features, k) for k in args.recent},
+            }
             for name, model in baselines.items():
                 for mode in MODES:
                     add(name, mode, figures(model, best, mode))
                 among.setdefault(name, []).append(among_new_items(model, best))
         print(f"seed {index}: {', '.join(str(runs[index]) for _, runs in labelled)}", flush=True)
 
-    header = ["model", "users"] + [f"{group} {'1:N' if mode == 'sampled' else 'full'} {metric}"
-                                   for group in GROUPS for mode in MODES for metric in METRICS]
+    header = ["model", "users"] + [
+        f"{group} {'1:N' if mode == 'sampled' else 'full'} {metric}"
+        for group in GROUPS
+        for mode in MODES
+        for metric in METRICS
+    ]
     table = [header]
     for label, values in rows.items():
         users = "/".join(str(int(np.mean(values[("sampled", g, "users")]))) for g in GROUPS)
-        table.append([label, users] + [summary(values[(mode, group, metric)])
-                                       for group in GROUPS for mode in MODES for metric in METRICS])
+        table.append(
+            [label, users]
+            + [
+                summary(values[(mode, group, metric)])
+                for group in GROUPS
+                for mode in MODES
+                for metric in METRICS
+            ]
+        )
     print("| " + " | ".join(table[0]) + " |")
     print("|" + "---|" * len(table[0]))
     for row in table[1:]:

@@ -22,14 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 # redistribution); a fresh clone has no shared/ folder.
 SHARED_DATA = ROOT.parent / "shared" / "data"
 ML1M_SEQUENCES = SHARED_DATA / "ml-1m" / "ml-1m_sequences.txt"
-DOCS_RESULTS = ROOT / "docs" / "RESULTS.md"  # the current claims; docs/notebook/2026-12-06-benchmarks.md is the notebook
+DOCS_RESULTS = (
+    ROOT / "docs" / "RESULTS.md"
+)  # the current claims; docs/notebook/2026-12-06-benchmarks.md is the notebook
 
 # The seed's setting (FedSASRec on the ML-1M top-1000 users), as TrainConfig fields: its clients
 # ran a fresh Adam (lr 1e-3) and the server adopted their FedAvg.
 SEED_SETTING = dict(
-    hidden_dim=128, num_blocks=2, num_heads=4, max_seq_len=50, batch_size=64,
-    num_negatives=4, negatives="per-target", local_epochs=1, client_fraction=0.2,
-    local_optimizer="adam", learning_rate=1e-3, server_optimizer="fedavg",
+    hidden_dim=128,
+    num_blocks=2,
+    num_heads=4,
+    max_seq_len=50,
+    batch_size=64,
+    num_negatives=4,
+    negatives="per-target",
+    local_epochs=1,
+    client_fraction=0.2,
+    local_optimizer="adam",
+    learning_rate=1e-3,
+    server_optimizer="fedavg",
 )
 
 
@@ -66,8 +77,10 @@ def dataset(name: str, top_users: int | None = None) -> tuple[str | None, int | 
         return str(sparse_log()), top_users, "sparse" + (f"-top{top_users}" if top_users else "")
     if name in ("ml-1m", "ml-1m-top1000"):
         if not ML1M_SEQUENCES.exists():
-            skip(f"the shared ML-1M file is not at {ML1M_SEQUENCES} (it exists only in the dev "
-                 f"workspace); pass --data PATH to a MovieLens file, or --data synthetic")
+            skip(
+                f"the shared ML-1M file is not at {ML1M_SEQUENCES} (it exists only in the dev "
+                f"workspace); pass --data PATH to a MovieLens file, or --data synthetic"
+            )
         top = top_users if top_users is not None else (1000 if name == "ml-1m-top1000" else None)
         return str(ML1M_SEQUENCES), top, "ml-1m" + (f"-top{top}" if top else "")
     path = Path(name)
@@ -89,8 +102,10 @@ def sparse_log(folder: Path | None = None) -> Path:
         popularity = 1 / np.arange(1, items + 1) ** 0.9
         popularity /= popularity.sum()
         lengths = rng.geometric(1 / 8, users) + 2
-        lines = [f"{u + 1} " + " ".join(map(str, rng.choice(items, size=n, replace=False, p=popularity) + 1))
-                 for u, n in enumerate(lengths)]
+        lines = [
+            f"{u + 1} " + " ".join(map(str, rng.choice(items, size=n, replace=False, p=popularity) + 1))
+            for u, n in enumerate(lengths)
+        ]
         partial = path.with_suffix(".partial")
         partial.write_text("\n".join(lines) + "\n")
         partial.replace(path)
@@ -126,8 +141,10 @@ def require_feddmmr() -> None:
     import importlib.util
 
     if importlib.util.find_spec("feddmmr") is None:
-        sys.exit(f"{sys.executable} cannot import feddmmr: run this with the project's environment "
-                 f"(. .venv/bin/activate, or .venv/bin/python {Path(sys.argv[0]).name})")
+        sys.exit(
+            f"{sys.executable} cannot import feddmmr: run this with the project's environment "
+            f"(. .venv/bin/activate, or .venv/bin/python {Path(sys.argv[0]).name})"
+        )
 
 
 def child_env() -> dict[str, str]:
@@ -200,8 +217,10 @@ def machine_line() -> str:
     import torch
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"machine: {platform.node()} | {os.cpu_count()} cores | load average {load} | "
-            f"torch {torch.__version__} | python {platform.python_version()}")
+    return (
+        f"machine: {platform.node()} | {os.cpu_count()} cores | load average {load} | "
+        f"torch {torch.__version__} | python {platform.python_version()}"
+    )
 
 
 def ratio(slow: float, fast: float) -> str:

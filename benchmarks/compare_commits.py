@@ -42,7 +42,9 @@ print("SECONDS " + json.dumps(seconds))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--base", required=True, help="the commit to compare against (e.g. 534f972)")
     p.add_argument("--data", default="ml-1m-top1000")
     p.add_argument("--setting", choices=("default", "seed"), default="default")
@@ -70,15 +72,22 @@ def main(argv=None) -> None:
     data_dir, top_users, label = common.dataset(args.data)
     fields = dict(common.SEED_SETTING) if args.setting == "seed" else {}
     if args.local_optimizer:
-        fields.update(local_optimizer=args.local_optimizer, learning_rate=1.0 if args.local_optimizer == "sgd" else 1e-3)
+        fields.update(
+            local_optimizer=args.local_optimizer, learning_rate=1.0 if args.local_optimizer == "sgd" else 1e-3
+        )
     fields.update(data_dir=data_dir, top_users=top_users)
     print(common.machine_line())
-    print(f"setting: {args.setting} {fields} | chunks {args.chunk_clients} / {args.chunk_windows} | "
-          f"{args.turns} turns x {args.rounds} rounds per side")
+    print(
+        f"setting: {args.setting} {fields} | chunks {args.chunk_clients} / {args.chunk_windows} | "
+        f"{args.turns} turns x {args.rounds} rounds per side"
+    )
     with tempfile.TemporaryDirectory(prefix="feddmmr-base-") as tmp:
         base = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(common.ROOT), "worktree", "add", "--detach", str(base), args.base],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(common.ROOT), "worktree", "add", "--detach", str(base), args.base],
+            check=True,
+            capture_output=True,
+        )
         try:
             sides = {f"base {args.base}": base / "src", "this checkout": common.ROOT / "src"}
             seconds: dict[str, list[float]] = {name: [] for name in sides}
@@ -89,10 +98,14 @@ def main(argv=None) -> None:
                     seconds[name] += times
                     print(f"  turn {turn + 1} {name}: {', '.join(f'{t:.2f}' for t in times)} s", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(common.ROOT), "worktree", "remove", "--force", str(base)], check=False)
+            subprocess.run(
+                ["git", "-C", str(common.ROOT), "worktree", "remove", "--force", str(base)], check=False
+            )
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name, value in medians.items():
-        print(f"{name}: median {value:.3f} s per round (min {min(seconds[name]):.3f}, n={len(seconds[name])})")
+        print(
+            f"{name}: median {value:.3f} s per round (min {min(seconds[name]):.3f}, n={len(seconds[name])})"
+        )
     base_median, ours = medians[f"base {args.base}"], medians["this checkout"]
     print(f"this checkout / base: {ours / base_median:.2f} (ratio of medians)")
 

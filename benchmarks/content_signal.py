@@ -25,7 +25,9 @@ WEIGHTS = (0.05, 0.1, 0.2, 0.4, 0.8)
 HISTORY = (5, 20, 50)
 
 
-def content_scores(features: torch.Tensor, inputs: torch.Tensor, candidates: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+def content_scores(
+    features: torch.Tensor, inputs: torch.Tensor, candidates: torch.Tensor, k: int
+) -> dict[str, torch.Tensor]:
     """Mean and max cosine [users, n] between each candidate and the user's last k items (features unit-norm)."""
     history = inputs[:, -k:]
     real = history > 0
@@ -36,7 +38,9 @@ def content_scores(features: torch.Tensor, inputs: torch.Tensor, candidates: tor
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", nargs="+", type=Path, help="finished FedSASRec runs (local engine)")
     p.add_argument("--features", required=True, help="NAME=FILE, as for feddmmr train --modality")
     p.add_argument("--threads", type=int, default=1)
@@ -55,18 +59,25 @@ def main(argv=None) -> None:
     for run_dir in args.runs:
         best = load_best_model(run_dir)
         if best.config.model != "fedsasrec":
-            sys.exit(f"{run_dir}: model {best.config.model!r}; this measures what content adds to an ID-only model")
+            sys.exit(
+                f"{run_dir}: model {best.config.model!r}; this measures what content adds to an ID-only model"
+            )
         features = torch.from_numpy(load_modality(args.features, best.item_ids).matrix)
         model = best.model.eval()
         model_scores, content = {}, {}
         for name, eval_set in (("valid", best.valid_set), ("test", best.test_set)):
             with torch.no_grad():
                 model_scores[name] = model.score_last(eval_set.inputs, eval_set.candidates)
-            content[name] = {key: value for k in HISTORY
-                             for key, value in content_scores(features, eval_set.inputs, eval_set.candidates, k).items()}
+            content[name] = {
+                key: value
+                for k in HISTORY
+                for key, value in content_scores(features, eval_set.inputs, eval_set.candidates, k).items()
+            }
         base = {name: metrics(model_scores[name]) for name in model_scores}
-        print(f"{run_dir}: best round {best.round}; the model alone: valid HR@10 {base['valid']['HR@10']:.3f}, "
-              f"test HR@10 {base['test']['HR@10']:.3f} NDCG@10 {base['test']['NDCG@10']:.4f}")
+        print(
+            f"{run_dir}: best round {best.round}; the model alone: valid HR@10 {base['valid']['HR@10']:.3f}, "
+            f"test HR@10 {base['test']['HR@10']:.3f} NDCG@10 {base['test']['NDCG@10']:.4f}"
+        )
         for key in content["valid"]:
             alone = metrics(content["valid"][key])["HR@10"]
 
@@ -78,9 +89,12 @@ def main(argv=None) -> None:
             chosen = max(WEIGHTS, key=lambda a: (valid[a], -a))
             test = metrics(blend("test", chosen))
             grid = " ".join(f"{a:g}:{v:.3f}" for a, v in valid.items())
-            print(f"  {key:>15}: alone valid HR@10 {alone:.3f} | blend valid HR@10 by a {grid} | a {chosen:g}: "
-                  f"test HR@10 {test['HR@10']:.3f} ({test['HR@10'] - base['test']['HR@10']:+.3f}) "
-                  f"NDCG@10 {test['NDCG@10']:.4f} ({test['NDCG@10'] - base['test']['NDCG@10']:+.4f})", flush=True)
+            print(
+                f"  {key:>15}: alone valid HR@10 {alone:.3f} | blend valid HR@10 by a {grid} | a {chosen:g}: "
+                f"test HR@10 {test['HR@10']:.3f} ({test['HR@10'] - base['test']['HR@10']:+.3f}) "
+                f"NDCG@10 {test['NDCG@10']:.4f} ({test['NDCG@10'] - base['test']['NDCG@10']:+.4f})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

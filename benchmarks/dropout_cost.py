@@ -72,7 +72,9 @@ def main(argv=None) -> None:
     print(common.machine_line())
     ours = common.median(times[next(iter(VARIANTS))])
     for name, values in times.items():
-        print(f"{name:40s} {common.median(values) * 1e3:7.2f} ms  ({common.ratio(common.median(values), ours)} of ours)")
+        print(
+            f"{name:40s} {common.median(values) * 1e3:7.2f} ms  ({common.ratio(common.median(values), ours)} of ours)"
+        )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,24 @@ from quality import execute, mean_std, read_run  # noqa: E402
 
 # The training recipe every variant shares, pinned rather than taken from `feddmmr train`'s defaults:
 # an earlier table mixed rows run before and after the default server lr changed.
-RECIPE = ["--local-optimizer", "sgd", "--learning-rate", "1.0", "--batch-size", "4", "--local-epochs", "2",
-          "--server-optimizer", "fedadam", "--server-learning-rate", "8e-3", "--num-negatives", "4",
-          "--dropout", "0.1"]
+RECIPE = [
+    "--local-optimizer",
+    "sgd",
+    "--learning-rate",
+    "1.0",
+    "--batch-size",
+    "4",
+    "--local-epochs",
+    "2",
+    "--server-optimizer",
+    "fedadam",
+    "--server-learning-rate",
+    "8e-3",
+    "--num-negatives",
+    "4",
+    "--dropout",
+    "0.1",
+]
 
 # Each variant's flags; TEXT and GENRES stand for the modality specs.
 VARIANTS = {
@@ -76,12 +91,28 @@ VARIANTS = {
     "held-out": ["--model", "feddmmr", "TEXT", "--content-history", "5", "--modality-objective", "holdout"],
     # As held-out, but the backbone also trains on the held-out targets, so it misses none (the
     # user's most recent training item included).
-    "held-out-backbone": ["--model", "feddmmr", "TEXT", "--content-history", "5",
-                          "--modality-objective", "holdout-backbone"],
+    "held-out-backbone": [
+        "--model",
+        "feddmmr",
+        "TEXT",
+        "--content-history",
+        "5",
+        "--modality-objective",
+        "holdout-backbone",
+    ],
     # The seed's drift-adaptive alignment loss (lambda 0.1) on top: the "no alignment" ablation of
     # held-out-backbone, which has none.
-    "held-out-backbone-alignment": ["--model", "feddmmr", "TEXT", "--content-history", "5",
-                                    "--modality-objective", "holdout-backbone", "--alignment-weight", "0.1"],
+    "held-out-backbone-alignment": [
+        "--model",
+        "feddmmr",
+        "TEXT",
+        "--content-history",
+        "5",
+        "--modality-objective",
+        "holdout-backbone",
+        "--alignment-weight",
+        "0.1",
+    ],
 }
 
 
@@ -102,12 +133,21 @@ def write_genre_features(movies: Path, output: Path) -> Path:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init-from", help="the FedSASRec run (or checkpoint) every variant continues from "
-                                        "(default: every variant trains from scratch)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--init-from",
+        help="the FedSASRec run (or checkpoint) every variant continues from "
+        "(default: every variant trains from scratch)",
+    )
     p.add_argument("--text", required=True, help="text features of the items (feddmmr features text)")
-    p.add_argument("--movies", help="MovieLens-1M movies.dat for the genre modality (default: beside the data file)")
-    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
+    p.add_argument(
+        "--movies", help="MovieLens-1M movies.dat for the genre modality (default: beside the data file)"
+    )
+    p.add_argument(
+        "--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path"
+    )
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -136,30 +176,54 @@ def main(argv=None) -> None:
                 print(f"{variant} seed {seed}: done ({run_dir / 'final.json'})")
                 continue
             flags = RECIPE + [part for flag in VARIANTS[variant] for part in specs.get(flag, [flag])]
-            setting = {"seed": seed, "num_rounds": args.rounds, "threads": args.threads, "run_dir": str(run_dir),
-                       **({"init_from": args.init_from, "validate_every": 2, "patience": 0} if args.init_from
-                          else {"patience": 5})}
+            setting = {
+                "seed": seed,
+                "num_rounds": args.rounds,
+                "threads": args.threads,
+                "run_dir": str(run_dir),
+                **(
+                    {"init_from": args.init_from, "validate_every": 2, "patience": 0}
+                    if args.init_from
+                    else {"patience": 5}
+                ),
+            }
             command = common.train_command(data_dir, top_users, setting, flags)
             if (run_dir / "checkpoints" / "last.pt").exists():
-                command = [sys.executable, "-m", "feddmmr", "train", "--resume", str(run_dir), "--threads", str(args.threads)]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "feddmmr",
+                    "train",
+                    "--resume",
+                    str(run_dir),
+                    "--threads",
+                    str(args.threads),
+                ]
             print(f"{variant} seed {seed}: {' '.join(command)}", flush=True)
             failed += not execute(command, run_dir)
 
     start = f"from {args.init_from}" if args.init_from else "from scratch"
-    lines = [f"data {label}: test metrics of the best validated round, {args.rounds} rounds {start}",
-             "| variant | seeds | test HR@10 | test NDCG@10 | best rounds | train s per round (mean) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"data {label}: test metrics of the best validated round, {args.rounds} rounds {start}",
+        "| variant | seeds | test HR@10 | test NDCG@10 | best rounds | train s per round (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for variant in args.variants:
         runs = [r for s in args.seeds if (r := read_run(Path(args.out) / label / variant / f"seed{s}"))]
         if runs:
             per_round = sum(r["train_s"] / r["rounds_run"] for r in runs) / len(runs)
-            lines.append(f"| {variant} | {len(runs)}/{len(args.seeds)} | {mean_std([r['hr'] for r in runs])} | "
-                         f"{mean_std([r['ndcg'] for r in runs])} | {', '.join(str(r['best_round']) for r in runs)} | "
-                         f"{per_round:.1f} |")
+            lines.append(
+                f"| {variant} | {len(runs)}/{len(args.seeds)} | {mean_std([r['hr'] for r in runs])} | "
+                f"{mean_std([r['ndcg'] for r in runs])} | {', '.join(str(r['best_round']) for r in runs)} | "
+                f"{per_round:.1f} |"
+            )
     print("\n" + "\n".join(lines))
     if args.write_docs:
-        key, title = ((f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec, from a FedSASRec backbone") if args.init_from else
-                      (f"feddmmr-from-scratch-{label}", "FedDMMR vs FedSASRec, from scratch"))
+        key, title = (
+            (f"feddmmr-ablation-{label}", "FedDMMR vs FedSASRec, from a FedSASRec backbone")
+            if args.init_from
+            else (f"feddmmr-from-scratch-{label}", "FedDMMR vs FedSASRec, from scratch")
+        )
         common.write_result(args.write_docs, key, title, lines)
     if failed:
         sys.exit(f"{failed} run(s) failed")

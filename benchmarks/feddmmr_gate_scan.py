@@ -27,11 +27,18 @@ import common  # noqa: E402
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--factors", type=float, nargs="+", default=[0, 1, 2, 4, 8])
-    p.add_argument("--match-factors", type=float, nargs="+", default=[1],
-                   help="factors of the content-match weights mu (runs trained with --content-history)")
+    p.add_argument(
+        "--match-factors",
+        type=float,
+        nargs="+",
+        default=[1],
+        help="factors of the content-match weights mu (runs trained with --content-history)",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     common.require_feddmmr()
@@ -48,11 +55,17 @@ def main(argv=None) -> None:
         if hasattr(model, "match_weights"):
             scaled["mu"] = model.match_weights
         elif args.match_factors != [1]:
-            sys.exit(f"{run_dir}: trained without --content-history, it has no content-match weights to scale")
+            sys.exit(
+                f"{run_dir}: trained without --content-history, it has no content-match weights to scale"
+            )
         trained = {name: param.detach().clone() for name, param in scaled.items()}
-        print(f"{run_dir}: best round {best.round}, "
-              + ", ".join(f"{name} = {', '.join(f'{v:.4f}' for v in value.reshape(-1).tolist())}"
-                          for name, value in trained.items()))
+        print(
+            f"{run_dir}: best round {best.round}, "
+            + ", ".join(
+                f"{name} = {', '.join(f'{v:.4f}' for v in value.reshape(-1).tolist())}"
+                for name, value in trained.items()
+            )
+        )
         # The model is scaled in place and dropped with `best` after its run: nothing to restore.
         for factor, match_factor in itertools.product(args.factors, args.match_factors):
             factors = {"g": factor, "mu": match_factor}
@@ -60,8 +73,11 @@ def main(argv=None) -> None:
                 param.data = trained[name] * factors[name]
             valid, test = best.evaluate(best.valid_set), best.evaluate(best.test_set)
             label = " ".join(f"{name} x {factors[name]:g}" for name in scaled)
-            print(f"  {label}: valid HR@10 {valid['HR@10']:.3f} NDCG@10 {valid['NDCG@10']:.4f} | "
-                  f"test HR@10 {test['HR@10']:.3f} NDCG@10 {test['NDCG@10']:.4f}", flush=True)
+            print(
+                f"  {label}: valid HR@10 {valid['HR@10']:.3f} NDCG@10 {valid['NDCG@10']:.4f} | "
+                f"test HR@10 {test['HR@10']:.3f} NDCG@10 {test['NDCG@10']:.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

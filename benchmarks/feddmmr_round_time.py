@@ -30,19 +30,31 @@ import common  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default="synthetic", help="synthetic (default), ml-1m-top1000, ml-1m, or a path")
     p.add_argument("--text", help="item features for FedDMMR (default: random 384-d features)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per model, after one untimed round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny model and 2 timed rounds (smoke test)")
-    p.add_argument("--content-history", type=int, default=0, help="FedDMMR's --content-history (default 0: off)")
-    p.add_argument("--modality-objective", default="joint", choices=("joint", "holdout", "holdout-backbone"),
-                   help="FedDMMR's --modality-objective")
+    p.add_argument(
+        "--content-history", type=int, default=0, help="FedDMMR's --content-history (default 0: off)"
+    )
+    p.add_argument(
+        "--modality-objective",
+        default="joint",
+        choices=("joint", "holdout", "holdout-backbone"),
+        help="FedDMMR's --modality-objective",
+    )
     p.add_argument("--item-tower", default="id", choices=("id", "content"), help="FedDMMR's --item-tower")
     p.add_argument("--cold-items", type=float, default=0.0, help="both models: --cold-items (default 0: off)")
-    p.add_argument("--recipe", default="default", choices=("default", "short_history"),
-                   help="both models: the default recipe or the short_history preset's")
+    p.add_argument(
+        "--recipe",
+        default="default",
+        choices=("default", "short_history"),
+        help="both models: the default recipe or the short_history preset's",
+    )
     return p.parse_args(argv)
 
 
@@ -65,19 +77,45 @@ def main(argv=None) -> None:
         text = args.text
         if text is None:
             items = np.asarray(load_sequences(data_dir, top_users=top_users).item_ids[1:])
-            text = save_features(Path(scratch) / "text.npz", items,
-                                 np.random.default_rng(0).normal(size=(len(items), 384)).astype(np.float32))
-        models = {"feddmmr": dict(model="feddmmr", modality=[f"text={text}"], content_history=args.content_history,
-                                  modality_objective=args.modality_objective, item_tower=args.item_tower),
-                  "fedsasrec": dict(model="fedsasrec")}
+            text = save_features(
+                Path(scratch) / "text.npz",
+                items,
+                np.random.default_rng(0).normal(size=(len(items), 384)).astype(np.float32),
+            )
+        models = {
+            "feddmmr": dict(
+                model="feddmmr",
+                modality=[f"text={text}"],
+                content_history=args.content_history,
+                modality_objective=args.modality_objective,
+                item_tower=args.item_tower,
+            ),
+            "fedsasrec": dict(model="fedsasrec"),
+        }
         recipe = common.short_history() if args.recipe == "short_history" else {}
         runs = {}
         for name, settings in models.items():
-            run = prepare_run(TrainConfig(**{**recipe, "data_dir": data_dir, "top_users": top_users,
-                                             "threads": args.threads, "cold_items": args.cold_items,
-                                             "run_dir": str(Path(scratch) / name), **small, **settings}))
-            engine = make_engine("vectorized", run.model, chunk_clients=run.config.chunk_clients,
-                                 chunk_windows=run.config.chunk_windows, **run.batch_settings().engine_negatives())
+            run = prepare_run(
+                TrainConfig(
+                    **{
+                        **recipe,
+                        "data_dir": data_dir,
+                        "top_users": top_users,
+                        "threads": args.threads,
+                        "cold_items": args.cold_items,
+                        "run_dir": str(Path(scratch) / name),
+                        **small,
+                        **settings,
+                    }
+                )
+            )
+            engine = make_engine(
+                "vectorized",
+                run.model,
+                chunk_clients=run.config.chunk_clients,
+                chunk_windows=run.config.chunk_windows,
+                **run.batch_settings().engine_negatives(),
+            )
             run_round(run, engine, 1)  # untimed: first-call costs
             runs[name] = (run, engine)
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -88,14 +126,18 @@ def main(argv=None) -> None:
                 run_round(run, engine, i + 2)
                 times[name].append(time.perf_counter() - started)
     print(common.machine_line())
-    print(f"setting: {label} | defaults of feddmmr train{' (tiny model: --quick)' if args.quick else ''} | "
-          f"vectorised engine | threads={args.threads} | text features: {args.text or 'random 384-d'} | "
-          f"recipe {args.recipe}, new items {args.cold_items} | FedDMMR content history {args.content_history}, "
-          f"modality objective {args.modality_objective}, item tower {args.item_tower}")
+    print(
+        f"setting: {label} | defaults of feddmmr train{' (tiny model: --quick)' if args.quick else ''} | "
+        f"vectorised engine | threads={args.threads} | text features: {args.text or 'random 384-d'} | "
+        f"recipe {args.recipe}, new items {args.cold_items} | FedDMMR content history {args.content_history}, "
+        f"modality objective {args.modality_objective}, item tower {args.item_tower}"
+    )
     for name, values in times.items():
         print(f"round time {name}: {common.spread(values)}  [{', '.join(f'{t:.2f}' for t in values)}]")
-    print(f"FedDMMR vs FedSASRec round: {common.median(times['feddmmr']) / common.median(times['fedsasrec']):.2f}x "
-          f"(ratio of medians)")
+    print(
+        f"FedDMMR vs FedSASRec round: {common.median(times['feddmmr']) / common.median(times['fedsasrec']):.2f}x "
+        f"(ratio of medians)"
+    )
 
 
 if __name__ == "__main__":

@@ -57,17 +57,35 @@ RESULT_PREFIX = "RESULT "
 PROGRESS_PREFIX = "progress: "
 ENGINES = ("local", "flower", "flower-secagg")  # flower-secagg: with SecAgg+ (--secure-aggregation)
 # Flower and Ray, quiet and offline (docs/DEPLOY.md, tests/integration/test_flower.py).
-FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-1m", help="ml-1m (default: all 6,040 users), ml-1m-top1000, synthetic, or a path")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        default="ml-1m",
+        help="ml-1m (default: all 6,040 users), ml-1m-top1000, synthetic, or a path",
+    )
     p.add_argument("--top-users", type=int, help="keep the N most active users")
-    p.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000], help="clients per round, one pair of runs each")
+    p.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="clients per round, one pair of runs each",
+    )
     p.add_argument("--rounds", type=int, default=3, help="rounds per run (validation at the last only)")
-    p.add_argument("--supernodes", type=int, default=2, help="Flower simulation: virtual SuperNodes (Ray actors)")
+    p.add_argument(
+        "--supernodes", type=int, default=2, help="Flower simulation: virtual SuperNodes (Ray actors)"
+    )
     p.add_argument("--max-seq-len", type=int, default=common.SEED_SETTING["max_seq_len"])
     p.add_argument("--batch-size", type=int, default=common.SEED_SETTING["batch_size"])
     p.add_argument("--hidden-dim", type=int, default=common.SEED_SETTING["hidden_dim"])
@@ -75,20 +93,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--local-epochs", type=int, default=common.SEED_SETTING["local_epochs"])
     p.add_argument("--dropout", type=float, default=TrainConfig.dropout)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="torch CPU threads of the local run and of Flower's server (default: all cores); "
-                        "Flower's nodes use one each")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch CPU threads of the local run and of Flower's server (default: all cores); "
+        "Flower's nodes use one each",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--timeout", type=float, default=3600.0,
-                   help="hard limit (s) on each run: its process group is killed after it (Ray can hang)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="hard limit (s) on each run: its process group is killed after it (Ray can hang)",
+    )
     p.add_argument("--sample-interval", type=float, default=0.2, help="seconds between memory samples")
-    p.add_argument("--secure-aggregation", action="store_true",
-                   help="also run the Flower simulation with SecAgg+ and report its round time against plain Flower's")
-    p.add_argument("--verbose", action="store_true", help="show each run's whole output (Flower's and Ray's logs)")
-    p.add_argument("--quick", action="store_true",
-                   help="synthetic data, 5 and 20 clients, tiny model, 2 rounds: 1-1.5 min on 2 cores (smoke test)")
-    p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE",
-                   help=f"also write the figures into a section of FILE (default {common.DOCS_RESULTS.relative_to(common.ROOT)})")
+    p.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="also run the Flower simulation with SecAgg+ and report its round time against plain Flower's",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="show each run's whole output (Flower's and Ray's logs)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="synthetic data, 5 and 20 clients, tiny model, 2 rounds: 1-1.5 min on 2 cores (smoke test)",
+    )
+    p.add_argument(
+        "--write-docs",
+        nargs="?",
+        const=str(common.DOCS_RESULTS),
+        metavar="FILE",
+        help=f"also write the figures into a section of FILE (default {common.DOCS_RESULTS.relative_to(common.ROOT)})",
+    )
     # Internal: measure one (engine, clients) pair in this process and print its RESULT line.
     p.add_argument("--one", nargs=2, metavar=("ENGINE", "CLIENTS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -113,16 +152,34 @@ def dataset_size(data_dir: str | None, top_users: int | None) -> tuple[int, int,
     return split.num_users, split.num_items, int((split.num_train_targets > 0).sum())
 
 
-def make_config(args, data_dir, top_users, clients: int, eligible: int, run_dir: str, engine: str) -> TrainConfig:
-    setting = {**common.SEED_SETTING, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
-               "hidden_dim": args.hidden_dim, "num_blocks": args.num_blocks, "local_epochs": args.local_epochs,
-               "dropout": args.dropout,
-               "client_fraction": clients / eligible}  # sample_clients takes round(fraction * eligible) = clients
-    return TrainConfig(data_dir=data_dir, top_users=top_users, run_dir=run_dir, threads=args.threads,
-                       device=args.device, seed=args.seed, num_rounds=args.rounds, validate_every=args.rounds,
-                       patience=0, engine="vectorized" if engine == "local" else "flower",
-                       flower_secure_aggregation=engine == "flower-secagg",
-                       flower_supernodes=args.supernodes, **setting)
+def make_config(
+    args, data_dir, top_users, clients: int, eligible: int, run_dir: str, engine: str
+) -> TrainConfig:
+    setting = {
+        **common.SEED_SETTING,
+        "max_seq_len": args.max_seq_len,
+        "batch_size": args.batch_size,
+        "hidden_dim": args.hidden_dim,
+        "num_blocks": args.num_blocks,
+        "local_epochs": args.local_epochs,
+        "dropout": args.dropout,
+        "client_fraction": clients / eligible,
+    }  # sample_clients takes round(fraction * eligible) = clients
+    return TrainConfig(
+        data_dir=data_dir,
+        top_users=top_users,
+        run_dir=run_dir,
+        threads=args.threads,
+        device=args.device,
+        seed=args.seed,
+        num_rounds=args.rounds,
+        validate_every=args.rounds,
+        patience=0,
+        engine="vectorized" if engine == "local" else "flower",
+        flower_secure_aggregation=engine == "flower-secagg",
+        flower_supernodes=args.supernodes,
+        **setting,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,14 +281,19 @@ def measure_one(args, engine: str, clients: int) -> dict:
                     return _original(self, *a, **k)
                 finally:
                     r = marks.get("round", 0)
-                    marks["node_seconds"][r] = marks["node_seconds"].get(r, 0.0) + time.perf_counter() - started
+                    marks["node_seconds"][r] = (
+                        marks["node_seconds"].get(r, 0.0) + time.perf_counter() - started
+                    )
 
             setattr(FlowerEngine, name, timed)
 
     def on_round(record: dict) -> None:
-        print(f"{PROGRESS_PREFIX}{engine} {clients} clients: round {record['round']}: "
-              f"{record['train_seconds']:.2f} s, loss {record['train_loss']:.4f}"
-              f"{', ' + str(record['failed_clients']) + ' failed' if record.get('failed_clients') else ''}", flush=True)
+        print(
+            f"{PROGRESS_PREFIX}{engine} {clients} clients: round {record['round']}: "
+            f"{record['train_seconds']:.2f} s, loss {record['train_loss']:.4f}"
+            f"{', ' + str(record['failed_clients']) + ' failed' if record.get('failed_clients') else ''}",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory(prefix=f"feddmmr-flower-round-time-{engine}-") as tmp:
         config = make_config(args, data_dir, top_users, clients, eligible, str(Path(tmp) / "run"), engine)
@@ -268,8 +330,9 @@ def run_one(args, argv: list[str], engine: str, clients: int) -> dict:
         log_path = Path(tmp) / "run.log"
         # Output to a file, not a pipe: a chatty child (Ray) must never block on a full pipe.
         with open(log_path, "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=env,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + args.timeout
         timed_out = False
         try:
@@ -289,14 +352,20 @@ def run_one(args, argv: list[str], engine: str, clients: int) -> dict:
                     time.sleep(0.5)
         finally:  # also when this script is interrupted or terminated
             try:
-                os.killpg(process.pid, signal.SIGKILL)  # its group: the child, and Ray's processes if any are left
+                os.killpg(
+                    process.pid, signal.SIGKILL
+                )  # its group: the child, and Ray's processes if any are left
             except ProcessLookupError:
                 pass
             process.wait()
         output = log_path.read_text()
-    results = [line[len(RESULT_PREFIX):] for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
+    results = [line[len(RESULT_PREFIX) :] for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
     if timed_out or process.returncode != 0 or not results:
-        why = f"did not finish within --timeout {args.timeout:g} s" if timed_out else f"exited {process.returncode}"
+        why = (
+            f"did not finish within --timeout {args.timeout:g} s"
+            if timed_out
+            else f"exited {process.returncode}"
+        )
         print(output[-6000:])
         sys.exit(f"{engine} run with {clients} clients {why} (its output's end is above)")
     return json.loads(results[-1])
@@ -316,32 +385,42 @@ def describe(r: dict) -> str:
     nodes = f" (nodes {r['node_seconds']:.2f} s)" if r.get("node_seconds") is not None else ""
     memory = f"peak RSS {r['peak_rss_mb']:.0f} MiB"
     if r["engine"] != "local" and r["peak_tree_mb"] is not None:
-        memory = (f"peak summed RSS {r['peak_tree_mb']:.0f} MiB over {r['peak_tree_processes']} processes "
-                  f"(this one alone: {r['peak_rss_mb']:.0f} MiB)")
+        memory = (
+            f"peak summed RSS {r['peak_tree_mb']:.0f} MiB over {r['peak_tree_processes']} processes "
+            f"(this one alone: {r['peak_rss_mb']:.0f} MiB)"
+        )
     failed = f" | {r['failed_clients']} clients failed" if r["failed_clients"] else ""
     imports = f" (+ importing Flower {r['import_seconds']:.2f} s)" if r["engine"] != "local" else ""
-    return (f"{r['engine']} {r['clients']} clients: rounds [{rounds}] s{nodes} | start-up {r['startup_seconds']:.2f} s"
-            f"{imports} | evaluation {r['eval_seconds']:.2f} s | whole run "
-            f"{r['wall_seconds']:.1f} s | losses [{', '.join(f'{x:.4f}' for x in r['losses'])}] | "
-            f"test HR@10 {r['test_hr10']:.4f} | {memory}{failed}")
+    return (
+        f"{r['engine']} {r['clients']} clients: rounds [{rounds}] s{nodes} | start-up {r['startup_seconds']:.2f} s"
+        f"{imports} | evaluation {r['eval_seconds']:.2f} s | whole run "
+        f"{r['wall_seconds']:.1f} s | losses [{', '.join(f'{x:.4f}' for x in r['losses'])}] | "
+        f"test HR@10 {r['test_hr10']:.4f} | {memory}{failed}"
+    )
 
 
 def table(pairs: list[tuple[dict, dict]], rounds: int) -> list[str]:
     which = f"median of rounds 2-{rounds}" if rounds > 2 else ("round 2" if rounds == 2 else "round 1")
-    header = (f"{'clients':>7} | {'local s/round':>13} | {'flower s/round':>14} | {'flower/local':>12} | "
-              f"{'round 1: local':>14} | {'flower (nodes)':>16} | {'start-up: local':>15} | {'flower':>7} | "
-              f"{'peak MiB: local':>15} | {'flower (sum)':>12}")
-    legend = (f"round time = {which}; start-up = call to round 1 (Flower's round 1 also starts its nodes: "
-              f"'nodes'); peak memory: local RSS, Flower RSS summed over its processes")
+    header = (
+        f"{'clients':>7} | {'local s/round':>13} | {'flower s/round':>14} | {'flower/local':>12} | "
+        f"{'round 1: local':>14} | {'flower (nodes)':>16} | {'start-up: local':>15} | {'flower':>7} | "
+        f"{'peak MiB: local':>15} | {'flower (sum)':>12}"
+    )
+    legend = (
+        f"round time = {which}; start-up = call to round 1 (Flower's round 1 also starts its nodes: "
+        f"'nodes'); peak memory: local RSS, Flower RSS summed over its processes"
+    )
     lines = [legend, header, "-" * len(header)]
     for local, flower in pairs:
         lt, ft = common.median(steady(local["round_seconds"])), common.median(steady(flower["round_seconds"]))
         nodes = f"{flower['node_seconds']:.2f}" if flower.get("node_seconds") is not None else "?"
         tree = f"{flower['peak_tree_mb']:.0f}" if flower["peak_tree_mb"] is not None else "n/a"
-        lines.append(f"{local['clients']:>7} | {lt:>13.2f} | {ft:>14.2f} | {common.ratio(ft, lt):>12} | "
-                     f"{local['round_seconds'][0]:>14.2f} | {flower['round_seconds'][0]:>7.2f} ({nodes:>6}) | "
-                     f"{local['startup_seconds']:>15.2f} | {flower['startup_seconds']:>7.2f} | "
-                     f"{local['peak_rss_mb']:>15.0f} | {tree:>12}")
+        lines.append(
+            f"{local['clients']:>7} | {lt:>13.2f} | {ft:>14.2f} | {common.ratio(ft, lt):>12} | "
+            f"{local['round_seconds'][0]:>14.2f} | {flower['round_seconds'][0]:>7.2f} ({nodes:>6}) | "
+            f"{local['startup_seconds']:>15.2f} | {flower['startup_seconds']:>7.2f} | "
+            f"{local['peak_rss_mb']:>15.0f} | {tree:>12}"
+        )
     return lines
 
 
@@ -374,13 +453,15 @@ def main(argv=None) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    report(f"setting: {label} ({users} users, {eligible} eligible, {items} items) | d={args.hidden_dim} "
-           f"blocks={args.num_blocks} heads={common.SEED_SETTING['num_heads']} max_seq_len={args.max_seq_len} "
-           f"batch={args.batch_size} negatives={common.SEED_SETTING['num_negatives']} local_epochs={args.local_epochs} "
-           f"dropout={args.dropout:g} | "
-           f"{args.rounds} rounds, validation at the last | local: vectorised engine, threads={args.threads} | "
-           f"flower: simulation, {args.supernodes} SuperNodes (1 CPU, 1 thread each), server threads={args.threads} | "
-           f"seed {args.seed} | device {args.device}")
+    report(
+        f"setting: {label} ({users} users, {eligible} eligible, {items} items) | d={args.hidden_dim} "
+        f"blocks={args.num_blocks} heads={common.SEED_SETTING['num_heads']} max_seq_len={args.max_seq_len} "
+        f"batch={args.batch_size} negatives={common.SEED_SETTING['num_negatives']} local_epochs={args.local_epochs} "
+        f"dropout={args.dropout:g} | "
+        f"{args.rounds} rounds, validation at the last | local: vectorised engine, threads={args.threads} | "
+        f"flower: simulation, {args.supernodes} SuperNodes (1 CPU, 1 thread each), server threads={args.threads} | "
+        f"seed {args.seed} | device {args.device}"
+    )
     if data_dir is not None and args.data not in ("ml-1m", "ml-1m-top1000"):
         argv = [*argv, "--data", str(Path(data_dir).resolve())]  # the runs start in a temporary folder
     pairs = []
@@ -394,16 +475,25 @@ def main(argv=None) -> None:
         if args.secure_aggregation:
             secure = run_one(args, argv, "flower-secagg", n)
             report(describe(secure))
-            plain, masked = common.median(steady(flower["round_seconds"])), common.median(steady(secure["round_seconds"]))
-            report(f"{n} clients: Flower round with SecAgg+ {masked:.2f} s vs without {plain:.2f} s: "
-                   f"{common.ratio(masked, plain)}")
+            plain, masked = (
+                common.median(steady(flower["round_seconds"])),
+                common.median(steady(secure["round_seconds"])),
+            )
+            report(
+                f"{n} clients: Flower round with SecAgg+ {masked:.2f} s vs without {plain:.2f} s: "
+                f"{common.ratio(masked, plain)}"
+            )
     for line in table(pairs, args.rounds):
         report(line)
 
     if args.write_docs:
-        common.write_result(args.write_docs, f"flower-round-time-{label}-d{args.hidden_dim}-L{args.max_seq_len}",
-                            f"Flower simulation vs local engine: {label}, d {args.hidden_dim}, "
-                            f"max_seq_len {args.max_seq_len}, {args.supernodes} SuperNodes", lines)
+        common.write_result(
+            args.write_docs,
+            f"flower-round-time-{label}-d{args.hidden_dim}-L{args.max_seq_len}",
+            f"Flower simulation vs local engine: {label}, d {args.hidden_dim}, "
+            f"max_seq_len {args.max_seq_len}, {args.supernodes} SuperNodes",
+            lines,
+        )
 
 
 if __name__ == "__main__":

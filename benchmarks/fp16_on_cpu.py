@@ -28,7 +28,9 @@ from feddmmr.config import TrainConfig  # noqa: E402
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default="ml-1m-top1000")
     p.add_argument("--amp", nargs="+", default=["fp16", "off"], choices=("fp16", "bf16", "off"))
     p.add_argument("--rounds", type=int, default=10)
@@ -44,21 +46,35 @@ def main(argv=None) -> None:
         def run_round(run, engine, round_number, *rest):
             record = original(run, engine, round_number, *rest)
             finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
-            print(f"  {amp} round {round_number}: loss {record['train_loss']:.4f} | skipped steps "
-                  f"{record['skipped_steps']} | dropped clients {record['dropped_clients']} | loss scale "
-                  f"{run.precision.scale:g} | global weights finite: {finite} | {record['train_seconds']:.1f} s",
-                  flush=True)
+            print(
+                f"  {amp} round {round_number}: loss {record['train_loss']:.4f} | skipped steps "
+                f"{record['skipped_steps']} | dropped clients {record['dropped_clients']} | loss scale "
+                f"{run.precision.scale:g} | global weights finite: {finite} | {record['train_seconds']:.1f} s",
+                flush=True,
+            )
             return record
 
         training.run_round = run_round
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                result = training.train(TrainConfig(data_dir=data_dir, top_users=top_users, amp=amp, run_dir=tmp,
-                                                    num_rounds=args.rounds, validate_every=5, patience=0))
+                result = training.train(
+                    TrainConfig(
+                        data_dir=data_dir,
+                        top_users=top_users,
+                        amp=amp,
+                        run_dir=tmp,
+                        num_rounds=args.rounds,
+                        validate_every=5,
+                        patience=0,
+                    )
+                )
         finally:
             training.run_round = original
         validated = {r["round"]: r["val"]["HR@10"] for r in result.history if r.get("val")}
-        print(f"{label} {amp}: validation HR@10 " + ", ".join(f"round {k} {v:.3f}" for k, v in validated.items()))
+        print(
+            f"{label} {amp}: validation HR@10 "
+            + ", ".join(f"round {k} {v:.3f}" for k, v in validated.items())
+        )
 
 
 if __name__ == "__main__":

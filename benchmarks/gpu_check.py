@@ -38,10 +38,15 @@ from feddmmr.features.store import save_features  # noqa: E402
 from feddmmr.train import train  # noqa: E402
 
 # Every path the issue names, on tiny synthetic runs: (label, TrainConfig fields).
-SMALL = dict(max_seq_len=20, hidden_dim=32, num_heads=2, num_blocks=1, num_rounds=2, validate_every=2, patience=0)
+SMALL = dict(
+    max_seq_len=20, hidden_dim=32, num_heads=2, num_blocks=1, num_rounds=2, validate_every=2, patience=0
+)
 PATHS = [
     ("vectorized, SGD clients, FedAdam", {}),
-    ("vectorized, Adam clients, FedAvg", dict(local_optimizer="adam", learning_rate=1e-3, server_optimizer="fedavg")),
+    (
+        "vectorized, Adam clients, FedAvg",
+        dict(local_optimizer="adam", learning_rate=1e-3, server_optimizer="fedavg"),
+    ),
     ("vectorized, FedAvgM", dict(server_optimizer="fedavgm", server_learning_rate=1.0)),
     ("vectorized, DP-FedAvg", dict(dp_clip_norm=0.5, dp_noise_multiplier=0.5)),
     ("sequential engine", dict(engine="sequential", client_fraction=0.05)),
@@ -53,10 +58,16 @@ PATHS = [
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-1m", help="ml-1m (the shared file; top-1000 is cut from it) or a path")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", default="ml-1m", help="ml-1m (the shared file; top-1000 is cut from it) or a path"
+    )
     p.add_argument("--device", default="cuda")
-    p.add_argument("--quick", action="store_true", help="synthetic data and 3 rounds (checks the script, not the GPU)")
+    p.add_argument(
+        "--quick", action="store_true", help="synthetic data and 3 rounds (checks the script, not the GPU)"
+    )
     p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE")
     return p.parse_args(argv)
 
@@ -95,7 +106,11 @@ def eval_seconds(history: list[dict]) -> float:
 def check_paths(runs: Runs, scratch: Path) -> list[str]:
     data = load_sequences(None)
     features = scratch / "features.npz"
-    save_features(features, data.item_ids[1:], np.random.default_rng(0).normal(size=(data.num_items, 16)).astype(np.float32))
+    save_features(
+        features,
+        data.item_ids[1:],
+        np.random.default_rng(0).normal(size=(data.num_items, 16)).astype(np.float32),
+    )
     lines = []
     for label, fields in PATHS:
         if fields.get("amp") == "fp16" and not runs.device.startswith("cuda"):
@@ -106,8 +121,10 @@ def check_paths(runs: Runs, scratch: Path) -> list[str]:
         try:
             history, _, _ = runs(**{**SMALL, **fields})
             finite = all(np.isfinite(r["train_loss"]) for r in history)
-            lines.append(f"{label:36s} ok (train loss {history[-1]['train_loss']:.3f}, "
-                         f"validation HR@10 {validation(history, 2)}{'' if finite else ', NON-FINITE LOSS'})")
+            lines.append(
+                f"{label:36s} ok (train loss {history[-1]['train_loss']:.3f}, "
+                f"validation HR@10 {validation(history, 2)}{'' if finite else ', NON-FINITE LOSS'})"
+            )
         except Exception as error:  # a path that fails is the finding: report it, check the others
             lines.append(f"{label:36s} FAILED: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
             traceback.print_exc()
@@ -117,9 +134,11 @@ def check_paths(runs: Runs, scratch: Path) -> list[str]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"gpu_check: no CUDA device is visible (torch {torch.__version__}, torch.cuda.is_available() is "
-                 f"False). Run it on a machine with an NVIDIA GPU and a CUDA build of torch, or try the script on the "
-                 f"CPU with --device cpu --quick.")
+        sys.exit(
+            f"gpu_check: no CUDA device is visible (torch {torch.__version__}, torch.cuda.is_available() is "
+            f"False). Run it on a machine with an NVIDIA GPU and a CUDA build of torch, or try the script on the "
+            f"CPU with --device cpu --quick."
+        )
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("feddmmr.engines.chunking").setLevel(logging.INFO)  # the chunk sizes auto chose
     if args.quick:
@@ -130,7 +149,9 @@ def main(argv=None) -> None:
         top_users, full = 1000, data_dir
         rounds, quality_validate = 10, 5
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    lines = [f"device: {name} | torch {torch.__version__} | {'synthetic data (--quick)' if args.quick else 'ML-1M'}"]
+    lines = [
+        f"device: {name} | torch {torch.__version__} | {'synthetic data (--quick)' if args.quick else 'ML-1M'}"
+    ]
 
     def report(line: str = "") -> None:
         print(line, flush=True)
@@ -144,32 +165,44 @@ def main(argv=None) -> None:
             report("  " + line)
 
         report()
-        report("| run | amp | val HR@10 r5 / r10 | s/round (median r2+) | round 1 s | validation s | peak GPU GiB |")
+        report(
+            "| run | amp | val HR@10 r5 / r10 | s/round (median r2+) | round 1 s | validation s | peak GPU GiB |"
+        )
         report("|---|---|---|---|---|---|---|")
         data = dict(data_dir=data_dir, top_users=top_users)
         for amp in ("off", "bf16", "fp16"):
             if amp == "fp16" and not args.device.startswith("cuda"):
                 continue
-            history, _, peak = runs(**data, amp=amp, num_rounds=rounds, validate_every=quality_validate, patience=0)
+            history, _, peak = runs(
+                **data, amp=amp, num_rounds=rounds, validate_every=quality_validate, patience=0
+            )
             median, first = round_seconds(history)
             r5 = validation(history, quality_validate)
-            report(f"| default recipe, top-1000 | {amp} | {r5} / {validation(history, rounds)} | {median:.3f} | "
-                   f"{first:.2f} | {eval_seconds(history):.3f} | {peak:.1f} |")
+            report(
+                f"| default recipe, top-1000 | {amp} | {r5} / {validation(history, rounds)} | {median:.3f} | "
+                f"{first:.2f} | {eval_seconds(history):.3f} | {peak:.1f} |"
+            )
         seed = dict(common.SEED_SETTING)
         history, _, peak = runs(**data, **seed, num_rounds=min(rounds, 6), validate_every=100, patience=0)
         median, first = round_seconds(history)
-        report(f"| seed setting (client Adam), top-1000 | off | - | {median:.3f} | {first:.2f} | "
-               f"{eval_seconds(history):.3f} | {peak:.1f} |")
+        report(
+            f"| seed setting (client Adam), top-1000 | off | - | {median:.3f} | {first:.2f} | "
+            f"{eval_seconds(history):.3f} | {peak:.1f} |"
+        )
         sgd_seed = {**seed, "local_optimizer": "sgd", "learning_rate": 1.0}
         history, _, peak = runs(**data, **sgd_seed, num_rounds=min(rounds, 6), validate_every=100, patience=0)
         median, first = round_seconds(history)
-        report(f"| seed setting, SGD clients, top-1000 | off | - | {median:.3f} | {first:.2f} | "
-               f"{eval_seconds(history):.3f} | {peak:.1f} |")
+        report(
+            f"| seed setting, SGD clients, top-1000 | off | - | {median:.3f} | {first:.2f} | "
+            f"{eval_seconds(history):.3f} | {peak:.1f} |"
+        )
         if full is not None:
             history, _, peak = runs(data_dir=full, num_rounds=6, validate_every=100, patience=0)
             median, first = round_seconds(history)
-            report(f"| default recipe, full ML-1M | off | - | {median:.3f} | {first:.2f} | "
-                   f"{eval_seconds(history):.3f} | {peak:.1f} |")
+            report(
+                f"| default recipe, full ML-1M | off | - | {median:.3f} | {first:.2f} | "
+                f"{eval_seconds(history):.3f} | {peak:.1f} |"
+            )
     if args.write_docs:
         common.write_result(args.write_docs, "gpu-check", f"GPU check: {name}", lines)
 

@@ -41,15 +41,27 @@ def mean_and_error(values: np.ndarray) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a", nargs="+", type=Path, required=True, help="the reference model's runs, one per seed")
-    p.add_argument("--b", nargs="+", type=Path, required=True, help="the compared model's runs, in the same order")
-    p.add_argument("--users", choices=("all", "warm", "cold"), default="all",
-                   help="runs with --cold-items: only the test users whose test item is trained (warm) or new (cold)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--a", nargs="+", type=Path, required=True, help="the reference model's runs, one per seed"
+    )
+    p.add_argument(
+        "--b", nargs="+", type=Path, required=True, help="the compared model's runs, in the same order"
+    )
+    p.add_argument(
+        "--users",
+        choices=("all", "warm", "cold"),
+        default="all",
+        help="runs with --cold-items: only the test users whose test item is trained (warm) or new (cold)",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if len(args.a) != len(args.b):
-        sys.exit(f"--a has {len(args.a)} runs and --b {len(args.b)}: give one run of each per seed, paired in order")
+        sys.exit(
+            f"--a has {len(args.a)} runs and --b {len(args.b)}: give one run of each per seed, paired in order"
+        )
     common.require_feddmmr()
     from feddmmr.best_model import load_best_model
     from feddmmr.evaluation import user_metrics
@@ -65,8 +77,11 @@ def main(argv=None) -> None:
             if not groups:
                 sys.exit(f"{run_dir}: --users {args.users} needs runs trained with --cold-items")
             users["test"] = groups[args.users]
-        return {(split, mode): user_metrics(best.ranks(eval_set, mode)[users[split]], 10)
-                for split, eval_set in (("valid", best.valid_set), ("test", best.test_set)) for mode in MODES}
+        return {
+            (split, mode): user_metrics(best.ranks(eval_set, mode)[users[split]], 10)
+            for split, eval_set in (("valid", best.valid_set), ("test", best.test_set))
+            for mode in MODES
+        }
 
     pooled: dict[tuple[str, str, str], list[np.ndarray]] = {}
     for run_a, run_b in zip(args.a, args.b):
@@ -79,20 +94,31 @@ def main(argv=None) -> None:
             for metric in ("HR@10", "NDCG@10"):
                 difference = b[key][metric] - a[key][metric]
                 pooled.setdefault((*key, metric), []).append(difference)
-                parts.append(f"{metric} {b[key][metric].mean():.4f} - {a[key][metric].mean():.4f} = {difference.mean():+.4f}")
+                parts.append(
+                    f"{metric} {b[key][metric].mean():.4f} - {a[key][metric].mean():.4f} = {difference.mean():+.4f}"
+                )
             print(f"  {key[0]:>5} {key[1]:>7}: " + " | ".join(parts), flush=True)
     print(f"pooled over {len(args.a)} pair(s), B - A:")
     for split in ("valid", "test"):
         for mode in MODES:
-            print(f"  {split:>5} {mode:>7}: " + " | ".join(
-                f"{metric} {mean_and_error(np.concatenate(pooled[(split, mode, metric)]))}" for metric in ("HR@10", "NDCG@10")))
-    print(f"across the {len(args.a)} pair(s), B - A: mean of the pairs' means (se of their spread), pairs where B leads:")
+            print(
+                f"  {split:>5} {mode:>7}: "
+                + " | ".join(
+                    f"{metric} {mean_and_error(np.concatenate(pooled[(split, mode, metric)]))}"
+                    for metric in ("HR@10", "NDCG@10")
+                )
+            )
+    print(
+        f"across the {len(args.a)} pair(s), B - A: mean of the pairs' means (se of their spread), pairs where B leads:"
+    )
     for split in ("valid", "test"):
         for mode in MODES:
             parts = []
             for metric in ("HR@10", "NDCG@10"):
                 means = np.array([difference.mean() for difference in pooled[(split, mode, metric)]])
-                parts.append(f"{metric} {mean_and_error(means)}, {int((means > 0).sum())} of {len(means)} ahead")
+                parts.append(
+                    f"{metric} {mean_and_error(means)}, {int((means > 0).sum())} of {len(means)} ahead"
+                )
             print(f"  {split:>5} {mode:>7}: " + " | ".join(parts))
 
 

@@ -26,8 +26,12 @@ import common  # noqa: E402
 
 def parse_args(argv=None):
     own, extra = common.split_passthrough(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path"
+    )
     p.add_argument("--top-users", type=int)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engine", default="vectorized", choices=("vectorized", "sequential"))
@@ -37,7 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE")
     args = p.parse_args(own)
-    setting = {**common.SEED_SETTING, "num_rounds": args.rounds, "engine": args.engine, "threads": args.threads}
+    setting = {
+        **common.SEED_SETTING,
+        "num_rounds": args.rounds,
+        "engine": args.engine,
+        "threads": args.threads,
+    }
     if args.quick:
         if args.data == "ml-1m-top1000":
             args.data = "synthetic"
@@ -60,7 +69,9 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         # Output to a file, not a pipe: a chatty child must never block on a full pipe.
         with open(Path(tmp) / "train.log", "w+") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()).returncode
+            code = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()
+            ).returncode
             log.seek(0)
             output = log.read()
         wall = time.perf_counter() - started
@@ -78,8 +89,12 @@ def main(argv=None) -> None:
     ]
     print("\n".join(lines))
     if args.write_docs:
-        common.write_result(args.write_docs, f"peak-memory-{label}-{setting['engine']}",
-                            f"Peak memory: {label}, {setting['engine']}, {setting['num_rounds']} rounds", lines)
+        common.write_result(
+            args.write_docs,
+            f"peak-memory-{label}-{setting['engine']}",
+            f"Peak memory: {label}, {setting['engine']}, {setting['num_rounds']} rounds",
+            lines,
+        )
 
 
 if __name__ == "__main__":

@@ -52,15 +52,31 @@ NODE_SIZES = (5, 25)  # SecAgg+ node sizes, measured on the 4-negatives setting'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
-    p.add_argument("--top-users", type=int, help="keep the N most active users (default: 1000 for ml-1m-top1000)")
-    p.add_argument("--warmup", type=int, default=5, help="rounds trained before the round whose updates are captured")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path"
+    )
+    p.add_argument(
+        "--top-users", type=int, help="keep the N most active users (default: 1000 for ml-1m-top1000)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=5, help="rounds trained before the round whose updates are captured"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), metavar="NAME",
-                   help=f"the settings to measure (default: all): {', '.join(repr(n) for n in SETTINGS)}")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        choices=SETTINGS,
+        default=list(SETTINGS),
+        metavar="NAME",
+        help=f"the settings to measure (default: all): {', '.join(repr(n) for n in SETTINGS)}",
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="a tiny synthetic run: checks the script, measures nothing")
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny synthetic run: checks the script, measures nothing"
+    )
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {common.DOCS_RESULTS}")
     return p.parse_args(argv)
 
@@ -111,13 +127,27 @@ def attack(row_norms: torch.Tensor, truths: list[np.ndarray]) -> dict[str, float
 
 
 def measure(name: str, overrides: dict, args, data_dir, top_users, tmp: str) -> tuple[dict, list[str]]:
-    small = dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20) if args.quick else {}
-    config = TrainConfig(data_dir=data_dir, top_users=top_users, seed=args.seed, threads=args.threads,
-                         run_dir=str(Path(tmp) / name.replace(" ", "_").replace(",", "")),
-                         **{**common.short_history(), **small, **overrides})
+    small = (
+        dict(max_seq_len=10, hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20)
+        if args.quick
+        else {}
+    )
+    config = TrainConfig(
+        data_dir=data_dir,
+        top_users=top_users,
+        seed=args.seed,
+        threads=args.threads,
+        run_dir=str(Path(tmp) / name.replace(" ", "_").replace(",", "")),
+        **{**common.short_history(), **small, **overrides},
+    )
     run = prepare_run(config)
-    engine = make_engine("vectorized", run.model, chunk_clients=config.chunk_clients,
-                         chunk_windows=config.chunk_windows, **run.batch_settings().engine_negatives())
+    engine = make_engine(
+        "vectorized",
+        run.model,
+        chunk_clients=config.chunk_clients,
+        chunk_windows=config.chunk_windows,
+        **run.batch_settings().engine_negatives(),
+    )
     for round_number in range(1, args.warmup + 1):
         run_round(run, engine, round_number)
     capturing = CapturingEngine(engine)
@@ -132,31 +162,38 @@ def measure(name: str, overrides: dict, args, data_dir, top_users, tmp: str) -> 
         truths.append(truth)
     rows = {name: attack(changes.norm(dim=-1), truths)}
     if config.dp_clip_norm is not None:
-        epsilon = privacy_spent(config.dp_noise_multiplier, config.client_fraction, config.num_rounds, config.dp_delta)
+        epsilon = privacy_spent(
+            config.dp_noise_multiplier, config.client_fraction, config.num_rounds, config.dp_delta
+        )
         rows[name]["epsilon"] = epsilon
     if not overrides:  # SecAgg+: the server sees each node's sum
         order = np.random.default_rng(args.seed).permutation(len(users))
         for size in NODE_SIZES:
             node_norms = torch.empty(len(users), changes.shape[1])
             for start in range(0, len(order), size):
-                members = order[start:start + size]
+                members = order[start : start + size]
                 node_norms[members] = changes[members].sum(0).norm(dim=-1)
             rows[f"secagg nodes of {size}"] = attack(node_norms, truths)
     mean_items = float(np.mean([t.sum() for t in truths]))
-    notes = [f"{name}: round {args.warmup + 1}, {len(users)} clients, {mean_items:.0f} training items per user "
-             f"of {run.split.num_items}, round loss {record['train_loss']:.4f}"]
+    notes = [
+        f"{name}: round {args.warmup + 1}, {len(users)} clients, {mean_items:.0f} training items per user "
+        f"of {run.split.num_items}, round loss {record['train_loss']:.4f}"
+    ]
     return rows, notes
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    data_dir, top_users, label = common.dataset("synthetic" if args.quick else args.data,
-                                                50 if args.quick else args.top_users)
+    data_dir, top_users, label = common.dataset(
+        "synthetic" if args.quick else args.data, 50 if args.quick else args.top_users
+    )
     if args.quick:
         args.warmup = 1
     print(common.machine_line())
-    lines = [f"setting: {label}, seed {args.seed}, updates of round {args.warmup + 1} (after {args.warmup} rounds), "
-             f"attack: rank items by the norm of their embedding row's change"]
+    lines = [
+        f"setting: {label}, seed {args.seed}, updates of round {args.warmup + 1} (after {args.warmup} rounds), "
+        f"attack: rank items by the norm of their embedding row's change"
+    ]
     table = {}
     with tempfile.TemporaryDirectory(prefix="feddmmr-leakage-") as tmp:
         for name in args.settings:
@@ -172,8 +209,12 @@ def main(argv=None) -> None:
     for line in lines[1:]:
         print(line)
     if args.write_docs and not args.quick and args.settings == list(SETTINGS):
-        common.write_result(common.DOCS_RESULTS, "privacy_leakage",
-                            "Interaction leakage to a curious server (benchmarks/privacy_leakage.py)", lines)
+        common.write_result(
+            common.DOCS_RESULTS,
+            "privacy_leakage",
+            "Interaction leakage to a curious server (benchmarks/privacy_leakage.py)",
+            lines,
+        )
 
 
 if __name__ == "__main__":

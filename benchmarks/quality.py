@@ -31,16 +31,30 @@ MODES = ("federated", "centralized")
 
 def parse_args(argv=None):
     own, extra = common.split_passthrough(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path"
+    )
     p.add_argument("--top-users", type=int)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--out", default="/tmp/feddmmr-bench", help="folder of the run directories")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads: the order of float sums changes with it, so results can differ in the last digits (0.708 vs 0.716 test HR@10 for the default synthetic run at 1 and 2 threads); not part of the run's identity")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch threads: the order of float sums changes with it, so results can differ in the last digits (0.708 vs 0.716 test HR@10 for the default synthetic run at 1 and 2 threads); not part of the run's identity",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--write-docs", nargs="?", const=str(common.DOCS_RESULTS), metavar="FILE",
-                   help="also write the table into a section of FILE (default docs/RESULTS.md)")
+    p.add_argument(
+        "--write-docs",
+        nargs="?",
+        const=str(common.DOCS_RESULTS),
+        metavar="FILE",
+        help="also write the table into a section of FILE (default docs/RESULTS.md)",
+    )
     return p.parse_args(own), extra
 
 
@@ -57,10 +71,21 @@ def command_for(run_dir: Path, mode: str, seed: int, args, data_dir, top_users, 
         return None
     if (run_dir / "checkpoints" / "last.pt").exists():
         # A resumed run keeps its saved config; only device/threads may be given.
-        return [sys.executable, "-m", "feddmmr", "train", "--resume", str(run_dir), "--threads", str(args.threads)]
+        return [
+            sys.executable,
+            "-m",
+            "feddmmr",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--threads",
+            str(args.threads),
+        ]
     # The quality bar is about the defaults of `feddmmr train` (client fraction 0.2 is one).
     setting = {"seed": seed, "threads": args.threads, "run_dir": str(run_dir)}
-    return common.train_command(data_dir, top_users, setting, extra + (CENTRALIZED if mode == "centralized" else []))
+    return common.train_command(
+        data_dir, top_users, setting, extra + (CENTRALIZED if mode == "centralized" else [])
+    )
 
 
 # The centralised baseline's own recipe (docs/RESULTS.md §3): Adam at lr 1e-3 in batches of 16 windows
@@ -68,8 +93,23 @@ def command_for(run_dir: Path, mode: str, seed: int, args, data_dir, top_users, 
 # the default read 200), dropout 0.2, until 4 epochs pass without a validation gain (at most 30): on ML-1M
 # top-1000 it plateaus by epoch 11. The federated defaults (SGD clients under a server Adam) have no
 # pooled counterpart.
-CENTRALIZED = ["--centralized", "--local-optimizer", "adam", "--learning-rate", "1e-3", "--batch-size", "16",
-               "--dropout", "0.2", "--num-rounds", "30", "--validate-every", "1", "--patience", "4"]
+CENTRALIZED = [
+    "--centralized",
+    "--local-optimizer",
+    "adam",
+    "--learning-rate",
+    "1e-3",
+    "--batch-size",
+    "16",
+    "--dropout",
+    "0.2",
+    "--num-rounds",
+    "30",
+    "--validate-every",
+    "1",
+    "--patience",
+    "4",
+]
 
 
 def execute(command: list[str], run_dir: Path) -> bool:
@@ -80,7 +120,9 @@ def execute(command: list[str], run_dir: Path) -> bool:
     spent = json.loads(timing.read_text())["wall_seconds"] if timing.exists() else 0.0
     started = time.perf_counter()
     with open(run_dir / "train.log", "a") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()).returncode
+        code = subprocess.run(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()
+        ).returncode
     timing.write_text(json.dumps({"wall_seconds": spent + time.perf_counter() - started}))
     if code != 0:
         print(f"  FAILED (exit {code}); last lines of {run_dir / 'train.log'}:")
@@ -94,14 +136,21 @@ def read_run(run_dir: Path) -> dict | None:
         return None
     final = json.loads(final_path.read_text())
     metrics = run_dir / "metrics.jsonl"
-    rounds = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    rounds = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if metrics.exists()
+        else []
+    )
     timing = run_dir / "bench.json"
     config = json.loads((run_dir / "config.json").read_text())
     return {
         "eval": "full ranking" if final["eval"] == "full" else f"1:{config['num_negatives_eval']} sampled",
-        "hr": final["test"]["HR@10"], "ndcg": final["test"]["NDCG@10"],
-        "best_round": final["best_round"], "rounds_run": final["rounds_run"],
-        "train_s": final["train_seconds"], "eval_s": sum(r.get("eval_seconds", 0.0) for r in rounds),
+        "hr": final["test"]["HR@10"],
+        "ndcg": final["test"]["NDCG@10"],
+        "best_round": final["best_round"],
+        "rounds_run": final["rounds_run"],
+        "train_s": final["train_seconds"],
+        "eval_s": sum(r.get("eval_seconds", 0.0) for r in rounds),
         "wall_s": json.loads(timing.read_text())["wall_seconds"] if timing.exists() else None,
     }
 
@@ -109,21 +158,30 @@ def read_run(run_dir: Path) -> dict | None:
 def mean_std(values: list[float], digits: int = 4) -> str:
     # Sample standard deviation (n-1) over seeds; one seed has none.
     std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+    return (
+        f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+        if len(values) > 1
+        else f"{values[0]:.{digits}f}"
+    )
 
 
 def table(results: dict[str, list[dict]], wanted: int) -> list[str]:
-    lines = ["| mode | seeds | test HR@10 | test NDCG@10 | best round | rounds run | train s (mean) | eval s (mean) | wall s (mean) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| mode | seeds | test HR@10 | test NDCG@10 | best round | rounds run | train s (mean) | eval s (mean) | wall s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for mode, runs in results.items():
         if not runs:
             continue
-        walls = [r["wall_s"] for r in runs if r["wall_s"] is not None]  # none for runs made outside this script
+        walls = [
+            r["wall_s"] for r in runs if r["wall_s"] is not None
+        ]  # none for runs made outside this script
         wall = f"{statistics.mean(walls):.0f}" if walls else "n/a"
         lines.append(
             f"| {mode} | {len(runs)}/{wanted} | {mean_std([r['hr'] for r in runs])} | {mean_std([r['ndcg'] for r in runs])} | "
             f"{', '.join(str(r['best_round']) for r in runs)} | {', '.join(str(r['rounds_run']) for r in runs)} | "
-            f"{statistics.mean(r['train_s'] for r in runs):.0f} | {statistics.mean(r['eval_s'] for r in runs):.0f} | {wall} |")
+            f"{statistics.mean(r['train_s'] for r in runs):.0f} | {statistics.mean(r['eval_s'] for r in runs):.0f} | {wall} |"
+        )
     fed, cen = results.get("federated"), results.get("centralized")
     if fed and cen:
         gaps = []
@@ -153,14 +211,20 @@ def main(argv=None) -> None:
             print(f"  running; follow it with: tail -f {run_dir / 'train.log'}", flush=True)
             failed += not execute(command, run_dir)
 
-    results = {mode: [r for s in args.seeds if (r := read_run(folder / mode / f"seed{s}"))] for mode in args.modes}
+    results = {
+        mode: [r for s in args.seeds if (r := read_run(folder / mode / f"seed{s}"))] for mode in args.modes
+    }
     if not any(results.values()):
         print("no finished runs yet")
     else:
         setting = " ".join(common.train_command(data_dir, top_users, {}, extra)[4:]) or "the defaults"
         protocols = ", ".join(sorted({r["eval"] for runs in results.values() for r in runs}))
-        lines = [f"data {label}: test metrics ({protocols}) of the best validated round; seeds {' '.join(map(str, args.seeds))}",
-                 f"setting: {setting}", "", *table(results, len(args.seeds))]
+        lines = [
+            f"data {label}: test metrics ({protocols}) of the best validated round; seeds {' '.join(map(str, args.seeds))}",
+            f"setting: {setting}",
+            "",
+            *table(results, len(args.seeds)),
+        ]
         print("\n" + "\n".join(lines))
         if args.write_docs and not args.dry_run:
             body = "\n".join([f"### Quality: {folder.name}", "", *lines, "", f"_{common.machine_line()}_"])

@@ -28,10 +28,16 @@ import common  # noqa: E402
 
 def parse_args(argv=None):
     own, extra = common.split_passthrough(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", default="ml-1m-top1000", help="ml-1m-top1000 (default), ml-1m, synthetic, or a path"
+    )
     p.add_argument("--top-users", type=int)
-    p.add_argument("--recipes", nargs="+", default=["short_history", "default"], help="default, or preset names")
+    p.add_argument(
+        "--recipes", nargs="+", default=["short_history", "default"], help="default, or preset names"
+    )
     p.add_argument("--rounds", type=int, default=4, help="rounds per child (the first is not timed)")
     p.add_argument("--repeats", type=int, default=2, help="children per recipe, in turns")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -49,7 +55,9 @@ def parse_args(argv=None):
 def run_child(command: list[str], log_path: Path) -> tuple[int, float]:
     """(exit status, peak RSS in MiB) of one child, measured by wait4 for that child alone."""
     with open(log_path, "w") as log:  # a file, not a pipe: a chatty child never blocks
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env())
+        child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT, env=common.child_env()
+        )
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     return child.returncode, usage.ru_maxrss / 1024
@@ -66,8 +74,12 @@ def main(argv=None) -> None:
         for repeat in range(args.repeats):
             for recipe in args.recipes:
                 run_dir = Path(tmp) / f"{recipe}-{repeat}"
-                setting = {"num_rounds": args.rounds, "validate_every": args.rounds, "threads": args.threads,
-                           "run_dir": run_dir}
+                setting = {
+                    "num_rounds": args.rounds,
+                    "validate_every": args.rounds,
+                    "threads": args.threads,
+                    "run_dir": run_dir,
+                }
                 if recipe != "default":
                     setting = {"config": recipe, **setting}
                 command = common.train_command(data_dir, top_users, setting, extra)
@@ -80,17 +92,24 @@ def main(argv=None) -> None:
                 figures[recipe]["round"] += [r["train_seconds"] for r in records[1:]]
                 figures[recipe]["valid"] += [r["eval_seconds"] for r in records if r.get("validated")]
                 figures[recipe]["peak"].append(peak)
-                print(f"{recipe} #{repeat}: rounds {[round(r['train_seconds'], 1) for r in records]} s, "
-                      f"peak {peak:,.0f} MiB", flush=True)
+                print(
+                    f"{recipe} #{repeat}: rounds {[round(r['train_seconds'], 1) for r in records]} s, "
+                    f"peak {peak:,.0f} MiB",
+                    flush=True,
+                )
     first = args.recipes[0]
-    lines = [f"data: {label}, {args.rounds} rounds a child (round 1 untimed), {args.repeats} children a recipe, "
-             f"{args.threads} threads"]
+    lines = [
+        f"data: {label}, {args.rounds} rounds a child (round 1 untimed), {args.repeats} children a recipe, "
+        f"{args.threads} threads"
+    ]
     for recipe in args.recipes:
         f = figures[recipe]
-        lines += [f"{recipe}: {commands[recipe]}",
-                  f"  round: {common.spread(f['round'])} | validation: {common.spread(f['valid'])} | "
-                  f"peak RSS {max(f['peak']):,.0f} MiB | round time / {first}'s: "
-                  f"{common.median(f['round']) / common.median(figures[first]['round']):.2f}"]
+        lines += [
+            f"{recipe}: {commands[recipe]}",
+            f"  round: {common.spread(f['round'])} | validation: {common.spread(f['valid'])} | "
+            f"peak RSS {max(f['peak']):,.0f} MiB | round time / {first}'s: "
+            f"{common.median(f['round']) / common.median(figures[first]['round']):.2f}",
+        ]
     print("\n".join(lines))
     if args.write_docs:
         common.write_result(args.write_docs, f"recipe-cost-{label}", f"Cost of the recipes: {label}", lines)

@@ -82,16 +82,35 @@ def main(argv: list[str] | None = None) -> None:
         if not path.exists():
             common.skip(f"{path} is absent (pass --ratings / --sequences)")
     differ = write_orders(args.ratings, args.sequences, args.out)
-    print(f"{differ['users']} users: ordering ties by movie id changes the test item of {differ['test']} "
-          f"and the validation item of {differ['validation']}")
+    print(
+        f"{differ['users']} users: ordering ties by movie id changes the test item of {differ['test']} "
+        f"and the validation item of {differ['validation']}"
+    )
     if not args.train:
         return
     flags = passthrough or ["--config", "sasrec_plus"]
     for order in ORDERS:
         run_dir = args.out / f"run_{order}"
-        subprocess.run([sys.executable, "-m", "feddmmr", "train", *flags, "--data-dir", str(args.out / f"{order}.txt"),
-                        "--format", "sequences", "--threads", str(args.threads), "--seed", str(args.seed),
-                        "--run-dir", str(run_dir)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "feddmmr",
+                "train",
+                *flags,
+                "--data-dir",
+                str(args.out / f"{order}.txt"),
+                "--format",
+                "sequences",
+                "--threads",
+                str(args.threads),
+                "--seed",
+                str(args.seed),
+                "--run-dir",
+                str(run_dir),
+            ],
+            check=True,
+        )
     print("order          best epoch  test HR@10  NDCG@10 (full ranking)")
     for order in ORDERS:
         final = json.loads((args.out / f"run_{order}" / "final.json").read_text())

@@ -29,8 +29,12 @@ def make_sequences(rows: list[list[int]], num_items: int | None = None) -> Seque
     )
 
 
-def random_sequences(num_users: int, num_items: int, min_len: int, max_len: int, seed: int = 0) -> SequenceData:
+def random_sequences(
+    num_users: int, num_items: int, min_len: int, max_len: int, seed: int = 0
+) -> SequenceData:
     rng = np.random.default_rng(seed)
-    rows = [list(rng.choice(np.arange(1, num_items + 1), size=rng.integers(min_len, max_len + 1), replace=False))
-            for _ in range(num_users)]
+    rows = [
+        list(rng.choice(np.arange(1, num_items + 1), size=rng.integers(min_len, max_len + 1), replace=False))
+        for _ in range(num_users)
+    ]
     return make_sequences(rows, num_items)

@@ -48,8 +48,9 @@ class BestModel:
 
     def ranks(self, eval_set: EvalSet, mode: str | None = None) -> np.ndarray:
         """[users] 0-based rank of each held-out item, ranking as `mode` says (default: the run's own `eval`)."""
-        return held_out_ranks(self.model, eval_set, mode or self.config.eval, precision=self.precision,
-                              memory=self.memory_slots)
+        return held_out_ranks(
+            self.model, eval_set, mode or self.config.eval, precision=self.precision, memory=self.memory_slots
+        )
 
     def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
         """Metrics on `eval_set` (`mode` as for `ranks`)."""
@@ -73,17 +74,27 @@ class BestModel:
 
         if not modality:
             raise ValueError("new items: give at least one feature file, as NAME=FILE")
-        files = [(name, path, *load_features(path)) for name, path in map(parse_modality_spec, modality)]  # read once
+        files = [
+            (name, path, *load_features(path)) for name, path in map(parse_modality_spec, modality)
+        ]  # read once
         ids = files[0][2]
         if ids is None:
-            raise ValueError(f"{modality[0]}: new items need a file with their ids (.npz or .safetensors with 'ids')")
+            raise ValueError(
+                f"{modality[0]}: new items need a file with their ids (.npz or .safetensors with 'ids')"
+            )
         known = set(np.asarray(self.item_ids[1:]).astype(str))
         new_ids = ids[[str(i) not in known for i in ids]]
         if not len(new_ids):
-            raise ValueError(f"{modality[0]}: every item of the file is already in the run's catalogue: no new item")
+            raise ValueError(
+                f"{modality[0]}: every item of the file is already in the run's catalogue: no new item"
+            )
         extended = np.concatenate([self.item_ids, new_ids])
-        new = {name: aligned_rows(new_ids, align_features(file_ids, matrix, extended, source=str(path), name=name))
-               for name, path, file_ids, matrix in files}
+        new = {
+            name: aligned_rows(
+                new_ids, align_features(file_ids, matrix, extended, source=str(path), name=name)
+            )
+            for name, path, file_ids, matrix in files
+        }
         names = [parse_modality_spec(spec)[0] for spec in self.config.modality]
         return dataclasses.replace(self, model=with_new_items(self.model, new, names), item_ids=extended)
 
@@ -92,9 +103,13 @@ def load_best_model(run_dir: str | Path) -> BestModel:
     run_dir = Path(run_dir)
     config = saved_config(run_dir)
     if config.model == "feddmmr" and config.engine == "flower":
-        raise ValueError(f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
-                         f"test (final.json) was computed there and cannot be recomputed from the checkpoint")
-    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length)
+        raise ValueError(
+            f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
+            f"test (final.json) was computed there and cannot be recomputed from the checkpoint"
+        )
+    data = load_sequences(
+        config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
+    )
     run_directory.check_data(run_dir, data, feature_paths(config))
     split = run_split(config, data)
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split, config.num_negatives_eval)
@@ -102,22 +117,28 @@ def load_best_model(run_dir: str | Path) -> BestModel:
     device = resolve_device(config.device)
     features = load_run_features(config, split.data.item_ids)
     model = build_model(config, split.num_items, device, features, split.train_counts())
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", required=("model", "round"),
-                           fix="the run's best model is lost: train the run again")
+    best = load_checkpoint(
+        run_dir / "checkpoints" / "best.pt",
+        required=("model", "round"),
+        fix="the run's best model is lost: train the run again",
+    )
     try:
         model.load_state_dict({k: v.to(device) for k, v in best["model"].items()})
     except RuntimeError as error:  # missing or unexpected tensors, or other shapes
-        raise InputError(f"{run_dir / 'checkpoints' / 'best.pt'}: the saved model does not fit the model this version "
-                         f"of feddmmr builds from the run's config ({str(error).splitlines()[0]} ...); it was trained by "
-                         f"another version: reload it with that version, or train the run again") from error
+        raise InputError(
+            f"{run_dir / 'checkpoints' / 'best.pt'}: the saved model does not fit the model this version "
+            f"of feddmmr builds from the run's config ({str(error).splitlines()[0]} ...); it was trained by "
+            f"another version: reload it with that version, or train the run again"
+        ) from error
     memory = make_memories(config, split.num_users, features, device)
     slots = None
     if memory is not None:
         memory.state = MemoryState.from_dict(best["memory"])
         slots = memory.retrieve(memory.state)
     precision = Precision(resolve_amp(config.amp, device), device.type)
-    return BestModel(config, best["round"], model.eval(), split.data.item_ids, split, slots, valid_set, test_set,
-                     precision)
+    return BestModel(
+        config, best["round"], model.eval(), split.data.item_ids, split, slots, valid_set, test_set, precision
+    )
 
 
 def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
@@ -126,8 +147,12 @@ def evaluate_run(run_dir: str | Path, mode: str | None = None) -> dict:
     best = load_best_model(run_dir)
     mode = mode or best.config.eval
     ranks = best.ranks(best.test_set, mode)
-    result = {"best_round": best.round, "eval": mode, "valid": best.evaluate(best.valid_set, mode),
-              "test": metrics_from_ranks(ranks)}
+    result = {
+        "best_round": best.round,
+        "eval": mode,
+        "valid": best.evaluate(best.valid_set, mode),
+        "test": metrics_from_ranks(ranks),
+    }
     if groups := best.split.user_groups():
         result["test_groups"] = group_metrics(ranks, groups)  # new items: warm- and cold-target users
     return result
@@ -140,15 +165,20 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
     saved = load_checkpoint(Path(checkpoint))
     args = saved.get("model_args")
     if args is None:
-        raise ValueError(f"{checkpoint}: this checkpoint was saved before checkpoints carried the model's arguments; "
-                         f"load it with load_best_model(RUN_DIR), which rebuilds the model from the run's config and data")
+        raise ValueError(
+            f"{checkpoint}: this checkpoint was saved before checkpoints carried the model's arguments; "
+            f"load it with load_best_model(RUN_DIR), which rebuilds the model from the run's config and data"
+        )
     if any(name.startswith("item_tower.") for name in saved["model"]):
-        raise ValueError(f"{checkpoint}: this model scores new items from its modality feature files (--item-tower "
-                         f"content): use load_best_model(RUN_DIR), which reads them")
+        raise ValueError(
+            f"{checkpoint}: this model scores new items from its modality feature files (--item-tower "
+            f"content): use load_best_model(RUN_DIR), which reads them"
+        )
     if args["model"] != "fedsasrec":
-        raise ValueError(f"{checkpoint}: a {args['model']} model also needs its modality feature files "
-                         f"({', '.join(args.get('modalities', []))}): use load_best_model(RUN_DIR)")
+        raise ValueError(
+            f"{checkpoint}: a {args['model']} model also needs its modality feature files "
+            f"({', '.join(args.get('modalities', []))}): use load_best_model(RUN_DIR)"
+        )
     model = SASRec(SASRecConfig(**args["sasrec"]))
     model.load_state_dict(saved["model"])
     return model.to(device).eval()
-

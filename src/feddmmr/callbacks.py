@@ -28,9 +28,16 @@ class SaveBestCheckpoint:
     def on_round_end(self, run: Run, record: dict) -> None:
         if record["validated"] and run.state.early_stopping.best_round == record["round"]:
             state = checkpoint_state(run)
-            save_checkpoint(run.checkpoints / "best.pt", {"model": state["model"], "model_args": state["model_args"],
-                                                          "round": record["round"], "val": record["val"],
-                                                          **memory_entry(run)})
+            save_checkpoint(
+                run.checkpoints / "best.pt",
+                {
+                    "model": state["model"],
+                    "model_args": state["model_args"],
+                    "round": record["round"],
+                    "val": record["val"],
+                    **memory_entry(run),
+                },
+            )
 
 
 class SaveLastCheckpoint:
@@ -65,10 +72,16 @@ def round_line(record: dict) -> str:
         shown = f"val skipped (next at round {record['next_validation']})"
     if "dp" in record:
         epsilon = record["dp"]["epsilon"]
-        shown += "  DP epsilon " + ("inf" if epsilon is None else f"{epsilon:.2f}") + f" (delta {record['dp']['delta']:g})"
+        shown += (
+            "  DP epsilon "
+            + ("inf" if epsilon is None else f"{epsilon:.2f}")
+            + f" (delta {record['dp']['delta']:g})"
+        )
     loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"  # None: no step trained
-    return (f"round {record['round']:>3}  loss {loss}  {shown}  "
-            f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s")
+    return (
+        f"round {record['round']:>3}  loss {loss}  {shown}  "
+        f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s"
+    )
 
 
 class LogRound:
@@ -81,8 +94,13 @@ class LogRound:
 class LogEarlyStopping:
     def on_round_end(self, run: Run, record: dict) -> None:
         if run.state.stopped_early:
-            log.info("early stopping at round %d: no %s gain in %d validations (best: round %d)", record["round"],
-                     run.config.select_metric, run.config.patience, run.state.early_stopping.best_round)
+            log.info(
+                "early stopping at round %d: no %s gain in %d validations (best: round %d)",
+                record["round"],
+                run.config.select_metric,
+                run.config.patience,
+                run.state.early_stopping.best_round,
+            )
 
 
 class OnRound:

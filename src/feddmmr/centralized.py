@@ -33,10 +33,13 @@ class CentralizedEpochs:
     def __init__(self, run: Run) -> None:
         c = run.config
         self.run = run
-        self.optimizer = TORCH_OPTIMIZERS[c.local_optimizer](run.model.parameters(), lr=c.learning_rate,
-                                                             weight_decay=c.weight_decay)
+        self.optimizer = TORCH_OPTIMIZERS[c.local_optimizer](
+            run.model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay
+        )
         if run.state.round > 0:  # resumed: the optimiser's state lives in the last checkpoint
-            self.optimizer.load_state_dict(load_checkpoint(run.checkpoints / "last.pt", required=("optimizer",))["optimizer"])
+            self.optimizer.load_state_dict(
+                load_checkpoint(run.checkpoints / "last.pt", required=("optimizer",))["optimizer"]
+            )
 
     def train(self, round_number: int) -> dict:
         """One epoch: every user's windows, shuffled together, in batches of `batch_size`."""
@@ -49,11 +52,17 @@ class CentralizedEpochs:
         if per_batch_negatives:  # the windows' targets only; the negatives are drawn per batch below
             settings = dataclasses.replace(settings, negatives="all")
         eligible = np.flatnonzero(split.num_train_targets > 0)
-        per_user = [make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
-                    for u in eligible]
+        per_user = [
+            make_client_batches(
+                int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u))
+            )
+            for u in eligible
+        ]
         inputs = torch.from_numpy(np.concatenate([b.inputs[0] for b in per_user]))
         candidates = torch.from_numpy(np.concatenate([b.candidates[0] for b in per_user]))
-        order = torch.from_numpy(np.random.default_rng([c.seed, streams.CENTRALIZED_ORDER, round_number]).permutation(len(inputs)))
+        order = torch.from_numpy(
+            np.random.default_rng([c.seed, streams.CENTRALIZED_ORDER, round_number]).permutation(len(inputs))
+        )
         model = run.model
         model.train()
         total, count, skipped = 0.0, 0.0, 0
@@ -65,8 +74,9 @@ class CentralizedEpochs:
             rows = order[start : start + c.batch_size]
             batch_inputs, batch_candidates = inputs[rows].to(run.device), candidates[rows].to(run.device)
             if per_batch_negatives:
-                drawn = sample_distinct_negatives(np.zeros(0, dtype=np.int64), split.num_items, 1, c.num_negatives,
-                                                  negatives_rng)
+                drawn = sample_distinct_negatives(
+                    np.zeros(0, dtype=np.int64), split.num_items, 1, c.num_negatives, negatives_rng
+                )
                 shared = torch.from_numpy(drawn[0]).to(run.device)
             with run.precision.autocast():
                 if c.loss == "ce-full":
@@ -82,11 +92,23 @@ class CentralizedEpochs:
         run.precision.settle([scales])
         steps = -(-len(order) // c.batch_size)
         if skipped:
-            log.warning("round %d: skipped %d of %d steps (%.1f%%): a non-finite loss or gradient", round_number, skipped,
-                        steps, 100 * skipped / steps)
+            log.warning(
+                "round %d: skipped %d of %d steps (%.1f%%): a non-finite loss or gradient",
+                round_number,
+                skipped,
+                steps,
+                100 * skipped / steps,
+            )
         if skipped == steps:
-            raise TrainingDiverged(f"epoch {round_number}: every step ({steps}) had a non-finite loss or gradient, so "
-                                   f"nothing trained; the checkpoints of epoch {round_number - 1} are intact. "
-                                   f"{diverged_advice(c, run.run_dir)}")
-        return {"round": round_number, "clients": len(eligible), "train_loss": total / count if count else None,
-                "skipped_steps": skipped, "train_seconds": time.perf_counter() - started}
+            raise TrainingDiverged(
+                f"epoch {round_number}: every step ({steps}) had a non-finite loss or gradient, so "
+                f"nothing trained; the checkpoints of epoch {round_number - 1} are intact. "
+                f"{diverged_advice(c, run.run_dir)}"
+            )
+        return {
+            "round": round_number,
+            "clients": len(eligible),
+            "train_loss": total / count if count else None,
+            "skipped_steps": skipped,
+            "train_seconds": time.perf_counter() - started,
+        }

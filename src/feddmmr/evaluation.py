@@ -39,8 +39,10 @@ def group_metrics(ranks: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str,
     """`metrics_from_ranks` of each group of users (`groups`: name -> [users] mask), with the
     group's number of users (`users`; a group of none has only that)."""
     ranks = np.asarray(ranks)
-    return {name: {**(metrics_from_ranks(ranks[mask]) if mask.any() else {}), "users": int(mask.sum())}
-            for name, mask in groups.items()}
+    return {
+        name: {**(metrics_from_ranks(ranks[mask]) if mask.any() else {}), "users": int(mask.sum())}
+        for name, mask in groups.items()
+    }
 
 
 def ranks_of_first(scores: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,9 @@ class EvalSet:
     seen_items: np.ndarray
 
 
-def make_eval_sets(split: LeaveOneOut, max_len: int, valid_candidates: np.ndarray, test_candidates: np.ndarray):
+def make_eval_sets(
+    split: LeaveOneOut, max_len: int, valid_candidates: np.ndarray, test_candidates: np.ndarray
+):
     """Validation input = training items; test input = training items + the validation item."""
     valid = EvalSet(
         inputs=torch.from_numpy(last_items(split.train_offsets, split.train_items, max_len)),
@@ -74,7 +78,9 @@ def make_eval_sets(split: LeaveOneOut, max_len: int, valid_candidates: np.ndarra
     with_valid = split.train_offsets + np.arange(split.num_users + 1)
     seen = np.insert(split.train_items, split.train_offsets[1:], split.valid_items)
     test = EvalSet(
-        inputs=torch.from_numpy(last_items(split.train_offsets, split.train_items, max_len, extra=split.valid_items)),
+        inputs=torch.from_numpy(
+            last_items(split.train_offsets, split.train_items, max_len, extra=split.valid_items)
+        ),
         candidates=torch.from_numpy(test_candidates),
         targets=torch.from_numpy(split.test_items),
         seen_offsets=with_valid,
@@ -124,8 +130,14 @@ def held_out_ranks(
 
 
 @torch.no_grad()
-def router_usage(model: torch.nn.Module, eval_set: EvalSet, memory: tuple[torch.Tensor, torch.Tensor],
-                 *, batch_size: int = 1024, precision: Precision | None = None) -> dict[str, float]:
+def router_usage(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    memory: tuple[torch.Tensor, torch.Tensor],
+    *,
+    batch_size: int = 1024,
+    precision: Precision | None = None,
+) -> dict[str, float]:
     """FedDMMR's mean router weight of each modality expert over the sampled candidates of
     `eval_set` (each user reading its memory), keyed by modality name."""
     was_training = model.training

@@ -53,8 +53,10 @@ def servable(model: SASRec) -> SASRec:
 def export_best_model(best: BestModel, output: Path) -> list[Path]:
     """Write model.pt2 and items.json of `best` into `output`; returns the paths."""
     if best.config.model != "fedsasrec":
-        raise InputError(f"export covers FedSASRec; a {best.config.model} model's scores read each client's memory, "
-                         f"which stays with the run (use `feddmmr recommend`)")
+        raise InputError(
+            f"export covers FedSASRec; a {best.config.model} model's scores read each client's memory, "
+            f"which stays with the run (use `feddmmr recommend`)"
+        )
     model = servable(best.model)
     length = model.config.max_seq_len
     example = torch.zeros(2, length, dtype=torch.int64)
@@ -66,7 +68,9 @@ def export_best_model(best: BestModel, output: Path) -> list[Path]:
     buffer = io.BytesIO()  # serialised in memory, then written atomically (as checkpoints are)
     torch.export.save(program, buffer)
     atomic_write(model_path, lambda handle: handle.write(buffer.getbuffer()))
-    write_json(items_path, {"max_seq_len": length, "item_ids": [None] + [json_value(i) for i in best.item_ids[1:]]})
+    write_json(
+        items_path, {"max_seq_len": length, "item_ids": [None] + [json_value(i) for i in best.item_ids[1:]]}
+    )
     return [model_path, items_path]
 
 

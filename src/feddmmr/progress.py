@@ -18,12 +18,21 @@ from rich.progress import (
 
 
 @contextmanager
-def round_bars(num_rounds: int, console: Console | None = None) -> Iterator[tuple[Callable, Callable[[dict], None]]]:
+def round_bars(
+    num_rounds: int, console: Console | None = None
+) -> Iterator[tuple[Callable, Callable[[dict], None]]]:
     """(progress_factory, on_round) for `train`: the first opens a round's client bar, the second
     advances the round bar and closes that round's client bar."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console or Console(stderr=True),
-                  transient=True) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        transient=True,
+    ) as bars:
         rounds = bars.add_task("rounds", total=num_rounds)
         clients: dict[int, int] = {}
 

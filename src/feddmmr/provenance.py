@@ -37,11 +37,18 @@ def source_commit() -> dict | None:
     an installed wheel or a machine without git."""
     folder = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
+        )
         if commit.returncode:
             return None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=folder,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit.stdout.strip(), "changed": bool(status.stdout.strip())}
@@ -76,7 +83,15 @@ def record_start(run_dir: Path, device: torch.device, *, resume: bool) -> dict:
         "device": describe_device(device),
     }
     path = run_dir / NAME
-    starts = read_guarded(path, "provenance record", lambda p: json.loads(p.read_text()),
-                          fix="delete it; the run's other files are unaffected")["starts"] if path.exists() else []
+    starts = (
+        read_guarded(
+            path,
+            "provenance record",
+            lambda p: json.loads(p.read_text()),
+            fix="delete it; the run's other files are unaffected",
+        )["starts"]
+        if path.exists()
+        else []
+    )
     write_json(path, {"starts": [*starts, entry]})
     return entry

@@ -35,8 +35,10 @@ def top_items(scores: torch.Tensor, exclude: list[np.ndarray], k: int) -> list[t
     for row, items in enumerate(exclude):
         scores[row, torch.as_tensor(items, dtype=torch.long)] = float("-inf")
     values, ids = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    return [([v for v in vs if v != float("-inf")], ids_row[:sum(v != float("-inf") for v in vs)])
-            for vs, ids_row in zip(values.tolist(), ids.tolist())]
+    return [
+        ([v for v in vs if v != float("-inf")], ids_row[: sum(v != float("-inf") for v in vs)])
+        for vs, ids_row in zip(values.tolist(), ids.tolist())
+    ]
 
 
 def dense_items(best: BestModel, items: Sequence) -> np.ndarray:
@@ -44,13 +46,22 @@ def dense_items(best: BestModel, items: Sequence) -> np.ndarray:
     index = {str(item): dense for dense, item in enumerate(best.item_ids) if dense}
     unknown = [item for item in items if str(item) not in index]
     if unknown:
-        raise ValueError(f"history: item id(s) {', '.join(map(str, unknown[:5]))} are not in the run's catalogue "
-                         f"({len(index)} items, ids as in the data file)")
+        raise ValueError(
+            f"history: item id(s) {', '.join(map(str, unknown[:5]))} are not in the run's catalogue "
+            f"({len(index)} items, ids as in the data file)"
+        )
     return np.array([index[str(item)] for item in items], dtype=np.int64)
 
 
-def recommend(best: BestModel, *, users: Sequence | None = None, history: Sequence | None = None, k: int = 10,
-              exclude_seen: bool = True, batch_size: int = 256) -> list[list[Recommendation]]:
+def recommend(
+    best: BestModel,
+    *,
+    users: Sequence | None = None,
+    history: Sequence | None = None,
+    k: int = 10,
+    exclude_seen: bool = True,
+    batch_size: int = 256,
+) -> list[list[Recommendation]]:
     """The top `k` items for each of `users` (the dataset's user ids: their whole sequence is the
     input, and FedDMMR reads their memory), or for one `history` of item ids (a new user: FedDMMR
     reads an empty memory). One list per user, best first."""
@@ -67,9 +78,11 @@ def recommend(best: BestModel, *, users: Sequence | None = None, history: Sequen
         index = {str(user): row for row, user in enumerate(data.user_ids)}
         unknown = [user for user in users if str(user) not in index]
         if unknown:
-            raise ValueError(f"recommend: user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
-                             f"{len(index)} users (such as {', '.join(map(str, data.user_ids[:3]))}); give their "
-                             f"history instead")
+            raise ValueError(
+                f"recommend: user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
+                f"{len(index)} users (such as {', '.join(map(str, data.user_ids[:3]))}); give their "
+                f"history instead"
+            )
         rows = np.array([index[str(user)] for user in users], dtype=np.int64)
         sequences = [data.sequence(row) for row in rows]
     device = next(model.parameters()).device
@@ -79,15 +92,21 @@ def recommend(best: BestModel, *, users: Sequence | None = None, history: Sequen
     results = []
     with torch.no_grad():
         for start in range(0, len(sequences), batch_size):
-            chunk = sequences[start:start + batch_size]
+            chunk = sequences[start : start + batch_size]
             offsets = np.concatenate([[0], np.cumsum([len(sequence) for sequence in chunk])])
-            inputs = torch.from_numpy(last_items(offsets, np.concatenate(chunk), length))  # left-padded, as evaluation's
-            slots = _memory_slots(best, None if rows is None else rows[start:start + batch_size], len(chunk))
+            inputs = torch.from_numpy(
+                last_items(offsets, np.concatenate(chunk), length)
+            )  # left-padded, as evaluation's
+            slots = _memory_slots(
+                best, None if rows is None else rows[start : start + batch_size], len(chunk)
+            )
             with best.precision.autocast():
                 scores = model.score_all_last(inputs.to(device), *slots).cpu()
             exclude = chunk if exclude_seen else [np.empty(0, dtype=np.int64)] * len(chunk)
-            results += [[Recommendation(best.item_ids[i], v) for v, i in zip(values, ids)]
-                        for values, ids in top_items(scores, exclude, k)]
+            results += [
+                [Recommendation(best.item_ids[i], v) for v, i in zip(values, ids)]
+                for values, ids in top_items(scores, exclude, k)
+            ]
     model.train(was_training)
     return results
 
@@ -100,7 +119,9 @@ def _memory_slots(best: BestModel, rows: np.ndarray | None, count: int) -> tuple
     items, mask = best.memory_slots
     device = next(best.model.parameters()).device
     if rows is None:
-        return (torch.zeros(count, items.shape[1], dtype=items.dtype, device=device),
-                torch.zeros(count, mask.shape[1], dtype=torch.bool, device=device))
+        return (
+            torch.zeros(count, items.shape[1], dtype=items.dtype, device=device),
+            torch.zeros(count, mask.shape[1], dtype=torch.bool, device=device),
+        )
     index = torch.from_numpy(rows)
     return items[index].to(device), mask[index].to(device)

@@ -25,22 +25,32 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl; is this a feddmmr run directory?")
     records = []
-    for number, line in enumerate(read_guarded(path, "metrics file", lambda p: p.read_text(encoding="utf-8").splitlines(),
-                                               fix=REBUILD_METRICS), start=1):
+    for number, line in enumerate(
+        read_guarded(
+            path, "metrics file", lambda p: p.read_text(encoding="utf-8").splitlines(), fix=REBUILD_METRICS
+        ),
+        start=1,
+    ):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise InputError(f"{path}, line {number}: not a JSON record ({error.msg}); {REBUILD_METRICS}") from None
+            raise InputError(
+                f"{path}, line {number}: not a JSON record ({error.msg}); {REBUILD_METRICS}"
+            ) from None
         if not isinstance(record, dict) or not {"round", "train_loss"} <= set(record):
-            raise InputError(f"{path}, line {number}: not a round's record (no round and train_loss); {REBUILD_METRICS}")
+            raise InputError(
+                f"{path}, line {number}: not a round's record (no round and train_loss); {REBUILD_METRICS}"
+            )
         records.append(record)
     return records
 
 
-REBUILD_METRICS = ("feddmmr writes this file whole after each round, so it was changed by hand or another program; "
-                   "`feddmmr train --resume RUN_DIR` writes it again from the last checkpoint")
+REBUILD_METRICS = (
+    "feddmmr writes this file whole after each round, so it was changed by hand or another program; "
+    "`feddmmr train --resume RUN_DIR` writes it again from the last checkpoint"
+)
 
 
 def read_final(run_dir: Path) -> dict | None:
@@ -48,8 +58,12 @@ def read_final(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "final.json"
     if not path.exists():
         return None
-    return read_guarded(path, "final.json", lambda p: json.loads(p.read_text()),
-                        fix="`feddmmr evaluate RUN_DIR` recomputes its figures")
+    return read_guarded(
+        path,
+        "final.json",
+        lambda p: json.loads(p.read_text()),
+        fix="`feddmmr evaluate RUN_DIR` recomputes its figures",
+    )
 
 
 @dataclass
@@ -73,7 +87,11 @@ class RunRecords:
     def best_round(self) -> int | None:
         if self.final is not None:
             return self.final["best_round"]
-        return max(self.validated, key=lambda r: r["val"][self.select_metric])["round"] if self.validated else None
+        return (
+            max(self.validated, key=lambda r: r["val"][self.select_metric])["round"]
+            if self.validated
+            else None
+        )
 
 
 def load_run(run_dir: str | Path) -> RunRecords:
@@ -131,8 +149,15 @@ def plot_runs(runs: list[RunRecords], output: str | Path | None = None) -> list[
     if routed:
         figure, (weight_axis, gate_axis) = plt.subplots(1, 2, figsize=(10, 4))
         for name in routed[0]["router_weights"]:
-            weight_axis.plot([r["round"] for r in routed], [r["router_weights"][name] for r in routed], marker="o", label=name)
-        weight_axis.set(xlabel="round", ylabel="mean router weight", title="router weights per expert", ylim=(0, 1))
+            weight_axis.plot(
+                [r["round"] for r in routed],
+                [r["router_weights"][name] for r in routed],
+                marker="o",
+                label=name,
+            )
+        weight_axis.set(
+            xlabel="round", ylabel="mean router weight", title="router weights per expert", ylim=(0, 1)
+        )
         weight_axis.legend()
         gate_axis.plot([r["round"] for r in routed], [r["gate"] for r in routed], marker="o")
         gate_axis.set(xlabel="round", ylabel="gate g", title="gate g")
@@ -147,7 +172,9 @@ def plot_runs(runs: list[RunRecords], output: str | Path | None = None) -> list[
         axes[0].set(xlabel="round", ylabel="items per client (mean)", title="memory size")
         axes[0].legend()
         axes[1].plot(rounds, [r["memory"]["write_ratio"] for r in remembered], marker="o")
-        axes[1].set(xlabel="round", ylabel="share of items written", title="long-term write ratio (cumulative)")
+        axes[1].set(
+            xlabel="round", ylabel="share of items written", title="long-term write ratio (cumulative)"
+        )
         for key in ("merges", "evictions"):
             axes[2].plot(rounds, [r["memory"][key] for r in remembered], marker="o", label=key)
         axes[2].set(xlabel="round", ylabel="count", title="long-term merges and evictions (cumulative)")
@@ -159,11 +186,21 @@ def plot_runs(runs: list[RunRecords], output: str | Path | None = None) -> list[
 def _mark_best(axis, run: RunRecords, color: str = "grey", label: bool = True) -> None:
     """A dashed line at the best round and, if the run stopped early, a dotted one where it stopped."""
     if run.best_round is not None:
-        axis.axvline(run.best_round, color=color, linestyle="--", linewidth=1,
-                     label=f"best round {run.best_round}" if label else None)
+        axis.axvline(
+            run.best_round,
+            color=color,
+            linestyle="--",
+            linewidth=1,
+            label=f"best round {run.best_round}" if label else None,
+        )
     if run.final is not None and run.final["stopped_early"]:
-        axis.axvline(run.final["rounds_run"], color=color, linestyle=":", linewidth=1,
-                     label=f"early stop ({run.final['rounds_run']})" if label else None)
+        axis.axvline(
+            run.final["rounds_run"],
+            color=color,
+            linestyle=":",
+            linewidth=1,
+            label=f"early stop ({run.final['rounds_run']})" if label else None,
+        )
 
 
 def _training(plt, run: RunRecords):
@@ -178,20 +215,39 @@ def _training(plt, run: RunRecords):
     _mark_best(loss_axis, run)
     loss_axis.legend()
     for metric, color in (("HR@10", "C0"), ("NDCG@10", "C1")):
-        val_axis.plot([r["round"] for r in run.validated], [r["val"][metric] for r in run.validated], marker="o",
-                      color=color, label=f"validation {metric}")
+        val_axis.plot(
+            [r["round"] for r in run.validated],
+            [r["val"][metric] for r in run.validated],
+            marker="o",
+            color=color,
+            label=f"validation {metric}",
+        )
         if run.final is not None:
-            val_axis.plot([run.final["best_round"]], [run.final["test"][metric]], marker="*", markersize=14,
-                          linestyle="none", color=color, label=f"test {metric} {run.final['test'][metric]:.4f}")
+            val_axis.plot(
+                [run.final["best_round"]],
+                [run.final["test"][metric]],
+                marker="*",
+                markersize=14,
+                linestyle="none",
+                color=color,
+                label=f"test {metric} {run.final['test'][metric]:.4f}",
+            )
     _mark_best(val_axis, run)
-    val_axis.set(xlabel="round", ylabel="metric", title="validation (validated rounds), test at the best round")
+    val_axis.set(
+        xlabel="round", ylabel="metric", title="validation (validated rounds), test at the best round"
+    )
     val_axis.legend(fontsize=8)
     lost = 0
-    for key, label in (("failed_clients", "failed (no reply)"), ("dropped_clients", "dropped (non-finite update)")):
+    for key, label in (
+        ("failed_clients", "failed (no reply)"),
+        ("dropped_clients", "dropped (non-finite update)"),
+    ):
         counts = [r.get(key, 0) for r in run.records]
         client_axis.bar(rounds, counts, label=f"{label}: {sum(counts)}", alpha=0.7)
         lost = max(lost, *counts)
-    client_axis.set(xlabel="round", ylabel="clients", title="clients lost per round", ylim=(0, max(1, lost) * 1.2))
+    client_axis.set(
+        xlabel="round", ylabel="clients", title="clients lost per round", ylim=(0, max(1, lost) * 1.2)
+    )
     client_axis.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     client_axis.legend(fontsize=8)
     return figure
@@ -205,17 +261,34 @@ def _comparison(plt, runs: list[RunRecords]):
         color = f"C{index % 10}"
         rounds = [r["round"] for r in run.records]
         for axis, metric in ((axes[0][0], "HR@10"), (axes[0][1], "NDCG@10")):
-            axis.plot([r["round"] for r in run.validated], [r["val"][metric] for r in run.validated], marker="o",
-                      markersize=3, color=color, label=run.name)
+            axis.plot(
+                [r["round"] for r in run.validated],
+                [r["val"][metric] for r in run.validated],
+                marker="o",
+                markersize=3,
+                color=color,
+                label=run.name,
+            )
             if run.final is not None:
-                axis.plot([run.final["best_round"]], [run.final["test"][metric]], marker="*", markersize=12,
-                          color=color, linestyle="none")
+                axis.plot(
+                    [run.final["best_round"]],
+                    [run.final["test"][metric]],
+                    marker="*",
+                    markersize=12,
+                    color=color,
+                    linestyle="none",
+                )
             _mark_best(axis, run, color=color, label=False)
         axes[1][0].plot(rounds, train_losses(run), color=color, label=run.name)
-        axes[1][1].plot(rounds, [r["train_seconds"] + r["eval_seconds"] for r in run.records], color=color,
-                        label=run.name)
-    axes[0][0].set(xlabel="round", ylabel="validation HR@10", title="validation HR@10 (star: test at the best round)")
-    axes[0][1].set(xlabel="round", ylabel="validation NDCG@10", title="validation NDCG@10 (star: test at the best round)")
+        axes[1][1].plot(
+            rounds, [r["train_seconds"] + r["eval_seconds"] for r in run.records], color=color, label=run.name
+        )
+    axes[0][0].set(
+        xlabel="round", ylabel="validation HR@10", title="validation HR@10 (star: test at the best round)"
+    )
+    axes[0][1].set(
+        xlabel="round", ylabel="validation NDCG@10", title="validation NDCG@10 (star: test at the best round)"
+    )
     axes[1][0].set(xlabel="round", ylabel="training loss", title="training loss")
     axes[1][1].set(xlabel="round", ylabel="seconds", title="seconds per round (training + validation)")
     for axis in axes.flat:

@@ -23,8 +23,10 @@ except ImportError:  # Windows has no POSIX file locks: training refuses to star
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-NO_LOCK = ("training locks its run directory with a POSIX file lock (fcntl), which Windows lacks: train under WSL2, "
-           "Linux or macOS; a trained model loads and recommends anywhere")
+NO_LOCK = (
+    "training locks its run directory with a POSIX file lock (fcntl), which Windows lacks: train under WSL2, "
+    "Linux or macOS; a trained model loads and recommends anywhere"
+)
 DATA_NAME = "data.json"
 
 
@@ -41,8 +43,10 @@ class RunLock:
             self.handle.seek(0)
             holder = self.handle.read().strip() or "unknown"
             self.handle.close()
-            raise RunDirectoryInUse(f"{run_dir} is in use by another feddmmr process (pid {holder}); wait for it to "
-                                    f"finish, or pick another --run-dir") from None
+            raise RunDirectoryInUse(
+                f"{run_dir} is in use by another feddmmr process (pid {holder}); wait for it to "
+                f"finish, or pick another --run-dir"
+            ) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))
@@ -82,8 +86,9 @@ def claim(run_dir: Path, *, resume: bool) -> RunLock:
     if resume and not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir}: no config.json; is this a feddmmr run directory?")
     if not resume and (run_dir / "config.json").exists():
-        raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another "
-                         f"--run-dir")
+        raise InputError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     return RunLock(run_dir)
 
@@ -93,10 +98,19 @@ def fingerprint(data: SequenceData, feature_files: dict[str, Path]) -> dict:
     a hash of each modality feature file (FedDMMR)."""
     digest = hashlib.sha256()
     for array in (data.user_ids, data.item_ids, data.offsets, data.items):
-        digest.update(np.ascontiguousarray(array).astype(str) if array.dtype == object else np.ascontiguousarray(array))
-    return {"source": data.source, "users": data.num_users, "items": data.num_items,
-            "interactions": data.num_interactions, "sha256": digest.hexdigest(),
-            "features": {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in feature_files.items()}}
+        digest.update(
+            np.ascontiguousarray(array).astype(str) if array.dtype == object else np.ascontiguousarray(array)
+        )
+    return {
+        "source": data.source,
+        "users": data.num_users,
+        "items": data.num_items,
+        "interactions": data.num_interactions,
+        "sha256": digest.hexdigest(),
+        "features": {
+            name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in feature_files.items()
+        },
+    }
 
 
 def record_data(run_dir: Path, data: SequenceData, feature_files: dict[str, Path]) -> None:
@@ -107,20 +121,37 @@ def check_data(run_dir: Path, data: SequenceData, feature_files: dict[str, Path]
     """The data read now is the data the run started with; else an error saying what differs."""
     path = run_dir / DATA_NAME
     if not path.exists():  # a run from before data.json: nothing to compare with
-        log.warning("%s: no %s (a run from an older feddmmr), so the data cannot be checked against the run's; "
-                    "recording the data read now", run_dir, DATA_NAME)
+        log.warning(
+            "%s: no %s (a run from an older feddmmr), so the data cannot be checked against the run's; "
+            "recording the data read now",
+            run_dir,
+            DATA_NAME,
+        )
         record_data(run_dir, data, feature_files)
         return
-    saved = read_guarded(path, "data record", lambda p: json.loads(p.read_text()),
-                         fix="delete it to record the data read now (unchecked), or start a new run")
+    saved = read_guarded(
+        path,
+        "data record",
+        lambda p: json.loads(p.read_text()),
+        fix="delete it to record the data read now (unchecked), or start a new run",
+    )
     now = fingerprint(data, feature_files)
-    changed = sorted(name for name, digest in now["features"].items() if saved.get("features", {}).get(name) != digest)
+    changed = sorted(
+        name for name, digest in now["features"].items() if saved.get("features", {}).get(name) != digest
+    )
     if changed:
-        raise InputError(f"{run_dir}: the feature file of modality {changed[0]} ({feature_files[changed[0]]}) is not "
-                         f"the one this run started with; restore it, or start a new run")
-    differences = [f"{key} {saved.get(key)} -> {now[key]}" for key in ("users", "items", "interactions")
-                   if saved.get(key) != now[key]]
+        raise InputError(
+            f"{run_dir}: the feature file of modality {changed[0]} ({feature_files[changed[0]]}) is not "
+            f"the one this run started with; restore it, or start a new run"
+        )
+    differences = [
+        f"{key} {saved.get(key)} -> {now[key]}"
+        for key in ("users", "items", "interactions")
+        if saved.get(key) != now[key]
+    ]
     if differences or saved.get("sha256") != now["sha256"]:
-        raise InputError(f"{run_dir}: the data at {data.source} is not the data this run started with "
-                         f"({'; '.join(differences) or 'same sizes, different sequences'}); restore that data, or "
-                         f"start a new run")
+        raise InputError(
+            f"{run_dir}: the data at {data.source} is not the data this run started with "
+            f"({'; '.join(differences) or 'same sizes, different sequences'}); restore that data, or "
+            f"start a new run"
+        )

@@ -104,10 +104,19 @@ class Run:
 
     def local_training(self) -> LocalTraining:
         c = self.config
-        return LocalTraining(c.learning_rate, c.weight_decay, c.loss, self.precision, memory=self.memory,
-                             auxiliary=auxiliary_weights(c), frozen=self.frozen, optimizer=c.local_optimizer,
-                             clip_norm=c.dp_clip_norm, gbce_beta=positive_weight(c, self.split.num_items),
-                             update_noise=c.update_noise)
+        return LocalTraining(
+            c.learning_rate,
+            c.weight_decay,
+            c.loss,
+            self.precision,
+            memory=self.memory,
+            auxiliary=auxiliary_weights(c),
+            frozen=self.frozen,
+            optimizer=c.local_optimizer,
+            clip_norm=c.dp_clip_norm,
+            gbce_beta=positive_weight(c, self.split.num_items),
+            update_noise=c.update_noise,
+        )
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""
@@ -117,13 +126,15 @@ class Run:
         """(validation metrics, diagnostics) of the model after `round_number`."""
         if self.nodes is not None:
             best = self.state.early_stopping.best_round
-            ranks, diagnostics = self.nodes.evaluate_on_nodes(self.params(), "valid", self.valid_set, round_number,
-                                                              round_number, [best] if best else [])
+            ranks, diagnostics = self.nodes.evaluate_on_nodes(
+                self.params(), "valid", self.valid_set, round_number, round_number, [best] if best else []
+            )
             if self.model.mixes:
                 diagnostics.update(self.model.scalars())
             return metrics_from_ranks(ranks), diagnostics
-        metrics = evaluate(self.model, self.valid_set, self.config.eval, precision=self.precision,
-                           memory=self.memory_slots())
+        metrics = evaluate(
+            self.model, self.valid_set, self.config.eval, precision=self.precision, memory=self.memory_slots()
+        )
         return metrics, self.diagnostics()
 
     def test_ranks(self, best_round: int, mode: str | None = None) -> np.ndarray | None:
@@ -135,10 +146,13 @@ class Run:
         if self.nodes is not None:
             if mode != self.config.eval:
                 return None
-            ranks, _ = self.nodes.evaluate_on_nodes(self.params(), "test", self.test_set, self.state.round, best_round,
-                                                    [best_round])
+            ranks, _ = self.nodes.evaluate_on_nodes(
+                self.params(), "test", self.test_set, self.state.round, best_round, [best_round]
+            )
             return np.asarray(ranks)
-        return held_out_ranks(self.model, self.test_set, mode, precision=self.precision, memory=self.memory_slots())
+        return held_out_ranks(
+            self.model, self.test_set, mode, precision=self.precision, memory=self.memory_slots()
+        )
 
     def diagnostics(self) -> dict:
         """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""
@@ -146,7 +160,9 @@ class Run:
             return {}
         out = {"memory": memory_summary(self.memory.state)}
         if self.model.mixes:
-            out["router_weights"] = router_usage(self.model, self.valid_set, self.memory_slots(), precision=self.precision)
+            out["router_weights"] = router_usage(
+                self.model, self.valid_set, self.memory_slots(), precision=self.precision
+            )
             out.update(self.model.scalars())
         return out
 
@@ -156,7 +172,11 @@ def model_args(model: torch.nn.Module) -> dict:
     checkpoint is a model without the data (best_model.load_model)."""
     if isinstance(model, SASRec):
         return {"model": "fedsasrec", "sasrec": dataclasses.asdict(model.config)}
-    return {"model": "feddmmr", "feddmmr": dataclasses.asdict(model.config), "modalities": list(model.modalities)}
+    return {
+        "model": "feddmmr",
+        "feddmmr": dataclasses.asdict(model.config),
+        "modalities": list(model.modalities),
+    }
 
 
 def checkpoint_state(run: Run) -> dict:
@@ -183,7 +203,9 @@ def memory_entry(run: Run) -> dict:
 def load_memory(run: Run, saved: dict) -> None:
     if run.memory is not None:
         if "memory" not in saved:
-            raise ValueError(f"{run.run_dir}: the checkpoint holds no client memories (a run of another model?)")
+            raise ValueError(
+                f"{run.run_dir}: the checkpoint holds no client memories (a run of another model?)"
+            )
         run.memory.state = MemoryState.from_dict(saved["memory"])
 
 
@@ -193,12 +215,17 @@ def restore(run: Run) -> None:
         log.info("resume: %s has no checkpoint yet; starting from round 1", run.run_dir)
         write_metrics(run)  # no round counts: lines of a lost checkpoint's rounds would be repeated
         return
-    saved = load_checkpoint(path, required=("model", "round", "early_stopping", "history", "loss_scale"),
-                            fix=f"the run cannot continue from it: put back a copy of it, or start a new run from "
-                                f"this run's best weights with --init-from {run.checkpoints / 'best.pt'}")
+    saved = load_checkpoint(
+        path,
+        required=("model", "round", "early_stopping", "history", "loss_scale"),
+        fix=f"the run cannot continue from it: put back a copy of it, or start a new run from "
+        f"this run's best weights with --init-from {run.checkpoints / 'best.pt'}",
+    )
     if saved["round"] > run.config.num_rounds:
-        raise InputError(f"--num-rounds {run.config.num_rounds}: {run.run_dir} has already trained {saved['round']} "
-                         f"rounds; a resumed run can only go on (give at least {saved['round']})")
+        raise InputError(
+            f"--num-rounds {run.config.num_rounds}: {run.run_dir} has already trained {saved['round']} "
+            f"rounds; a resumed run can only go on (give at least {saved['round']})"
+        )
     run.model.load_state_dict({k: v.to(run.device) for k, v in saved["model"].items()})
     load_memory(run, saved)
     # The config's patience (resume may change it) judges the saved validations afresh.

@@ -15,7 +15,9 @@ CENTRALIZED_ORDER = 4  # the order of the pooled windows in a centralised epoch 
 NODE_TORCH = 5  # a Flower node's torch seed for its dropout (engines/flower/client_app.py)
 DP_SAMPLING = 6  # Poisson sampling of the clients under DP (federated/privacy.py)
 EVAL_CANDIDATES = 7  # the fixed validation and test negatives (data/negatives.py)
-SECAGG_ROUNDING = 8  # a node's stochastic rounding in secure aggregation (engines/flower/secure_aggregation.py)
+SECAGG_ROUNDING = (
+    8  # a node's stochastic rounding in secure aggregation (engines/flower/secure_aggregation.py)
+)
 CENTRALIZED_NEGATIVES = 10  # the shared negatives of each centralised batch (centralized.py)
 UPDATE_NOISE = 11  # a client's noise on its item-table change (federated/privacy.py, noise_item_rows)
 COLD_ITEMS = 12  # which items a run holds out of training as new items (data/cold.py)
@@ -30,4 +32,3 @@ def torch_seed(*keys: int) -> int:
 def round_seed(seed: int, round_number: int) -> int:
     """torch's seed for a round (dropout), so that a resumed run repeats it."""
     return torch_seed(seed, ROUND_TORCH, round_number)
-

@@ -21,13 +21,33 @@ FORMATS = ("text", "markdown", "csv")
 NOT_THE_SETTING = frozenset({"seed", "run_dir", "threads", "device", "tracker"})
 # The test under both protocols: 1:N sampled candidates and full ranking (final.json's `test` is the
 # run's own, `test_full` / `test_sampled` the other; "-" for a run written before it had both).
-RUN_COLUMNS = ("best round", "val HR@10", "test 1:N HR@10", "NDCG@10", "test full HR@10", "NDCG@10", "rounds",
-               "stopped early", "train s/round")
+RUN_COLUMNS = (
+    "best round",
+    "val HR@10",
+    "test 1:N HR@10",
+    "NDCG@10",
+    "test full HR@10",
+    "NDCG@10",
+    "rounds",
+    "stopped early",
+    "train s/round",
+)
 GROUPS = ("cold", "warm")
-GROUP_COLUMNS = tuple(f"{'new' if g == 'cold' else 'trained'} {protocol} {metric}" for g in GROUPS
-                      for protocol in ("1:N", "full") for metric in ("HR@10", "NDCG@10"))
-SEED_COLUMNS = ("val HR@10", "test 1:N HR@10", "test 1:N NDCG@10", "test full HR@10", "test full NDCG@10",
-                "best round", "train s/round")
+GROUP_COLUMNS = tuple(
+    f"{'new' if g == 'cold' else 'trained'} {protocol} {metric}"
+    for g in GROUPS
+    for protocol in ("1:N", "full")
+    for metric in ("HR@10", "NDCG@10")
+)
+SEED_COLUMNS = (
+    "val HR@10",
+    "test 1:N HR@10",
+    "test 1:N NDCG@10",
+    "test full HR@10",
+    "test full NDCG@10",
+    "best round",
+    "train s/round",
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +72,10 @@ class Spread:
 def both_protocols(final: dict, suffix: str = "") -> list[dict | None]:
     """final.json's test entries (`suffix` "" or "_groups"): 1:N sampled first, then full ranking."""
     full_run = final.get("eval") == "full"
-    return [final.get(f"test_sampled{suffix}") if full_run else final.get(f"test{suffix}"),
-            final.get(f"test{suffix}") if full_run else final.get(f"test_full{suffix}")]
+    return [
+        final.get(f"test_sampled{suffix}") if full_run else final.get(f"test{suffix}"),
+        final.get(f"test{suffix}") if full_run else final.get(f"test_full{suffix}"),
+    ]
 
 
 def seconds_per_round(run: RunRecords) -> float:
@@ -68,13 +90,37 @@ def final_table(runs: list[RunRecords], form: str = "text") -> str:
     for run in runs:
         f, per_round = run.final, f"{seconds_per_round(run):.2f}"
         if f is None:
-            rows.append([run.name, str(run.best_round or "-"), "-", "(not finished)", "-", "-", "-",
-                         str(len(run.records)), "-", per_round])
+            rows.append(
+                [
+                    run.name,
+                    str(run.best_round or "-"),
+                    "-",
+                    "(not finished)",
+                    "-",
+                    "-",
+                    "-",
+                    str(len(run.records)),
+                    "-",
+                    per_round,
+                ]
+            )
             continue
-        figures = [cell for test in both_protocols(f) for cell in (["-", "-"] if test is None else
-                                                                   [f"{test['HR@10']:.4f}", f"{test['NDCG@10']:.4f}"])]
-        rows.append([run.name, str(f["best_round"]), f"{f['valid']['HR@10']:.4f}", *figures, str(f["rounds_run"]),
-                     "yes" if f["stopped_early"] else "no", per_round])
+        figures = [
+            cell
+            for test in both_protocols(f)
+            for cell in (["-", "-"] if test is None else [f"{test['HR@10']:.4f}", f"{test['NDCG@10']:.4f}"])
+        ]
+        rows.append(
+            [
+                run.name,
+                str(f["best_round"]),
+                f"{f['valid']['HR@10']:.4f}",
+                *figures,
+                str(f["rounds_run"]),
+                "yes" if f["stopped_early"] else "no",
+                per_round,
+            ]
+        )
     table = render(["run", *RUN_COLUMNS], rows, form)
     grouped = [run for run in runs if run.final is not None and "test_groups" in run.final]
     if not grouped or form == "csv":
@@ -83,10 +129,23 @@ def final_table(runs: list[RunRecords], form: str = "text") -> str:
     for run in grouped:
         tests = both_protocols(run.final, "_groups")
         users = "/".join(str(run.final["test_groups"][g]["users"]) for g in GROUPS)
-        rows.append([run.name, users, *(f"{test[g][m]:.4f}" if test is not None and m in test[g] else "-"
-                                        for g in GROUPS for test in tests for m in ("HR@10", "NDCG@10"))])
-    return (table + "\n\nby test item (new: never trained on; trained):\n"
-            + render(["run", "test users", *GROUP_COLUMNS], rows, form))
+        rows.append(
+            [
+                run.name,
+                users,
+                *(
+                    f"{test[g][m]:.4f}" if test is not None and m in test[g] else "-"
+                    for g in GROUPS
+                    for test in tests
+                    for m in ("HR@10", "NDCG@10")
+                ),
+            ]
+        )
+    return (
+        table
+        + "\n\nby test item (new: never trained on; trained):\n"
+        + render(["run", "test users", *GROUP_COLUMNS], rows, form)
+    )
 
 
 def run_settings(run: RunRecords) -> dict:
@@ -108,8 +167,10 @@ def by_setting(runs: list[RunRecords]) -> list[list[tuple[RunRecords, int]]]:
     for group in groups.values():
         seeds = [seed for _, seed in group]
         if len(set(seeds)) < len(seeds):
-            raise InputError(f"runs {', '.join(run.name for run, _ in group)} have the same settings and seeds "
-                             f"{seeds}: one seed would count more than once; give each seed once")
+            raise InputError(
+                f"runs {', '.join(run.name for run, _ in group)} have the same settings and seeds "
+                f"{seeds}: one seed would count more than once; give each seed once"
+            )
     return list(groups.values())
 
 
@@ -117,8 +178,12 @@ def seed_figures(run: RunRecords) -> list[float | None]:
     """One finished run's figures under SEED_COLUMNS (None where the run has no such test)."""
     f = run.final
     sampled, full = both_protocols(f)
-    return [f["valid"]["HR@10"], *(None if test is None else test[m] for test in (sampled, full)
-                                  for m in ("HR@10", "NDCG@10")), float(f["best_round"]), seconds_per_round(run)]
+    return [
+        f["valid"]["HR@10"],
+        *(None if test is None else test[m] for test in (sampled, full) for m in ("HR@10", "NDCG@10")),
+        float(f["best_round"]),
+        seconds_per_round(run),
+    ]
 
 
 def seeds_table(runs: list[RunRecords], form: str = "text") -> str:
@@ -127,9 +192,13 @@ def seeds_table(runs: list[RunRecords], form: str = "text") -> str:
     rows = []
     for group in by_setting(runs):
         each = [seed_figures(run) for run, _ in group]
-        spreads = [None if any(e[i] is None for e in each) else Spread.of([e[i] for e in each])
-                   for i in range(len(SEED_COLUMNS))]
-        rows.append([group[0][0].name, " ".join(str(seed) for seed in sorted(seed for _, seed in group)), *spreads])
+        spreads = [
+            None if any(e[i] is None for e in each) else Spread.of([e[i] for e in each])
+            for i in range(len(SEED_COLUMNS))
+        ]
+        rows.append(
+            [group[0][0].name, " ".join(str(seed) for seed in sorted(seed for _, seed in group)), *spreads]
+        )
     return render(["setting (its first run)", "seeds", *SEED_COLUMNS], rows, form)
 
 
@@ -142,17 +211,38 @@ def render(header: list[str], rows: list[list], form: str) -> str:
         spread = [any(isinstance(row[i], Spread) for row in rows) for i in range(len(header))]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([part for name, two in zip(header, spread) for part in ([f"{name} mean", f"{name} se"] if two
-                                                                               else [name])])
+        writer.writerow(
+            [
+                part
+                for name, two in zip(header, spread)
+                for part in ([f"{name} mean", f"{name} se"] if two else [name])
+            ]
+        )
         for row in rows:
-            writer.writerow([part for cell, two in zip(row, spread) for part in (
-                (["", ""] if cell is None else [repr(cell.mean), "" if cell.se is None else repr(cell.se)]) if two
-                else ["" if cell is None else cell])])
+            writer.writerow(
+                [
+                    part
+                    for cell, two in zip(row, spread)
+                    for part in (
+                        (
+                            ["", ""]
+                            if cell is None
+                            else [repr(cell.mean), "" if cell.se is None else repr(cell.se)]
+                        )
+                        if two
+                        else ["" if cell is None else cell]
+                    )
+                ]
+            )
         return out.getvalue().rstrip("\n")
-    cells = [header] + [["-" if cell is None else cell.text() if isinstance(cell, Spread) else cell for cell in row]
-                        for row in rows]
+    cells = [header] + [
+        ["-" if cell is None else cell.text() if isinstance(cell, Spread) else cell for cell in row]
+        for row in rows
+    ]
     if form == "markdown":
         lines = ["| " + " | ".join(row) + " |" for row in cells]
         return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
+    )

@@ -30,9 +30,17 @@ from feddmmr.run_state import Run
 log = logging.getLogger(__name__)
 
 # A round's record (metrics.jsonl) under the names the trackers show.
-RENAMED = {"train_loss": "train/loss", "train_seconds": "time/train_seconds", "eval_seconds": "time/eval_seconds",
-           "clients": "clients/sampled", "failed_clients": "clients/failed", "dropped_clients": "clients/dropped",
-           "skipped_steps": "train/skipped_steps", "bytes_down": "wire/bytes_down", "bytes_up": "wire/bytes_up"}
+RENAMED = {
+    "train_loss": "train/loss",
+    "train_seconds": "time/train_seconds",
+    "eval_seconds": "time/eval_seconds",
+    "clients": "clients/sampled",
+    "failed_clients": "clients/failed",
+    "dropped_clients": "clients/dropped",
+    "skipped_steps": "train/skipped_steps",
+    "bytes_down": "wire/bytes_down",
+    "bytes_up": "wire/bytes_up",
+}
 NOT_METRICS = {"round", "validated", "next_validation"}
 
 
@@ -44,10 +52,14 @@ def latest_start(run: Run) -> dict:
 def provenance_tags(start: dict) -> dict[str, str]:
     """A start's provenance as flat MLflow tags (feddmmr.commit, feddmmr.package.torch, ...)."""
     source = start.get("source") or {}
-    tags = {"feddmmr.device": start["device"], "feddmmr.python": start["python"],
-            "feddmmr.command": " ".join(start["command"]), "feddmmr.started": start["started"],
-            "feddmmr.commit": source.get("commit", "none (an installed package)"),
-            "feddmmr.changed": str(source.get("changed", False)).lower()}
+    tags = {
+        "feddmmr.device": start["device"],
+        "feddmmr.python": start["python"],
+        "feddmmr.command": " ".join(start["command"]),
+        "feddmmr.started": start["started"],
+        "feddmmr.commit": source.get("commit", "none (an installed package)"),
+        "feddmmr.changed": str(source.get("changed", False)).lower(),
+    }
     tags.update({f"feddmmr.package.{name}": version for name, version in start["packages"].items()})
     return tags
 
@@ -74,8 +86,12 @@ def round_metrics(record: dict) -> dict[str, float]:
 
 
 def final_metrics(final: dict) -> dict[str, float]:
-    return {metric_name(f"{split}/{name}"): float(value) for split in ("valid", "test", "test_full", "test_sampled")
-            if split in final for name, value in final[split].items()}
+    return {
+        metric_name(f"{split}/{name}"): float(value)
+        for split in ("valid", "test", "test_full", "test_sampled")
+        if split in final
+        for name, value in final[split].items()
+    }
 
 
 class TensorBoardTracker:
@@ -97,10 +113,16 @@ class TensorBoardTracker:
     def on_run_end(self, run: Run, final: dict) -> None:
         # The final figures against the run's settings: TensorBoard's HParams view compares runs by them
         # (its scalars are the final/* charts, at the best round).
-        settings = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-                    for k, v in run.config.to_dict().items()}
-        self.writer.add_hparams(settings, {f"final/{k}": v for k, v in final_metrics(final).items()}, run_name=".",
-                                global_step=final["best_round"])
+        settings = {
+            k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in run.config.to_dict().items()
+        }
+        self.writer.add_hparams(
+            settings,
+            {f"final/{k}": v for k, v in final_metrics(final).items()},
+            run_name=".",
+            global_step=final["best_round"],
+        )
         self.writer.add_text("final", "```\n" + json.dumps(final, indent=2) + "\n```", final["best_round"])
         self.writer.add_text("best_checkpoint", str(run.checkpoints / "best.pt"), final["best_round"])
         self.close()
@@ -124,8 +146,10 @@ def check_tracking_uri(config) -> None:
         return
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme and scheme.split("+")[0] not in MLFLOW_SCHEMES and not os.path.isabs(uri):
-        raise InputError(f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; expected one of "
-                         f"{', '.join(MLFLOW_SCHEMES)}, or a folder path")
+        raise InputError(
+            f"MLFLOW_TRACKING_URI={uri}: unknown scheme {scheme!r}; expected one of "
+            f"{', '.join(MLFLOW_SCHEMES)}, or a folder path"
+        )
     if scheme not in ("http", "https"):
         return
     try:
@@ -134,9 +158,11 @@ def check_tracking_uri(config) -> None:
         pass  # the server answered
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise InputError(f"MLFLOW_TRACKING_URI={uri}: no MLflow server answered within {timeout:g} s ({reason}); "
-                         f"start it (`mlflow server`), fix or unset the variable (unset: a local SQLite store "
-                         f"next to the run), or drop --tracker mlflow") from None
+        raise InputError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow server answered within {timeout:g} s ({reason}); "
+            f"start it (`mlflow server`), fix or unset the variable (unset: a local SQLite store "
+            f"next to the run), or drop --tracker mlflow"
+        ) from None
 
 
 class MlflowTracker:
@@ -146,20 +172,34 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines; nothing to send
         import mlflow
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (database setup) are not the run's
+        logging.getLogger("mlflow").setLevel(
+            logging.WARNING
+        )  # its INFO lines (database setup) are not the run's
         self.mlflow = mlflow
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run.run_dir.resolve().parent / 'mlflow.db'}"
+        uri = (
+            os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run.run_dir.resolve().parent / 'mlflow.db'}"
+        )
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.get_experiment_by_name("feddmmr")
-        experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(
-            "feddmmr", artifact_location=(run.run_dir.resolve().parent / "mlartifacts").as_uri())
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else mlflow.create_experiment(
+                "feddmmr", artifact_location=(run.run_dir.resolve().parent / "mlartifacts").as_uri()
+            )
+        )
         id_file = run.run_dir / self.ID_FILE
         previous = json.loads(id_file.read_text())["run_id"] if id_file.exists() else None
-        self.active = mlflow.start_run(run_id=previous, experiment_id=None if previous else experiment_id,
-                                       run_name=None if previous else run.run_dir.name)
+        self.active = mlflow.start_run(
+            run_id=previous,
+            experiment_id=None if previous else experiment_id,
+            run_name=None if previous else run.run_dir.name,
+        )
         if previous is None:
             write_json(id_file, {"run_id": self.active.info.run_id, "tracking_uri": uri})
-            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in run.config.to_dict().items()})
+            mlflow.log_params(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in run.config.to_dict().items()}
+            )
         mlflow.set_tags(provenance_tags(latest_start(run)))  # how it was made: its latest start's
         log.info("mlflow: logging to %s (run %s)", uri, self.active.info.run_id)
 
@@ -167,7 +207,9 @@ class MlflowTracker:
         self.mlflow.log_metrics(round_metrics(record), step=record["round"])
 
     def on_run_end(self, run: Run, final: dict) -> None:
-        self.mlflow.log_metrics({f"final/{k}": v for k, v in final_metrics(final).items()}, step=final["best_round"])
+        self.mlflow.log_metrics(
+            {f"final/{k}": v for k, v in final_metrics(final).items()}, step=final["best_round"]
+        )
         self.mlflow.log_dict(final, "final.json")
         self.mlflow.log_artifact(str(run.checkpoints / "best.pt"), "checkpoints")
         self.mlflow.end_run()
@@ -178,4 +220,6 @@ class MlflowTracker:
 
 
 def make_trackers(run: Run) -> list:
-    return [{"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}[name](run) for name in run.config.tracker]
+    return [
+        {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}[name](run) for name in run.config.tracker
+    ]

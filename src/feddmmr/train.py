@@ -55,8 +55,13 @@ ProgressFactory = Callable[[int, int], Callable[[int], None]]
 # One round
 
 
-def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFactory | None = None,
-              attack_engine: Engine | None = None) -> dict:
+def run_round(
+    run: Run,
+    engine,
+    round_number: int,
+    progress_factory: ProgressFactory | None = None,
+    attack_engine: Engine | None = None,
+) -> dict:
     """One round; `attack_engine` trains simulated fake clients (default: `engine`; on Flower a
     local engine in this process, since no SuperNode holds them)."""
     c, split = run.config, run.split
@@ -71,11 +76,14 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     else:
         users = poisson_sample(eligible, c.client_fraction, c.seed, round_number)
         noise = torch.Generator().manual_seed(streams.round_seed(c.seed, round_number) + 1)
-        aggregator = DPFedAvg(global_params, c.dp_clip_norm, c.dp_noise_multiplier,
-                              c.client_fraction * len(eligible), noise)
+        aggregator = DPFedAvg(
+            global_params, c.dp_clip_norm, c.dp_noise_multiplier, c.client_fraction * len(eligible), noise
+        )
     settings = run.batch_settings()
     batches = [
-        make_client_batches(int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u)))
+        make_client_batches(
+            int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u))
+        )
         for u in users
     ]
     add = aggregator.add
@@ -85,8 +93,9 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
     context, local = RoundContext(round_number, c.seed), run.local_training()
     result = engine.train(context, global_params, batches, local, add, progress)
     if run.attack is not None:  # after the genuine clients, which train as without the attack
-        run.attack.finish_round(context, attack_engine or engine, settings, local, aggregator.add, run.model,
-                                global_params)
+        run.attack.finish_round(
+            context, attack_engine or engine, settings, local, aggregator.add, run.model, global_params
+        )
     run.precision.settle(result.loss_scales)
     reports = result.reports
     if len(users) and not reports:  # Flower: no node's update arrived
@@ -98,23 +107,31 @@ def run_round(run: Run, engine, round_number: int, progress_factory: ProgressFac
                 f"missed --flower-round-timeout {c.flower_round_timeout:g} s or was refused: the warnings above say "
                 f"why), so the round has nothing to aggregate; the checkpoints of round {round_number - 1} are intact. "
                 f"Fix the nodes or the setting the warnings name, then continue with `feddmmr train --resume "
-                f"{run.run_dir}`")
+                f"{run.run_dir}`"
+            )
     dropped = [r.user for r in reports if r.dropped]
     if dropped:
-        log.warning("round %d: dropped the updates of %d clients (non-finite weights): users %s", round_number,
-                    len(dropped), [int(split.data.user_ids[u]) for u in sorted(dropped)[:20]])
+        log.warning(
+            "round %d: dropped the updates of %d clients (non-finite weights): users %s",
+            round_number,
+            len(dropped),
+            [int(split.data.user_ids[u]) for u in sorted(dropped)[:20]],
+        )
         if len(dropped) == len(reports):
             raise TrainingDiverged(
                 f"round {round_number}: every client's update ({len(dropped)}) was non-finite, so the round "
                 f"has nothing to aggregate and training cannot go on; the checkpoints of round {round_number - 1} "
-                f"are intact. {diverged_advice(c, run.run_dir)}")
+                f"are intact. {diverged_advice(c, run.run_dir)}"
+            )
 
     check_skipped_steps(reports, round_number, c, run.run_dir)
 
     new_params = aggregator.result()
     if run.server_optimizer is not None:
         new_params = run.server_optimizer.step(global_params, new_params)
-    new_params.update({name: global_params[name] for name in run.frozen})  # never aggregated: exactly as they were
+    new_params.update(
+        {name: global_params[name] for name in run.frozen}
+    )  # never aggregated: exactly as they were
     run.model.load_state_dict(new_params, strict=False)
 
     # The Flower engine reports only the clients whose node replied: average over those.
@@ -151,29 +168,38 @@ def check_skipped_steps(reports, round_number: int, config, run_dir) -> None:
         return
     steps = skipped + sum(r.steps for r in reports)
     clients = sum(1 for r in reports if r.skipped_steps)
-    log.warning("round %d: skipped %d of %d local steps (%.1f%%) in %d of %d clients: a non-finite loss or gradient",
-                round_number, skipped, steps, 100 * skipped / steps, clients, len(reports))
+    log.warning(
+        "round %d: skipped %d of %d local steps (%.1f%%) in %d of %d clients: a non-finite loss or gradient",
+        round_number,
+        skipped,
+        steps,
+        100 * skipped / steps,
+        clients,
+        len(reports),
+    )
     if skipped == steps:
         raise TrainingDiverged(
             f"round {round_number}: every local step ({steps}) had a non-finite loss or gradient, so nothing "
             f"trained; the checkpoints of round {round_number - 1} are intact. "
-            f"{diverged_advice(config, run_dir)}")
-
+            f"{diverged_advice(config, run_dir)}"
+        )
 
 
 def stop_if_not_finite(run: Run, round_number: int) -> None:
     """The run-level guard: a global model with a NaN or inf weight is never validated or saved
     (the engines already drop non-finite client updates; a server step can still overflow)."""
     parameters = dict(run.model.named_parameters())
-    if bool(torch.stack([torch.isfinite(p).all() for p in parameters.values()]).all()):  # one host sync a round
+    if bool(
+        torch.stack([torch.isfinite(p).all() for p in parameters.values()]).all()
+    ):  # one host sync a round
         return
     broken = [name for name, p in parameters.items() if not bool(torch.isfinite(p).all())]
     c = run.config
     raise TrainingDiverged(
         f"round {round_number}: the global model's weights became non-finite (NaN or inf in "
         f"{', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}); nothing of this round was saved, the "
-        f"checkpoints of round {round_number - 1} are intact. "
-        + diverged_advice(c, run.run_dir))
+        f"checkpoints of round {round_number - 1} are intact. " + diverged_advice(c, run.run_dir)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,9 +213,16 @@ class RunResult:
     history: list[dict]
 
 
-def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
-          progress_factory: ProgressFactory | None = None, engine: Engine | None = None,
-          callbacks: Sequence[Callback] = (), progress: bool = False) -> RunResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    progress_factory: ProgressFactory | None = None,
+    engine: Engine | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
+) -> RunResult:
     """Run (or resume) training. After each round the checkpoints and metrics.jsonl are written,
     then `on_round(record)` and each of `callbacks` runs (callbacks.py). `progress`: the command
     line's bars over the rounds and each round's clients (in a terminal or notebook). `engine`
@@ -198,16 +231,25 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
     `run_flower_simulation`, or `flwr run`)."""
     if progress:
         with round_bars(config.num_rounds) as (bar_factory, bar_on_round):
+
             def both(record: dict) -> None:
                 bar_on_round(record)
                 if on_round is not None:
                     on_round(record)
 
-            return train(config, resume=resume, on_round=both, progress_factory=bar_factory, engine=engine,
-                         callbacks=callbacks)
+            return train(
+                config,
+                resume=resume,
+                on_round=both,
+                progress_factory=bar_factory,
+                engine=engine,
+                callbacks=callbacks,
+            )
     if config.engine == "flower" and engine is None and not config.centralized:
-        raise ValueError("engine=flower runs as a Flower app: feddmmr.engines.flower.simulation.run_flower_simulation"
-                         "(config), `feddmmr train --engine flower` or `flwr run` (docs/DEPLOY.md)")
+        raise ValueError(
+            "engine=flower runs as a Flower app: feddmmr.engines.flower.simulation.run_flower_simulation"
+            "(config), `feddmmr train --engine flower` or `flwr run` (docs/DEPLOY.md)"
+        )
     nodes = engine if config.model == "feddmmr" and hasattr(engine, "evaluate_on_nodes") else None
     run = prepare_run(config, resume=resume, memories_on_nodes=nodes is not None)
     run.nodes = nodes
@@ -217,8 +259,13 @@ def train(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict
         run.close()
 
 
-def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None] | None,
-               progress_factory: ProgressFactory | None, callbacks: Sequence[Callback]) -> RunResult:
+def run_rounds(
+    run: Run,
+    engine: Engine | None,
+    on_round: Callable[[dict], None] | None,
+    progress_factory: ProgressFactory | None,
+    callbacks: Sequence[Callback],
+) -> RunResult:
     """The rounds of a prepared run, from where it stands to the last (or early stopping), then the test."""
     c = run.config
     optimizer = None  # the centralised baseline's, kept in last.pt
@@ -226,21 +273,41 @@ def run_rounds(run: Run, engine: Engine | None, on_round: Callable[[dict], None]
         epochs = CentralizedEpochs(run)
         optimizer, train_round = epochs.optimizer, epochs.train
     else:
+
         def local_engine(name: str) -> Engine:
-            return make_engine(name, run.model, chunk_clients=c.chunk_clients, chunk_windows=c.chunk_windows,
-                               **run.batch_settings().engine_negatives())
+            return make_engine(
+                name,
+                run.model,
+                chunk_clients=c.chunk_clients,
+                chunk_windows=c.chunk_windows,
+                **run.batch_settings().engine_negatives(),
+            )
 
         if engine is None:
             engine = local_engine(c.engine)
-        attack_engine = local_engine("vectorized") if run.attack is not None and c.engine == "flower" else None
+        attack_engine = (
+            local_engine("vectorized") if run.attack is not None and c.engine == "flower" else None
+        )
 
         def train_round(round_number: int) -> dict:
             return run_round(run, engine, round_number, progress_factory, attack_engine)
+
     trackers = make_trackers(run)
     try:
-        return run_until_done(run, train_round, [SaveBestCheckpoint(), SaveLastCheckpoint(optimizer), WriteMetrics(),
-                                                 LogRound(), *trackers, *([OnRound(on_round)] if on_round else []),
-                                                 *callbacks, LogEarlyStopping()])
+        return run_until_done(
+            run,
+            train_round,
+            [
+                SaveBestCheckpoint(),
+                SaveLastCheckpoint(optimizer),
+                WriteMetrics(),
+                LogRound(),
+                *trackers,
+                *([OnRound(on_round)] if on_round else []),
+                *callbacks,
+                LogEarlyStopping(),
+            ],
+        )
     finally:
         for tracker in trackers:
             tracker.close()
@@ -307,24 +374,46 @@ def final_evaluation(run: Run) -> dict:
             final[f"{key}_groups"] = group_metrics(ranks, groups)
     if run.attack is not None:  # did the promotion work: how many test users get a target in their top 10
         targets = run.attack.targets
-        final["attack"] = {"kind": run.config.attack, "targets": [json_value(i) for i in run.split.data.item_ids[targets]],
-                           "ER@10": exposure_rate(run.model, run.test_set, targets)}
+        final["attack"] = {
+            "kind": run.config.attack,
+            "targets": [json_value(i) for i in run.split.data.item_ids[targets]],
+            "ER@10": exposure_rate(run.model, run.test_set, targets),
+        }
     warnings = validation_warnings(run, final)
     if warnings:
         final["warnings"] = warnings
     write_json(run.run_dir / "final.json", final)
     valid, test = final["valid"], final["test"]
-    log.info("best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
-             final["best_round"], valid["HR@10"], valid["NDCG@10"], test["HR@10"], test["NDCG@10"], run.run_dir)
+    log.info(
+        "best round %d: validation HR@10 %.4f NDCG@10 %.4f | test HR@10 %.4f NDCG@10 %.4f  (%s)",
+        final["best_round"],
+        valid["HR@10"],
+        valid["NDCG@10"],
+        test["HR@10"],
+        test["NDCG@10"],
+        run.run_dir,
+    )
     if f"test_{other}" in final:
-        log.info("test ranked %s: HR@10 %.4f NDCG@10 %.4f", "against every unread item" if other == "full"
-                 else f"against {run.config.num_negatives_eval} sampled negatives", final[f"test_{other}"]["HR@10"],
-                 final[f"test_{other}"]["NDCG@10"])
+        log.info(
+            "test ranked %s: HR@10 %.4f NDCG@10 %.4f",
+            "against every unread item"
+            if other == "full"
+            else f"against {run.config.num_negatives_eval} sampled negatives",
+            final[f"test_{other}"]["HR@10"],
+            final[f"test_{other}"]["NDCG@10"],
+        )
     if "attack" in final:
-        log.info("attack %s: ER@10 %.4f (the share of test users with a target item in their full-ranking top 10)",
-                 final["attack"]["kind"], final["attack"]["ER@10"])
+        log.info(
+            "attack %s: ER@10 %.4f (the share of test users with a target item in their full-ranking top 10)",
+            final["attack"]["kind"],
+            final["attack"]["ER@10"],
+        )
     for key in (k for k in ("test", f"test_{other}") if f"{k}_groups" in final):
-        log.info("%s by test item: %s", "test" if key == "test" else f"test ranked {other}", describe_groups(final[f"{key}_groups"]))
+        log.info(
+            "%s by test item: %s",
+            "test" if key == "test" else f"test ranked {other}",
+            describe_groups(final[f"{key}_groups"]),
+        )
     for warning in warnings:
         log.warning("%s", warning)
     return final
@@ -343,22 +432,28 @@ def validation_warnings(run: Run, final: dict) -> list[str]:
     candidates = c.num_negatives_eval + 1 if c.eval == "sampled" else run.split.num_items
     chance = min(1.0, 10 / candidates)  # HR@10 of a random ranking
     if best <= chance:
-        warnings.append(f"the best validation HR@10, {best:.4f}, is no better than ranking at random ({chance:.4f}): "
-                        f"the model learned nothing (too few rounds, or a learning rate far too high or too low: now "
-                        f"{c.learning_rate:g})")
+        warnings.append(
+            f"the best validation HR@10, {best:.4f}, is no better than ranking at random ({chance:.4f}): "
+            f"the model learned nothing (too few rounds, or a learning rate far too high or too low: now "
+            f"{c.learning_rate:g})"
+        )
     validated = [r for r in run.state.history if r.get("validated")]
     if validated and validated[-1]["round"] != final["best_round"]:
         last, peak = validated[-1]["val"][metric], final["valid"][metric]
         if last < COLLAPSE_SHARE * peak:
-            warnings.append(f"validation {metric} collapsed after round {final['best_round']}: {peak:.4f} there, "
-                            f"{last:.4f} at round {validated[-1]['round']}; the tested model (best.pt) is round "
-                            f"{final['best_round']}'s, but training diverged after it: {diverged_advice(c, run.run_dir)}")
+            warnings.append(
+                f"validation {metric} collapsed after round {final['best_round']}: {peak:.4f} there, "
+                f"{last:.4f} at round {validated[-1]['round']}; the tested model (best.pt) is round "
+                f"{final['best_round']}'s, but training diverged after it: {diverged_advice(c, run.run_dir)}"
+            )
     return warnings
 
 
 def describe_groups(groups: dict[str, dict]) -> str:
     """'new (139 users) HR@10 0.2810 NDCG@10 0.1500 | trained (861) ...' for the log."""
     names = {"cold": "new", "warm": "trained"}
-    return " | ".join(f"{names.get(name, name)} ({g['users']} users)"
-                      + ("" if "HR@10" not in g else f" HR@10 {g['HR@10']:.4f} NDCG@10 {g['NDCG@10']:.4f}")
-                      for name, g in sorted(groups.items()))
+    return " | ".join(
+        f"{names.get(name, name)} ({g['users']} users)"
+        + ("" if "HR@10" not in g else f" HR@10 {g['HR@10']:.4f} NDCG@10 {g['NDCG@10']:.4f}")
+        for name, g in sorted(groups.items())
+    )

@@ -8,15 +8,40 @@ from feddmmr.cli import app
 from feddmmr.config import TrainConfig, read_config_file, resolve_config
 
 runner = CliRunner()
-TINY = ["--max-seq-len", "10", *TINY_NEGATIVE_FLAGS,
-        "--hidden-dim", "16", "--num-heads", "2", "--num-blocks", "1",
-        "--num-negatives-eval", "20", "--client-fraction", "0.5"]
+TINY = [
+    "--max-seq-len",
+    "10",
+    *TINY_NEGATIVE_FLAGS,
+    "--hidden-dim",
+    "16",
+    "--num-heads",
+    "2",
+    "--num-blocks",
+    "1",
+    "--num-negatives-eval",
+    "20",
+    "--client-fraction",
+    "0.5",
+]
 
 
 def test_train_and_evaluate_from_the_command_line(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir),
-                                 "--num_rounds", "2", "--batch_size", "4", *TINY])  # the seed's spellings
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data-dir",
+            str(tiny_data),
+            "--run-dir",
+            str(run_dir),
+            "--num_rounds",
+            "2",
+            "--batch_size",
+            "4",
+            *TINY,
+        ],
+    )  # the seed's spellings
     assert result.exit_code == 0, result.output
     assert "round   1" in result.output and "val skipped (next at round 2)" in result.output
     assert "test HR@10" in result.output
@@ -25,17 +50,20 @@ def test_train_and_evaluate_from_the_command_line(tiny_data, tmp_path):
     final = json.loads((run_dir / "final.json").read_text())
     evaluated = runner.invoke(app, ["evaluate", str(run_dir)])
     assert evaluated.exit_code == 0, evaluated.output
-    again = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    again = json.loads(evaluated.stdout[evaluated.stdout.index("{") :])
     assert (again["test"], again["valid"], again["eval"]) == (final["test"], final["valid"], "sampled")
     full = runner.invoke(app, ["evaluate", str(run_dir), "--eval", "full"])
     assert full.exit_code == 0, full.output
-    ranked = json.loads(full.stdout[full.stdout.index("{"):])
+    ranked = json.loads(full.stdout[full.stdout.index("{") :])
     assert ranked["eval"] == "full" and ranked["best_round"] == final["best_round"]
     # Every item outranks the held-out item at least as often as 100 sampled ones do.
     assert ranked["test"]["MRR"] <= final["test"]["MRR"] and ranked["test"] != final["test"]
     assert ranked["test"] == final["test_full"]  # the run tested under both protocols at its end
     wrong = runner.invoke(app, ["evaluate", str(run_dir), "--eval", "all"])
-    assert wrong.exit_code == 2 and "unknown eval mode 'all'; expected one of ('sampled', 'full')" in wrong.output
+    assert (
+        wrong.exit_code == 2
+        and "unknown eval mode 'all'; expected one of ('sampled', 'full')" in wrong.output
+    )
 
 
 def test_config_file_presets_and_flags_override_them(tmp_path):
@@ -62,7 +90,9 @@ def test_unknown_preset_keys_are_named(tmp_path):
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
-    missing = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r")])
+    missing = runner.invoke(
+        app, ["train", "--data-dir", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r")]
+    )
     assert missing.exit_code == 2
     assert "nowhere" in missing.output and "Traceback" not in missing.output
     bad = runner.invoke(app, ["train", "--loss", "hinge", "--run-dir", str(tmp_path / "r2")])
@@ -103,8 +133,11 @@ def test_the_old_holdout_flags_name_their_replacement(tmp_path):
     assert result.exit_code == 2 and "--holdout-content is --modality-objective holdout" in result.output
     assert not (tmp_path / "run").exists()
     preset = tmp_path / "old.yaml"
-    for flags, objective in [("holdout_content: true\nholdout_backbone: true\n", "holdout-backbone"),
-                             ("holdout_content: true\n", "holdout"), ("holdout_content: false\n", "joint")]:
+    for flags, objective in [
+        ("holdout_content: true\nholdout_backbone: true\n", "holdout-backbone"),
+        ("holdout_content: true\n", "holdout"),
+        ("holdout_content: false\n", "joint"),
+    ]:
         preset.write_text("model: feddmmr\nmodality: text=t.npz\n" + flags)
         assert resolve_config(preset).modality_objective == objective
 
@@ -119,7 +152,10 @@ def test_version_and_the_shipped_presets(tmp_path):
     assert {"fedsasrec", "feddmmr_text", "stage1", "stage2", "stage3"} <= set(names)
     assert resolve_config("fedsasrec").top_users == 1000  # by name, wherever feddmmr is installed
     unknown = runner.invoke(app, ["train", "--config", "fedsasrecc", "--run-dir", str(tmp_path / "r")])
-    assert unknown.exit_code == 2 and "no shipped preset of that name; the presets are continue_pretrain" in unknown.output
+    assert (
+        unknown.exit_code == 2
+        and "no shipped preset of that name; the presets are continue_pretrain" in unknown.output
+    )
 
 
 def test_help_at_80_columns_shows_every_flag_whole_in_panels():
@@ -131,17 +167,31 @@ def test_help_at_80_columns_shows_every_flag_whole_in_panels():
     assert max(len(line) for line in result.output.splitlines()) <= 80
     for name in FIELDS:
         assert "--" + name.replace("_", "-") in result.output
-        assert "--" + name not in result.output or "_" not in name  # underscore spellings: accepted, not shown
-    for panel in ("Data", "Model", "FedDMMR", "Client (local training)", "Server", "Privacy", "Evaluation", "Runtime",
-                  "Flower"):
+        assert (
+            "--" + name not in result.output or "_" not in name
+        )  # underscore spellings: accepted, not shown
+    for panel in (
+        "Data",
+        "Model",
+        "FedDMMR",
+        "Client (local training)",
+        "Server",
+        "Privacy",
+        "Evaluation",
+        "Runtime",
+        "Flower",
+    ):
         assert f"─ {panel} ─" in result.output
     assert "(default: train everything) (default" not in result.output
 
 
 def test_a_log_that_is_not_a_terminal_has_one_whole_line_per_round_and_a_run_log(tiny_data, tmp_path):
     run_dir = tmp_path / ("a-long-folder-name-" * 4) / "run"
-    result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir), "--num-rounds", "3",
-                                 *TINY], env={"COLUMNS": "80"})
+    result = runner.invoke(
+        app,
+        ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir), "--num-rounds", "3", *TINY],
+        env={"COLUMNS": "80"},
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     rounds = [line for line in lines if line.startswith("round ")]
@@ -158,14 +208,31 @@ def test_report_compares_runs_with_a_table_and_marked_plots(tiny_data, tmp_path)
     import matplotlib.image
 
     for name, rate in (("slow", "0.1"), ("fast", "1.0")):
-        result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / name),
-                                     "--num-rounds", "3", "--validate-every", "1", "--learning-rate", rate, *TINY])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "--data-dir",
+                str(tiny_data),
+                "--run-dir",
+                str(tmp_path / name),
+                "--num-rounds",
+                "3",
+                "--validate-every",
+                "1",
+                "--learning-rate",
+                rate,
+                *TINY,
+            ],
+        )
         assert result.exit_code == 0, result.output
     one = runner.invoke(app, ["report", str(tmp_path / "fast")])
     assert one.exit_code == 0, one.output
     assert (tmp_path / "fast" / "plots" / "training.png").stat().st_size > 0
-    both = runner.invoke(app, ["report", str(tmp_path / "slow"), str(tmp_path / "fast"), "--output",
-                               str(tmp_path / "compared")])
+    both = runner.invoke(
+        app,
+        ["report", str(tmp_path / "slow"), str(tmp_path / "fast"), "--output", str(tmp_path / "compared")],
+    )
     assert both.exit_code == 0, both.output
     table = both.stdout.splitlines()
     assert table[0].split()[:3] == ["run", "best", "round"]
@@ -188,20 +255,40 @@ def test_report_over_seeds_gives_mean_and_se_per_setting_as_csv_and_markdown(tin
 
     runs = {("a", 0): "0.1", ("a", 1): "0.1", ("b", 0): "1.0"}
     for (name, seed), rate in runs.items():
-        result = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / f"{name}{seed}"),
-                                     "--num-rounds", "1", "--learning-rate", rate, "--seed", str(seed), *TINY])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "--data-dir",
+                str(tiny_data),
+                "--run-dir",
+                str(tmp_path / f"{name}{seed}"),
+                "--num-rounds",
+                "1",
+                "--learning-rate",
+                rate,
+                "--seed",
+                str(seed),
+                *TINY,
+            ],
+        )
         assert result.exit_code == 0, result.output
     dirs = [str(tmp_path / f"{name}{seed}") for name, seed in runs]
-    table = runner.invoke(app, ["report", *dirs, "--output", str(tmp_path / "plots"), "--over-seeds", "--format", "csv"])
+    table = runner.invoke(
+        app, ["report", *dirs, "--output", str(tmp_path / "plots"), "--over-seeds", "--format", "csv"]
+    )
     assert table.exit_code == 0, table.output
     rows = list(csv.DictReader(io.StringIO(table.stdout)))
     assert [(r["setting (its first run)"], r["seeds"]) for r in rows] == [("a0", "0 1"), ("b0", "0")]
-    tests = [json.loads((tmp_path / name / "final.json").read_text())["test"]["HR@10"] for name in ("a0", "a1")]
+    tests = [
+        json.loads((tmp_path / name / "final.json").read_text())["test"]["HR@10"] for name in ("a0", "a1")
+    ]
     assert float(rows[0]["test 1:N HR@10 mean"]) == pytest.approx(sum(tests) / 2)
     assert float(rows[0]["test 1:N HR@10 se"]) == pytest.approx(abs(tests[0] - tests[1]) / 2)
     assert rows[1]["test 1:N HR@10 se"] == ""  # one seed: no standard error
-    markdown = runner.invoke(app, ["report", *dirs, "--output", str(tmp_path / "plots"), "--over-seeds",
-                                   "--format", "markdown"]).stdout.splitlines()
+    markdown = runner.invoke(
+        app, ["report", *dirs, "--output", str(tmp_path / "plots"), "--over-seeds", "--format", "markdown"]
+    ).stdout.splitlines()
     assert markdown[0].startswith("| setting (its first run) | seeds |") and markdown[1].startswith("|---|")
     assert f"{sum(tests) / 2:.4f} ± {abs(tests[0] - tests[1]) / 2:.4f}" in markdown[2]
     shutil.copytree(tmp_path / "a0", tmp_path / "again")
@@ -221,8 +308,24 @@ def test_the_plots_mark_the_best_round_and_the_test_figures(tiny_data, tmp_path)
     from feddmmr.report import _training, load_run
 
     run_dir = tmp_path / "run"
-    assert runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir), "--num-rounds", "3",
-                               "--validate-every", "1", *TINY]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train",
+                "--data-dir",
+                str(tiny_data),
+                "--run-dir",
+                str(run_dir),
+                "--num-rounds",
+                "3",
+                "--validate-every",
+                "1",
+                *TINY,
+            ],
+        ).exit_code
+        == 0
+    )
     run = load_run(run_dir)
     figure = _training(plt, run)
     loss_axis, val_axis, client_axis = figure.axes

@@ -23,8 +23,17 @@ from feddmmr.train import train  # noqa: E402
 def tower_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cold")
     features = synthetic_features(folder)
-    config = TrainConfig(**{**SMALL, "num_rounds": 2, "cold_items": 0.15, "model": "feddmmr", "item_tower": "content",
-                            "modality": [f"text={features}"], "run_dir": str(folder / "run")})
+    config = TrainConfig(
+        **{
+            **SMALL,
+            "num_rounds": 2,
+            "cold_items": 0.15,
+            "model": "feddmmr",
+            "item_tower": "content",
+            "modality": [f"text={features}"],
+            "run_dir": str(folder / "run"),
+        }
+    )
     threads = torch.get_num_threads()
     try:
         train(config)
@@ -43,7 +52,10 @@ def test_the_test_by_group_adds_up_to_the_total_under_both_protocols(tower_run):
         assert groups["cold"]["users"] > 0 and groups["warm"]["users"] > 0
         users = groups["cold"]["users"] + groups["warm"]["users"]
         for metric, value in final[key].items():
-            total = groups["cold"]["users"] * groups["cold"][metric] + groups["warm"]["users"] * groups["warm"][metric]
+            total = (
+                groups["cold"]["users"] * groups["cold"][metric]
+                + groups["warm"]["users"] * groups["warm"][metric]
+            )
             assert total == pytest.approx(users * value), (key, metric)
     assert evaluate_run(run_dir)["test_groups"] == final["test_groups"]  # evaluate reproduces it
     log = (run_dir / "run.log").read_text()
@@ -54,8 +66,11 @@ def test_the_test_by_group_adds_up_to_the_total_under_both_protocols(tower_run):
     table = final_table([load_run(run_dir)]).splitlines()
     assert table[-3].startswith("by test item") and "new 1:N HR@10" in table[-2]
     users = f"{final['test_groups']['cold']['users']}/{final['test_groups']['warm']['users']}"
-    assert table[-1].split()[1:4] == [users, f"{final['test_groups']['cold']['HR@10']:.4f}",
-                                      f"{final['test_groups']['cold']['NDCG@10']:.4f}"]
+    assert table[-1].split()[1:4] == [
+        users,
+        f"{final['test_groups']['cold']['HR@10']:.4f}",
+        f"{final['test_groups']['cold']['NDCG@10']:.4f}",
+    ]
 
 
 def test_the_trained_models_scores_ignore_the_id_rows_of_items_no_client_trained_on(tower_run):
@@ -91,8 +106,17 @@ def test_an_item_added_after_training_scores_as_a_held_out_item_with_its_feature
 
 def test_an_id_only_model_cannot_take_new_items(tmp_path):
     features = synthetic_features(tmp_path)
-    train(TrainConfig(**{**SMALL, "num_rounds": 1, "model": "feddmmr", "modality": [f"text={features}"],
-                         "run_dir": str(tmp_path / "run")}))
+    train(
+        TrainConfig(
+            **{
+                **SMALL,
+                "num_rounds": 1,
+                "model": "feddmmr",
+                "modality": [f"text={features}"],
+                "run_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     ids, matrix = load_features(features)
     new_file = save_features(tmp_path / "new.npz", np.array([999_001]), matrix[:1])
     with pytest.raises(ValueError, match="--item-tower content"):
@@ -105,7 +129,11 @@ def test_fedsasrec_with_the_tower_trains_as_without_it_and_scores_new_items_from
     for tower in ("id", "content"):
         extra = {"item_tower": "content", "modality": [f"text={features}"]} if tower == "content" else {}
         runs[tower] = tmp_path / tower
-        train(TrainConfig(**{**SMALL, "num_rounds": 2, "cold_items": 0.15, **extra, "run_dir": str(runs[tower])}))
+        train(
+            TrainConfig(
+                **{**SMALL, "num_rounds": 2, "cold_items": 0.15, **extra, "run_dir": str(runs[tower])}
+            )
+        )
     with_tower = torch.load(runs["content"] / "checkpoints" / "last.pt")["model"]
     without = torch.load(runs["id"] / "checkpoints" / "last.pt")["model"]
     assert with_tower.keys() - without.keys() == {"item_tower.train_counts", "item_tower.feature_mean"}
@@ -118,9 +146,13 @@ def test_fedsasrec_with_the_tower_trains_as_without_it_and_scores_new_items_from
         before = best.model.score_all_last(best.test_set.inputs[:16])
         table[cold] = torch.randn(len(cold), table.shape[1]) * 10  # a new item's ID row is never read
         assert torch.equal(before, best.model.score_all_last(best.test_set.inputs[:16]))
-    ids, matrix = load_features(features)  # an item added after training: as the new item of the same features
+    ids, matrix = load_features(
+        features
+    )  # an item added after training: as the new item of the same features
     row = matrix[list(ids).index(best.item_ids[cold[0]])]
-    grown = best.with_new_items([f"text={save_features(tmp_path / 'new.npz', np.array([999_001]), row[None])}"])
+    grown = best.with_new_items(
+        [f"text={save_features(tmp_path / 'new.npz', np.array([999_001]), row[None])}"]
+    )
     with torch.no_grad():
         scores = grown.model.eval().score_all_last(best.test_set.inputs[:16])
     torch.testing.assert_close(scores[:, -1], scores[:, cold[0]])
@@ -130,7 +162,9 @@ def test_fedsasrec_with_the_tower_trains_as_without_it_and_scores_new_items_from
 
 
 def test_settings_that_do_not_fit_are_refused(tmp_path):
-    with pytest.raises(InputError, match="item_tower=content builds item vectors from modality features: give them"):
+    with pytest.raises(
+        InputError, match="item_tower=content builds item vectors from modality features: give them"
+    ):
         TrainConfig(item_tower="content")
     with pytest.raises(InputError, match="modality is for model=feddmmr or item_tower=content"):
         TrainConfig(modality=["text=f.npz"])
@@ -138,9 +172,18 @@ def test_settings_that_do_not_fit_are_refused(tmp_path):
         with pytest.raises(InputError, match=f"{field} is not supported with engine=flower yet"):
             TrainConfig(engine="flower", model="feddmmr", modality=["text=f.npz"], **{field: value})
     sequences = tmp_path / "sequences.txt"  # no timestamps: the time form cannot tell which items came last
-    sequences.write_text("".join(f"{u} " + " ".join(str(i) for i in range(1, 30)) + "\n" for u in range(1, 21)))
-    config = TrainConfig(**{**SMALL, "cold_items": 0.1, "cold_items_by": "time", "data_dir": str(sequences),
-                            "run_dir": str(tmp_path / "run")})
+    sequences.write_text(
+        "".join(f"{u} " + " ".join(str(i) for i in range(1, 30)) + "\n" for u in range(1, 21))
+    )
+    config = TrainConfig(
+        **{
+            **SMALL,
+            "cold_items": 0.1,
+            "cold_items_by": "time",
+            "data_dir": str(sequences),
+            "run_dir": str(tmp_path / "run"),
+        }
+    )
     with pytest.raises(InputError, match="no timestamps"):
         train(config)
     assert not (tmp_path / "run").exists()  # refused before the run directory is made

@@ -36,7 +36,9 @@ def test_the_exported_program_scores_as_the_run_and_items_json_names_the_items(t
     are baked into the program, which then needs no feature file."""
     settings = {}
     if tower:
-        settings = dict(item_tower="content", cold_items=0.15, modality=[f"text={synthetic_features(tmp_path)}"])
+        settings = dict(
+            item_tower="content", cold_items=0.15, modality=[f"text={synthetic_features(tmp_path)}"]
+        )
     run_dir = trained(tmp_path, **settings)
     result = runner.invoke(app, ["export", str(run_dir), "--output", str(tmp_path / "served")])
     assert result.exit_code == 0, result.output
@@ -55,8 +57,8 @@ def test_the_exported_program_scores_as_the_run_and_items_json_names_the_items(t
     data = best.split.data
     user, sequence = data.user_ids[5], data.sequence(5)
     row = torch.zeros(1, items["max_seq_len"], dtype=torch.int64)
-    tail = torch.from_numpy(sequence[-items["max_seq_len"]:])
-    row[0, -len(tail):] = tail
+    tail = torch.from_numpy(sequence[-items["max_seq_len"] :])
+    row[0, -len(tail) :] = tail
     scores = program(row)[0]
     scores[0] = -np.inf
     (top,) = best.recommend([user], k=1, exclude_seen=False)

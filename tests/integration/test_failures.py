@@ -23,9 +23,17 @@ from feddmmr.train import train
 
 runner = CliRunner()
 
-TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
-            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
-            client_fraction=0.5, learning_rate=5e-3)
+TINY = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    batch_size=4,
+    num_negatives_eval=20,
+    client_fraction=0.5,
+    learning_rate=5e-3,
+)
 
 
 def fails(args: list[str], culprit: str, code: int = 2) -> str:
@@ -91,7 +99,9 @@ def outside_rule(name: str):
     if isinstance(rule, OneOf):
         return "7" if base_type(name) is int else "nonsense"
     assert isinstance(rule, Matches)
-    return {"device": "tpu", "modality": "features.npz", "chunk_clients": "0", "chunk_windows": "-3"}.get(name, "   ")
+    return {"device": "tpu", "modality": "features.npz", "chunk_clients": "0", "chunk_windows": "-3"}.get(
+        name, "   "
+    )
 
 
 def elsewhere(name: str, tmp_path) -> list[str]:
@@ -121,31 +131,41 @@ def test_a_flag_outside_its_range_or_choices_names_the_flag(name, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Settings and preset files, as the issue found them
 
-@pytest.mark.parametrize("text, culprit", [
-    ('{"num_rounds": 2.7}', "num_rounds: expected a whole number >= 1, got 2.7"),
-    ('{"centralized": "yes please"}', "centralized: expected true or false, got 'yes please'"),
-    ('{"num_rounds": true}', "num_rounds: expected a whole number >= 1, got True"),
-    ('{"client_fraction": [0.1, 0.2]}', "client_fraction: expected a number in (0, 1], got [0.1, 0.2]"),
-    ('{"learning_rate": null}', "learning_rate: expected a number > 0, got null"),
-    ('{"hidden_dim": "64"}', "hidden_dim: expected a whole number >= 1, got '64'"),
-    ('{"num_round": 3}', "unknown settings num_round (did you mean num_rounds?)"),
-    ('[1, 2]', "expected a mapping of settings"),
-    ('{"num_rounds": ', "not valid JSON"),
-    ('{"learning_rate": NaN}', "learning_rate: expected a finite number"),
-])
+
+@pytest.mark.parametrize(
+    "text, culprit",
+    [
+        ('{"num_rounds": 2.7}', "num_rounds: expected a whole number >= 1, got 2.7"),
+        ('{"centralized": "yes please"}', "centralized: expected true or false, got 'yes please'"),
+        ('{"num_rounds": true}', "num_rounds: expected a whole number >= 1, got True"),
+        ('{"client_fraction": [0.1, 0.2]}', "client_fraction: expected a number in (0, 1], got [0.1, 0.2]"),
+        ('{"learning_rate": null}', "learning_rate: expected a number > 0, got null"),
+        ('{"hidden_dim": "64"}', "hidden_dim: expected a whole number >= 1, got '64'"),
+        ('{"num_round": 3}', "unknown settings num_round (did you mean num_rounds?)"),
+        ("[1, 2]", "expected a mapping of settings"),
+        ('{"num_rounds": ', "not valid JSON"),
+        ('{"learning_rate": NaN}', "learning_rate: expected a finite number"),
+    ],
+)
 def test_bad_json_presets(text, culprit, tmp_path):
     preset = tmp_path / "preset.json"
     preset.write_text(text)
     assert str(preset) in fails(["train", "--config", preset, "--run-dir", tmp_path / "run"], culprit)
 
 
-@pytest.mark.parametrize("text, culprit", [
-    ("num_rounds: two\n", "num_rounds: expected a whole number >= 1, got 'two'"),
-    ("num_rounds: [\n", "not valid YAML"),
-    ("- 1\n- 2\n", "expected a mapping of settings"),
-    ("learning_rate: .inf\n", "learning_rate: expected a finite number"),
-    ("dropout: 1e-0\n", "dropout: expected a number in [0, 0.996094], got 1.0"),  # 1e-0 is a number, as users mean it
-])
+@pytest.mark.parametrize(
+    "text, culprit",
+    [
+        ("num_rounds: two\n", "num_rounds: expected a whole number >= 1, got 'two'"),
+        ("num_rounds: [\n", "not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping of settings"),
+        ("learning_rate: .inf\n", "learning_rate: expected a finite number"),
+        (
+            "dropout: 1e-0\n",
+            "dropout: expected a number in [0, 0.996094], got 1.0",
+        ),  # 1e-0 is a number, as users mean it
+    ],
+)
 def test_bad_yaml_presets(text, culprit, tmp_path):
     preset = tmp_path / "preset.yaml"
     preset.write_text(text)
@@ -163,20 +183,23 @@ def test_a_folder_or_missing_preset(tmp_path):
     fails(["train", "--config", tmp_path / "none.yaml"], "none.yaml does not exist")
 
 
-@pytest.mark.parametrize("args, culprit", [
-    (["--device", "tpu"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
-    (["--device", "cuda:0"], "--device cuda:0: CUDA is not available"),
-    (["--threads", "-1"], "--threads: expected a whole number >= 1, got -1"),
-    (["--seed", "-1"], "--seed: expected a whole number in [0, 4294967295], got -1"),
-    (["--weight-decay", "-1"], "--weight-decay: expected a number >= 0, got -1.0"),
-    (["--hidden-dim", "30", "--num-heads", "4"], "hidden_dim=30 must be a multiple of num_heads=4"),
-    (["--format", "ml-1m"], "format needs data_dir"),
-    (["--dp-noise-multiplier", "1"], "dp_noise_multiplier needs dp_clip_norm"),
-    (["--dp-clip-norm", "1", "--centralized"], "--centralized pools the users"),
-    (["--model", "feddmmr"], "model=feddmmr needs at least one modality"),
-    (["--modality", "text=t.npz"], "modality is for model=feddmmr"),
-    (["--flower-secure-aggregation"], "flower_secure_aggregation is for engine=flower"),
-])
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--device", "tpu"], "--device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["--device", "cuda:0"], "--device cuda:0: CUDA is not available"),
+        (["--threads", "-1"], "--threads: expected a whole number >= 1, got -1"),
+        (["--seed", "-1"], "--seed: expected a whole number in [0, 4294967295], got -1"),
+        (["--weight-decay", "-1"], "--weight-decay: expected a number >= 0, got -1.0"),
+        (["--hidden-dim", "30", "--num-heads", "4"], "hidden_dim=30 must be a multiple of num_heads=4"),
+        (["--format", "ml-1m"], "format needs data_dir"),
+        (["--dp-noise-multiplier", "1"], "dp_noise_multiplier needs dp_clip_norm"),
+        (["--dp-clip-norm", "1", "--centralized"], "--centralized pools the users"),
+        (["--model", "feddmmr"], "model=feddmmr needs at least one modality"),
+        (["--modality", "text=t.npz"], "modality is for model=feddmmr"),
+        (["--flower-secure-aggregation"], "flower_secure_aggregation is for engine=flower"),
+    ],
+)
 def test_bad_flags(args, culprit, tmp_path):
     if args[:2] == ["--device", "cuda:0"] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -185,29 +208,44 @@ def test_bad_flags(args, culprit, tmp_path):
 
 
 def test_the_data_bounds_the_negatives(tiny_data, tmp_path):
-    fails(["train", *tiny_flags(tiny_data, tmp_path / "a"), "--num-negatives", "5000"],
-          "--num-negatives 5000: the data has 150 items")
-    fails(["train", *tiny_flags(tiny_data, tmp_path / "b")[:-2], "--num-negatives-eval", "140"],
-          "--num-negatives-eval 140: user")
-    fails(["train", *tiny_flags(tiny_data, tmp_path / "c"), "--negatives", "shared", "--num-negatives", "140"],
-          "--num-negatives 140 with --negatives shared: a user of the data has read all but 90 of its 150 items")
+    fails(
+        ["train", *tiny_flags(tiny_data, tmp_path / "a"), "--num-negatives", "5000"],
+        "--num-negatives 5000: the data has 150 items",
+    )
+    fails(
+        ["train", *tiny_flags(tiny_data, tmp_path / "b")[:-2], "--num-negatives-eval", "140"],
+        "--num-negatives-eval 140: user",
+    )
+    fails(
+        ["train", *tiny_flags(tiny_data, tmp_path / "c"), "--negatives", "shared", "--num-negatives", "140"],
+        "--num-negatives 140 with --negatives shared: a user of the data has read all but 90 of its 150 items",
+    )
     # The default (256 shared negatives) on a catalogue this small names the recipe that fits it.
-    fails(["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "d")],
-          "--num-negatives 256: the data has 150 items, so a target has at most 149 other items to contrast with; "
-          "use fewer, or --config short_history")
-    fails(["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "e"), "--num-negatives", "100"],
-          "a user of the data has read all but 90 of its 150 items, so a step has at most 90 distinct negatives; use "
-          "at most 90, or --config short_history")
+    fails(
+        ["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "d")],
+        "--num-negatives 256: the data has 150 items, so a target has at most 149 other items to contrast with; "
+        "use fewer, or --config short_history",
+    )
+    fails(
+        ["train", "--data-dir", str(tiny_data), "--run-dir", str(tmp_path / "e"), "--num-negatives", "100"],
+        "a user of the data has read all but 90 of its 150 items, so a step has at most 90 distinct negatives; use "
+        "at most 90, or --config short_history",
+    )
     assert not any((tmp_path / name).exists() for name in "acde")
 
 
-@pytest.mark.parametrize("extra, module, args", [
-    ("flower", "flwr", ["--engine", "flower"]),
-    ("dp", "opacus", ["--dp-clip-norm", "1.0"]),
-])
+@pytest.mark.parametrize(
+    "extra, module, args",
+    [
+        ("flower", "flwr", ["--engine", "flower"]),
+        ("dp", "opacus", ["--dp-clip-norm", "1.0"]),
+    ],
+)
 def test_a_missing_extra_says_what_to_install(extra, module, args, tmp_path, monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a)
+    )
     fails(["train", *args, "--run-dir", tmp_path / "run"], f"pip install 'feddmmr[{extra}]'")
     assert not (tmp_path / "run").exists()
 
@@ -220,12 +258,16 @@ def test_resume_takes_no_other_settings(run_copy):
 # ---------------------------------------------------------------------------------------------
 # Data files
 
-@pytest.mark.parametrize("content, culprit", [
-    (b"", "no interactions"),
-    (b"1 2\n1 x\n", ":2:"),
-    (bytes(range(256)), "not valid UTF-8"),
-    (b"1 " + b"9" * 5000 + b"x\n", "more characters"),  # a huge bad line is quoted, not printed whole
-])
+
+@pytest.mark.parametrize(
+    "content, culprit",
+    [
+        (b"", "no interactions"),
+        (b"1 2\n1 x\n", ":2:"),
+        (bytes(range(256)), "not valid UTF-8"),
+        (b"1 " + b"9" * 5000 + b"x\n", "more characters"),  # a huge bad line is quoted, not printed whole
+    ],
+)
 def test_bad_data_files_name_the_file_and_line(content, culprit, tmp_path):
     data = tmp_path / "data.txt"
     data.write_bytes(content)
@@ -245,6 +287,7 @@ def test_negative_csv_ids_are_refused_as_in_the_text_formats(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Damaged files of a run, and checkpoints given by the user
+
 
 def damage(path, how: str) -> None:
     data = path.read_bytes()
@@ -295,15 +338,25 @@ def test_damaged_candidates(how, run_copy):
 def test_candidates_of_another_run(run_copy):
     with np.load(run_copy / "candidates.npz") as saved:
         arrays = dict(saved)
-    np.savez(run_copy / "candidates.npz", users=arrays["users"], valid=arrays["valid"][:, :11], test=arrays["test"][:, :11])
-    fails(["evaluate", run_copy], "holds 10 negatives per user, but the run's config says num_negatives_eval=20")
+    np.savez(
+        run_copy / "candidates.npz",
+        users=arrays["users"],
+        valid=arrays["valid"][:, :11],
+        test=arrays["test"][:, :11],
+    )
+    fails(
+        ["evaluate", run_copy], "holds 10 negatives per user, but the run's config says num_negatives_eval=20"
+    )
 
 
-@pytest.mark.parametrize("text, culprit", [
-    ("{", "config.json: not valid JSON"),
-    ('{"num_rounds": "two"}', "config.json: num_rounds: expected a whole number"),
-    ('{"num_round": 2}', "config.json: unknown settings num_round"),
-])
+@pytest.mark.parametrize(
+    "text, culprit",
+    [
+        ("{", "config.json: not valid JSON"),
+        ('{"num_rounds": "two"}', "config.json: num_rounds: expected a whole number"),
+        ('{"num_round": 2}', "config.json: unknown settings num_round"),
+    ],
+)
 def test_a_damaged_run_config(text, culprit, run_copy):
     (run_copy / "config.json").write_text(text)
     fails(["evaluate", run_copy], culprit)
@@ -316,10 +369,13 @@ def test_not_a_run_directory(tmp_path):
     fails(["report", tmp_path], "no metrics.jsonl")
 
 
-@pytest.mark.parametrize("line, culprit", [
-    ("{not json", "line 3: not a JSON record"),
-    ("[1, 2]", "line 3: not a round's record"),
-])
+@pytest.mark.parametrize(
+    "line, culprit",
+    [
+        ("{not json", "line 3: not a JSON record"),
+        ("[1, 2]", "line 3: not a round's record"),
+    ],
+)
 def test_report_names_a_corrupt_metrics_line(line, culprit, run_copy):
     metrics = run_copy / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + line + "\n")
@@ -339,13 +395,23 @@ def test_a_damaged_feature_file(tiny_data, tmp_path):
     items = load_sequences(str(tiny_data)).item_ids[1:]
     features = save_features(tmp_path / "text.npz", items, np.ones((len(items), 8), dtype=np.float32))
     damage(features, "truncated")
-    fails(["train", *tiny_flags(tiny_data, tmp_path / "run"), "--model", "feddmmr", "--modality", f"text={features}"],
-          str(features))
+    fails(
+        [
+            "train",
+            *tiny_flags(tiny_data, tmp_path / "run"),
+            "--model",
+            "feddmmr",
+            "--modality",
+            f"text={features}",
+        ],
+        str(features),
+    )
     assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------
 # One run directory, one run
+
 
 def test_run_dir_is_a_file(tiny_data, tmp_path):
     target = tmp_path / "taken"
@@ -354,7 +420,10 @@ def test_run_dir_is_a_file(tiny_data, tmp_path):
 
 
 def test_a_new_run_never_reuses_a_run_directory(run_copy, tiny_data):
-    fails(["train", *tiny_flags(tiny_data, run_copy)], f"{run_copy} already holds a run; continue it with --resume")
+    fails(
+        ["train", *tiny_flags(tiny_data, run_copy)],
+        f"{run_copy} already holds a run; continue it with --resume",
+    )
 
 
 def test_one_writer_at_a_time(run_copy):
@@ -362,7 +431,9 @@ def test_one_writer_at_a_time(run_copy):
 
     lock = RunLock(run_copy)  # as another process would hold it
     try:
-        fails(["train", "--resume", run_copy, "--patience", "0"], "is in use by another feddmmr process", code=1)
+        fails(
+            ["train", "--resume", run_copy, "--patience", "0"], "is in use by another feddmmr process", code=1
+        )
     finally:
         lock.release()
 
@@ -384,19 +455,26 @@ def test_resume_refuses_a_changed_feature_file(tiny_data, tmp_path):
 
     items = load_sequences(str(tiny_data)).item_ids[1:]
     rng = np.random.default_rng(0)
-    features = save_features(tmp_path / "text.npz", items, rng.normal(size=(len(items), 8)).astype(np.float32))
+    features = save_features(
+        tmp_path / "text.npz", items, rng.normal(size=(len(items), 8)).astype(np.float32)
+    )
     args = [*tiny_flags(tiny_data, tmp_path / "run"), "--model", "feddmmr", "--modality", f"text={features}"]
     assert runner.invoke(app, ["train", *args, "--num-rounds", "1"]).exit_code == 0
     save_features(features, items, rng.normal(size=(len(items), 8)).astype(np.float32))
-    fails(["train", "--resume", tmp_path / "run"], f"the feature file of modality text ({features}) is not the one")
+    fails(
+        ["train", "--resume", tmp_path / "run"],
+        f"the feature file of modality text ({features}) is not the one",
+    )
 
 
 def test_out_of_memory_says_what_to_lower(tiny_data, tmp_path, monkeypatch):
     import feddmmr.run_setup as run_setup
 
     def too_big(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 512000000000 bytes.")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 512000000000 bytes."
+        )
 
     monkeypatch.setattr(run_setup, "build_model", too_big)
     fails(["train", *tiny_flags(tiny_data, tmp_path / "run")], "out of memory", code=1)
@@ -413,6 +491,7 @@ def test_a_deleted_checkpoint_restarts_without_repeating_rounds(run_copy):
 # ---------------------------------------------------------------------------------------------
 # Faults while running
 
+
 def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monkeypatch):
     import feddmmr.atomic as atomic
 
@@ -428,7 +507,9 @@ def test_a_full_disk_stops_cleanly_and_the_run_resumes(tiny_data, tmp_path, monk
     line = fails(["train", "--resume", run_dir, "--patience", "0"], "No space left on device", code=1)
     assert "--resume" in line
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before  # intact, no temp files
+    assert {
+        p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()
+    } == before  # intact, no temp files
     assert not list(run_dir.glob(".*.tmp"))
 
 
@@ -462,11 +543,17 @@ def silent_server():
     listener.close()
 
 
-@pytest.mark.parametrize("uri, culprit", [("foo://tracking", "unknown scheme 'foo'"),
-                                          ("http://127.0.0.1:9", "no MLflow server answered"),
-                                          ("silent", "no MLflow server answered within 0.5 s")])
-def test_an_unusable_mlflow_uri_fails_fast_and_before_the_run_folder(tiny_data, tmp_path, monkeypatch, silent_server,
-                                                                     uri, culprit):
+@pytest.mark.parametrize(
+    "uri, culprit",
+    [
+        ("foo://tracking", "unknown scheme 'foo'"),
+        ("http://127.0.0.1:9", "no MLflow server answered"),
+        ("silent", "no MLflow server answered within 0.5 s"),
+    ],
+)
+def test_an_unusable_mlflow_uri_fails_fast_and_before_the_run_folder(
+    tiny_data, tmp_path, monkeypatch, silent_server, uri, culprit
+):
     pytest.importorskip("mlflow")
     import feddmmr.trackers as trackers
 
@@ -477,8 +564,16 @@ def test_an_unusable_mlflow_uri_fails_fast_and_before_the_run_folder(tiny_data, 
     assert f"MLFLOW_TRACKING_URI={uri}" in line and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("uri", ["postgresql+psycopg2://user@db.example/mlflow", "mysql+pymysql://user@db/mlflow",
-                                 "sqlite:///runs/mlflow.db", "uc:databricks-uc", "/srv/mlruns"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql+psycopg2://user@db.example/mlflow",
+        "mysql+pymysql://user@db/mlflow",
+        "sqlite:///runs/mlflow.db",
+        "uc:databricks-uc",
+        "/srv/mlruns",
+    ],
+)
 def test_mlflow_uris_that_mlflow_takes_pass_the_check(monkeypatch, uri):
     """Database schemes may name their driver; none of these needs a server to answer."""
     from feddmmr.trackers import check_tracking_uri
@@ -495,21 +590,30 @@ def small_tmpfs(tmp_path):
 
     folder = tmp_path / "small-disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_a_real_full_disk_names_the_file_and_the_run_resumes_once_there_is_room(tiny_data, tmp_path, small_tmpfs):
+def test_a_real_full_disk_names_the_file_and_the_run_resumes_once_there_is_room(
+    tiny_data, tmp_path, small_tmpfs
+):
     """Not a patched fault: torch.save meets a real ENOSPC (which it would wrap in a RuntimeError
     written straight to the file). The error names the file and says --resume; after the disk
     grows, the resumed run ends where an uninterrupted one does."""
     import subprocess
 
     run_dir = small_tmpfs / "run"
-    wide = ["--num-rounds", "2", "--hidden-dim", "128"]  # checkpoints of about 1 MiB: torch.save meets the full disk
+    wide = [
+        "--num-rounds",
+        "2",
+        "--hidden-dim",
+        "128",
+    ]  # checkpoints of about 1 MiB: torch.save meets the full disk
     line = fails(["train", *tiny_flags(tiny_data, run_dir), *wide], "No space left on device", code=1)
     assert str(run_dir) in line and "--resume" in line
     assert not list(run_dir.rglob(".*.tmp"))
@@ -519,7 +623,8 @@ def test_a_real_full_disk_names_the_file_and_the_run_resumes_once_there_is_room(
     assert runner.invoke(app, ["train", *tiny_flags(tiny_data, reference), *wide]).exit_code == 0
     resumed, uninterrupted = (json.loads((d / "final.json").read_text()) for d in (run_dir, reference))
     assert {k: v for k, v in resumed.items() if k != "train_seconds"} == {
-        k: v for k, v in uninterrupted.items() if k != "train_seconds"}
+        k: v for k, v in uninterrupted.items() if k != "train_seconds"
+    }
 
 
 @pytest.mark.parametrize("code, hint", [(errno.EIO, "check the device"), (errno.EDQUOT, "raise the quota")])
@@ -554,8 +659,18 @@ def test_a_diverged_model_stops_the_run_and_is_never_saved(tiny_data, tmp_path):
 
     register_aggregator("poisoned", lambda params, fraction: Poisoned(params))
     try:
-        line = fails(["train", *tiny_flags(tiny_data, tmp_path / "run"), "--aggregator", "poisoned",
-                      "--validate-every", "1"], "round 1: the global model's weights became non-finite", code=1)
+        line = fails(
+            [
+                "train",
+                *tiny_flags(tiny_data, tmp_path / "run"),
+                "--aggregator",
+                "poisoned",
+                "--validate-every",
+                "1",
+            ],
+            "round 1: the global model's weights became non-finite",
+            code=1,
+        )
     finally:
         del AGGREGATORS["poisoned"]
     assert "--learning-rate" in line
@@ -605,12 +720,28 @@ def test_skipped_steps_are_one_line_a_round_and_a_round_that_trained_nothing_sto
     with caplog.at_level(logging.WARNING, logger="feddmmr.train"):
         check_skipped_steps([ClientReport(1, 0.5, 3, 1), ClientReport(2, 0.4, 4, 0)], 7, config, tmp_path)
     assert [r.getMessage() for r in caplog.records] == [
-        "round 7: skipped 1 of 8 local steps (12.5%) in 1 of 2 clients: a non-finite loss or gradient"]
-    with pytest.raises(TrainingDiverged, match=r"round 7: every local step \(5\) had a non-finite loss or gradient, "
-                                               r"so nothing trained; .* lower --learning-rate \(now 2\)"):
+        "round 7: skipped 1 of 8 local steps (12.5%) in 1 of 2 clients: a non-finite loss or gradient"
+    ]
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"round 7: every local step \(5\) had a non-finite loss or gradient, "
+        r"so nothing trained; .* lower --learning-rate \(now 2\)",
+    ):
         check_skipped_steps([ClientReport(1, 0.0, 0, 2), ClientReport(2, 0.0, 0, 3)], 7, config, tmp_path)
     # --centralized at an absurd learning rate: its second epoch skips every step; it stops, it does not log loss 0
-    with pytest.raises(TrainingDiverged, match=r"epoch 2: every step \(\d+\) had a non-finite loss or gradient"):
-        train(TrainConfig(**{**TINY, "top_users": 120, "validate_every": 1, "num_rounds": 2, "centralized": True,
-                             "learning_rate": 1e6,
-                             "run_dir": str(tmp_path / "run")}))
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 2: every step \(\d+\) had a non-finite loss or gradient"
+    ):
+        train(
+            TrainConfig(
+                **{
+                    **TINY,
+                    "top_users": 120,
+                    "validate_every": 1,
+                    "num_rounds": 2,
+                    "centralized": True,
+                    "learning_rate": 1e6,
+                    "run_dir": str(tmp_path / "run"),
+                }
+            )
+        )

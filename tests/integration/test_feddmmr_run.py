@@ -17,9 +17,19 @@ from feddmmr.features.store import save_features
 from feddmmr.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "feddmmr" / "presets"
-TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
-            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
-            client_fraction=0.3, learning_rate=5e-3, dropout=0.1, threads=1)
+TINY = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    batch_size=4,
+    num_negatives_eval=20,
+    client_fraction=0.3,
+    learning_rate=5e-3,
+    dropout=0.1,
+    threads=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +43,32 @@ def text_file(tiny_data, tmp_path_factory):
 
 
 def config(tiny_data, run_dir, text_file, **overrides):
-    return TrainConfig(data_dir=str(tiny_data), run_dir=str(run_dir), model="feddmmr",
-                       modality=[f"text={text_file}"], **{**TINY, **overrides})
+    return TrainConfig(
+        data_dir=str(tiny_data),
+        run_dir=str(run_dir),
+        model="feddmmr",
+        modality=[f"text={text_file}"],
+        **{**TINY, **overrides},
+    )
 
 
 def test_feddmmr_trains_evaluates_and_reports_from_the_command_line(tiny_data, text_file, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["train", "--data-dir", str(tiny_data), "--run-dir", str(run_dir), "--model", "feddmmr",
-            "--modality", f"text={text_file}", "--num-rounds", "2", "--alignment-weight", "0.1"]
+    args = [
+        "train",
+        "--data-dir",
+        str(tiny_data),
+        "--run-dir",
+        str(run_dir),
+        "--model",
+        "feddmmr",
+        "--modality",
+        f"text={text_file}",
+        "--num-rounds",
+        "2",
+        "--alignment-weight",
+        "0.1",
+    ]
     for key, value in TINY.items():
         args += ["--" + key.replace("_", "-"), str(value)]
     runner = CliRunner()
@@ -74,9 +102,14 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(stage=2)
     with pytest.raises(ValueError, match="content_history matches .* it needs model=feddmmr"):
         TrainConfig(content_history=5)
-    with pytest.raises(ValueError, match="modality_objective=holdout splits the targets .* fedsasrec has no modality side"):
+    with pytest.raises(
+        ValueError, match="modality_objective=holdout splits the targets .* fedsasrec has no modality side"
+    ):
         TrainConfig(modality_objective="holdout")
-    with pytest.raises(ValueError, match="modality_objective: expected one of joint, holdout, holdout-backbone, got 'held-out'"):
+    with pytest.raises(
+        ValueError,
+        match="modality_objective: expected one of joint, holdout, holdout-backbone, got 'held-out'",
+    ):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], modality_objective="held-out")
     with pytest.raises(ValueError, match=r"content_history must be in \[0, max_seq_len=200\].*got 201"):
         TrainConfig(model="feddmmr", modality=["text=t.npz"], content_history=201)
@@ -86,9 +119,15 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
         TrainConfig(model="feddmmr", modality=["x.npz"])
     with pytest.raises(ValueError, match="contrastive"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], contrastive_weight=0.1)
-    with pytest.raises(ValueError, match="with modality_objective=holdout the modality side trains on each window's last"):
-        TrainConfig(model="feddmmr", modality=["text=x.npz", "genre=g.npz"], contrastive_weight=0.1,
-                    modality_objective="holdout")
+    with pytest.raises(
+        ValueError, match="with modality_objective=holdout the modality side trains on each window's last"
+    ):
+        TrainConfig(
+            model="feddmmr",
+            modality=["text=x.npz", "genre=g.npz"],
+            contrastive_weight=0.1,
+            modality_objective="holdout",
+        )
     with pytest.raises(ValueError, match=r"memory_novelty: expected a number in \[0, 2\], got 2.5"):
         TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=2.5)
 
@@ -96,7 +135,12 @@ def test_feddmmr_without_modality_or_with_bad_settings_is_refused(tmp_path):
 def test_the_novelty_setting_reaches_the_memory():
     from feddmmr.run_setup import memory_config
 
-    assert memory_config(TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=0.4)).novelty_threshold == 0.4
+    assert (
+        memory_config(
+            TrainConfig(model="feddmmr", modality=["text=x.npz"], memory_novelty=0.4)
+        ).novelty_threshold
+        == 0.4
+    )
     assert memory_config(TrainConfig()).novelty_threshold == 0.583  # the seed's value
 
 
@@ -117,20 +161,39 @@ def test_resume_restores_the_memories(tiny_data, text_file, tmp_path):
 
 
 def test_staged_training_from_a_fedsasrec_checkpoint(tiny_data, text_file, tmp_path, caplog):
-    backbone = train(TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "stage1"), stage=1,
-                                 num_rounds=1, **TINY))
+    backbone = train(
+        TrainConfig(data_dir=str(tiny_data), run_dir=str(tmp_path / "stage1"), stage=1, num_rounds=1, **TINY)
+    )
     fedsasrec = load_checkpoint(backbone.run_dir / "checkpoints" / "best.pt")["model"]
     with caplog.at_level("INFO"):
-        stage2 = train(config(tiny_data, tmp_path / "stage2", text_file, num_rounds=2, stage=2, weight_decay=1e-4,
-                              init_from=str(backbone.run_dir)))
+        stage2 = train(
+            config(
+                tiny_data,
+                tmp_path / "stage2",
+                text_file,
+                num_rounds=2,
+                stage=2,
+                weight_decay=1e-4,
+                init_from=str(backbone.run_dir),
+            )
+        )
     assert f"loaded {len(fedsasrec)} tensors" in caplog.text
     after2 = load_checkpoint(stage2.run_dir / "checkpoints" / "last.pt")["model"]
     for name, tensor in fedsasrec.items():  # the backbone: loaded, then frozen through both rounds
         assert torch.equal(after2["sasrec." + name], tensor), name
     assert not torch.equal(after2["gate"], torch.tensor(0.1))  # the modality parts did train
 
-    stage3 = train(config(tiny_data, tmp_path / "stage3", text_file, num_rounds=1, stage=3, weight_decay=1e-4,
-                          init_from=str(stage2.run_dir / "checkpoints" / "last.pt")))
+    stage3 = train(
+        config(
+            tiny_data,
+            tmp_path / "stage3",
+            text_file,
+            num_rounds=1,
+            stage=3,
+            weight_decay=1e-4,
+            init_from=str(stage2.run_dir / "checkpoints" / "last.pt"),
+        )
+    )
     after3 = load_checkpoint(stage3.run_dir / "checkpoints" / "last.pt")["model"]
     assert torch.equal(after3["sasrec.item_embedding.weight"], fedsasrec["item_embedding.weight"])
     changed = {n for n, t in after3.items() if not torch.equal(t, after2[n])}
@@ -139,24 +202,56 @@ def test_staged_training_from_a_fedsasrec_checkpoint(tiny_data, text_file, tmp_p
 
 def test_every_preset_resolves():
     presets = sorted(CONFIGS.glob("*.yaml"))
-    assert {p.stem for p in presets} >= {"fedsasrec", "continue_pretrain", "drift_adaptive", "stage1", "stage2", "stage3"}
+    assert {p.stem for p in presets} >= {
+        "fedsasrec",
+        "continue_pretrain",
+        "drift_adaptive",
+        "stage1",
+        "stage2",
+        "stage3",
+    }
     for preset in presets:
         resolved = resolve_config(preset, data_dir="data/ml-1m")
         assert resolved.data_dir == "data/ml-1m"
     drift = resolve_config(CONFIGS / "drift_adaptive.yaml")
     assert (drift.model, drift.memory_long_capacity, drift.alignment_weight) == ("feddmmr", 50, 0.1)
-    assert (drift.num_rounds, drift.client_fraction, drift.patience, drift.learning_rate, drift.weight_decay,
-            drift.batch_size, drift.num_negatives) == (20, 0.1, 10, 1e-4, 1e-4, 32, 4)
+    assert (
+        drift.num_rounds,
+        drift.client_fraction,
+        drift.patience,
+        drift.learning_rate,
+        drift.weight_decay,
+        drift.batch_size,
+        drift.num_negatives,
+    ) == (20, 0.1, 10, 1e-4, 1e-4, 32, 4)
     again = resolve_config(CONFIGS / "continue_pretrain.yaml")
-    assert (again.num_rounds, again.learning_rate, again.weight_decay, again.batch_size, again.num_negatives,
-            again.client_fraction) == (10, 1e-4, 1e-4, 64, 4, 0.2)
+    assert (
+        again.num_rounds,
+        again.learning_rate,
+        again.weight_decay,
+        again.batch_size,
+        again.num_negatives,
+        again.client_fraction,
+    ) == (10, 1e-4, 1e-4, 64, 4, 0.2)
     assert [resolve_config(CONFIGS / f"stage{s}.yaml").stage for s in (1, 2, 3)] == [1, 2, 3]
 
     measured = resolve_config(CONFIGS / "feddmmr_text.yaml")
-    assert (measured.model, measured.modality, measured.content_history, measured.modality_objective,
-            measured.top_users) == ("feddmmr", ["text=features/ml-1m-text.npz"], 5, "holdout-backbone", 1000)
+    assert (
+        measured.model,
+        measured.modality,
+        measured.content_history,
+        measured.modality_objective,
+        measured.top_users,
+    ) == ("feddmmr", ["text=features/ml-1m-text.npz"], 5, "holdout-backbone", 1000)
     cold = resolve_config(CONFIGS / "feddmmr_cold.yaml")
-    assert (cold.model, cold.item_tower, cold.content_history, cold.modality_objective, cold.max_seq_len,
-            cold.negatives, cold.num_negatives) == ("feddmmr", "content", 5, "holdout-backbone", 50, "per-target", 4)
+    assert (
+        cold.model,
+        cold.item_tower,
+        cold.content_history,
+        cold.modality_objective,
+        cold.max_seq_len,
+        cold.negatives,
+        cold.num_negatives,
+    ) == ("feddmmr", "content", 5, "holdout-backbone", 50, "per-target", 4)
     override = resolve_config(CONFIGS / "drift_adaptive.yaml", modality=["text=other.npz"])
     assert override.modality == ["text=other.npz"]  # the command line replaces the preset's list

@@ -36,9 +36,19 @@ from feddmmr.engines.flower.server_app import make_server_app, train_on_grid  # 
 from feddmmr.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
-            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
-            client_fraction=0.5, learning_rate=5e-3, dropout=0.0, local_epochs=2)
+TINY = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    batch_size=4,
+    num_negatives_eval=20,
+    client_fraction=0.5,
+    learning_rate=5e-3,
+    dropout=0.0,
+    local_epochs=2,
+)
 SIMULATION_TIMEOUT = 150
 
 
@@ -55,8 +65,10 @@ class InProcessGrid(Grid):
 
     def __init__(self, client_app, nodes: dict[int, dict], hang: frozenset[int] = frozenset()) -> None:
         self.client_app = client_app
-        self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
-                         for node, cfg in nodes.items()}
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
+            for node, cfg in nodes.items()
+        }
         self.hang = hang
         self.replies: dict[str, Message] = {}
         self.sent_back: list[Message] = []  # every reply, as the server could see it
@@ -107,11 +119,16 @@ def partitions(count: int) -> dict[int, dict]:
 
 def fail_on_partition(partition: int, round_number: int | None = None):
     """A ClientApp mod: the node of `partition` raises in train (in every round, or only in one)."""
+
     def mod(message, context, call_next):
-        if (message.metadata.message_type == "train" and context.node_config.get("partition-id") == partition
-                and round_number in (None, int(message.content["round"]["round"]))):
+        if (
+            message.metadata.message_type == "train"
+            and context.node_config.get("partition-id") == partition
+            and round_number in (None, int(message.content["round"]["round"]))
+        ):
             raise RuntimeError(f"injected failure on partition {partition}")
         return call_next(message, context)
+
     return mod
 
 
@@ -161,14 +178,18 @@ def test_with_fedavg_a_flower_round_equals_a_local_round_to_float_rounding(tiny_
     local engine's client updates."""
     fedavg = dict(num_rounds=1, server_optimizer="fedavg")
     local = train(config(tiny_data, tmp_path / "local", **fedavg))
-    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
-                           config(tiny_data, tmp_path / "flower", flower_supernodes=3, **fedavg))
+    flower = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(3)),
+        config(tiny_data, tmp_path / "flower", flower_supernodes=3, **fedavg),
+    )
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir), fedadam_rounds=0)
 
 
 # Secure rounds train at the default client lr (updates up to ~0.1 here), so that an error in the
 # unmasked mean shows far above SecAgg+'s quantization step (2 * range / 2**22, 5e-7 at range 1).
-SECURE_FEDAVG = dict(num_rounds=1, server_optimizer="fedavg", engine="flower", flower_supernodes=3, learning_rate=1.0)
+SECURE_FEDAVG = dict(
+    num_rounds=1, server_optimizer="fedavg", engine="flower", flower_supernodes=3, learning_rate=1.0
+)
 
 
 def assert_same_up_to_quantization(actual: dict, expected: dict) -> None:
@@ -181,39 +202,60 @@ def test_a_secure_round_equals_a_plain_round_and_no_node_sends_its_update_in_the
     quantization, and twice the same with the same seed."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
-                          config(tiny_data, tmp_path / "plain", **SECURE_FEDAVG))
+    plain = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(3)),
+        config(tiny_data, tmp_path / "plain", **SECURE_FEDAVG),
+    )
     grids, runs = [], []
     for attempt in range(2):
         grids.append(InProcessGrid(make_client_app(), partitions(3)))
-        runs.append(train_on_grid(grids[-1], config(tiny_data, tmp_path / f"secure{attempt}",
-                                                    flower_secure_aggregation=True, **SECURE_FEDAVG)))
+        runs.append(
+            train_on_grid(
+                grids[-1],
+                config(
+                    tiny_data, tmp_path / f"secure{attempt}", flower_secure_aggregation=True, **SECURE_FEDAVG
+                ),
+            )
+        )
     secure = runs[0]
-    assert secure.history[0]["failed_clients"] == 0 and secure.history[0]["clients"] == plain.history[0]["clients"]
+    assert (
+        secure.history[0]["failed_clients"] == 0
+        and secure.history[0]["clients"] == plain.history[0]["clients"]
+    )
     assert secure.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-6)
     assert_same_up_to_quantization(weights(secure.run_dir), weights(plain.run_dir))
     first, again = weights(secure.run_dir), weights(runs[1].run_dir)
     assert all(torch.equal(first[name], again[name]) for name in first)
 
-    train_replies = [r for r in grids[0].sent_back if r.metadata.message_type == "train" and "report" in r.content]
+    train_replies = [
+        r for r in grids[0].sent_back if r.metadata.message_type == "train" and "report" in r.content
+    ]
     assert len(train_replies) == 3
     for reply in train_replies:
-        assert all(len(record) == 0 for record in reply.content.array_records.values())  # no weights in the clear
+        assert all(
+            len(record) == 0 for record in reply.content.array_records.values()
+        )  # no weights in the clear
         assert RECORD_KEY_CONFIGS in reply.content  # the masked update
 
 
 def test_a_secure_round_rebuilds_the_masks_of_a_node_that_fails_mid_round(tiny_data, tmp_path, caplog):
     """Partition 1 raises in training: the other two nodes' mean is unmasked without it, and
     equals the plain round that leaves the same node out."""
-    plain = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
-                          config(tiny_data, tmp_path / "plain", **SECURE_FEDAVG))
+    plain = train_on_grid(
+        InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
+        config(tiny_data, tmp_path / "plain", **SECURE_FEDAVG),
+    )
     with caplog.at_level("WARNING", logger="feddmmr"):
-        secure = train_on_grid(InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
-                               config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **SECURE_FEDAVG))
+        secure = train_on_grid(
+            InProcessGrid(make_client_app([fail_on_partition(1)]), partitions(3)),
+            config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **SECURE_FEDAVG),
+        )
     (record,) = secure.history
     assert record["failed_clients"] == plain.history[0]["failed_clients"] > 0
-    assert any("node 1001 failed" in r.getMessage() and "injected failure on partition 1" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "node 1001 failed" in r.getMessage() and "injected failure on partition 1" in r.getMessage()
+        for r in caplog.records
+    )
     assert_same_up_to_quantization(weights(secure.run_dir), weights(plain.run_dir))
 
 
@@ -221,19 +263,36 @@ def test_a_secure_dp_round_equals_a_plain_dp_round(tiny_data, tmp_path):
     """Nodes clip each user's update, SecAgg+ hides the nodes' updates, the server's DP sum is the same."""
     pytest.importorskip("opacus")
     dp = dict(SECURE_FEDAVG, dp_clip_norm=0.1)
-    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)), config(tiny_data, tmp_path / "plain", **dp))
-    secure = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
-                           config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **dp))
-    assert secure.history[0]["failed_clients"] == 0 and secure.history[0]["clients"] == plain.history[0]["clients"]
+    plain = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(3)), config(tiny_data, tmp_path / "plain", **dp)
+    )
+    secure = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(3)),
+        config(tiny_data, tmp_path / "secure", flower_secure_aggregation=True, **dp),
+    )
+    assert (
+        secure.history[0]["failed_clients"] == 0
+        and secure.history[0]["clients"] == plain.history[0]["clients"]
+    )
     assert_same_up_to_quantization(weights(secure.run_dir), weights(plain.run_dir))
 
 
 def test_a_node_whose_update_leaves_the_secure_range_fails_loudly(tiny_data, tmp_path, caplog):
-    cfg = config(tiny_data, tmp_path / "secure", num_rounds=1, engine="flower", flower_supernodes=2,
-                 flower_secure_aggregation=True, flower_secagg_clipping_range=1e-9)
+    cfg = config(
+        tiny_data,
+        tmp_path / "secure",
+        num_rounds=1,
+        engine="flower",
+        flower_supernodes=2,
+        flower_secure_aggregation=True,
+        flower_secagg_clipping_range=1e-9,
+    )
     from feddmmr.errors import NodesLost
 
-    with caplog.at_level("WARNING", logger="feddmmr"), pytest.raises(NodesLost, match="round 1: no update arrived"):
+    with (
+        caplog.at_level("WARNING", logger="feddmmr"),
+        pytest.raises(NodesLost, match="round 1: no update arrived"),
+    ):
         train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)
     assert any("outside flower_secagg_clipping_range=1e-09" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "secure" / "checkpoints" / "last.pt").exists()  # nothing trained, nothing saved
@@ -242,14 +301,27 @@ def test_a_node_whose_update_leaves_the_secure_range_fails_loudly(tiny_data, tmp
 def test_a_secure_round_with_one_node_is_skipped_not_lost(tiny_data, tmp_path, caplog):
     """SecAgg+ cannot hide one node's update in a sum: such a round leaves the model as it was, with
     a warning, and the run goes on (a round whose nodes all fail stops it)."""
-    cfg = config(tiny_data, tmp_path / "one", num_rounds=2, validate_every=1, engine="flower", flower_supernodes=1,
-                 flower_secure_aggregation=True)
+    cfg = config(
+        tiny_data,
+        tmp_path / "one",
+        num_rounds=2,
+        validate_every=1,
+        engine="flower",
+        flower_supernodes=1,
+        flower_secure_aggregation=True,
+    )
     with caplog.at_level("WARNING", logger="feddmmr"):
         run = train_on_grid(InProcessGrid(make_client_app(), partitions(1)), cfg)
     assert [r["round"] for r in run.history] == [1, 2]
     assert all(r["failed_clients"] == r["clients"] and r["train_loss"] is None for r in run.history)
-    assert sum("needs at least 2 nodes with sampled users, this round has 1" in r.getMessage()
-               and "the model stays as it was" in r.getMessage() for r in caplog.records) == 2
+    assert (
+        sum(
+            "needs at least 2 nodes with sampled users, this round has 1" in r.getMessage()
+            and "the model stays as it was" in r.getMessage()
+            for r in caplog.records
+        )
+        == 2
+    )
 
 
 def test_secure_aggregation_is_a_flower_setting(tiny_data, tmp_path):
@@ -274,8 +346,10 @@ def test_frozen_weights_stay_on_the_nodes(tiny_data, tmp_path):
     """Stage 3 freezes the item embedding: nodes leave it as it was and do not send it back."""
     start = str(train(config(tiny_data, tmp_path / "stage1", num_rounds=1, stage=1)).run_dir)
     local = train(config(tiny_data, tmp_path / "local", num_rounds=1, stage=3, init_from=start))
-    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
-                           config(tiny_data, tmp_path / "flower", num_rounds=1, stage=3, init_from=start))
+    flower = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(2)),
+        config(tiny_data, tmp_path / "flower", num_rounds=1, stage=3, init_from=start),
+    )
     assert flower.history[0]["failed_clients"] == 0
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
 
@@ -285,7 +359,9 @@ def test_a_round_that_hears_from_no_node_stops_the_run_and_keeps_the_last_checkp
     metrics.jsonl, best.pt still round 1's), and resumes once the nodes work."""
     from feddmmr.errors import NodesLost
 
-    failing = InProcessGrid(make_client_app([fail_on_partition(0, 2), fail_on_partition(1, 2)]), partitions(2))
+    failing = InProcessGrid(
+        make_client_app([fail_on_partition(0, 2), fail_on_partition(1, 2)]), partitions(2)
+    )
     cfg = config(tiny_data, tmp_path / "flower", num_rounds=2, validate_every=1)
     with pytest.raises(NodesLost, match="round 2: no update arrived from any of its"):
         train_on_grid(failing, cfg)
@@ -306,8 +382,10 @@ def test_a_failing_node_is_left_out_and_logged(tiny_data, tmp_path, caplog):
     survivors = record["clients"] - record["failed_clients"]
     assert 0 < survivors < record["clients"]
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert any("node 1001 failed, error reply (code 2): RuntimeError: injected failure on partition 1" in m
-               for m in failures)
+    assert any(
+        "node 1001 failed, error reply (code 2): RuntimeError: injected failure on partition 1" in m
+        for m in failures
+    )
     assert any("node 1002 failed, no reply within flower_round_timeout=0.5 s" in m for m in failures)
     assert all("users [" in m for m in failures)
 
@@ -328,7 +406,10 @@ def test_a_node_whose_data_differs_from_the_servers_is_left_out(tiny_data, tmp_p
     from feddmmr.errors import NodesLost
 
     # Its only node is refused, so the round hears from no one: the run stops rather than go on untrained.
-    with caplog.at_level("WARNING", logger="feddmmr"), pytest.raises(NodesLost, match="round 1: no update arrived"):
+    with (
+        caplog.at_level("WARNING", logger="feddmmr"),
+        pytest.raises(NodesLost, match="round 1: no update arrived"),
+    ):
         train_on_grid(grid, config(tiny_data, tmp_path / "flower", num_rounds=1, flower_supernodes=1))
     assert any("does not match the server's" in r.getMessage() for r in caplog.records)
 
@@ -362,15 +443,24 @@ def test_pyproject_declares_the_flower_app_with_every_setting():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     app = pyproject.get("tool", {}).get("flwr", {}).get("app")
     assert app is not None, "pyproject.toml lacks [tool.flwr.app]; see docs/DEPLOY.md"
-    assert app["components"] == {"serverapp": "feddmmr.engines.flower.server_app:app",
-                                 "clientapp": "feddmmr.engines.flower.client_app:app"}
+    assert app["components"] == {
+        "serverapp": "feddmmr.engines.flower.server_app:app",
+        "clientapp": "feddmmr.engines.flower.client_app:app",
+    }
     assert app["config"] == tomllib.loads(pyproject_block())["tool"]["flwr"]["app"]["config"]
 
 
 def run_with_hard_timeout(command: list[str], *, env: dict, cwd: Path, timeout: float) -> tuple[int, str]:
     """Run in a new session and SIGKILL the whole group on timeout: Ray's processes with it."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -406,12 +496,30 @@ SIMULATION_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_simulation_runs_two_rounds_with_a_failing_node(tiny_data, tmp_path, local_round):
-    settings = dict(config(tiny_data, tmp_path / "flower", num_rounds=2, validate_every=1, flower_supernodes=2,
-                           flower_round_timeout=60.0).to_dict(), engine="flower")
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0"}
-    returncode, output = run_with_hard_timeout([sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(settings)],
-                                               env=env, cwd=tmp_path, timeout=SIMULATION_TIMEOUT)
+    settings = dict(
+        config(
+            tiny_data,
+            tmp_path / "flower",
+            num_rounds=2,
+            validate_every=1,
+            flower_supernodes=2,
+            flower_round_timeout=60.0,
+        ).to_dict(),
+        engine="flower",
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    returncode, output = run_with_hard_timeout(
+        [sys.executable, "-c", SIMULATION_SCRIPT, json.dumps(settings)],
+        env=env,
+        cwd=tmp_path,
+        timeout=SIMULATION_TIMEOUT,
+    )
     assert returncode == 0, output[-4000:]
     run_dir = tmp_path / "flower"
     assert json.loads((run_dir / "final.json").read_text())["rounds_run"] == 2
@@ -433,17 +541,25 @@ def text_features(tiny_data, tmp_path_factory):
 
     ids = sorted({int(x) for line in tiny_data.read_text().splitlines() for x in line.split()[1:]})
     path = tmp_path_factory.mktemp("features") / "text.npz"
-    save_features(path, np.array(ids[10:]), np.random.default_rng(0).normal(size=(len(ids) - 10, 12)).astype(np.float32))
+    save_features(
+        path, np.array(ids[10:]), np.random.default_rng(0).normal(size=(len(ids) - 10, 12)).astype(np.float32)
+    )
     return path
 
 
-def test_feddmmr_on_flower_keeps_memories_on_the_nodes_and_matches_the_local_engine(tiny_data, text_features,
-                                                                                      tmp_path):
+def test_feddmmr_on_flower_keeps_memories_on_the_nodes_and_matches_the_local_engine(
+    tiny_data, text_features, tmp_path
+):
     """Two rounds, validated after each, then the test: the same weights, validation metrics,
     memory and router statistics and test metrics as the vectorised engine, with the memories
     only ever in the nodes' Contexts (the server's checkpoints hold none)."""
-    feddmmr = dict(num_rounds=2, validate_every=1, model="feddmmr", modality=[f"text={text_features}"],
-                   alignment_weight=0.1)
+    feddmmr = dict(
+        num_rounds=2,
+        validate_every=1,
+        model="feddmmr",
+        modality=[f"text={text_features}"],
+        alignment_weight=0.1,
+    )
     local = train(config(tiny_data, tmp_path / "local", **feddmmr))
     grid = InProcessGrid(make_client_app(), partitions(3))
     flower = train_on_grid(grid, config(tiny_data, tmp_path / "flower", flower_supernodes=3, **feddmmr))
@@ -464,14 +580,20 @@ def test_feddmmr_on_flower_keeps_memories_on_the_nodes_and_matches_the_local_eng
     states = [context.state for context in grid.contexts.values()]
     assert all("memory" in state for state in states)
     # Each node keeps a copy of the memories of the best round only (the test read it).
-    assert all(sorted(k for k in state if k.startswith("memory@")) == [f"memory@{flower.final['best_round']}"]
-               for state in states)
+    assert all(
+        sorted(k for k in state if k.startswith("memory@")) == [f"memory@{flower.final['best_round']}"]
+        for state in states
+    )
 
 
-def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes(tiny_data, text_features, tmp_path):
+def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes(
+    tiny_data, text_features, tmp_path
+):
     from feddmmr.best_model import evaluate_run
 
-    cfg = config(tiny_data, tmp_path / "flower", num_rounds=1, model="feddmmr", modality=[f"text={text_features}"])
+    cfg = config(
+        tiny_data, tmp_path / "flower", num_rounds=1, model="feddmmr", modality=[f"text={text_features}"]
+    )
     train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg)
     with pytest.raises(ValueError, match="cannot be resumed: its client memories lived on the SuperNodes"):
         train_on_grid(InProcessGrid(make_client_app(), partitions(2)), cfg, resume=True)
@@ -479,14 +601,23 @@ def test_a_feddmmr_flower_run_cannot_resume_or_be_re_evaluated_without_its_nodes
         evaluate_run(tmp_path / "flower")
 
 
-@pytest.mark.parametrize("negatives", [dict(negatives="shared", num_negatives=16), dict(loss="ce-full"),
-                                       dict(loss="gbce", gbce_t=0.5), dict(update_noise=1.0)])
+@pytest.mark.parametrize(
+    "negatives",
+    [
+        dict(negatives="shared", num_negatives=16),
+        dict(loss="ce-full"),
+        dict(loss="gbce", gbce_t=0.5),
+        dict(update_noise=1.0),
+    ],
+)
 def test_nodes_train_with_the_runs_negatives(tiny_data, tmp_path, negatives):
     """Shared negatives and ce-full: the nodes draw and score the same negatives as the local engine
     (and weigh gbce's positive, and draw each user's update noise, as it does)."""
     options = dict(num_rounds=1, server_optimizer="fedavg", **negatives)
     local = train(config(tiny_data, tmp_path / "local", **options))
-    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **options))
+    flower = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **options)
+    )
     assert flower.history[0]["failed_clients"] == 0
     assert flower.history[0]["train_loss"] == pytest.approx(local.history[0]["train_loss"], rel=1e-5)
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir), fedadam_rounds=0)
@@ -495,7 +626,9 @@ def test_nodes_train_with_the_runs_negatives(tiny_data, tmp_path, negatives):
 def test_nodes_train_with_the_runs_local_optimizer(tiny_data, tmp_path):
     sgd = dict(num_rounds=1, local_optimizer="sgd", learning_rate=0.5)
     local = train(config(tiny_data, tmp_path / "local", **sgd))
-    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **sgd))
+    flower = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(2)), config(tiny_data, tmp_path / "flower", **sgd)
+    )
     assert flower.history[0]["failed_clients"] == 0
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir))
 
@@ -505,9 +638,13 @@ def test_a_resumed_flower_run_repeats_the_uninterrupted_one(tiny_data, tmp_path,
     (`resume = true`, as after a restarted SuperLink) on fresh nodes with empty state ends with the
     weights, clients and metrics of a run that never stopped: the nodes keep nothing a later round
     needs, and the server's checkpoint has the rest."""
-    settings = dict(validate_every=1, patience=0, flower_supernodes=2, engine="flower", threads=1)  # as the resumed run
-    reference = train_on_grid(InProcessGrid(make_client_app(), partitions(2)),
-                              config(tiny_data, tmp_path / "reference", num_rounds=4, **settings))
+    settings = dict(
+        validate_every=1, patience=0, flower_supernodes=2, engine="flower", threads=1
+    )  # as the resumed run
+    reference = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(2)),
+        config(tiny_data, tmp_path / "reference", num_rounds=4, **settings),
+    )
     # The first run stops after round 2 of 4, as if killed (the CLI resumes only with the same config).
     stop = RuntimeError("killed after round 2")
 
@@ -522,8 +659,10 @@ def test_a_resumed_flower_run_repeats_the_uninterrupted_one(tiny_data, tmp_path,
     server_app = make_server_app(deliver=results.append)
     run_config = {**to_flower_config(full), "resume": True, "threads": 1}
     with caplog.at_level("INFO", logger="feddmmr"):
-        server_app(InProcessGrid(make_client_app(), partitions(2)),
-                   Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+        server_app(
+            InProcessGrid(make_client_app(), partitions(2)),
+            Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config),
+        )
     assert f"resume: continuing {tmp_path / 'resumed'} after round 2" in caplog.text
     (resumed,) = results
     assert [r["round"] for r in resumed.history] == [1, 2, 3, 4]
@@ -561,16 +700,28 @@ def test_resuming_from_the_run_config_takes_the_saved_config_and_refuses_other_s
 @pytest.mark.parametrize("aggregator", ["median", "krum"])
 def test_robust_rules_combine_the_nodes_updates(tiny_data, tmp_path, aggregator):
     """On Flower the server sees one update per node (its users' mean): the robust rules act on those."""
-    robust = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
-                           config(tiny_data, tmp_path / aggregator, num_rounds=1, flower_supernodes=3,
-                                  server_optimizer="fedavg", aggregator=aggregator, robust_fraction=0.34))
-    plain = train_on_grid(InProcessGrid(make_client_app(), partitions(3)),
-                          config(tiny_data, tmp_path / "fedavg", num_rounds=1, flower_supernodes=3,
-                                 server_optimizer="fedavg"))
+    robust = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(3)),
+        config(
+            tiny_data,
+            tmp_path / aggregator,
+            num_rounds=1,
+            flower_supernodes=3,
+            server_optimizer="fedavg",
+            aggregator=aggregator,
+            robust_fraction=0.34,
+        ),
+    )
+    plain = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(3)),
+        config(tiny_data, tmp_path / "fedavg", num_rounds=1, flower_supernodes=3, server_optimizer="fedavg"),
+    )
     robust_weights, plain_weights = weights(robust.run_dir), weights(plain.run_dir)
     assert all(torch.isfinite(t).all() for t in robust_weights.values())
     # Krum with f = 1 of 3 nodes keeps 2; the median takes the middle node per coordinate: neither is the mean.
-    difference = (robust_weights["item_embedding.weight"] - plain_weights["item_embedding.weight"]).abs().max()
+    difference = (
+        (robust_weights["item_embedding.weight"] - plain_weights["item_embedding.weight"]).abs().max()
+    )
     assert difference > 1e-4
 
 
@@ -580,12 +731,18 @@ def test_fake_clients_join_a_flower_round_as_they_join_a_local_one(tiny_data, tm
     and reach the aggregation as one client each. Model poisoning matches its norm to the median of
     the updates the server receives, which are per-node means: with one user a node, those are the
     local engine's per-user updates."""
-    options = dict(num_rounds=1, server_optimizer="fedavg", attack=attack, attack_fraction=0.1, attack_targets=3)
+    options = dict(
+        num_rounds=1, server_optimizer="fedavg", attack=attack, attack_fraction=0.1, attack_targets=3
+    )
     local = train(config(tiny_data, tmp_path / "local", **options))
-    flower = train_on_grid(InProcessGrid(make_client_app(), partitions(nodes)),
-                           config(tiny_data, tmp_path / "flower", flower_supernodes=nodes, **options))
+    flower = train_on_grid(
+        InProcessGrid(make_client_app(), partitions(nodes)),
+        config(tiny_data, tmp_path / "flower", flower_supernodes=nodes, **options),
+    )
     (local_record,), (flower_record,) = local.history, flower.history
     assert flower_record["attack_clients"] == local_record["attack_clients"] == 3
     assert flower_record["failed_clients"] == 0
-    assert flower_record["train_loss"] == pytest.approx(local_record["train_loss"], rel=1e-5)  # genuine clients only
+    assert flower_record["train_loss"] == pytest.approx(
+        local_record["train_loss"], rel=1e-5
+    )  # genuine clients only
     assert_same_weights(weights(flower.run_dir), weights(local.run_dir), fedadam_rounds=0)

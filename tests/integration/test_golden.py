@@ -41,13 +41,24 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import TINY_NEGATIVES  # noqa: E402
 
-SMALL = dict(max_seq_len=10, **TINY_NEGATIVES,
-             hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=3,
-             validate_every=1, patience=0, threads=1, top_users=120)
+SMALL = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    num_negatives_eval=20,
+    num_rounds=3,
+    validate_every=1,
+    patience=0,
+    threads=1,
+    top_users=120,
+)
 CASES = {
     "fedsasrec": dict(),
-    "fedsasrec-adam-fedavgm": dict(local_optimizer="adam", learning_rate=1e-3, server_optimizer="fedavgm",
-                                   server_learning_rate=1.0),
+    "fedsasrec-adam-fedavgm": dict(
+        local_optimizer="adam", learning_rate=1e-3, server_optimizer="fedavgm", server_learning_rate=1.0
+    ),
     "dp": dict(dp_clip_norm=0.5, dp_noise_multiplier=0.3),
     "feddmmr": dict(model="feddmmr"),
     "centralized": dict(centralized=True, local_optimizer="adam", learning_rate=1e-3, batch_size=64),
@@ -68,7 +79,9 @@ def synthetic_features(folder: Path) -> Path:
 
     data = load_sequences(None)
     path = folder / "features.npz"
-    save_features(path, data.item_ids[1:], np.random.default_rng(0).normal(size=(data.num_items, 8)).astype(np.float32))
+    save_features(
+        path, data.item_ids[1:], np.random.default_rng(0).normal(size=(data.num_items, 8)).astype(np.float32)
+    )
     return path
 
 
@@ -101,10 +114,12 @@ def observe(case: str, folder: Path) -> dict:
     }
 
 
-GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by training targets (python tests/integration/test_golden.py)
+GOLDEN: dict[
+    str, dict
+] = {  # re-recorded at the commit that sorts chunks by training targets (python tests/integration/test_golden.py)
     # It changed which clients share a chunk, so their dropout masks; with dropout 0 every case
     # repeated the numbers recorded at e51976a to 6e-8 (losses) and exactly (metrics).
-    'fedsasrec': {
+    "fedsasrec": {
         "rounds": [
             [1.462476066685056, 0.6, 0.28048913919345025, 0.21097319769726888],
             [1.4148434777504686, 0.7, 0.3467369404874849, 0.26060753803013864],
@@ -112,7 +127,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.6083333333333333, 0.2967533119785711, 0.23084982705919235],
     },
-    'fedsasrec-adam-fedavgm': {
+    "fedsasrec-adam-fedavgm": {
         "rounds": [
             [1.603815069981305, 0.525, 0.22398122013007482, 0.1656016724002405],
             [1.5982091739811841, 0.5416666666666666, 0.23381474239173672, 0.1720513158438855],
@@ -120,7 +135,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.48333333333333334, 0.22275898447532155, 0.18037568908989188],
     },
-    'dp': {
+    "dp": {
         "rounds": [
             [1.4609557052883866, 0.5416666666666666, 0.23270239403851686, 0.17198165221288286],
             [1.4515920056375986, 0.525, 0.2408935926198699, 0.1879497398169999],
@@ -128,7 +143,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.5083333333333333, 0.2322405722901411, 0.1833358959152303],
     },
-    'feddmmr': {
+    "feddmmr": {
         "rounds": [
             [1.456454608524623, 0.5916666666666667, 0.27292916040560206, 0.20394042382625974],
             [1.3804011858333096, 0.6666666666666666, 0.33580472027906627, 0.2585120562558643],
@@ -136,7 +151,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.5666666666666667, 0.2844902956034886, 0.22966130493317027],
     },
-    'centralized': {
+    "centralized": {
         "rounds": [
             [1.5922477832879036, 0.6333333333333333, 0.3022937255099457, 0.22540632584363235],
             [1.4938535922970066, 0.6583333333333333, 0.40286451139529683, 0.3459215154542167],
@@ -144,7 +159,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.6583333333333333, 0.3769556041089438, 0.31407890122576654],
     },
-    'flower': {
+    "flower": {
         "rounds": [
             [1.4615356578374006, 0.5916666666666667, 0.2832700427808046, 0.21731399094111942],
             [1.4175850033786572, 0.6666666666666666, 0.34394660418753725, 0.2692487069102781],
@@ -152,7 +167,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.675, 0.35108877689787393, 0.2751454011245033],
     },
-    'shared-negatives': {
+    "shared-negatives": {
         "rounds": [
             [3.2703484990242595, 0.5666666666666667, 0.2820852465312045, 0.22577178128745468],
             [3.197203901188499, 0.6666666666666666, 0.33896455373310547, 0.26162817639017333],
@@ -160,7 +175,7 @@ GOLDEN: dict[str, dict] = {  # re-recorded at the commit that sorts chunks by tr
         ],
         "test": [0.625, 0.29812152864812275, 0.2268717980076339],
     },
-    'ce-full': {
+    "ce-full": {
         "rounds": [
             [6.71614786732024, 0.5666666666666667, 0.2729143606572195, 0.21318721003512026],
             [6.661171988541516, 0.6, 0.3037034959852187, 0.24043297317291126],
@@ -181,10 +196,16 @@ def mismatches(observed: dict, golden: dict, later_loss_rtol: float = LOSS_RTOL)
     for number, (seen, recorded) in enumerate(zip(observed["rounds"], golden["rounds"]), start=1):
         if abs(seen[0] - recorded[0]) > (LOSS_RTOL if number == 1 else later_loss_rtol) * abs(recorded[0]):
             found.append(f"round {number} loss {seen[0]!r}, recorded {recorded[0]!r}")
-        found += [f"round {number} validation {metric} {a!r}, recorded {b!r}"
-                  for metric, a, b in zip(METRICS, seen[1:], recorded[1:]) if abs(a - b) > one_user]
-    found += [f"test {metric} {a!r}, recorded {b!r}"
-              for metric, a, b in zip(METRICS, observed["test"], golden["test"]) if abs(a - b) > one_user]
+        found += [
+            f"round {number} validation {metric} {a!r}, recorded {b!r}"
+            for metric, a, b in zip(METRICS, seen[1:], recorded[1:])
+            if abs(a - b) > one_user
+        ]
+    found += [
+        f"test {metric} {a!r}, recorded {b!r}"
+        for metric, a, b in zip(METRICS, observed["test"], golden["test"])
+        if abs(a - b) > one_user
+    ]
     return found
 
 
@@ -211,20 +232,35 @@ def test_a_planted_change_fails_the_comparison(tmp_path):
 
 def test_feddmmrs_later_losses_get_the_memory_bound_and_its_first_round_does_not():
     golden = {"rounds": [[2.0, 0.5, 0.25, 0.125]] * 2, "test": [0.5, 0.25, 0.125]}
-    later = {"rounds": [[2.0, 0.5, 0.25, 0.125], [2.0 * (1 + 0.9 * MEMORY_LOSS_RTOL), 0.5, 0.25, 0.125]],
-             "test": [0.5, 0.25, 0.125]}
+    later = {
+        "rounds": [[2.0, 0.5, 0.25, 0.125], [2.0 * (1 + 0.9 * MEMORY_LOSS_RTOL), 0.5, 0.25, 0.125]],
+        "test": [0.5, 0.25, 0.125],
+    }
     assert mismatches(later, golden, MEMORY_LOSS_RTOL) == [] and mismatches(later, golden) != []
-    first = {"rounds": [[2.0 * (1 + 2 * LOSS_RTOL), 0.5, 0.25, 0.125], [2.0, 0.5, 0.25, 0.125]], "test": [0.5, 0.25, 0.125]}
-    assert mismatches(first, golden, MEMORY_LOSS_RTOL) == [f"round 1 loss {2.0 * (1 + 2 * LOSS_RTOL)!r}, recorded 2.0"]
+    first = {
+        "rounds": [[2.0 * (1 + 2 * LOSS_RTOL), 0.5, 0.25, 0.125], [2.0, 0.5, 0.25, 0.125]],
+        "test": [0.5, 0.25, 0.125],
+    }
+    assert mismatches(first, golden, MEMORY_LOSS_RTOL) == [
+        f"round 1 loss {2.0 * (1 + 2 * LOSS_RTOL)!r}, recorded 2.0"
+    ]
 
 
 def test_the_bounds_take_one_users_worth_and_no_more():
     golden = {"rounds": [[2.0, 0.5, 0.25, 0.125]], "test": [0.5, 0.25, 0.125]}
-    shifted = {"rounds": [[2.0 * (1 + 0.9 * LOSS_RTOL), 0.5 + 1 / USERS, 0.25, 0.125]], "test": [0.5, 0.25 - 1 / USERS, 0.125]}
+    shifted = {
+        "rounds": [[2.0 * (1 + 0.9 * LOSS_RTOL), 0.5 + 1 / USERS, 0.25, 0.125]],
+        "test": [0.5, 0.25 - 1 / USERS, 0.125],
+    }
     assert mismatches(shifted, golden) == []
-    too_far = {"rounds": [[2.0 * (1 + 2 * LOSS_RTOL), 0.5, 0.25, 0.125]], "test": [0.5 + 2 / USERS, 0.25, 0.125]}
-    assert mismatches(too_far, golden) == [f"round 1 loss {2.0 * (1 + 2 * LOSS_RTOL)!r}, recorded 2.0",
-                                            f"test HR@10 {0.5 + 2 / USERS!r}, recorded 0.5"]
+    too_far = {
+        "rounds": [[2.0 * (1 + 2 * LOSS_RTOL), 0.5, 0.25, 0.125]],
+        "test": [0.5 + 2 / USERS, 0.25, 0.125],
+    }
+    assert mismatches(too_far, golden) == [
+        f"round 1 loss {2.0 * (1 + 2 * LOSS_RTOL)!r}, recorded 2.0",
+        f"test HR@10 {0.5 + 2 / USERS!r}, recorded 0.5",
+    ]
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ def test_each_clients_update_is_clipped_over_all_its_tensors_and_weighs_one():
 
 def test_dp_fedavg_sums_clipped_updates_over_the_expected_cohort():
     global_params = {"w": torch.tensor([1.0, 1.0])}
-    aggregator = DPFedAvg(global_params, clip_norm=1.0, noise_multiplier=0.0, expected_clients=4.0,
-                          generator=torch.Generator().manual_seed(0))
+    aggregator = DPFedAvg(
+        global_params,
+        clip_norm=1.0,
+        noise_multiplier=0.0,
+        expected_clients=4.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     aggregator.add({"w": torch.tensor([[1.5, 1.0], [1.0, 0.0]])}, torch.ones(2))  # updates (0.5, 0), (0, -1)
     torch.testing.assert_close(aggregator.result()["w"], torch.tensor([1.125, 0.75]))  # 1 + sum / 4
 
@@ -35,8 +40,13 @@ def test_dp_noise_has_the_calibrated_spread_and_repeats_with_the_seed():
     global_params = {"w": torch.zeros(200_000)}
 
     def noisy(seed):
-        aggregator = DPFedAvg(global_params, clip_norm=0.5, noise_multiplier=2.0, expected_clients=10.0,
-                              generator=torch.Generator().manual_seed(seed))
+        aggregator = DPFedAvg(
+            global_params,
+            clip_norm=0.5,
+            noise_multiplier=2.0,
+            expected_clients=10.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
         aggregator.add({"w": torch.zeros(3, 200_000)}, torch.ones(3))
         return aggregator.result()["w"]
 
@@ -81,24 +91,28 @@ def test_update_noise_covers_every_item_row_at_the_clients_own_scale():
     assert float(noise[0, 1:].std()) == pytest.approx(0.5 * 3.0, rel=0.03)
     assert float(noise[1, 1:].std()) == pytest.approx(0.5 * 1.0, rel=0.03)
     assert torch.equal(noisy["bias"], params["bias"])  # only the item table
-    again = noise_item_rows({table: moved[1:], "bias": params["bias"][1:]}, start, [9], seed=0, round_number=4,
-                            scale=0.5)
+    again = noise_item_rows(
+        {table: moved[1:], "bias": params["bias"][1:]}, start, [9], seed=0, round_number=4, scale=0.5
+    )
     assert torch.equal(again[table][0], noisy[table][1])  # the client's stream, whatever else is in its chunk
     other_round = noise_item_rows(params, start, [7, 9], seed=0, round_number=5, scale=0.5)
     assert not torch.equal(other_round[table], noisy[table])
     assert noise_item_rows(params, start, [7, 9], seed=0, round_number=4, scale=0.0) is params
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(dp_noise_multiplier=1.0), "dp_noise_multiplier needs dp_clip_norm"),
-    (dict(dp_clip_norm=0.0), "dp_clip_norm: expected a number > 0"),
-    (dict(dp_clip_norm=1.0, dp_noise_multiplier=-1.0), "dp_noise_multiplier: expected a number >= 0"),
-    (dict(dp_clip_norm=1.0, dp_delta=1.0), r"dp_delta: expected a number in \(0, 1\)"),
-    (dict(dp_clip_norm=1.0, centralized=True), "--centralized pools the users"),
-    (dict(update_noise=1.0, dp_clip_norm=1.0), "DP's sensitivity bound does not hold for it"),
-    (dict(update_noise=1.0, centralized=True), "--centralized has no client updates"),
-    (dict(update_noise=-1.0), "update_noise: expected a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(dp_noise_multiplier=1.0), "dp_noise_multiplier needs dp_clip_norm"),
+        (dict(dp_clip_norm=0.0), "dp_clip_norm: expected a number > 0"),
+        (dict(dp_clip_norm=1.0, dp_noise_multiplier=-1.0), "dp_noise_multiplier: expected a number >= 0"),
+        (dict(dp_clip_norm=1.0, dp_delta=1.0), r"dp_delta: expected a number in \(0, 1\)"),
+        (dict(dp_clip_norm=1.0, centralized=True), "--centralized pools the users"),
+        (dict(update_noise=1.0, dp_clip_norm=1.0), "DP's sensitivity bound does not hold for it"),
+        (dict(update_noise=1.0, centralized=True), "--centralized has no client updates"),
+        (dict(update_noise=-1.0), "update_noise: expected a number >= 0"),
+    ],
+)
 def test_bad_privacy_settings_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**overrides)
@@ -109,9 +123,20 @@ def test_a_dp_run_reports_its_privacy_budget_every_round(tmp_path, engine):
     pytest.importorskip("opacus")
     from feddmmr.train import train
 
-    config = TrainConfig(num_rounds=2, validate_every=1, hidden_dim=16, num_blocks=1, num_heads=1, local_epochs=1,
-                         batch_size=8, dp_clip_norm=0.5, dp_noise_multiplier=1.0, engine=engine,
-                         run_dir=str(tmp_path / engine), threads=1)
+    config = TrainConfig(
+        num_rounds=2,
+        validate_every=1,
+        hidden_dim=16,
+        num_blocks=1,
+        num_heads=1,
+        local_epochs=1,
+        batch_size=8,
+        dp_clip_norm=0.5,
+        dp_noise_multiplier=1.0,
+        engine=engine,
+        run_dir=str(tmp_path / engine),
+        threads=1,
+    )
     result = train(config)
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     epsilons = [r["dp"]["epsilon"] for r in records]
@@ -125,8 +150,18 @@ def test_a_resumed_dp_run_draws_the_same_clients_and_noise(tmp_path):
     from feddmmr.checkpoint import load_checkpoint
     from feddmmr.train import train
 
-    settings = dict(validate_every=1, hidden_dim=16, num_blocks=1, num_heads=1, local_epochs=1, batch_size=8,
-                    dp_clip_norm=0.5, dp_noise_multiplier=1.0, threads=1, patience=0)
+    settings = dict(
+        validate_every=1,
+        hidden_dim=16,
+        num_blocks=1,
+        num_heads=1,
+        local_epochs=1,
+        batch_size=8,
+        dp_clip_norm=0.5,
+        dp_noise_multiplier=1.0,
+        threads=1,
+        patience=0,
+    )
     reference = train(TrainConfig(num_rounds=2, run_dir=str(tmp_path / "reference"), **settings))
     train(TrainConfig(num_rounds=1, run_dir=str(tmp_path / "resumed"), **settings))
     resumed = train(TrainConfig(num_rounds=2, run_dir=str(tmp_path / "resumed"), **settings), resume=True)

@@ -23,8 +23,8 @@ def scores_of(best, dense_sequence, user_row):
     length = best.config.max_seq_len
     inputs = torch.zeros(1, length, dtype=torch.long)
     last = torch.from_numpy(dense_sequence[-length:])
-    inputs[0, length - len(last):] = last
-    slots = tuple(m[user_row:user_row + 1] for m in best.memory_slots)
+    inputs[0, length - len(last) :] = last
+    slots = tuple(m[user_row : user_row + 1] for m in best.memory_slots)
     with torch.no_grad():
         return best.model.eval().score_all_last(inputs, *slots)[0]
 
@@ -79,7 +79,9 @@ def test_an_item_added_after_training_is_ranked_beside_its_twin(tower_run, tmp_p
     top = best.recommend([user], k=best.split.num_items)[0]
     twin = next(r for r in top if r.item in {best.item_ids[i] for i in cold})  # the best-ranked new item
     row = matrix[list(ids).index(twin.item)]
-    grown = best.with_new_items([f"text={save_features(tmp_path / 'new.npz', np.array([999_001]), row[None])}"])
+    grown = best.with_new_items(
+        [f"text={save_features(tmp_path / 'new.npz', np.array([999_001]), row[None])}"]
+    )
     ranked = grown.recommend([user], k=best.split.num_items + 1)[0]
     scores = {r.item: r.score for r in ranked}
     assert scores[999_001] == pytest.approx(twin.score, rel=1e-6)
@@ -89,7 +91,9 @@ def test_the_cli_prints_each_users_list(tower_run):
     best = load_best_model(tower_run[0])
     users = [str(u) for u in best.split.data.user_ids[:2]]
     runner = CliRunner()
-    result = runner.invoke(app, ["recommend", str(tower_run[0]), "--user", users[0], "--user", users[1], "-k", "3"])
+    result = runner.invoke(
+        app, ["recommend", str(tower_run[0]), "--user", users[0], "--user", users[1], "-k", "3"]
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "\t" in line]
     assert lines[0] == "user\trank\titem\tscore" and len(lines) == 7
@@ -97,7 +101,7 @@ def test_the_cli_prints_each_users_list(tower_run):
     assert [line.split("\t")[2] for line in lines[1:4]] == [str(r.item) for r in expected]
     result = runner.invoke(app, ["recommend", str(tower_run[0]), "--user", users[0], "-k", "2", "--json"])
     assert result.exit_code == 0, result.output
-    printed = json.loads(result.output[result.output.index("{"):])
+    printed = json.loads(result.output[result.output.index("{") :])
     assert [entry["item"] for entry in printed[users[0]]] == [r.item for r in expected[:2]]
     result = runner.invoke(app, ["recommend", str(tower_run[0])])
     assert result.exit_code == 2 and "give --user" in result.output

@@ -13,9 +13,18 @@ from feddmmr.engines.base import RoundResult
 from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregator
 from feddmmr.train import train
 
-TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
-            hidden_dim=16, num_heads=2, num_blocks=1, num_negatives_eval=20, num_rounds=2,
-            validate_every=1, threads=1, top_users=40)
+TINY = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    num_negatives_eval=20,
+    num_rounds=2,
+    validate_every=1,
+    threads=1,
+    top_users=40,
+)
 
 
 class IdleClients:
@@ -28,7 +37,10 @@ class IdleClients:
 
     def train(self, context, global_params, clients, local, aggregate, progress=None):
         IdleClients.rounds.append(context.round)
-        stacked = {n: p.detach().unsqueeze(0).repeat(len(clients), *([1] * p.dim())) for n, p in global_params.items()}
+        stacked = {
+            n: p.detach().unsqueeze(0).repeat(len(clients), *([1] * p.dim()))
+            for n, p in global_params.items()
+        }
         aggregate(stacked, torch.tensor([float(c.num_targets) for c in clients]))
         return RoundResult([ClientReport(c.user, 0.0, 0, 0) for c in clients])
 
@@ -74,9 +86,13 @@ def test_a_registered_aggregator_runs_from_the_config(registered, tmp_path):
 
 
 def test_unknown_or_conflicting_names_are_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match=r"engine: expected one of vectorized, sequential, flower, got 'idle'"):
+    with pytest.raises(
+        ValueError, match=r"engine: expected one of vectorized, sequential, flower, got 'idle'"
+    ):
         TrainConfig(engine="idle")
-    with pytest.raises(ValueError, match=r"aggregator: expected one of fedavg, .*krum, row-bound, got 'geometric-median'"):
+    with pytest.raises(
+        ValueError, match=r"aggregator: expected one of fedavg, .*krum, row-bound, got 'geometric-median'"
+    ):
         TrainConfig(aggregator="geometric-median")
     with pytest.raises(ValueError, match=r"dp_clip_norm aggregates with DP-FedAvg"):
         register_aggregator("uniform", lambda params, fraction: UniformMean(params))

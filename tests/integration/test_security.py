@@ -15,9 +15,17 @@ from feddmmr.federated.attacks import ATTACKS, Attack, exposure_rate
 from feddmmr.model.sasrec import ITEM_TABLE
 from feddmmr.train import prepare_run, run_round, train
 
-TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
-            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
-            client_fraction=0.5, learning_rate=5e-3)
+TINY = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    batch_size=4,
+    num_negatives_eval=20,
+    client_fraction=0.5,
+    learning_rate=5e-3,
+)
 
 
 def tiny(tiny_data, run_dir, **overrides) -> TrainConfig:
@@ -26,9 +34,14 @@ def tiny(tiny_data, run_dir, **overrides) -> TrainConfig:
 
 @pytest.mark.parametrize("engine", ["vectorized", "sequential"])
 @pytest.mark.parametrize("aggregator", ["norm-bound", "median", "trimmed-mean", "krum", "row-bound"])
-def test_each_robust_rule_trains_on_each_engine_with_the_server_optimiser(tiny_data, tmp_path, engine, aggregator):
-    result = train(tiny(tiny_data, tmp_path / "run", num_rounds=2, validate_every=1, engine=engine,
-                        aggregator=aggregator))
+def test_each_robust_rule_trains_on_each_engine_with_the_server_optimiser(
+    tiny_data, tmp_path, engine, aggregator
+):
+    result = train(
+        tiny(
+            tiny_data, tmp_path / "run", num_rounds=2, validate_every=1, engine=engine, aggregator=aggregator
+        )
+    )
     assert result.final["test"]["HR@10"] > 0
     assert all(np.isfinite(r["train_loss"]) for r in result.history)
 
@@ -52,10 +65,23 @@ def recording():
 
 
 def round_with(tiny_data, tmp_path, kind, fraction=0.1):
-    run = prepare_run(tiny(tiny_data, tmp_path / kind, aggregator="recording", attack=kind, attack_fraction=fraction,
-                           attack_targets=3))
-    engine = make_engine("vectorized", run.model, chunk_clients=run.config.chunk_clients,
-                         chunk_windows=run.config.chunk_windows, num_negatives=run.config.num_negatives)
+    run = prepare_run(
+        tiny(
+            tiny_data,
+            tmp_path / kind,
+            aggregator="recording",
+            attack=kind,
+            attack_fraction=fraction,
+            attack_targets=3,
+        )
+    )
+    engine = make_engine(
+        "vectorized",
+        run.model,
+        chunk_clients=run.config.chunk_clients,
+        chunk_windows=run.config.chunk_windows,
+        num_negatives=run.config.num_negatives,
+    )
     global_params = run.params()
     record = run_round(run, engine, 1)
     run.close()
@@ -70,7 +96,9 @@ def test_the_targets_are_cold_items_chosen_by_the_seed(tiny_data, tmp_path, reco
     assert set(run.attack.targets.tolist()) <= coldest_fifth and len(run.attack.targets) == 3
     again = Attack.plan("data-poisoning", 0.1, 3, run.split, 10, seed=0)
     assert np.array_equal(again.targets, run.attack.targets)
-    assert not np.array_equal(Attack.plan("data-poisoning", 0.1, 3, run.split, 10, seed=1).targets, run.attack.targets)
+    assert not np.array_equal(
+        Attack.plan("data-poisoning", 0.1, 3, run.split, 10, seed=1).targets, run.attack.targets
+    )
 
 
 def test_data_poisoning_clients_train_their_made_up_sequences(tiny_data, tmp_path, recording):
@@ -94,8 +122,8 @@ def test_genuine_clients_train_as_in_a_round_without_the_attack(tiny_data, tmp_p
     plain = prepare_run(tiny(tiny_data, tmp_path / "plain", aggregator="recording"))
     run_round(plain, make_engine("vectorized", plain.model, num_negatives=plain.config.num_negatives), 1)
     plain.close()
-    genuine = with_attack[:len(Recording.received)]
-    assert sum(len(w) for _, w in with_attack[len(genuine):]) == record["attack_clients"]
+    genuine = with_attack[: len(Recording.received)]
+    assert sum(len(w) for _, w in with_attack[len(genuine) :]) == record["attack_clients"]
     for (params, weights), (expected, expected_weights) in zip(genuine, Recording.received, strict=True):
         assert torch.equal(weights, expected_weights)
         for name in expected:
@@ -112,9 +140,15 @@ def test_model_poisoning_clients_send_crafted_updates_to_the_target_rows_only(ti
     for name in global_params:
         if name != ITEM_TABLE:
             assert torch.equal(crafted[name][0], global_params[name])
-    genuine_norms = torch.cat([sum((p[n] - global_params[n]).reshape(len(w), -1).pow(2).sum(1) for n in global_params).sqrt()
-                               for p, w in genuine])
-    assert float(change[0].norm()) == pytest.approx(float(genuine_norms.median()), rel=1e-4)  # passes a norm check
+    genuine_norms = torch.cat(
+        [
+            sum((p[n] - global_params[n]).reshape(len(w), -1).pow(2).sum(1) for n in global_params).sqrt()
+            for p, w in genuine
+        ]
+    )
+    assert float(change[0].norm()) == pytest.approx(
+        float(genuine_norms.median()), rel=1e-4
+    )  # passes a norm check
     assert float(weights[0]) == float(torch.cat([w for _, w in genuine]).median())
 
 
@@ -130,8 +164,12 @@ def test_boosted_model_poisoning_puts_the_whole_crafted_change_into_the_mean(tin
     total_weight = float(weights.sum() + sum(w.sum() for _, w in genuine))
     in_the_mean = (weights[:, None, None] * change).sum(0) / total_weight
     assert torch.allclose(in_the_mean, unboosted, rtol=1e-4, atol=1e-7)
-    genuine_norms = torch.cat([sum((p[n] - global_params[n]).reshape(len(w), -1).pow(2).sum(1) for n in global_params).sqrt()
-                               for p, w in genuine])
+    genuine_norms = torch.cat(
+        [
+            sum((p[n] - global_params[n]).reshape(len(w), -1).pow(2).sum(1) for n in global_params).sqrt()
+            for p, w in genuine
+        ]
+    )
     assert float(in_the_mean.norm()) == pytest.approx(float(genuine_norms.median()), rel=1e-4)
     assert float(change[0].norm()) > 5 * float(genuine_norms.max())  # what a norm check sees
 
@@ -157,8 +195,12 @@ def test_exposure_rate_counts_users_whose_top_10_holds_a_target(tiny_data, tmp_p
     run.close()
     test = run.test_set
     model = RanksSevenFirstForEvenUsers(run.split.num_items)
-    read_seven = np.array([7 in test.seen_items[test.seen_offsets[u]:test.seen_offsets[u + 1]]
-                           for u in range(len(test.inputs))])
+    read_seven = np.array(
+        [
+            7 in test.seen_items[test.seen_offsets[u] : test.seen_offsets[u + 1]]
+            for u in range(len(test.inputs))
+        ]
+    )
     even = (test.inputs[:, -1] % 2 == 0).numpy()
     assert exposure_rate(model, test, np.array([7])) == pytest.approx(float((even & ~read_seven).mean()))
     # Item N (highest score after 7) is in everyone's top 10 unless they read it; ten more targets fill it.
@@ -177,7 +219,9 @@ def load_leakage_benchmark():
 def test_the_leakage_metric_on_a_case_with_a_known_answer():
     leakage = load_leakage_benchmark()
     truth = np.array([True, True, False, False, False])
-    assert leakage.auc(np.array([0.9, 0.8, 0.1, 0.0, 0.0]), truth) == 1.0  # every true item above every false one
+    assert (
+        leakage.auc(np.array([0.9, 0.8, 0.1, 0.0, 0.0]), truth) == 1.0
+    )  # every true item above every false one
     assert leakage.auc(np.array([0.0, 0.0, 0.5, 0.4, 0.3]), truth) == 0.0
     assert leakage.auc(np.zeros(5), truth) == 0.5  # all tied: a coin flip
     assert leakage.auc(np.array([0.9, 0.2, 0.5, 0.1, 0.0]), truth) == pytest.approx(5 / 6)  # 0.2 beats 2 of 3
@@ -186,10 +230,13 @@ def test_the_leakage_metric_on_a_case_with_a_known_answer():
     assert leakage.attack(norms, [truth]) == {"AUC": 1.0, "P@10": 0.4, "R-prec": 1.0}
 
 
-@pytest.mark.parametrize("kind, message", [
-    (dict(model="feddmmr", modality=["text=t.npz"]), "simulated for federated FedSASRec"),
-    (dict(centralized=True), "simulated for federated FedSASRec"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (dict(model="feddmmr", modality=["text=t.npz"]), "simulated for federated FedSASRec"),
+        (dict(centralized=True), "simulated for federated FedSASRec"),
+    ],
+)
 def test_attacks_outside_their_reach_are_refused(kind, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(attack="data-poisoning", **kind)
@@ -206,8 +253,17 @@ def test_an_attacked_run_says_whether_the_attack_worked(tiny_data, tmp_path):
     benchmarks/attacks.py measures."""
     from feddmmr.best_model import load_best_model
 
-    result = train(tiny(tiny_data, tmp_path / "run", num_rounds=2, validate_every=1, attack="data-poisoning",
-                        attack_fraction=0.1, attack_targets=3))
+    result = train(
+        tiny(
+            tiny_data,
+            tmp_path / "run",
+            num_rounds=2,
+            validate_every=1,
+            attack="data-poisoning",
+            attack_fraction=0.1,
+            attack_targets=3,
+        )
+    )
     attack = result.final["attack"]
     best = load_best_model(tmp_path / "run")
     dense = [list(best.item_ids).index(item) for item in attack["targets"]]

@@ -17,9 +17,18 @@ from feddmmr.config import TrainConfig, resolve_config, saved_config
 from feddmmr.errors import InputError
 from feddmmr.train import train
 
-TINY = dict(max_seq_len=10, **TINY_NEGATIVES,
-            hidden_dim=16, num_heads=2, num_blocks=1, batch_size=4, num_negatives_eval=20,
-            client_fraction=0.5, learning_rate=5e-3, dropout=0.1)
+TINY = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    batch_size=4,
+    num_negatives_eval=20,
+    client_fraction=0.5,
+    learning_rate=5e-3,
+    dropout=0.1,
+)
 
 
 def config(tiny_data, run_dir, **overrides):
@@ -47,8 +56,17 @@ def test_run_writes_its_documented_outputs(tiny_data, tmp_path):
 
 
 def test_federated_training_learns_the_planted_structure(tiny_data, tmp_path):
-    result = train(config(tiny_data, tmp_path / "run", num_rounds=12, validate_every=1, client_fraction=1.0,
-                          num_negatives_eval=50, learning_rate=1e-2))
+    result = train(
+        config(
+            tiny_data,
+            tmp_path / "run",
+            num_rounds=12,
+            validate_every=1,
+            client_fraction=1.0,
+            num_negatives_eval=50,
+            learning_rate=1e-2,
+        )
+    )
     hr = [r["val"]["HR@10"] for r in result.history]
     chance = 10 / 51
     assert hr[-1] > hr[0] + 0.1
@@ -101,7 +119,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert [r["round"] for r in lines] == list(range(1, 13))
 
 
-def test_resuming_an_early_stopped_run_with_patience_0_continues_it_as_if_it_never_stopped(tiny_data, tmp_path):
+def test_resuming_an_early_stopped_run_with_patience_0_continues_it_as_if_it_never_stopped(
+    tiny_data, tmp_path
+):
     settings = dict(num_rounds=8, validate_every=1)
     reference = train(config(tiny_data, tmp_path / "reference", patience=0, **settings))
     stopped = train(config(tiny_data, tmp_path / "stopped", patience=1, **settings))
@@ -125,7 +145,9 @@ def test_a_finished_run_resumed_with_more_rounds_trains_on_as_a_longer_run(tiny_
     assert extended.final["rounds_run"] == 5
     assert [r["val"] for r in extended.history] == [r["val"] for r in reference.history]
     assert extended.final["test"] == reference.final["test"]
-    with pytest.raises(InputError, match="--num-rounds 4: .* has already trained 5 rounds; .*give at least 5"):
+    with pytest.raises(
+        InputError, match="--num-rounds 4: .* has already trained 5 rounds; .*give at least 5"
+    ):
         train(saved_config(tmp_path / "short", num_rounds=4), resume=True)
 
 
@@ -140,8 +162,16 @@ def test_init_from_loads_every_tensor_and_rejects_other_shapes(tiny_data, tmp_pa
     best = load_checkpoint(first.run_dir / "checkpoints" / "best.pt")["model"]
     with caplog.at_level("INFO"):
         # FedAvg of clients that hardly move: the server adopts the loaded weights as they were.
-        second = train(config(tiny_data, tmp_path / "second", num_rounds=1, learning_rate=1e-12,
-                              server_optimizer="fedavg", init_from=str(first.run_dir / "checkpoints" / "best.pt")))
+        second = train(
+            config(
+                tiny_data,
+                tmp_path / "second",
+                num_rounds=1,
+                learning_rate=1e-12,
+                server_optimizer="fedavg",
+                init_from=str(first.run_dir / "checkpoints" / "best.pt"),
+            )
+        )
     assert f"loaded {len(best)} tensors" in caplog.text
     after = load_checkpoint(second.run_dir / "checkpoints" / "last.pt")["model"]
     for name in best:
@@ -172,16 +202,33 @@ def test_the_sasrec_plus_preset_trains_newest_windows_and_keeps_the_round_of_bes
     """The preset's recipe on the tiny data (its model shrunk): a full softmax over the users' newest
     windows, validated under full ranking, the best round the one of highest validation NDCG@10
     (the first of equals), and early stopping counts NDCG@10 too."""
-    plus = resolve_config("sasrec_plus", data_dir=str(tiny_data), run_dir=str(tmp_path / "run"), max_seq_len=10,
-                          hidden_dim=16, batch_size=8, num_rounds=6, patience=2, learning_rate=5e-2, threads=1,
-                          num_negatives_eval=20)
+    plus = resolve_config(
+        "sasrec_plus",
+        data_dir=str(tiny_data),
+        run_dir=str(tmp_path / "run"),
+        max_seq_len=10,
+        hidden_dim=16,
+        batch_size=8,
+        num_rounds=6,
+        patience=2,
+        learning_rate=5e-2,
+        threads=1,
+        num_negatives_eval=20,
+    )
     assert (plus.centralized, plus.loss, plus.train_windows, plus.select_metric, plus.eval) == (
-        True, "ce-full", "last", "NDCG@10", "full")
+        True,
+        "ce-full",
+        "last",
+        "NDCG@10",
+        "full",
+    )
     result = train(plus)
     ndcg = [r["val"]["NDCG@10"] for r in result.history]
     assert result.final["best_round"] == 1 + int(np.argmax(ndcg)) and result.final["eval"] == "full"
     best = result.final["best_round"]
-    assert len(ndcg) == 6 or (len(ndcg) == best + 2 and max(ndcg[best:]) <= ndcg[best - 1])  # stopped on NDCG@10
+    assert len(ndcg) == 6 or (
+        len(ndcg) == best + 2 and max(ndcg[best:]) <= ndcg[best - 1]
+    )  # stopped on NDCG@10
 
 
 @pytest.mark.parametrize("metric, best", [("HR@10", 2), ("NDCG@10", 3)])
@@ -190,9 +237,20 @@ def test_the_selection_metric_picks_the_best_round_and_stops(tiny_data, tmp_path
     keeps the round of its --select-metric and stops `patience` validations after it."""
     from feddmmr.run_state import Run
 
-    scripted = {1: (0.1, 0.10), 2: (0.4, 0.20), 3: (0.3, 0.30), 4: (0.2, 0.25), 5: (0.2, 0.25), 6: (0.2, 0.25)}
-    monkeypatch.setattr(Run, "validate", lambda run, r: ({"HR@10": scripted[r][0], "NDCG@10": scripted[r][1]}, {}))
-    result = train(config(tiny_data, tmp_path / metric, num_rounds=6, validate_every=1, patience=2, select_metric=metric))
+    scripted = {
+        1: (0.1, 0.10),
+        2: (0.4, 0.20),
+        3: (0.3, 0.30),
+        4: (0.2, 0.25),
+        5: (0.2, 0.25),
+        6: (0.2, 0.25),
+    }
+    monkeypatch.setattr(
+        Run, "validate", lambda run, r: ({"HR@10": scripted[r][0], "NDCG@10": scripted[r][1]}, {})
+    )
+    result = train(
+        config(tiny_data, tmp_path / metric, num_rounds=6, validate_every=1, patience=2, select_metric=metric)
+    )
     assert result.final["best_round"] == best and result.history[-1]["round"] == best + 2
     from feddmmr.report import load_run  # an unfinished run's report marks the same round
 
@@ -200,12 +258,17 @@ def test_the_selection_metric_picks_the_best_round_and_stops(tiny_data, tmp_path
     assert load_run(tmp_path / metric).best_round == best
 
 
-@pytest.mark.parametrize("hr, warned", [([0.60, 0.70, 0.75], None),
-                                        ([0.60, 0.70, 0.20], "validation HR@10 collapsed after round 2: 0.7000 there, "
-                                                             "0.2000 at round 3"),
-                                        ([0.00, 0.01, 0.02], "no better than ranking at random (0.4762)")])
-def test_a_run_says_loudly_when_validation_collapsed_or_never_beat_chance(tiny_data, tmp_path, monkeypatch, caplog,
-                                                                         hr, warned):
+@pytest.mark.parametrize(
+    "hr, warned",
+    [
+        ([0.60, 0.70, 0.75], None),
+        ([0.60, 0.70, 0.20], "validation HR@10 collapsed after round 2: 0.7000 there, 0.2000 at round 3"),
+        ([0.00, 0.01, 0.02], "no better than ranking at random (0.4762)"),
+    ],
+)
+def test_a_run_says_loudly_when_validation_collapsed_or_never_beat_chance(
+    tiny_data, tmp_path, monkeypatch, caplog, hr, warned
+):
     """Scripted validation figures (1:20 candidates: chance is HR@10 10/21): a healthy run has no
     warnings; a collapse after the best round, or a best round at chance, is a warning in the log's
     last lines and in final.json."""
@@ -229,7 +292,9 @@ def test_each_round_records_the_bytes_its_clients_receive_and_send(tiny_data, tm
     total = sum(t.numel() * 4 for t in model.values())
     (record,) = result.history
     assert record["bytes_down"] == record["bytes_up"] == record["clients"] * total == 30 * total
-    staged = train(config(tiny_data, tmp_path / "stage3", num_rounds=1, stage=3, init_from=str(result.run_dir)))
+    staged = train(
+        config(tiny_data, tmp_path / "stage3", num_rounds=1, stage=3, init_from=str(result.run_dir))
+    )
     (record,) = staged.history
     table = model["item_embedding.weight"].numel() * 4
     assert record["bytes_down"] == 30 * total and record["bytes_up"] == 30 * (total - table)
@@ -245,7 +310,11 @@ def test_a_run_from_python_can_show_the_command_lines_bars(tiny_data, tmp_path):
     from feddmmr.progress import round_bars
 
     seen = []
-    train(config(tiny_data, tmp_path / "run", num_rounds=2), progress=True, on_round=lambda r: seen.append(r["round"]))
+    train(
+        config(tiny_data, tmp_path / "run", num_rounds=2),
+        progress=True,
+        on_round=lambda r: seen.append(r["round"]),
+    )
     assert seen == [1, 2]
     screen = io.StringIO()
     with round_bars(2, Console(file=screen, force_terminal=True, width=100)) as (factory, on_round):
@@ -268,15 +337,28 @@ def test_a_fedsgd_round_equals_a_centralized_full_batch_step(tiny_data, tmp_path
     training targets is exactly one full-batch gradient step on the pooled data: the whole
     federated pipeline (batches, engine, aggregation) must reproduce centralised training. (With
     ce-full both score every item.)"""
-    same = dict(num_rounds=1, validate_every=1, dropout=0.0, local_optimizer="sgd", learning_rate=0.5,
-                batch_size=10_000, local_epochs=1, server_optimizer="fedavg", loss=loss)
+    same = dict(
+        num_rounds=1,
+        validate_every=1,
+        dropout=0.0,
+        local_optimizer="sgd",
+        learning_rate=0.5,
+        batch_size=10_000,
+        local_epochs=1,
+        server_optimizer="fedavg",
+        loss=loss,
+    )
     federated = train(config(tiny_data, tmp_path / "fed", client_fraction=1.0, **same))
     centralized = train(config(tiny_data, tmp_path / "central", centralized=True, **same))
     fed = load_checkpoint(federated.run_dir / "checkpoints" / "last.pt")["model"]
     central = load_checkpoint(centralized.run_dir / "checkpoints" / "last.pt")["model"]
-    untrained = train(config(tiny_data, tmp_path / "still", client_fraction=1.0, **{**same, "learning_rate": 1e-12}))
+    untrained = train(
+        config(tiny_data, tmp_path / "still", client_fraction=1.0, **{**same, "learning_rate": 1e-12})
+    )
     start = load_checkpoint(untrained.run_dir / "checkpoints" / "last.pt")["model"]
-    assert not torch.allclose(fed["item_embedding.weight"], start["item_embedding.weight"])  # the step moved it
+    assert not torch.allclose(
+        fed["item_embedding.weight"], start["item_embedding.weight"]
+    )  # the step moved it
     for name in fed:
         torch.testing.assert_close(fed[name], central[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -302,7 +384,9 @@ class PoisoningEngine:
         return self.inner.train(context, global_params, clients, local, poisoning, progress)
 
 
-def test_a_non_finite_client_update_is_dropped_counted_and_never_reaches_the_global_model(tiny_data, tmp_path, caplog):
+def test_a_non_finite_client_update_is_dropped_counted_and_never_reaches_the_global_model(
+    tiny_data, tmp_path, caplog
+):
     import logging
 
     from feddmmr.train import prepare_run
@@ -339,7 +423,13 @@ def test_a_checkpoint_reloads_its_model_without_the_data(tiny_data, tmp_path):
     last = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last.config == model.config and not model.training
 
-    stripped = {k: v for k, v in load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt").items() if k != "model_args"}
+    stripped = {
+        k: v
+        for k, v in load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt").items()
+        if k != "model_args"
+    }
     torch.save(stripped, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match=r"old.pt: this checkpoint was saved before checkpoints carried the model's"):
+    with pytest.raises(
+        ValueError, match=r"old.pt: this checkpoint was saved before checkpoints carried the model's"
+    ):
         load_model(tmp_path / "old.pt")

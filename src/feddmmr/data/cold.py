@@ -32,22 +32,29 @@ def choose_cold_items(data: SequenceData, fraction: float, by: str, seed: int) -
         raise ValueError(f"cold items by {by!r}; expected one of {COLD_BY}")
     count = int(round(fraction * data.num_items))
     if not 0 < count < data.num_items:
-        raise InputError(f"--cold-items {fraction}: {count} of the data's {data.num_items} items would be new; give a "
-                         f"share that leaves at least one new and one trained item")
+        raise InputError(
+            f"--cold-items {fraction}: {count} of the data's {data.num_items} items would be new; give a "
+            f"share that leaves at least one new and one trained item"
+        )
     cold = np.zeros(data.num_items + 1, dtype=bool)
     if by == "random":
         rng = np.random.default_rng([seed, streams.COLD_ITEMS])
         cold[1 + rng.choice(data.num_items, size=count, replace=False)] = True
         return cold
     if data.item_first_seen is None:
-        raise InputError(f"--cold-items-by time: {data.source} has no timestamps (a sequences or user-item file is "
-                         f"in time order per user only); use data with a time column (ML-1M's ratings.dat, ML-100K's "
-                         f"u.data, CSV or Parquet with a time column) or --cold-items-by random")
+        raise InputError(
+            f"--cold-items-by time: {data.source} has no timestamps (a sequences or user-item file is "
+            f"in time order per user only); use data with a time column (ML-1M's ratings.dat, ML-100K's "
+            f"u.data, CSV or Parquet with a time column) or --cold-items-by random"
+        )
     # The `count` items first seen last; among items first seen at the same second, the higher dense id.
     order = np.lexsort((np.arange(data.num_items), data.item_first_seen[1:]))
     cold[1 + order[-count:]] = True
-    log.info("new items by time: the %d items first interacted with after timestamp %d", count,
-             int(data.item_first_seen[1 + order[-count - 1]]))
+    log.info(
+        "new items by time: the %d items first interacted with after timestamp %d",
+        count,
+        int(data.item_first_seen[1 + order[-count - 1]]),
+    )
     return cold
 
 
@@ -60,11 +67,16 @@ def hold_out_cold_items(data: SequenceData, cold: np.ndarray) -> SequenceData:
     users = lengths >= MIN_ITEMS
     keep &= np.repeat(users, data.lengths)
     if not users.all():
-        log.info("new items: dropped %d users left with fewer than %d items without them", int((~users).sum()),
-                 MIN_ITEMS)
+        log.info(
+            "new items: dropped %d users left with fewer than %d items without them",
+            int((~users).sum()),
+            MIN_ITEMS,
+        )
     if not users.any():
-        raise InputError(f"{data.source}: with the new items removed, no user keeps {MIN_ITEMS} items; "
-                         f"use a smaller --cold-items")
+        raise InputError(
+            f"{data.source}: with the new items removed, no user keeps {MIN_ITEMS} items; "
+            f"use a smaller --cold-items"
+        )
     kept_lengths = lengths[users]
     return SequenceData(
         user_ids=data.user_ids[users],
@@ -79,5 +91,7 @@ def hold_out_cold_items(data: SequenceData, cold: np.ndarray) -> SequenceData:
 def describe(data: SequenceData, cold: np.ndarray, test_items: np.ndarray) -> str:
     """One line for the run's log: how many items are new and how many users' test items are."""
     cold_targets = int(cold[test_items].sum())
-    return (f"new items: {int(cold.sum())} of {data.num_items} held out of training; {cold_targets} of "
-            f"{len(test_items)} users' test items are new")
+    return (
+        f"new items: {int(cold.sum())} of {data.num_items} held out of training; {cold_targets} of "
+        f"{len(test_items)} users' test items are new"
+    )

@@ -42,13 +42,21 @@ def build_sequences(
         keep = _most_active(counts, top_users)
         logger.info(
             "%s: top_users=%d keeps %d of %d users (%d of %d interactions)",
-            source, top_users, top_users, len(user_ids), counts[keep].sum(), counts.sum(),
+            source,
+            top_users,
+            top_users,
+            len(user_ids),
+            counts[keep].sum(),
+            counts.sum(),
         )
     too_short = keep & (counts < min_length)
     if too_short.any():
         logger.info(
             "%s: dropped %d users with fewer than min_length=%d interactions (%d interactions)",
-            source, too_short.sum(), min_length, counts[too_short].sum(),
+            source,
+            too_short.sum(),
+            min_length,
+            counts[too_short].sum(),
         )
     keep &= ~too_short
     if not keep.any():
@@ -89,8 +97,11 @@ def _without_exact_repeats(interactions: Interactions) -> Interactions:
         return interactions
     keep = np.ones(len(order), dtype=bool)
     keep[order[repeat]] = False
-    logger.info("%s: dropped %d rows that repeat an earlier row's user, item and timestamp", interactions.source,
-                int(repeat.sum()))
+    logger.info(
+        "%s: dropped %d rows that repeat an earlier row's user, item and timestamp",
+        interactions.source,
+        int(repeat.sum()),
+    )
     return Interactions(users=users[keep], items=items[keep], times=times[keep], source=interactions.source)
 
 

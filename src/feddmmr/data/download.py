@@ -48,9 +48,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "feddmmr"
 
 
-def download_dataset(
-    name: str, cache_dir: str | Path | None = None, *, url: str | None = None
-) -> Path:
+def download_dataset(name: str, cache_dir: str | Path | None = None, *, url: str | None = None) -> Path:
     """Return `<cache>/<name>/`, the extracted archive, downloading and verifying it if needed.
 
     A zip already at `<cache>/<name>.zip` (e.g. downloaded by hand) is verified and extracted
@@ -86,9 +84,10 @@ def _fetch(url: str, cache: Path, name: str) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".zip.part", dir=cache)
     archive = Path(temporary)
     try:
-        with os.fdopen(handle, "wb") as sink, urllib.request.urlopen(
-            url, timeout=DOWNLOAD_TIMEOUT_S
-        ) as response:
+        with (
+            os.fdopen(handle, "wb") as sink,
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        ):
             shutil.copyfileobj(response, sink, _CHUNK_BYTES)
     except (urllib.error.URLError, OSError) as error:
         archive.unlink(missing_ok=True)

@@ -12,8 +12,9 @@ from feddmmr.data.types import SequenceData
 log = logging.getLogger(__name__)
 
 
-def load_sequences(data_dir: str | None, *, format: str | None = None, top_users: int | None = None,
-                   min_length: int = 3) -> SequenceData:
+def load_sequences(
+    data_dir: str | None, *, format: str | None = None, top_users: int | None = None, min_length: int = 3
+) -> SequenceData:
     if data_dir is None:
         if format is not None:
             raise ValueError("--format needs --data-dir")

@@ -31,7 +31,8 @@ def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> t
         raise InputError(
             f"--num-negatives-eval {num_negatives}: user {split.data.user_ids[user]} has only {available[user]} "
             f"items outside their history; use at most {available[user]} (every run draws these candidates once, "
-            f"for sampled evaluation now or later with `feddmmr evaluate --eval sampled`)")
+            f"for sampled evaluation now or later with `feddmmr evaluate --eval sampled`)"
+        )
     rng = np.random.default_rng([seed, streams.EVAL_CANDIDATES])
     out = []
     for held_out in (split.valid_items, split.test_items):
@@ -51,8 +52,12 @@ def draw_eval_candidates(split: LeaveOneOut, num_negatives: int, seed: int) -> t
 def save_candidates(path: Path, split: LeaveOneOut, valid: np.ndarray, test: np.ndarray) -> None:
     """candidates.npz: `users` (original user ids), `valid`/`test` (original item ids, held-out first)."""
     item_ids = split.data.item_ids
-    atomic_write(path, lambda handle: np.savez(handle, users=split.data.user_ids, valid=item_ids[valid],
-                                               test=item_ids[test]))
+    atomic_write(
+        path,
+        lambda handle: np.savez(
+            handle, users=split.data.user_ids, valid=item_ids[valid], test=item_ids[test]
+        ),
+    )
 
 
 def _read_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,20 +65,32 @@ def _read_candidates(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return saved["users"], saved["valid"], saved["test"]
 
 
-def load_candidates(path: Path, split: LeaveOneOut, num_negatives: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_candidates(
+    path: Path, split: LeaveOneOut, num_negatives: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read candidates.npz back into dense ids, checking it belongs to this dataset (and, given
     `num_negatives`, that it holds that many negatives per user)."""
-    users, valid, test = read_guarded(path, "candidates file", _read_candidates,
-                                      fix="the run's fixed evaluation candidates are lost: start a new run")
+    users, valid, test = read_guarded(
+        path,
+        "candidates file",
+        _read_candidates,
+        fix="the run's fixed evaluation candidates are lost: start a new run",
+    )
     if len(users) != split.num_users or not np.array_equal(users, split.data.user_ids):
-        raise InputError(f"{path}: its users do not match the dataset ({len(users)} vs {split.num_users} users): "
-                         f"the data changed since the run started, or the file belongs to another run")
+        raise InputError(
+            f"{path}: its users do not match the dataset ({len(users)} vs {split.num_users} users): "
+            f"the data changed since the run started, or the file belongs to another run"
+        )
     if valid.shape != test.shape or valid.ndim != 2 or len(valid) != len(users):
-        raise InputError(f"{path}: valid {valid.shape} and test {test.shape} should both be [users={len(users)}, "
-                         f"1 + negatives]")
+        raise InputError(
+            f"{path}: valid {valid.shape} and test {test.shape} should both be [users={len(users)}, "
+            f"1 + negatives]"
+        )
     if num_negatives is not None and valid.shape[1] != 1 + num_negatives:
-        raise InputError(f"{path}: holds {valid.shape[1] - 1} negatives per user, but the run's config says "
-                         f"num_negatives_eval={num_negatives}: the file belongs to another run")
+        raise InputError(
+            f"{path}: holds {valid.shape[1] - 1} negatives per user, but the run's config says "
+            f"num_negatives_eval={num_negatives}: the file belongs to another run"
+        )
     item_ids = split.data.item_ids[1:]
     order = np.argsort(item_ids, kind="stable")
     dense = []
@@ -82,12 +99,16 @@ def load_candidates(path: Path, split: LeaveOneOut, num_negatives: int | None = 
         pos = np.minimum(pos, len(item_ids) - 1)
         found = item_ids[order[pos]] == rows
         if not found.all():
-            raise ValueError(f"{path}: {name} holds item ids unknown to the dataset, e.g. {rows[~found][0]!r}")
+            raise ValueError(
+                f"{path}: {name} holds item ids unknown to the dataset, e.g. {rows[~found][0]!r}"
+            )
         dense.append(order[pos] + 1)
     return dense[0], dense[1]
 
 
-def sample_negatives(history: np.ndarray, num_items: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def sample_negatives(
+    history: np.ndarray, num_items: int, shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
     """Uniform negatives from items 1..num_items outside `history`, in one batched draw.
 
     Rejected draws are redrawn together until none is left; the draws are independent
@@ -106,8 +127,9 @@ def sample_negatives(history: np.ndarray, num_items: int, shape: tuple[int, ...]
     return out
 
 
-def sample_distinct_negatives(history: np.ndarray, num_items: int, rows: int, size: int,
-                              rng: np.random.Generator) -> np.ndarray:
+def sample_distinct_negatives(
+    history: np.ndarray, num_items: int, rows: int, size: int, rng: np.random.Generator
+) -> np.ndarray:
     """[rows, size]: each row `size` distinct items drawn uniformly from 1..num_items outside
     `history` (a uniform proposal: a softmax over them needs no logQ correction)."""
     banned = np.zeros(num_items + 1, dtype=bool)
@@ -115,8 +137,10 @@ def sample_distinct_negatives(history: np.ndarray, num_items: int, rows: int, si
     banned[history] = True
     allowed = np.flatnonzero(~banned)
     if len(allowed) < size:
-        raise ValueError(f"--num-negatives {size} with --negatives shared: a user has read all but {len(allowed)} "
-                         f"of the {num_items} items; use at most {len(allowed)}")
+        raise ValueError(
+            f"--num-negatives {size} with --negatives shared: a user has read all but {len(allowed)} "
+            f"of the {num_items} items; use at most {len(allowed)}"
+        )
     # The `size` smallest of random keys: a uniform draw without replacement for every row at once.
     keys = rng.random((rows, len(allowed)))
     return allowed[np.argpartition(keys, size - 1, axis=1)[:, :size]]

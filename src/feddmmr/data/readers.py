@@ -71,7 +71,9 @@ class DataFormatError(InputError):
 
     def __init__(self, message: str) -> None:
         if len(message) > self.MESSAGE_LIMIT:
-            message = f"{message[: self.MESSAGE_LIMIT]}... ({len(message) - self.MESSAGE_LIMIT} more characters)"
+            message = (
+                f"{message[: self.MESSAGE_LIMIT]}... ({len(message) - self.MESSAGE_LIMIT} more characters)"
+            )
         super().__init__(message)
 
 
@@ -148,9 +150,7 @@ def _movielens_folder(folder: Path) -> Path | None:
     if len(subfolders) == 1:
         return _movielens_folder(subfolders[0])
     if len(subfolders) > 1:
-        raise DataFormatError(
-            f"{folder}: holds both ml-1m/ and ml-100k/; point at one of them instead"
-        )
+        raise DataFormatError(f"{folder}: holds both ml-1m/ and ml-100k/; point at one of them instead")
     return None
 
 
@@ -474,9 +474,7 @@ def _read_sequences(path: Path) -> Interactions:
         _raise_first_bad_line(text, path, _check_sequence_line)
         raise DataFormatError(f"{path}: {error}") from error
     _reject_repeated_users(users, np.array(line_numbers), path)
-    return Interactions(
-        users=np.repeat(users, lengths), items=items, times=None, source=str(path)
-    )
+    return Interactions(users=np.repeat(users, lengths), items=items, times=None, source=str(path))
 
 
 def _check_sequence_line(line: str) -> str | None:
@@ -484,10 +482,7 @@ def _check_sequence_line(line: str) -> str | None:
         problem = _integer_problem("user" if position == 0 else "item", token)
         if problem is not None:
             hint = " (commas are not separators here)" if "," in token else ""
-            return (
-                f"{problem}; expected whitespace-separated integer ids "
-                f"'{SEQUENCES_LAYOUT}'{hint}"
-            )
+            return f"{problem}; expected whitespace-separated integer ids '{SEQUENCES_LAYOUT}'{hint}"
     return None
 
 
@@ -531,12 +526,11 @@ def _read_csv(path: Path, columns: Mapping[str, str] | None) -> Interactions:
     frame = frame[(frame != "").any(axis=1)]
     if frame.empty:
         raise _no_interactions(path)
-    names = _resolve_columns(
-        list(frame.columns), columns, path, f" (read with separator {separator!r})"
-    )
+    names = _resolve_columns(list(frame.columns), columns, path, f" (read with separator {separator!r})")
 
     def locate(row: int) -> str:
         return f"{path}:{int(frame.index[row]) + 2}"  # the header is line 1
+
     users = _string_ids(frame[names["user"]], names["user"], locate)
     items = _string_ids(frame[names["item"]], names["item"], locate)
     times = None
@@ -557,6 +551,7 @@ def _read_parquet(path: Path, columns: Mapping[str, str] | None) -> Interactions
 
     def locate(row: int) -> str:
         return f"{path}: row {row + 1}"  # parquet has no lines
+
     users = _typed_ids(frame[names["user"]], names["user"], locate)
     items = _typed_ids(frame[names["item"]], names["item"], locate)
     times = None
@@ -627,7 +622,8 @@ def _labels(values: pd.Series, column: str, locate: Callable[[int], str]) -> np.
             raise DataFormatError(
                 f"{locate(row)}: {column} {values.iloc[row]!r} is {what}, not an id ({int(bad.sum())} rows hold "
                 f"one); an id is an integer (then every id of the column is) or a label that is not a number "
-                f"(docs/DATA.md, \"Ids\")")
+                f'(docs/DATA.md, "Ids")'
+            )
     return np.asarray(values.to_numpy(), dtype=str)
 
 
@@ -636,8 +632,10 @@ def _non_negative(ids: np.ndarray, column: str, locate: Callable[[int], str]) ->
     negative = ids < 0
     if negative.any():
         row = int(np.argmax(negative))
-        raise DataFormatError(f"{locate(row)}: {column} {int(ids[row])} is not a non-negative integer "
-                              f"({int(negative.sum())} rows hold a negative id); integer ids are >= 0 in every format")
+        raise DataFormatError(
+            f"{locate(row)}: {column} {int(ids[row])} is not a non-negative integer "
+            f"({int(negative.sum())} rows hold a negative id); integer ids are >= 0 in every format"
+        )
     return ids
 
 
@@ -707,6 +705,5 @@ def _typed_times(values: pd.Series, column: str, locate: Callable[[int], str]) -
     if pd.api.types.is_string_dtype(values.dtype):
         return _string_times(values.astype(str), column, locate)
     raise DataFormatError(
-        f"{locate(0)}: column {column!r} has type {values.dtype}; expected integer timestamps "
-        f"or date-times"
+        f"{locate(0)}: column {column!r} has type {values.dtype}; expected integer timestamps or date-times"
     )

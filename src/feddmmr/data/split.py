@@ -91,7 +91,9 @@ def leave_one_out(data: SequenceData, cold: np.ndarray | None = None) -> LeaveOn
     )
 
 
-def last_items(offsets: np.ndarray, items: np.ndarray, length: int, extra: np.ndarray | None = None) -> np.ndarray:
+def last_items(
+    offsets: np.ndarray, items: np.ndarray, length: int, extra: np.ndarray | None = None
+) -> np.ndarray:
     """The last `length` items of each CSR row (optionally followed by `extra[u]`), left-padded with 0."""
     num_rows = len(offsets) - 1
     out = np.zeros((num_rows, length), dtype=np.int64)

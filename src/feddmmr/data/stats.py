@@ -21,7 +21,8 @@ def dataset_stats(data: SequenceData) -> dict:
         "items": int(data.num_items),
         "interactions": int(data.num_interactions),
         "density": float(data.num_interactions / max(1, data.num_users * data.num_items)),
-        "sequence_length": {f"q{int(q * 100)}": float(np.quantile(lengths, q)) for q in QUANTILES} | {"mean": float(lengths.mean())},
+        "sequence_length": {f"q{int(q * 100)}": float(np.quantile(lengths, q)) for q in QUANTILES}
+        | {"mean": float(lengths.mean())},
         "interactions_per_item": {"median": float(np.median(counts)), "max": int(counts[0])},
         "share_of_top_1pct_items": float(counts[:top].sum() / max(1, counts.sum())),
         "timestamps": data.item_first_seen is not None,

@@ -56,10 +56,17 @@ def make_synthetic(
     if successors_per_item >= num_items:
         raise ValueError(f"successors_per_item={successors_per_item} must be < num_items")
     settings = dict(
-        seed=seed, num_users=num_users, num_items=num_items, num_clusters=num_clusters,
-        successors_per_item=successors_per_item, follow_probability=follow_probability,
-        taste_probability=taste_probability, popularity_exponent=popularity_exponent,
-        median_length=median_length, length_sigma=length_sigma, min_length=min_length,
+        seed=seed,
+        num_users=num_users,
+        num_items=num_items,
+        num_clusters=num_clusters,
+        successors_per_item=successors_per_item,
+        follow_probability=follow_probability,
+        taste_probability=taste_probability,
+        popularity_exponent=popularity_exponent,
+        median_length=median_length,
+        length_sigma=length_sigma,
+        min_length=min_length,
         max_length=max_length,
     )
     rng = np.random.default_rng(seed)
@@ -71,8 +78,13 @@ def make_synthetic(
 
     sequences = [
         _draw_sequence(
-            int(length), popularity * (clusters == favourite), popularity, successors,
-            follow_probability, taste_probability, rng,
+            int(length),
+            popularity * (clusters == favourite),
+            popularity,
+            successors,
+            follow_probability,
+            taste_probability,
+            rng,
         )
         for length, favourite in zip(lengths, favourite_clusters)
     ]
@@ -110,9 +122,7 @@ def _draw_successors(
     return successors
 
 
-def _weighted_without_replacement(
-    weights: np.ndarray, count: int, rng: np.random.Generator
-) -> np.ndarray:
+def _weighted_without_replacement(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     if count == 0:
         return np.empty(0, dtype=np.int64)
     return rng.choice(len(weights), size=count, replace=False, p=weights / weights.sum())

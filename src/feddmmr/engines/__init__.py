@@ -30,22 +30,38 @@ def register_engine(name: str, factory: EngineFactory) -> None:
     ENGINES[name] = factory
 
 
-def make_engine(name: str, model: torch.nn.Module, *, chunk_clients: str | int = "auto",
-                chunk_windows: str | int = "auto", num_negatives: int = 4, shared_negatives: bool = False) -> Engine:
+def make_engine(
+    name: str,
+    model: torch.nn.Module,
+    *,
+    chunk_clients: str | int = "auto",
+    chunk_windows: str | int = "auto",
+    num_negatives: int = 4,
+    shared_negatives: bool = False,
+) -> Engine:
     """`chunk_*`: the vectorised engine's chunk sizes, numbers or "auto" (engines/chunking.py;
     the negatives a target is scored against, `num_negatives`, shared by the step's targets or
     not, enter its memory estimate); the sizes it uses are logged."""
     if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; expected one of {tuple(ENGINES)} (flower runs through "
-                         f"`--engine flower`)")
-    return ENGINES[name](model, chunk_clients=chunk_clients, chunk_windows=chunk_windows, num_negatives=num_negatives,
-                         shared_negatives=shared_negatives)
+        raise ValueError(
+            f"unknown engine {name!r}; expected one of {tuple(ENGINES)} (flower runs through "
+            f"`--engine flower`)"
+        )
+    return ENGINES[name](
+        model,
+        chunk_clients=chunk_clients,
+        chunk_windows=chunk_windows,
+        num_negatives=num_negatives,
+        shared_negatives=shared_negatives,
+    )
 
 
-def _vectorized(model: torch.nn.Module, *, chunk_clients, chunk_windows, num_negatives,
-                shared_negatives=False) -> VectorizedEngine:
-    sizes = resolve_chunks(chunk_clients, chunk_windows, model, num_negatives, next(model.parameters()).device,
-                           shared_negatives)
+def _vectorized(
+    model: torch.nn.Module, *, chunk_clients, chunk_windows, num_negatives, shared_negatives=False
+) -> VectorizedEngine:
+    sizes = resolve_chunks(
+        chunk_clients, chunk_windows, model, num_negatives, next(model.parameters()).device, shared_negatives
+    )
     log_chunks(sizes)
     return VectorizedEngine(model, chunk_clients=sizes.clients, chunk_windows=sizes.windows)
 
@@ -53,5 +69,15 @@ def _vectorized(model: torch.nn.Module, *, chunk_clients, chunk_windows, num_neg
 register_engine("vectorized", _vectorized)
 register_engine("sequential", lambda model, **options: SequentialEngine(model))
 
-__all__ = ["ENGINES", "ClientReport", "Engine", "LocalTraining", "RoundContext", "RoundResult", "SequentialEngine",
-           "VectorizedEngine", "make_engine", "register_engine"]
+__all__ = [
+    "ENGINES",
+    "ClientReport",
+    "Engine",
+    "LocalTraining",
+    "RoundContext",
+    "RoundResult",
+    "SequentialEngine",
+    "VectorizedEngine",
+    "make_engine",
+    "register_engine",
+]

@@ -46,7 +46,9 @@ class LocalTraining:
     # DP: each client's update is clipped to this L2 norm and weighs 1 (federated/privacy.py)
     clip_norm: float | None = None
     gbce_beta: float = 1.0  # loss=gbce: the positive's weight (model/losses.py, gbce_beta)
-    update_noise: float = 0.0  # noise on each client's item-table change before it leaves (federated/privacy.py)
+    update_noise: float = (
+        0.0  # noise on each client's item-table change before it leaves (federated/privacy.py)
+    )
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,20 @@ class Engine(Protocol):
     memories in `local.memory`: the run's own state (such as its loss scale) changes from the
     `RoundResult`."""
 
-    def train(self, context: RoundContext, global_params: dict[str, torch.Tensor], clients: list,
-              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> RoundResult:
-        ...
+    def train(
+        self,
+        context: RoundContext,
+        global_params: dict[str, torch.Tensor],
+        clients: list,
+        local: LocalTraining,
+        aggregate: Aggregate,
+        progress: Progress | None = None,
+    ) -> RoundResult: ...
 
 
-def guarded_step(objective: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-                 scales: LossScales) -> bool:
+def guarded_step(
+    objective: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, scales: LossScales
+) -> bool:
     """Backward and optimiser step of one module, never on a non-finite loss or gradient.
 
     Under fp16 the loss is scaled by the client's scale for the backward pass and the gradients

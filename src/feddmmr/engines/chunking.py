@@ -47,7 +47,9 @@ def window_bytes(model: torch.nn.Module, num_negatives: int, shared_negatives: b
     sasrec = (model.sasrec if feddmmr else model).config
     length, dim, heads = sasrec.max_seq_len, sasrec.hidden_dim, sasrec.num_heads
     per_block = 24 * length * dim + 6 * heads * length * length
-    candidates = 4 * length * (1 + num_negatives) if shared_negatives else 3 * length * (1 + num_negatives) * dim
+    candidates = (
+        4 * length * (1 + num_negatives) if shared_negatives else 3 * length * (1 + num_negatives) * dim
+    )
     floats = sasrec.num_blocks * per_block + 8 * length * dim + candidates
     factor = 4 if feddmmr else 2  # FedDMMR: experts, router, memory reads
     return 4 * factor * floats
@@ -81,11 +83,21 @@ def floor_power_of_two(value: float, low: int, high: int) -> int:
     return size
 
 
-def resolve_chunks(clients: str | int, windows: str | int, model: torch.nn.Module, num_negatives: int,
-                   device: torch.device, shared_negatives: bool = False) -> ChunkSizes:
+def resolve_chunks(
+    clients: str | int,
+    windows: str | int,
+    model: torch.nn.Module,
+    num_negatives: int,
+    device: torch.device,
+    shared_negatives: bool = False,
+) -> ChunkSizes:
     """Chunk sizes from the settings ("auto" or a number each): a quarter of the planned memory
     for the clients' weights and optimiser state, three quarters for the windows' activations."""
-    explicit = {name: int(value) for name, value in (("clients", clients), ("windows", windows)) if str(value) != "auto"}
+    explicit = {
+        name: int(value)
+        for name, value in (("clients", clients), ("windows", windows))
+        if str(value) != "auto"
+    }
     if len(explicit) == 2:
         return ChunkSizes(explicit["clients"], explicit["windows"], "as set")
     kind = "cuda" if device.type == "cuda" else "cpu"
@@ -103,5 +115,9 @@ def resolve_chunks(clients: str | int, windows: str | int, model: torch.nn.Modul
 
 
 def log_chunks(sizes: ChunkSizes) -> None:
-    log.info("vectorized engine: chunks of at most %d clients / %d windows (%s)", sizes.clients, sizes.windows,
-             sizes.why)
+    log.info(
+        "vectorized engine: chunks of at most %d clients / %d windows (%s)",
+        sizes.clients,
+        sizes.windows,
+        sizes.why,
+    )

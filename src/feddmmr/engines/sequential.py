@@ -48,12 +48,17 @@ class SequentialEngine:
             p.requires_grad_(name not in local.frozen)
         reports, round_scales = [], []
         # FedDMMR holds its SASRec backbone, and the item table, as `sasrec`
-        catalogue = every_item(getattr(model, "sasrec", model).item_embedding.weight) if local.loss == "ce-full" else None
+        catalogue = (
+            every_item(getattr(model, "sasrec", model).item_embedding.weight)
+            if local.loss == "ce-full"
+            else None
+        )
         for client in clients:
             model.load_state_dict(global_params, strict=False)
             model.train()
-            optimizer = TORCH_OPTIMIZERS[local.optimizer](trainable, lr=local.learning_rate,
-                                                          weight_decay=local.weight_decay)
+            optimizer = TORCH_OPTIMIZERS[local.optimizer](
+                trainable, lr=local.learning_rate, weight_decay=local.weight_decay
+            )
             losses, skipped = [], 0
             scales = local.precision.client_scales(1, device)
             round_scales.append(scales)
@@ -66,7 +71,9 @@ class SequentialEngine:
                 valid = candidates[..., 0] > 0
                 if not valid.any():
                     continue
-                shared = catalogue if client.shared is None else torch.from_numpy(client.shared[step]).to(device)
+                shared = (
+                    catalogue if client.shared is None else torch.from_numpy(client.shared[step]).to(device)
+                )
                 if memory is None:
                     with local.precision.autocast():
                         scores = model(inputs, candidates, shared)
@@ -75,9 +82,12 @@ class SequentialEngine:
                 else:
                     items, mask = memory.retrieve(slots)
                     with local.precision.autocast():
-                        scores, parts = model(inputs, candidates, items[0], mask[0], with_aux=True, shared=shared)
-                    objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary,
-                                                   local.gbce_beta)
+                        scores, parts = model(
+                            inputs, candidates, items[0], mask[0], with_aux=True, shared=shared
+                        )
+                    objective, loss = feddmmr_loss(
+                        scores.float(), parts, candidates, local.loss, local.auxiliary, local.gbce_beta
+                    )
                     # The positives happened whatever this step's fate: the memory takes them.
                     slots = memory.update(slots, positives[step : step + 1])
                 if not guarded_step(objective, trainable, optimizer, scales):
@@ -86,13 +96,21 @@ class SequentialEngine:
                 losses.append(float(loss.detach()))
             if memory is not None:
                 memory.scatter([client.user], slots)
-            params = {n: p.detach().unsqueeze(0).clone() for n, p in model.named_parameters() if n not in local.frozen}
+            params = {
+                n: p.detach().unsqueeze(0).clone()
+                for n, p in model.named_parameters()
+                if n not in local.frozen
+            }
             weights = torch.tensor([float(client.num_targets)], device=device)
-            params = noise_item_rows(params, global_params, [client.user], context.seed, context.round,
-                                     local.update_noise)
+            params = noise_item_rows(
+                params, global_params, [client.user], context.seed, context.round, local.update_noise
+            )
             kept = bool(aggregate(*clip_updates(params, global_params, weights, local.clip_norm))[0])
-            reports.append(ClientReport(client.user, sum(losses) / max(len(losses), 1), len(losses), skipped,
-                                        dropped=not kept))
+            reports.append(
+                ClientReport(
+                    client.user, sum(losses) / max(len(losses), 1), len(losses), skipped, dropped=not kept
+                )
+            )
             if progress:
                 progress(1)
         model.load_state_dict(global_params, strict=False)  # leave the model as it was handed over

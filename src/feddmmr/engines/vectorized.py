@@ -35,12 +35,16 @@ from feddmmr.model.sasrec import ITEM_TABLE, item_table_name
 log = logging.getLogger(__name__)
 
 
-def plan_chunks(clients: list[ClientBatches], max_clients: int, max_windows: int) -> list[list[ClientBatches]]:
+def plan_chunks(
+    clients: list[ClientBatches], max_clients: int, max_windows: int
+) -> list[list[ClientBatches]]:
     """Group clients of similar size; a chunk holds at most `max_clients` clients and
     `max_windows` padded windows per step. Within equal steps and rows, by training targets: clients
     of one short window each (sparse data) share a chunk with others of about their length, so that
     `stack_batches` can cut the chunk's common leading padding."""
-    ordered = sorted(clients, key=lambda c: (c.inputs.shape[0], c.inputs.shape[1], c.num_targets), reverse=True)
+    ordered = sorted(
+        clients, key=lambda c: (c.inputs.shape[0], c.inputs.shape[1], c.num_targets), reverse=True
+    )
     chunks: list[list[ClientBatches]] = []
     for client in ordered:
         if chunks:
@@ -53,9 +57,9 @@ def plan_chunks(clients: list[ClientBatches], max_clients: int, max_windows: int
     return chunks
 
 
-
-
-def expand_rows(global_table: torch.Tensor, item_rows: torch.Tensor, local_tables: torch.Tensor) -> torch.Tensor:
+def expand_rows(
+    global_table: torch.Tensor, item_rows: torch.Tensor, local_tables: torch.Tensor
+) -> torch.Tensor:
     """Full [clients, items, d] tables: the global table with each client's trained rows written in."""
     full = global_table.unsqueeze(0).repeat(len(item_rows), 1, 1)
     index = item_rows.unsqueeze(-1).expand(-1, -1, global_table.shape[-1])
@@ -75,17 +79,25 @@ class VectorizedEngine:
         every item for all clients (None), or None."""
         model = self.model
         if local.memory is not None:  # FedDMMR: the client's memory slots and the auxiliary losses
+
             def memory_loss(params, frozen, inputs, candidates, scale, shared, memory_items, memory_mask):
                 with local.precision.autocast():
-                    scores, parts = functional_call(model, {**params, **frozen},
-                                                  (inputs, candidates, memory_items, memory_mask),
-                                                  {"with_aux": True, "shared": shared})
-                objective, loss = feddmmr_loss(scores.float(), parts, candidates, local.loss, local.auxiliary,
-                                               local.gbce_beta)
+                    scores, parts = functional_call(
+                        model,
+                        {**params, **frozen},
+                        (inputs, candidates, memory_items, memory_mask),
+                        {"with_aux": True, "shared": shared},
+                    )
+                objective, loss = feddmmr_loss(
+                    scores.float(), parts, candidates, local.loss, local.auxiliary, local.gbce_beta
+                )
                 return objective * scale, loss.detach()
 
-            return vmap(grad_and_value(memory_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, shared_dim, 0, 0),
-                        randomness="different")
+            return vmap(
+                grad_and_value(memory_loss, has_aux=True),
+                in_dims=(0, None, 0, 0, 0, shared_dim, 0, 0),
+                randomness="different",
+            )
 
         def client_loss(params, frozen, inputs, candidates, scale, shared):
             with local.precision.autocast():
@@ -94,8 +106,11 @@ class VectorizedEngine:
             loss = total / count.clamp(min=1)
             return loss * scale, loss.detach()
 
-        return vmap(grad_and_value(client_loss, has_aux=True), in_dims=(0, None, 0, 0, 0, shared_dim),
-                    randomness="different")
+        return vmap(
+            grad_and_value(client_loss, has_aux=True),
+            in_dims=(0, None, 0, 0, 0, shared_dim),
+            randomness="different",
+        )
 
     def train(
         self,
@@ -122,11 +137,16 @@ class VectorizedEngine:
         for chunk in plan_chunks(clients, self.chunk_clients, self.chunk_windows):
             batch = stack_batches(chunk, device, compact_items=compact)
             size = len(chunk)
-            params = {n: p.detach().unsqueeze(0).repeat(size, *([1] * p.dim())) for n, p in trained.items()
-                      if not (compact and n == ITEM_TABLE)}
+            params = {
+                n: p.detach().unsqueeze(0).repeat(size, *([1] * p.dim()))
+                for n, p in trained.items()
+                if not (compact and n == ITEM_TABLE)
+            }
             if compact:
                 params[ITEM_TABLE] = global_params[ITEM_TABLE].detach()[batch.item_rows]
-            optimizer = LOCAL_OPTIMIZERS[local.optimizer](params, lr=local.learning_rate, weight_decay=local.weight_decay)
+            optimizer = LOCAL_OPTIMIZERS[local.optimizer](
+                params, lr=local.learning_rate, weight_decay=local.weight_decay
+            )
             scales = local.precision.client_scales(size, device)
             loss_sum = torch.zeros(size, dtype=torch.float64, device=device)
             steps_trained = torch.zeros(size, dtype=torch.int64, device=device)
@@ -139,8 +159,14 @@ class VectorizedEngine:
             for step in range(batch.inputs.shape[1]):
                 active = batch.active[:, step]
                 scale = scales.scale
-                step_inputs = (params, frozen, batch.inputs[:, step], batch.candidates[:, step], scale,
-                               catalogue if batch.shared is None else batch.shared[:, step])
+                step_inputs = (
+                    params,
+                    frozen,
+                    batch.inputs[:, step],
+                    batch.candidates[:, step],
+                    scale,
+                    catalogue if batch.shared is None else batch.shared[:, step],
+                )
                 if memory is None:
                     grads, (objectives, losses) = gradient_fn(*step_inputs)
                 else:
@@ -163,13 +189,24 @@ class VectorizedEngine:
             if memory is not None:
                 memory.scatter(batch.users, slots)
             if compact:
-                params[ITEM_TABLE] = expand_rows(global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE])
-            params = noise_item_rows(params, trained, batch.users, context.seed, context.round, local.update_noise)
+                params[ITEM_TABLE] = expand_rows(
+                    global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE]
+                )
+            params = noise_item_rows(
+                params, trained, batch.users, context.seed, context.round, local.update_noise
+            )
             kept = aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm)).tolist()
             loss_sum, steps_trained, skipped = loss_sum.tolist(), steps_trained.tolist(), skipped.tolist()
             for i, user in enumerate(batch.users):
-                reports.append(ClientReport(user, loss_sum[i] / max(steps_trained[i], 1), steps_trained[i], skipped[i],
-                                            dropped=not kept[i]))
+                reports.append(
+                    ClientReport(
+                        user,
+                        loss_sum[i] / max(steps_trained[i], 1),
+                        steps_trained[i],
+                        skipped[i],
+                        dropped=not kept[i],
+                    )
+                )
             if progress:
                 progress(size)
         return RoundResult(reports, tuple(round_scales))

@@ -59,7 +59,9 @@ def build_image_features(
     )
     logger.info(
         "Embedded %d images into %d dimensions in %.1f s",
-        len(ids), features.shape[1], time.perf_counter() - started,
+        len(ids),
+        features.shape[1],
+        time.perf_counter() - started,
     )
     return save_features(output, ids, features)
 
@@ -80,7 +82,10 @@ def find_item_images(images_dir: str | Path) -> dict[int | str, Path]:
     if skipped:
         logger.info(
             "Skipped %d files in %s that are not %s images: %s",
-            len(skipped), folder, "/".join(IMAGE_SUFFIXES), ", ".join(skipped[:5]),
+            len(skipped),
+            folder,
+            "/".join(IMAGE_SUFFIXES),
+            ", ".join(skipped[:5]),
         )
     if not images:
         raise ImageInputError(
@@ -129,9 +134,7 @@ def load_clip(
     try:
         from transformers import CLIPVisionModelWithProjection
     except ImportError as error:
-        raise MissingExtra(
-            "image features need transformers: pip install 'feddmmr[image]'"
-        ) from error
+        raise MissingExtra("image features need transformers: pip install 'feddmmr[image]'") from error
     location = str(model) if model is not None else DEFAULT_CLIP_MODEL
     try:
         # local_files_only: never reach for the network, which is absent on many training hosts.

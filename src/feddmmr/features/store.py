@@ -122,8 +122,12 @@ def load_features(path: str | Path) -> tuple[np.ndarray | None, np.ndarray]:
         )
     if not path.is_file():
         raise FeatureFileError(f"{path}: feature file does not exist")
-    ids, matrix = read_guarded(path, f"{suffix} feature file", _READERS[suffix],
-                               fix="write it again with `feddmmr features text` or `feddmmr features image`")
+    ids, matrix = read_guarded(
+        path,
+        f"{suffix} feature file",
+        _READERS[suffix],
+        fix="write it again with `feddmmr features text` or `feddmmr features image`",
+    )
     return _checked_ids(path, ids, matrix), _checked_matrix(path, matrix)
 
 
@@ -179,15 +183,11 @@ def _checked_matrix(path: str | Path, matrix: np.ndarray) -> np.ndarray:
     return matrix.astype(np.float32, copy=False)
 
 
-def _checked_ids(
-    path: str | Path, ids: np.ndarray | None, matrix: np.ndarray
-) -> np.ndarray | None:
+def _checked_ids(path: str | Path, ids: np.ndarray | None, matrix: np.ndarray) -> np.ndarray | None:
     if ids is None:
         return None
     if ids.dtype.kind not in "iuU":
-        raise FeatureFileError(
-            f"{path}: ids have dtype {ids.dtype}; expected integer or string item ids"
-        )
+        raise FeatureFileError(f"{path}: ids have dtype {ids.dtype}; expected integer or string item ids")
     if ids.ndim != 1 or len(ids) != len(matrix):
         raise FeatureFileError(
             f"{path}: ids have shape {ids.shape} but features have {len(matrix)} rows; expected "
@@ -273,9 +273,7 @@ def _dense_ids_by_row_order(matrix: np.ndarray, num_items: int, source: str) -> 
     return np.arange(1, num_items + 1)
 
 
-def _dense_ids_by_lookup(
-    ids: np.ndarray, item_ids: np.ndarray, source: str, strict: bool
-) -> np.ndarray:
+def _dense_ids_by_lookup(ids: np.ndarray, item_ids: np.ndarray, source: str, strict: bool) -> np.ndarray:
     """Dense id of each feature row's original id, 0 where the dataset has no such item."""
     _reject_duplicate_ids(ids, source)
     feature_keys, dataset_keys = _comparable_keys(ids, item_ids[1:])
@@ -338,5 +336,11 @@ def _log_coverage(
     logger.info(
         "Modality %s (%s): %d of %d items have a feature; %d masked as unavailable "
         "(%d of them had an all-zero row); %d feature rows for ids not in the dataset ignored",
-        name, source, num_items - num_missing, num_items, num_missing, num_zero, num_ignored,
+        name,
+        source,
+        num_items - num_missing,
+        num_items,
+        num_missing,
+        num_zero,
+        num_ignored,
     )

@@ -115,8 +115,14 @@ def read_ml1m_movies(path: str | Path) -> list[tuple[int, int, str, list[str]]]:
                     f"got {line.strip()!r}"
                 )
             item_id = _int_field(path, line_number, fields[0], "MovieID")
-            movies.append((line_number, item_id, fields[1].strip(),
-                           [genre for genre in fields[2].strip().split("|") if genre]))
+            movies.append(
+                (
+                    line_number,
+                    item_id,
+                    fields[1].strip(),
+                    [genre for genre in fields[2].strip().split("|") if genre],
+                )
+            )
     return movies
 
 
@@ -146,9 +152,7 @@ def _read_ml100k_items(path: Path) -> dict[ItemId, str]:
 def _read_ml100k_genres(path: Path) -> list[str]:
     """Genre names in flag order, from u.genre (`name|index` lines)."""
     if not path.is_file():
-        raise ItemTextError(
-            f"{path}: missing; u.item's genre flags are named by u.genre in the same folder"
-        )
+        raise ItemTextError(f"{path}: missing; u.item's genre flags are named by u.genre in the same folder")
     by_index: dict[int, str] = {}
     with path.open(encoding=MOVIELENS_ENCODING) as lines:
         for line_number, line in enumerate(lines, start=1):
@@ -156,14 +160,10 @@ def _read_ml100k_genres(path: Path) -> list[str]:
                 continue
             name, separator, index = line.strip().rpartition("|")
             if not separator or not name:
-                raise ItemTextError(
-                    f"{path}, line {line_number}: expected name|index, got {line.strip()!r}"
-                )
+                raise ItemTextError(f"{path}, line {line_number}: expected name|index, got {line.strip()!r}")
             by_index[_int_field(path, line_number, index, "genre index")] = name
     if sorted(by_index) != list(range(len(by_index))):
-        raise ItemTextError(
-            f"{path}: genre indices {sorted(by_index)} are not 0..{len(by_index) - 1}"
-        )
+        raise ItemTextError(f"{path}: genre indices {sorted(by_index)} are not 0..{len(by_index) - 1}")
     return [by_index[index] for index in range(len(by_index))]
 
 
@@ -233,14 +233,10 @@ def _int_field(path: Path, line_number: int, raw: str, what: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ItemTextError(
-            f"{path}, line {line_number}: {what} {raw!r} is not an integer"
-        ) from None
+        raise ItemTextError(f"{path}, line {line_number}: {what} {raw!r} is not an integer") from None
 
 
-def _add_text(
-    texts: dict[ItemId, str], item_id: ItemId, text: str, path: Path, where: int | str
-) -> None:
+def _add_text(texts: dict[ItemId, str], item_id: ItemId, text: str, path: Path, where: int | str) -> None:
     if item_id in texts:
         location = f"line {where}" if isinstance(where, int) else where
         raise ItemTextError(f"{path}, {location}: item id {item_id!r} appears twice")
@@ -251,16 +247,12 @@ def _add_text(
 # Embedding
 
 
-def load_text_model(
-    model: str | Path | None = None, *, device: str = "cpu"
-) -> SentenceTransformer:
+def load_text_model(model: str | Path | None = None, *, device: str = "cpu") -> SentenceTransformer:
     """A sentence-transformers model from a folder or hub name; None means offline MiniLM."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as error:
-        raise MissingExtra(
-            "text features need sentence-transformers: pip install 'feddmmr[text]'"
-        ) from error
+        raise MissingExtra("text features need sentence-transformers: pip install 'feddmmr[text]'") from error
     location = _default_model_path() if model is None else model
     return SentenceTransformer(str(location), device=device)
 
@@ -311,12 +303,12 @@ def build_text_features(
     ids = _id_array(list(texts))
     output = check_output_path(output, ids)  # fail before the slow part, not after it
     started = time.perf_counter()
-    features = embed_texts(
-        list(texts.values()), model=model_path, batch_size=batch_size, device=device
-    )
+    features = embed_texts(list(texts.values()), model=model_path, batch_size=batch_size, device=device)
     logger.info(
         "Embedded %d item texts into %d dimensions in %.1f s",
-        len(ids), features.shape[1], time.perf_counter() - started,
+        len(ids),
+        features.shape[1],
+        time.perf_counter() - started,
     )
     return save_features(output, ids, features)
 

@@ -18,7 +18,9 @@ def per_client(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view((-1,) + (1,) * (like.dim() - 1))
 
 
-def masked_gradient(grad: torch.Tensor, param: torch.Tensor, active: torch.Tensor, weight_decay: float) -> torch.Tensor:
+def masked_gradient(
+    grad: torch.Tensor, param: torch.Tensor, active: torch.Tensor, weight_decay: float
+) -> torch.Tensor:
     """The step's gradient (plus L2 weight decay), zero for inactive clients whatever it held."""
     if weight_decay:
         grad = grad.add(param, alpha=weight_decay)
@@ -61,8 +63,10 @@ class BatchedAdam:
         if self.fused:  # the kernel reads only the stepping clients' gradients
             self._fused_step(grads, active)
         else:
-            self._elementwise_step({n: masked_gradient(grads[n], p, active, self.weight_decay)
-                                    for n, p in self.params.items()}, active)
+            self._elementwise_step(
+                {n: masked_gradient(grads[n], p, active, self.weight_decay) for n, p in self.params.items()},
+                active,
+            )
 
     def _fused_step(self, grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
         # The kernel reads its tensors' memory in order, whatever their strides: a gradient that
@@ -78,9 +82,21 @@ class BatchedAdam:
                 return [tensors[n] if whole else tensors[n].index_select(0, index) for n in names]
 
             params, exp_avgs, exp_avg_sqs = take(self.params), take(self.exp_avg), take(self.exp_avg_sq)
-            torch._fused_adam_(params, take(grads), exp_avgs, exp_avg_sqs, [],
-                               [torch.tensor(float(step)) for _ in names], lr=self.lr, beta1=self.betas[0],
-                               beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
+            torch._fused_adam_(
+                params,
+                take(grads),
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                [torch.tensor(float(step)) for _ in names],
+                lr=self.lr,
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                weight_decay=self.weight_decay,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
             if not whole:  # index_select copied the group's rows: write them back
                 for n, p, m, v in zip(names, params, exp_avgs, exp_avg_sqs):
                     self.params[n].index_copy_(0, index, p)

@@ -41,7 +41,9 @@ def register_aggregator(name: str, factory: AggregatorFactory) -> None:
     AGGREGATORS[name] = factory
 
 
-def make_aggregator(name: str, global_params: dict[str, torch.Tensor], robust_fraction: float = 0.1) -> Aggregator:
+def make_aggregator(
+    name: str, global_params: dict[str, torch.Tensor], robust_fraction: float = 0.1
+) -> Aggregator:
     if name not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {name!r}; expected one of {tuple(AGGREGATORS)}")
     return AGGREGATORS[name](global_params, robust_fraction)
@@ -64,14 +66,20 @@ class FedAvg:
         clients = len(weights)
         # A sum is non-finite exactly when some element is (or when the values are near float32's
         # limit, which no update should reach either): one read of each tensor.
-        sums = torch.stack([stacked.reshape(clients, -1).sum(1, dtype=torch.float32) for stacked in client_params.values()])
+        sums = torch.stack(
+            [stacked.reshape(clients, -1).sum(1, dtype=torch.float32) for stacked in client_params.values()]
+        )
         finite = torch.isfinite(sums.sum(0))
         everyone = bool(finite.all())  # once per chunk: copies the values only when some must go
         weights = weights if everyone else torch.where(finite, weights, 0.0)
         # The weighted sum of a chunk in the parameters' precision, accumulated across chunks in
         # float64 so that the order in which engines hand over clients hardly matters.
         for name, stacked in client_params.items():
-            kept = stacked if everyone else torch.where(finite.view((-1,) + (1,) * (stacked.dim() - 1)), stacked, 0.0)
+            kept = (
+                stacked
+                if everyone
+                else torch.where(finite.view((-1,) + (1,) * (stacked.dim() - 1)), stacked, 0.0)
+            )
             self.sums[name] += torch.tensordot(weights.to(stacked.dtype), kept, dims=1).to(torch.float64)
         self.total_weight += float(weights.double().sum())
         kept_clients = int(finite.sum())
@@ -107,7 +115,9 @@ class ServerAdam:
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def step(self, global_params: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def step(
+        self, global_params: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         beta1, beta2 = self.betas
         out = {}
         for name, average in averaged.items():
@@ -138,7 +148,9 @@ class ServerMomentum:
         self.buffer: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def step(self, global_params: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def step(
+        self, global_params: dict[str, torch.Tensor], averaged: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         out = {}
         for name, average in averaged.items():
             delta = average - global_params[name]

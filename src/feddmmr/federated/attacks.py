@@ -52,7 +52,9 @@ class Attack:
     genuine_weights: list = field(default_factory=list)
 
     @classmethod
-    def plan(cls, kind: str, fraction: float, num_targets: int, split: LeaveOneOut, max_len: int, seed: int) -> "Attack":
+    def plan(
+        cls, kind: str, fraction: float, num_targets: int, split: LeaveOneOut, max_len: int, seed: int
+    ) -> "Attack":
         rng = np.random.default_rng([seed, streams.ATTACK, 0])
         counts = np.bincount(split.data.items, minlength=split.num_items + 1)[1:]
         read = np.flatnonzero(counts > 0) + 1
@@ -74,8 +76,9 @@ class Attack:
         count = max(1, int(round(fraction * len(self.fake_users))))
         return np.sort(rng.choice(self.fake_users, size=count, replace=False))
 
-    def join_round(self, round_number: int, fraction: float, add: Callable,
-                   global_params: dict[str, torch.Tensor]) -> Callable:
+    def join_round(
+        self, round_number: int, fraction: float, add: Callable, global_params: dict[str, torch.Tensor]
+    ) -> Callable:
         """Sample the round's fake users. Returns the `add` the genuine clients' updates go
         through: model poisoning watches their norms and weights there (the attacker is assumed to
         learn them, the strongest case); data poisoning needs nothing of them."""
@@ -83,8 +86,16 @@ class Attack:
         self.genuine_norms, self.genuine_weights = [], []
         return add if self.kind == "data-poisoning" else self.watch(add, global_params)
 
-    def finish_round(self, context: RoundContext, engine: Engine, settings: BatchSettings, local: LocalTraining,
-                     add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
+    def finish_round(
+        self,
+        context: RoundContext,
+        engine: Engine,
+        settings: BatchSettings,
+        local: LocalTraining,
+        add: Callable,
+        model: torch.nn.Module,
+        global_params: dict[str, torch.Tensor],
+    ) -> None:
         """After the genuine clients, the round's fake users send their updates through `add`,
         each as one client's: data-poisoning ones train their made-up sequences on `engine` (a
         local engine: on Flower, one in the server's process beside the SuperNodes), the model-poisoning
@@ -93,21 +104,29 @@ class Attack:
         if len(self.round_users) == 0:
             return
         if self.kind == "data-poisoning":
-            engine.train(context, global_params, self.batches(self.round_users, settings, context.round), local, add)
+            engine.train(
+                context, global_params, self.batches(self.round_users, settings, context.round), local, add
+            )
         else:
             self.send_crafted(add, model, global_params)
 
     def batches(self, users: np.ndarray, settings: BatchSettings, round_number: int) -> list[ClientBatches]:
         """Data poisoning: the fake users' own batches, trained like anyone's."""
-        return [make_client_batches(int(u), self.sequences[int(u)], settings, client_rng(self.seed, round_number, int(u)))
-                for u in users]
+        return [
+            make_client_batches(
+                int(u), self.sequences[int(u)], settings, client_rng(self.seed, round_number, int(u))
+            )
+            for u in users
+        ]
 
     def watch(self, add: Callable, global_params: dict[str, torch.Tensor]) -> Callable:
         """`add`, also noting the norms and weights of the genuine updates it passes on."""
 
         def watched(client_params: dict[str, torch.Tensor], client_weights: torch.Tensor) -> torch.Tensor:
-            squared = sum((client_params[n] - global_params[n]).reshape(len(client_weights), -1).float().pow(2).sum(1)
-                          for n in global_params)
+            squared = sum(
+                (client_params[n] - global_params[n]).reshape(len(client_weights), -1).float().pow(2).sum(1)
+                for n in global_params
+            )
             self.genuine_norms.append(squared.sqrt())
             self.genuine_weights.append(client_weights.float())
             return add(client_params, client_weights)
@@ -115,7 +134,9 @@ class Attack:
         return watched
 
     @torch.no_grad()
-    def send_crafted(self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]) -> None:
+    def send_crafted(
+        self, add: Callable, model: torch.nn.Module, global_params: dict[str, torch.Tensor]
+    ) -> None:
         """Model poisoning, boosted or not: one crafted update per fake user of the round, through `add`."""
         users = self.round_users
         if not self.genuine_norms:
@@ -124,7 +145,9 @@ class Attack:
         genuine_weights = torch.cat(self.genuine_weights)
         weight = genuine_weights.median()
         table = global_params[ITEM_TABLE]
-        sequences = torch.as_tensor(np.stack([self.sequences[int(u)][:-1] for u in users]), device=table.device)
+        sequences = torch.as_tensor(
+            np.stack([self.sequences[int(u)][:-1] for u in users]), device=table.device
+        )
         was_training = model.training
         model.eval()
         users_direction = model.encode(sequences)[:, -1].mean(0)  # the mean user representation
@@ -135,13 +158,17 @@ class Attack:
         if self.kind == "boosted-model-poisoning":
             fakes_weight = weight * len(users)
             change *= (genuine_weights.sum() + fakes_weight) / fakes_weight
-        crafted = {name: p.unsqueeze(0).repeat(len(users), *([1] * p.dim())) for name, p in global_params.items()}
+        crafted = {
+            name: p.unsqueeze(0).repeat(len(users), *([1] * p.dim())) for name, p in global_params.items()
+        }
         crafted[ITEM_TABLE] = (table + change).unsqueeze(0).repeat(len(users), 1, 1)
         add(crafted, weight.repeat(len(users)).to(table.device))
 
 
 @torch.no_grad()
-def exposure_rate(model: torch.nn.Module, eval_set, targets: np.ndarray, k: int = 10, batch_size: int = 256) -> float:
+def exposure_rate(
+    model: torch.nn.Module, eval_set, targets: np.ndarray, k: int = 10, batch_size: int = 256
+) -> float:
     """ER@k: the share of users whose full-ranking top k (over the items they have not read)
     holds at least one target."""
     device = next(model.parameters()).device
@@ -154,7 +181,7 @@ def exposure_rate(model: torch.nn.Module, eval_set, targets: np.ndarray, k: int 
         scores = model.score_all_last(eval_set.inputs[start:stop].to(device)).float()
         scores[:, 0] = -math.inf
         lo, hi = eval_set.seen_offsets[start], eval_set.seen_offsets[stop]
-        rows = np.repeat(np.arange(stop - start), np.diff(eval_set.seen_offsets[start:stop + 1]))
+        rows = np.repeat(np.arange(stop - start), np.diff(eval_set.seen_offsets[start : stop + 1]))
         scores[torch.from_numpy(rows), torch.from_numpy(eval_set.seen_items[lo:hi])] = -math.inf
         top = scores.topk(k, dim=1).indices
         hits += int(torch.isin(top, target_rows).any(dim=1).sum())

@@ -38,16 +38,24 @@ class BatchSettings:
     def of(cls, config, num_items: int, **overrides) -> "BatchSettings":
         """The settings a run's config (a TrainConfig or Flower's run config) gives."""
         negatives = "all" if config.loss == "ce-full" else config.negatives
-        fields = dict(max_len=config.max_seq_len, batch_size=config.batch_size, epochs=config.local_epochs,
-                      num_negatives=config.num_negatives, num_items=num_items, negatives=negatives,
-                      windows=config.train_windows)
+        fields = dict(
+            max_len=config.max_seq_len,
+            batch_size=config.batch_size,
+            epochs=config.local_epochs,
+            num_negatives=config.num_negatives,
+            num_items=num_items,
+            negatives=negatives,
+            windows=config.train_windows,
+        )
         return cls(**{**fields, **overrides})
 
     def engine_negatives(self) -> dict:
         """What `make_engine`'s memory estimate needs: how many negatives each target is scored
         against, and whether they are shared by a step's targets (scored as a matrix product)."""
-        return {"num_negatives": self.num_items if self.negatives == "all" else self.num_negatives,
-                "shared_negatives": self.negatives != "per-target"}
+        return {
+            "num_negatives": self.num_items if self.negatives == "all" else self.num_negatives,
+            "shared_negatives": self.negatives != "per-target",
+        }
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def training_windows(sequence: np.ndarray, max_len: int, which: str = "all") -> 
     """(inputs, targets), each [num_windows, max_len]: item t predicts item t+1; `which="last"`:
     the newest window alone, [1, max_len]."""
     if which == "last":
-        sequence = sequence[-(max_len + 1):]
+        sequence = sequence[-(max_len + 1) :]
     inputs, targets = sequence[:-1], sequence[1:]
     num_windows = -(-len(targets) // max_len)
     pad = num_windows * max_len - len(targets)
@@ -99,7 +107,9 @@ def client_rng(seed: int, round_number: int, user: int) -> np.random.Generator:
     return np.random.default_rng([seed, streams.CLIENT_BATCHES, round_number, user])
 
 
-def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings, rng: np.random.Generator) -> ClientBatches:
+def make_client_batches(
+    user: int, sequence: np.ndarray, settings: BatchSettings, rng: np.random.Generator
+) -> ClientBatches:
     inputs, targets = training_windows(sequence, settings.max_len, settings.windows)
     num_windows = len(inputs)
     rows = min(settings.batch_size, max(num_windows, 1))
@@ -117,15 +127,25 @@ def make_client_batches(user: int, sequence: np.ndarray, settings: BatchSettings
             batch_windows[epoch * steps_per_epoch + step, : len(chosen)] = chosen
     shared = None
     if settings.negatives == "per-target":
-        negatives = sample_negatives(sequence, settings.num_items, batch_targets.shape + (settings.num_negatives,), rng)
+        negatives = sample_negatives(
+            sequence, settings.num_items, batch_targets.shape + (settings.num_negatives,), rng
+        )
         candidates = np.concatenate([batch_targets[..., None], negatives], axis=-1)
         candidates[batch_targets == 0] = 0
     else:
         candidates = batch_targets[..., None]
         if settings.negatives == "shared":
-            shared = sample_distinct_negatives(sequence, settings.num_items, steps, settings.num_negatives, rng)
-    return ClientBatches(user=user, inputs=batch_inputs, candidates=candidates, num_targets=int(np.count_nonzero(targets)),
-                         windows=batch_windows, shared=shared)
+            shared = sample_distinct_negatives(
+                sequence, settings.num_items, steps, settings.num_negatives, rng
+            )
+    return ClientBatches(
+        user=user,
+        inputs=batch_inputs,
+        candidates=candidates,
+        num_targets=int(np.count_nonzero(targets)),
+        windows=batch_windows,
+        shared=shared,
+    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +164,9 @@ class StackedBatches:
     active: torch.Tensor  # [clients, steps]: the step holds at least one target
     weights: torch.Tensor  # [clients]: training targets, the FedAvg weight
     item_rows: torch.Tensor | None = None  # [clients, rows]: global item id of each local id
-    shared: torch.Tensor | None = None  # [clients, steps, N]: shared negatives (0 on a client's missing steps)
+    shared: torch.Tensor | None = (
+        None  # [clients, steps, N]: shared negatives (0 on a client's missing steps)
+    )
 
 
 def touched_items(client: ClientBatches) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -164,13 +186,17 @@ def touched_items(client: ClientBatches) -> tuple[np.ndarray, list[np.ndarray]]:
 def stack_positives(clients: list[ClientBatches], device: torch.device) -> torch.Tensor:
     """[clients, steps, positives]: each client's `time_ordered_targets`, padded with 0."""
     ordered = [c.time_ordered_targets() for c in clients]
-    out = np.zeros((len(clients), max(o.shape[0] for o in ordered), max(o.shape[1] for o in ordered)), dtype=np.int64)
+    out = np.zeros(
+        (len(clients), max(o.shape[0] for o in ordered), max(o.shape[1] for o in ordered)), dtype=np.int64
+    )
     for i, o in enumerate(ordered):
         out[i, : o.shape[0], : o.shape[1]] = o
     return torch.from_numpy(out).to(device)
 
 
-def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact_items: bool = False) -> StackedBatches:
+def stack_batches(
+    clients: list[ClientBatches], device: torch.device, *, compact_items: bool = False
+) -> StackedBatches:
     steps = max(c.inputs.shape[0] for c in clients)
     rows = max(c.inputs.shape[1] for c in clients)
     length = clients[0].inputs.shape[2]
@@ -178,7 +204,9 @@ def stack_batches(clients: list[ClientBatches], device: torch.device, *, compact
     inputs = np.zeros((len(clients), steps, rows, length), dtype=np.int64)
     candidates = np.zeros((len(clients), steps, rows, length, width), dtype=np.int64)
     has_shared = clients[0].shared is not None
-    shared = np.zeros((len(clients), steps, clients[0].shared.shape[1]), dtype=np.int64) if has_shared else None
+    shared = (
+        np.zeros((len(clients), steps, clients[0].shared.shape[1]), dtype=np.int64) if has_shared else None
+    )
     item_rows = []
     for i, c in enumerate(clients):
         s, r = c.inputs.shape[:2]

@@ -80,9 +80,12 @@ class Precision:
     def client_scales(self, clients: int, device: torch.device) -> LossScales:
         """`clients` fresh scalers at the run's state (a static scale of 1 without fp16)."""
         scale = self.scale if self.scaling else 1.0
-        return LossScales(torch.full((clients,), scale, dtype=torch.float32, device=device),
-                          torch.full((clients,), self.good_steps, dtype=torch.int64, device=device),
-                          self.growth_interval, dynamic=self.scaling)
+        return LossScales(
+            torch.full((clients,), scale, dtype=torch.float32, device=device),
+            torch.full((clients,), self.good_steps, dtype=torch.int64, device=device),
+            self.growth_interval,
+            dynamic=self.scaling,
+        )
 
     def settle(self, rounds_scales: list[LossScales]) -> None:
         """Keep the most cautious of the round's client states (no change without fp16 or clients)."""

@@ -25,8 +25,12 @@ from feddmmr.federated.aggregation import FedAvg
 from feddmmr.model.sasrec import item_table_name
 
 
-def clip_updates(params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor], weights: torch.Tensor,
-                 clip_norm: float | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def clip_updates(
+    params: dict[str, torch.Tensor],
+    global_params: dict[str, torch.Tensor],
+    weights: torch.Tensor,
+    clip_norm: float | None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Clients' weights [clients, ...] with each client's update clipped to L2 norm `clip_norm`
     over all tensors, and weight 1 per client; unchanged (with `weights`) when clip_norm is None."""
     if clip_norm is None:
@@ -35,13 +39,21 @@ def clip_updates(params: dict[str, torch.Tensor], global_params: dict[str, torch
     clients = len(weights)
     norms = torch.sqrt(sum(d.reshape(clients, -1).double().pow(2).sum(1) for d in deltas.values()))
     factors = (clip_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
-    clipped = {n: global_params[n].unsqueeze(0) + d * factors.to(d.dtype).view((-1,) + (1,) * (d.dim() - 1))
-               for n, d in deltas.items()}
+    clipped = {
+        n: global_params[n].unsqueeze(0) + d * factors.to(d.dtype).view((-1,) + (1,) * (d.dim() - 1))
+        for n, d in deltas.items()
+    }
     return clipped, torch.ones_like(weights)
 
 
-def noise_item_rows(params: dict[str, torch.Tensor], global_params: dict[str, torch.Tensor], users: list[int],
-                    seed: int, round_number: int, scale: float) -> dict[str, torch.Tensor]:
+def noise_item_rows(
+    params: dict[str, torch.Tensor],
+    global_params: dict[str, torch.Tensor],
+    users: list[int],
+    seed: int,
+    round_number: int,
+    scale: float,
+) -> dict[str, torch.Tensor]:
     """Clients' weights [clients, ...] with Gaussian noise on every row of their item-table change
     (`--update-noise`, a defence against a server that reads a user's items off which rows moved,
     docs/SECURITY.md): per coordinate, std `scale` x the root mean square of the client's change over
@@ -54,10 +66,18 @@ def noise_item_rows(params: dict[str, torch.Tensor], global_params: dict[str, to
     moved = (change != 0).any(-1).sum(-1).clamp_min(1)  # rows each client moved
     rms = torch.sqrt(change.double().pow(2).sum((1, 2)) / (moved * change.shape[-1])).to(change.dtype)
     rows, dim = change.shape[1:]
-    noise = torch.stack([
-        torch.randn(rows - 1, dim, generator=torch.Generator().manual_seed(
-            streams.torch_seed(seed, streams.UPDATE_NOISE, round_number, user))).to(change)
-        for user in users])
+    noise = torch.stack(
+        [
+            torch.randn(
+                rows - 1,
+                dim,
+                generator=torch.Generator().manual_seed(
+                    streams.torch_seed(seed, streams.UPDATE_NOISE, round_number, user)
+                ),
+            ).to(change)
+            for user in users
+        ]
+    )
     noisy = params[name].clone()
     noisy[:, 1:] += noise * (scale * rms).view(-1, 1, 1)
     return {**params, name: noisy}
@@ -74,8 +94,14 @@ def poisson_sample(eligible: np.ndarray, rate: float, seed: int, round_number: i
 class DPFedAvg(FedAvg):
     """FedAvg over clipped updates (weight 1 each) plus Gaussian noise, over a fixed denominator."""
 
-    def __init__(self, global_params: dict[str, torch.Tensor], clip_norm: float, noise_multiplier: float,
-                 expected_clients: float, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        global_params: dict[str, torch.Tensor],
+        clip_norm: float,
+        noise_multiplier: float,
+        expected_clients: float,
+        generator: torch.Generator,
+    ) -> None:
         super().__init__(global_params)
         if expected_clients <= 0:
             raise ValueError(f"expected_clients must be positive, got {expected_clients}")

@@ -43,7 +43,9 @@ class RobustRule:
 
     def add(self, client_params: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         clients = len(weights)
-        flat = torch.cat([client_params[name].reshape(clients, -1).float() for name in self.global_params], dim=1)
+        flat = torch.cat(
+            [client_params[name].reshape(clients, -1).float() for name in self.global_params], dim=1
+        )
         finite = torch.isfinite(flat).all(dim=1)
         self.changes.append(flat[finite] - self.origin)
         self.weights.append(weights[finite].float())
@@ -58,7 +60,7 @@ class RobustRule:
         combined = self.origin + self.combine(changes, weights)
         out, start = {}, 0
         for name, p in self.global_params.items():
-            out[name] = combined[start:start + p.numel()].reshape(p.shape).to(p.dtype)
+            out[name] = combined[start : start + p.numel()].reshape(p.shape).to(p.dtype)
             start += p.numel()
         return out
 
@@ -83,11 +85,13 @@ class RowBound(RobustRule):
         names = list(self.global_params)
         name = item_table_name(names)
         if name is None:
-            raise ValueError(f"aggregator=row-bound bounds the rows of the item table ({ITEM_TABLE}), which this "
-                             f"round does not train")
-        start = sum(self.global_params[n].numel() for n in names[:names.index(name)])
+            raise ValueError(
+                f"aggregator=row-bound bounds the rows of the item table ({ITEM_TABLE}), which this "
+                f"round does not train"
+            )
+        start = sum(self.global_params[n].numel() for n in names[: names.index(name)])
         rows, dim = self.global_params[name].shape
-        table = changes[:, start:start + rows * dim].view(len(changes), rows, dim)
+        table = changes[:, start : start + rows * dim].view(len(changes), rows, dim)
         row_norms = table.norm(dim=2)  # [clients, rows]
         bound = row_norms.max(dim=1).values.median()
         scale = torch.clamp(bound / row_norms.clamp_min(1e-12), max=1.0)
@@ -99,14 +103,16 @@ class Median(RobustRule):
     def combine(self, changes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         ordered = changes.sort(dim=0).values
         n = len(ordered)
-        return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2  # the mean of the two middle values when n is even
+        return (
+            ordered[(n - 1) // 2] + ordered[n // 2]
+        ) / 2  # the mean of the two middle values when n is even
 
 
 class TrimmedMean(RobustRule):
     def combine(self, changes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         n = len(changes)
         cut = min(int(math.floor(self.robust_fraction * n)), (n - 1) // 2)
-        return changes.sort(dim=0).values[cut:n - cut].mean(dim=0)
+        return changes.sort(dim=0).values[cut : n - cut].mean(dim=0)
 
 
 class MultiKrum(RobustRule):

@@ -14,6 +14,13 @@ from feddmmr.memory.two_tier import (
 )
 
 __all__ = [
-    "MemoryConfig", "MemoryState", "empty_memory",
-    "retrieve", "scatter", "select", "summary", "update_memory", "utility",
+    "MemoryConfig",
+    "MemoryState",
+    "empty_memory",
+    "retrieve",
+    "scatter",
+    "select",
+    "summary",
+    "update_memory",
+    "utility",
 ]

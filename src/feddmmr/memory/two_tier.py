@@ -52,11 +52,16 @@ class MemoryConfig:
         _check_range("ema", self.ema, 0.0, 1.0)
         if not (math.isfinite(self.age_scale) and self.age_scale > 0):
             raise ValueError(f"MemoryConfig.age_scale must be positive and finite, got {self.age_scale}")
-        for name, capacity in (("retrieve_short", self.short_capacity), ("retrieve_long", self.long_capacity)):
+        for name, capacity in (
+            ("retrieve_short", self.short_capacity),
+            ("retrieve_long", self.long_capacity),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= capacity:
-                raise ValueError(f"MemoryConfig.{name} must be an integer in [0, {capacity}] "
-                                 f"(its tier's capacity), got {value!r}")
+                raise ValueError(
+                    f"MemoryConfig.{name} must be an integer in [0, {capacity}] "
+                    f"(its tier's capacity), got {value!r}"
+                )
         if self.retrieval_slots == 0:
             raise ValueError("MemoryConfig: retrieve_short + retrieve_long must be at least 1")
 
@@ -75,18 +80,18 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 class MemoryState:
     """The memories of C clients; see the module docstring for the meaning of each field."""
 
-    short_items: torch.Tensor      # [C, S] int64
-    long_items: torch.Tensor       # [C, Lt] int64
+    short_items: torch.Tensor  # [C, S] int64
+    long_items: torch.Tensor  # [C, Lt] int64
     long_embeddings: torch.Tensor  # [C, Lt, D] float
-    long_frequency: torch.Tensor   # [C, Lt] int64
-    long_refreshed: torch.Tensor   # [C, Lt] int64
-    step: torch.Tensor             # [C] int64
+    long_frequency: torch.Tensor  # [C, Lt] int64
+    long_refreshed: torch.Tensor  # [C, Lt] int64
+    step: torch.Tensor  # [C] int64
     # Statistics: equal to `step` for `positives` unless a caller resets them (e.g. per round);
     # `step` must never be reset since LT ages are measured with it.
-    writes: torch.Tensor           # [C] int64
-    merges: torch.Tensor           # [C] int64
-    evictions: torch.Tensor        # [C] int64
-    positives: torch.Tensor        # [C] int64
+    writes: torch.Tensor  # [C] int64
+    merges: torch.Tensor  # [C] int64
+    evictions: torch.Tensor  # [C] int64
+    positives: torch.Tensor  # [C] int64
 
     def __post_init__(self) -> None:
         _check_state_shapes(self)
@@ -124,32 +129,46 @@ class MemoryState:
         expected = {f.name for f in fields(cls)}
         missing, unknown = expected - tensors.keys(), tensors.keys() - expected
         if missing or unknown:
-            raise ValueError(f"not a memory state: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+            raise ValueError(
+                f"not a memory state: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}"
+            )
         return cls(**tensors)
 
 
 def _check_state_shapes(state: MemoryState) -> None:
     num_clients, long_capacity = state.long_items.shape[0], state.long_items.shape[1]
     expected = {
-        "short_items": (num_clients, None), "long_items": (num_clients, long_capacity),
-        "long_embeddings": (num_clients, long_capacity, None), "long_frequency": (num_clients, long_capacity),
+        "short_items": (num_clients, None),
+        "long_items": (num_clients, long_capacity),
+        "long_embeddings": (num_clients, long_capacity, None),
+        "long_frequency": (num_clients, long_capacity),
         "long_refreshed": (num_clients, long_capacity),
         **{name: (num_clients,) for name in ("step", "writes", "merges", "evictions", "positives")},
     }
     for name, shape in expected.items():
         tensor = getattr(state, name)
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != len(shape) or any(
-                want is not None and have != want for have, want in zip(tensor.shape, shape)):
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or tensor.dim() != len(shape)
+            or any(want is not None and have != want for have, want in zip(tensor.shape, shape))
+        ):
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(f"MemoryState.{name}: expected shape {shape} (None = any), got {got}")
         if name != "long_embeddings" and tensor.dtype != torch.int64:
             raise ValueError(f"MemoryState.{name} must be int64, got {tensor.dtype}")
     if not state.long_embeddings.is_floating_point():
-        raise ValueError(f"MemoryState.long_embeddings must be floating point, got {state.long_embeddings.dtype}")
+        raise ValueError(
+            f"MemoryState.long_embeddings must be floating point, got {state.long_embeddings.dtype}"
+        )
 
 
-def empty_memory(num_clients: int, config: MemoryConfig, dim: int = 1,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MemoryState:
+def empty_memory(
+    num_clients: int,
+    config: MemoryConfig,
+    dim: int = 1,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MemoryState:
     """Empty memories for `num_clients` clients with LT embeddings of width `dim` (1 without features)."""
     if num_clients < 0 or dim < 1:
         raise ValueError(f"empty_memory needs num_clients >= 0 and dim >= 1, got {num_clients}, {dim}")
@@ -159,9 +178,11 @@ def empty_memory(num_clients: int, config: MemoryConfig, dim: int = 1,
         return torch.zeros(shape, dtype=torch.int64, device=device)
 
     return MemoryState(
-        short_items=zeros(num_clients, config.short_capacity), long_items=zeros(*long_shape),
+        short_items=zeros(num_clients, config.short_capacity),
+        long_items=zeros(*long_shape),
         long_embeddings=torch.zeros((*long_shape, dim), dtype=dtype, device=device),
-        long_frequency=zeros(*long_shape), long_refreshed=zeros(*long_shape),
+        long_frequency=zeros(*long_shape),
+        long_refreshed=zeros(*long_shape),
         **{name: zeros(num_clients) for name in ("step", "writes", "merges", "evictions", "positives")},
     )
 
@@ -184,8 +205,10 @@ def scatter(state: MemoryState, clients: torch.Tensor, sub_state: MemoryState) -
     for name, tensor in state.to_dict().items():
         part = getattr(sub_state, name)
         if part.shape[1:] != tensor.shape[1:]:
-            raise ValueError(f"scatter: {name} has shape {tuple(part.shape[1:])} per client, "
-                             f"the full state {tuple(tensor.shape[1:])}")
+            raise ValueError(
+                f"scatter: {name} has shape {tuple(part.shape[1:])} per client, "
+                f"the full state {tuple(tensor.shape[1:])}"
+            )
         tensor[clients] = part.to(tensor.device, tensor.dtype)
 
 
@@ -226,7 +249,9 @@ def utility(state: MemoryState, config: MemoryConfig) -> torch.Tensor:
     return value.masked_fill(state.long_items == 0, -math.inf)
 
 
-def _utility(frequency: torch.Tensor, refreshed: torch.Tensor, now: torch.Tensor, age_scale: float) -> torch.Tensor:
+def _utility(
+    frequency: torch.Tensor, refreshed: torch.Tensor, now: torch.Tensor, age_scale: float
+) -> torch.Tensor:
     age = (now.unsqueeze(1) - refreshed).float()
     return torch.log1p(frequency.float()) + torch.exp2(-age / age_scale)
 
@@ -239,16 +264,17 @@ def retrieve(state: MemoryState, config: MemoryConfig) -> tuple[torch.Tensor, to
     `retrieve_long` LT items by descending utility at the current step (ties: lower slot index
     first), empty slots last. Empty slots hold item 0 and mask False.
     """
-    short = state.short_items[:, state.short_capacity - config.retrieve_short:]
+    short = state.short_items[:, state.short_capacity - config.retrieve_short :]
     # A stable sort makes the order of equal utilities deterministic (topk's is not).
     ranked = torch.sort(utility(state, config), dim=1, descending=True, stable=True).indices
-    long = state.long_items.gather(1, ranked[:, :config.retrieve_long])
+    long = state.long_items.gather(1, ranked[:, : config.retrieve_long])
     items = torch.cat([short, long], dim=1)
     return items, items != 0
 
 
-def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.Tensor,
-                  config: MemoryConfig) -> MemoryState:
+def update_memory(
+    state: MemoryState, positives: torch.Tensor, features: torch.Tensor, config: MemoryConfig
+) -> MemoryState:
     """The memories after the positives of one local step; `state` and the inputs are not modified.
 
     - `positives` [C, T]: item ids in each user's time order; 0 = no positive (skipped, no step).
@@ -262,11 +288,13 @@ def update_memory(state: MemoryState, positives: torch.Tensor, features: torch.T
     new = state.clone()
     length = int((positives != 0).sum(1).max().item()) if positives.numel() else 0
     for start in range(0, length, _BLOCK):
-        _update_block(new, positives[:, start:min(start + _BLOCK, length)], features, config)
+        _update_block(new, positives[:, start : min(start + _BLOCK, length)], features, config)
     return new
 
 
-def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.Tensor, config: MemoryConfig) -> None:
+def _update_block(
+    state: MemoryState, positives: torch.Tensor, features: torch.Tensor, config: MemoryConfig
+) -> None:
     """`update_memory` for one block of compacted positives, in place."""
     counts = (positives != 0).sum(1)
     history_items = torch.cat([state.short_items, positives], dim=1)  # [C, S+T]: the ST, then the positives
@@ -275,11 +303,11 @@ def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.T
     history = features[history_items]
     norms = history.norm(dim=-1, keepdim=True)
     history = history / norms.clamp_min(1e-12)  # F.normalize, keeping the norms
-    embeddings = history[:, state.short_capacity:]
+    embeddings = history[:, state.short_capacity :]
     cosines = torch.bmm(embeddings, history.transpose(1, 2))  # [C, T, S+T]
     novelty = _novelty(history_items, cosines)
-    pairwise = cosines[:, :, state.short_capacity:]
-    has_feature = norms[:, state.short_capacity:, 0] > 0
+    pairwise = cosines[:, :, state.short_capacity :]
+    has_feature = norms[:, state.short_capacity :, 0] > 0
     write = (positives != 0) & has_feature & (novelty >= config.novelty_threshold)
     _write_long_term(state, positives, embeddings, pairwise, write, config)
     state.short_items = _append_short_term(history_items, state.short_capacity, counts)
@@ -288,22 +316,29 @@ def _update_block(state: MemoryState, positives: torch.Tensor, features: torch.T
     state.writes += write.sum(1)
 
 
-def _check_update_inputs(state: MemoryState, positives: torch.Tensor, features: torch.Tensor,
-                         config: MemoryConfig) -> None:
+def _check_update_inputs(
+    state: MemoryState, positives: torch.Tensor, features: torch.Tensor, config: MemoryConfig
+) -> None:
     if (state.short_capacity, state.long_capacity) != (config.short_capacity, config.long_capacity):
-        raise ValueError(f"memory state capacities (ST {state.short_capacity}, LT {state.long_capacity}) "
-                         f"differ from the config's ({config.short_capacity}, {config.long_capacity})")
+        raise ValueError(
+            f"memory state capacities (ST {state.short_capacity}, LT {state.long_capacity}) "
+            f"differ from the config's ({config.short_capacity}, {config.long_capacity})"
+        )
     if positives.dim() != 2 or positives.shape[0] != state.num_clients or positives.is_floating_point():
-        raise ValueError(f"positives must be an integer tensor [C={state.num_clients}, T], "
-                         f"got {positives.dtype} {tuple(positives.shape)}")
+        raise ValueError(
+            f"positives must be an integer tensor [C={state.num_clients}, T], "
+            f"got {positives.dtype} {tuple(positives.shape)}"
+        )
     if positives.numel() and positives.min().item() < 0:
         raise ValueError("positives must be item ids >= 0 (0 = no positive)")
     if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != state.dim:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
         raise ValueError(f"features must be [num_items+1, D={state.dim}] (the memory's width), got {shape}")
     if positives.numel() and positives.max().item() >= features.shape[0]:
-        raise ValueError(f"positive item id {positives.max().item()} has no feature row "
-                         f"(features has {features.shape[0]} rows, row 0 = padding)")
+        raise ValueError(
+            f"positive item id {positives.max().item()} has no feature row "
+            f"(features has {features.shape[0]} rows, row 0 = padding)"
+        )
 
 
 def _compact(positives: torch.Tensor) -> torch.Tensor:
@@ -340,8 +375,14 @@ def _append_short_term(history: torch.Tensor, capacity: int, counts: torch.Tenso
     return history.gather(1, window)
 
 
-def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: torch.Tensor, pairwise: torch.Tensor,
-                     write: torch.Tensor, config: MemoryConfig) -> None:
+def _write_long_term(
+    state: MemoryState,
+    positives: torch.Tensor,
+    embeddings: torch.Tensor,
+    pairwise: torch.Tensor,
+    write: torch.Tensor,
+    config: MemoryConfig,
+) -> None:
     """Apply the LT writes of every positive, in time order, to `state` (in place).
 
     Only two narrow parts of the block can change LT, and the work is cut to them (writes are
@@ -364,8 +405,10 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     used = state.long_items != 0
     extent = (used * torch.arange(1, capacity + 1, device=state.device)).amax(1)  # last used slot + 1
     width = min(capacity, int((extent + write.sum(1)).max()))
-    items, frequency, refreshed = (_with_scratch_slot(t[:, :width]) for t in
-                                   (state.long_items, state.long_frequency, state.long_refreshed))
+    items, frequency, refreshed = (
+        _with_scratch_slot(t[:, :width])
+        for t in (state.long_items, state.long_frequency, state.long_refreshed)
+    )
     # Each slot's row is [its embedding (D) | its cosines with every written positive]: the cosines
     # are computed once against the LT as it is now, and each write then updates its slot's row
     # from the positive's own row [embedding | cosines] (see _write_embedding): a batched
@@ -374,7 +417,9 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
     # it never looks like a merge target.
     embeddings, dim = embeddings[:, steps], embeddings.shape[2]
     long_embeddings = state.long_embeddings[:, :width]
-    cosines = torch.bmm(long_embeddings, embeddings.transpose(1, 2)).masked_fill(~used[:, :width, None], -math.inf)
+    cosines = torch.bmm(long_embeddings, embeddings.transpose(1, 2)).masked_fill(
+        ~used[:, :width, None], -math.inf
+    )
     slots = _with_scratch_slot(torch.cat([long_embeddings, cosines], dim=2))
     incoming = torch.cat([embeddings, pairwise[:, steps][:, :, steps]], dim=2)  # [C, steps, D + steps]
     now = state.step.unsqueeze(1) + steps  # [C, steps]
@@ -397,14 +442,20 @@ def _write_long_term(state: MemoryState, positives: torch.Tensor, embeddings: to
         # [C, 1]: where each client writes; the scratch slot for those not writing.
         slot = torch.where(write[:, t], torch.where(merge, best_slot, add_slot), width).unsqueeze(1)
         _write_embedding(slots, incoming[:, t], dim, slot, merge, config.ema)
-        items.scatter_(1, slot.masked_fill(merge.unsqueeze(1), width), positives[:, t:t + 1])  # a merge keeps the item
+        items.scatter_(
+            1, slot.masked_fill(merge.unsqueeze(1), width), positives[:, t : t + 1]
+        )  # a merge keeps the item
         old_frequency = frequency.gather(1, slot)
         frequency.scatter_(1, slot, torch.where(merge.unsqueeze(1), old_frequency + 1, 1))
-        refreshed.scatter_(1, slot, now[:, t:t + 1])
+        refreshed.scatter_(1, slot, now[:, t : t + 1])
         merged.append(merge)
 
-    for name, values in (("long_items", items), ("long_frequency", frequency), ("long_refreshed", refreshed),
-                         ("long_embeddings", slots[..., :dim])):
+    for name, values in (
+        ("long_items", items),
+        ("long_frequency", frequency),
+        ("long_refreshed", refreshed),
+        ("long_embeddings", slots[..., :dim]),
+    ):
         getattr(state, name)[:, :width] = values[:, :width]
     state.merges += (write & torch.stack(merged, 1)).sum(1)
     if evicted:
@@ -416,8 +467,9 @@ def _with_scratch_slot(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values, values.new_zeros((values.shape[0], 1, *values.shape[2:]))], dim=1)
 
 
-def _write_embedding(slots: torch.Tensor, incoming: torch.Tensor, dim: int, slot: torch.Tensor, merge: torch.Tensor,
-                     ema: float) -> None:
+def _write_embedding(
+    slots: torch.Tensor, incoming: torch.Tensor, dim: int, slot: torch.Tensor, merge: torch.Tensor, ema: float
+) -> None:
     """Write the positive's row `incoming` [C, D + T] (its embedding, then its cosines with all
     positives) into `slot` [C, 1] of `slots` [C, Lt+1, D + T]: as is, or EMA-merged where
     `merge`. The merged embedding is (ema*old + (1-ema)*new) / norm, so its cosine with positive u

@@ -38,11 +38,13 @@ class ContentNeighbours(nn.Module):
         super().__init__()
         if recent < 1:
             raise ValueError(f"recent must be >= 1, got {recent}")
-        self.features = nn.Parameter(F.normalize(torch.from_numpy(features).float(), dim=-1), requires_grad=False)
+        self.features = nn.Parameter(
+            F.normalize(torch.from_numpy(features).float(), dim=-1), requires_grad=False
+        )
         self.recent = recent
 
     def score_all_last(self, sequences: torch.Tensor, *_memory) -> torch.Tensor:
-        history = sequences[:, -self.recent:]  # [B, k], the most recent last; 0 = padding
+        history = sequences[:, -self.recent :]  # [B, k], the most recent last; 0 = padding
         cosines = self.features[history] @ self.features.T  # [B, k, items]
         cosines = cosines.masked_fill((history == 0).unsqueeze(-1), float("-inf")).amax(1)
         return torch.where(torch.isfinite(cosines), cosines, torch.zeros_like(cosines))

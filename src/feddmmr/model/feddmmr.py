@@ -78,7 +78,9 @@ def recent_items(sequences: torch.Tensor, k: int) -> torch.Tensor:
     return F.pad(sequences, (k - 1, 0))[:, index]
 
 
-def _content_match(features: torch.Tensor, history_features: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+def _content_match(
+    features: torch.Tensor, history_features: torch.Tensor, allowed: torch.Tensor
+) -> torch.Tensor:
     """max_j cos(F[c], F[x_j]) [B, L, n] of the candidates' features [B, L, n, D] with their
     position's history [B, L, k, D] over the `allowed` [B, L, k] items; 0 for a candidate with no
     feature or a position with no usable item. Features are unit rows (zero where unavailable)."""
@@ -99,8 +101,15 @@ class ModalityExpert(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-8)
         self.dropout = dropout
 
-    def forward(self, features: torch.Tensor, available: torch.Tensor, projection: nn.Linear,
-                fallback: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        features: torch.Tensor,
+        available: torch.Tensor,
+        projection: nn.Linear,
+        fallback: torch.Tensor,
+        memory: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
         """The expert's output [B, L, n, d] for the candidates' queries: projection(features)
         [B, L, n, D] where `available` [B, L, n], else `fallback` [B, L, n, d] (their ID
         embeddings); memory [B, K, d]; allowed [B, L, n, K]."""
@@ -130,8 +139,13 @@ class ModalityExpert(nn.Module):
 
 
 class FedDMMR(nn.Module):
-    def __init__(self, config: FedDMMRConfig, features: dict[str, torch.Tensor], available: dict[str, torch.Tensor],
-                 train_counts: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        config: FedDMMRConfig,
+        features: dict[str, torch.Tensor],
+        available: dict[str, torch.Tensor],
+        train_counts: torch.Tensor | None = None,
+    ) -> None:
         """`train_counts` [num_items + 1] (with item_tower="content"): each item's number of
         training interactions; the items with none get their vectors from their features."""
         super().__init__()
@@ -148,7 +162,9 @@ class FedDMMR(nn.Module):
         for name in self.modalities:
             rows = features[name].shape[0]
             if rows != config.sasrec.num_items + 1:
-                raise ValueError(f"modality {name}: {rows} feature rows for {config.sasrec.num_items} items (+1 padding)")
+                raise ValueError(
+                    f"modality {name}: {rows} feature rows for {config.sasrec.num_items} items (+1 padding)"
+                )
             # Frozen inputs, not parameters: never trained, aggregated or checkpointed.
             self.register_buffer(f"features_{name}", features[name].float(), persistent=False)
             self.register_buffer(f"available_{name}", available[name].bool(), persistent=False)
@@ -163,15 +179,22 @@ class FedDMMR(nn.Module):
         if not config.learned_router:
             return
         h1, h2 = config.router_hidden
-        self.router = nn.Sequential(nn.Linear(dim * len(self.modalities), h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
-                                    nn.Linear(h2, len(self.modalities)))
+        self.router = nn.Sequential(
+            nn.Linear(dim * len(self.modalities), h1),
+            nn.ReLU(),
+            nn.Linear(h1, h2),
+            nn.ReLU(),
+            nn.Linear(h2, len(self.modalities)),
+        )
 
     def scalars(self) -> dict:
         """The learned scalars of the fusion, for the run's diagnostics: the gate g and, with
         `content_history`, each modality's match weight mu_m."""
         out = {"gate": float(self.gate.detach())}
         if self.config.content_history:
-            out["match_weights"] = {name: float(w) for name, w in zip(self.modalities, self.match_weights.detach())}
+            out["match_weights"] = {
+                name: float(w) for name, w in zip(self.modalities, self.match_weights.detach())
+            }
         return out
 
     @property
@@ -179,14 +202,23 @@ class FedDMMR(nn.Module):
         """Whether scores use the modality experts (there are modalities and use_mixture is on)."""
         return bool(self.modalities) and self.use_mixture
 
-    def experts_and_router(self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor):
+    def experts_and_router(
+        self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor
+    ):
         """Router weights [B, L, n, M] and the normalised expert outputs LN(o_m) [B, L, n, M, d]."""
-        weights, outputs, _ = self._experts_and_router(self.sasrec.item_vectors(candidates), candidates,
-                                                       memory_items, memory_mask, None)
+        weights, outputs, _ = self._experts_and_router(
+            self.sasrec.item_vectors(candidates), candidates, memory_items, memory_mask, None
+        )
         return weights, torch.stack(outputs, dim=-2)
 
-    def _experts_and_router(self, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                            memory_mask: torch.Tensor, history: torch.Tensor | None):
+    def _experts_and_router(
+        self,
+        embeddings: torch.Tensor,
+        candidates: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+        history: torch.Tensor | None,
+    ):
         """`experts_and_router` given the candidates' item embeddings [B, L, n, d] (the ID
         queries), which scoring reuses: one lookup (and one gradient scatter) instead of two.
         The expert outputs are a list of M [B, L, n, d] tensors: stacking them would copy every
@@ -199,14 +231,24 @@ class FedDMMR(nn.Module):
             features.append(table[candidates])
             usable.append(available[candidates])
             allowed = not_self & (memory_mask & available[memory_items])[:, None, None, :]
-            expert = self.experts[name](features[-1], usable[-1], self.projections[name], embeddings,
-                                        self.projections[name](table[memory_items]), allowed)
+            expert = self.experts[name](
+                features[-1],
+                usable[-1],
+                self.projections[name],
+                embeddings,
+                self.projections[name](table[memory_items]),
+                allowed,
+            )
             outputs.append(self.expert_norms[name](expert))
             if history is not None:
-                matches.append(_content_match(features[-1], table[history], (history > 0) & available[history]))
+                matches.append(
+                    _content_match(features[-1], table[history], (history > 0) & available[history])
+                )
         return self._route(features, embeddings, usable), outputs, matches
 
-    def _route(self, features: list[torch.Tensor], embeddings: torch.Tensor, usable: list[torch.Tensor]) -> torch.Tensor:
+    def _route(
+        self, features: list[torch.Tensor], embeddings: torch.Tensor, usable: list[torch.Tensor]
+    ) -> torch.Tensor:
         """Router weights [B, L, n, M] from the candidates' queries (their projected `features`,
         or ID `embeddings` where a feature is unavailable) and feature availability `usable`."""
         if len(usable) == 1:
@@ -215,8 +257,10 @@ class FedDMMR(nn.Module):
             return torch.ones_like(usable[0], dtype=embeddings.dtype).unsqueeze(-1)
         usable = torch.stack(usable, dim=-1)
         if self.config.learned_router:
-            queries = [torch.where(usable[..., m, None], self.projections[name](features[m]), embeddings)
-                       for m, name in enumerate(self.modalities)]
+            queries = [
+                torch.where(usable[..., m, None], self.projections[name](features[m]), embeddings)
+                for m, name in enumerate(self.modalities)
+            ]
             logits = self.router(torch.cat(queries, dim=-1))
         else:
             # Equal logits: after the mask below, equal weights over the available modalities.
@@ -225,15 +269,28 @@ class FedDMMR(nn.Module):
         logits = logits.masked_fill(~usable & usable.any(-1, keepdim=True), float("-inf"))
         return torch.softmax(logits, dim=-1)
 
-    def score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-              memory_mask: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self,
+        hidden: torch.Tensor,
+        candidates: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+        history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scores [B, L, n] from hidden states [B, L, d], candidates [B, L, n], memory [B, K] and,
         with `content_history`, the items each position has read (`recent_items`, [B, L, k])."""
         return self._score(hidden, candidates, memory_items, memory_mask, history)[0]
 
-    def _score(self, hidden: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-               memory_mask: torch.Tensor, history: torch.Tensor | None,
-               holdout: bool = False, shared: torch.Tensor | None = None) -> tuple[torch.Tensor, ScoreParts]:
+    def _score(
+        self,
+        hidden: torch.Tensor,
+        candidates: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+        history: torch.Tensor | None,
+        holdout: bool = False,
+        shared: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ScoreParts]:
         """Scores and what the training losses need besides them (see `forward(with_aux=True)`).
 
         `holdout` (with `holdout_content`): the last position's loss trains only the modality
@@ -262,7 +319,9 @@ class FedDMMR(nn.Module):
             if shared is not None:
                 candidates = torch.cat([candidates, shared.expand(*candidates.shape[:-1], -1)], dim=-1)
             embeddings = self.sasrec.item_vectors(candidates)
-            mixture, match, parts = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
+            mixture, match, parts = self._side(
+                hidden, embeddings, candidates, memory_items, memory_mask, history
+            )
             # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
             scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
             return (scores if hits is None else scores.masked_fill(hits, MASKED_SCORE)), parts
@@ -276,8 +335,14 @@ class FedDMMR(nn.Module):
         # there only (the experts over every position were most of FedDMMR's extra cost). It reads
         # the ID embeddings (its fallback queries, the dot product) but must not train them.
         last_embeddings = self.sasrec.item_vectors(last).detach()
-        mixture, match, parts = self._side(hidden[:, -1:], last_embeddings, last, memory_items,
-                                           memory_mask, None if history is None else history[:, -1:])
+        mixture, match, parts = self._side(
+            hidden[:, -1:],
+            last_embeddings,
+            last,
+            memory_items,
+            memory_mask,
+            None if history is None else history[:, -1:],
+        )
         held_out = backbone[:, -1:].detach() + (mixture * last_embeddings).sum(-1) + match  # [B, 1, n]
         if hits is not None:
             held_out = held_out.masked_fill(hits[:, -1:], MASKED_SCORE)
@@ -285,23 +350,47 @@ class FedDMMR(nn.Module):
             return backbone, dataclasses.replace(parts, held_out=True, held_out_scores=held_out)
         return torch.cat([backbone[:, :-1], held_out], dim=1), dataclasses.replace(parts, held_out=True)
 
-    def _side(self, hidden: torch.Tensor, embeddings: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-              memory_mask: torch.Tensor, history: torch.Tensor | None):
+    def _side(
+        self,
+        hidden: torch.Tensor,
+        embeddings: torch.Tensor,
+        candidates: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+        history: torch.Tensor | None,
+    ):
         """The modality side at the given positions: the experts' mixture g * sum_m w_m LN(o_m)
         [B, L, n, d] (fused = hidden + mixture), the content match [B, L, n] (0.0 without
         `content_history`) and the score parts of those positions."""
-        weights, outputs, matches = self._experts_and_router(embeddings, candidates, memory_items, memory_mask,
-                                                             history if self.config.content_history else None)
+        weights, outputs, matches = self._experts_and_router(
+            embeddings,
+            candidates,
+            memory_items,
+            memory_mask,
+            history if self.config.content_history else None,
+        )
         mixture = self.gate * _weighted_sum(weights, outputs)
         match = 0.0
         if matches:
             match = math.sqrt(hidden.shape[-1]) * (torch.stack(matches, dim=-1) * self.match_weights).sum(-1)
-        parts = ScoreParts(hidden + mixture[..., 0, :], embeddings[..., 0, :], router_weights=weights,
-                           expert_positive=torch.stack([o[..., 0, :] for o in outputs], dim=-2))
+        parts = ScoreParts(
+            hidden + mixture[..., 0, :],
+            embeddings[..., 0, :],
+            router_weights=weights,
+            expert_positive=torch.stack([o[..., 0, :] for o in outputs], dim=-2),
+        )
         return mixture, match, parts
 
-    def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                memory_mask: torch.Tensor, *, with_aux: bool = False, shared: torch.Tensor | None = None):
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        candidates: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+        *,
+        with_aux: bool = False,
+        shared: torch.Tensor | None = None,
+    ):
         """Scores [B, L, n] of candidates at every position; memory [B, K], or [K] shared by the batch.
 
         `with_aux`: also return the `ScoreParts` the losses need: `fused_positive` [B, L, d] (the
@@ -324,10 +413,13 @@ class FedDMMR(nn.Module):
         if memory_items.dim() == 1:
             memory_items = memory_items.expand(sequences.shape[0], -1)
             memory_mask = memory_mask.expand(sequences.shape[0], -1)
-        history = recent_items(sequences, self.config.content_history) if self.config.content_history else None
+        history = (
+            recent_items(sequences, self.config.content_history) if self.config.content_history else None
+        )
         holdout = self.config.holdout_content and self.training  # a split of the training loss only
-        scores, parts = self._score(self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history,
-                                    holdout, shared)
+        scores, parts = self._score(
+            self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history, holdout, shared
+        )
         return (scores, parts) if with_aux else scores
 
     def _last_history(self, sequences: torch.Tensor) -> torch.Tensor | None:
@@ -335,14 +427,27 @@ class FedDMMR(nn.Module):
         k = self.config.content_history
         return recent_items(sequences, k)[:, -1:] if k else None
 
-    def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor, memory_items: torch.Tensor,
-                   memory_mask: torch.Tensor) -> torch.Tensor:
+    def score_last(
+        self,
+        sequences: torch.Tensor,
+        candidates: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Scores [B, n] of candidates [B, n] after the whole sequence."""
         hidden = self.sasrec.encode(sequences)[:, -1:]
-        return self.score(hidden, candidates.unsqueeze(1), memory_items, memory_mask, self._last_history(sequences))[:, 0]
+        return self.score(
+            hidden, candidates.unsqueeze(1), memory_items, memory_mask, self._last_history(sequences)
+        )[:, 0]
 
-    def score_all_last(self, sequences: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor,
-                       *, max_elements: int = 1 << 24) -> torch.Tensor:
+    def score_all_last(
+        self,
+        sequences: torch.Tensor,
+        memory_items: torch.Tensor,
+        memory_mask: torch.Tensor,
+        *,
+        max_elements: int = 1 << 24,
+    ) -> torch.Tensor:
         """Scores of every item (column 0 = padding) after the whole sequence: [B, num_items+1].
 
         Items are scored in chunks of about `max_elements` / (B * d) so that the experts'
@@ -354,6 +459,8 @@ class FedDMMR(nn.Module):
         chunk = max(1, max_elements // (batch * dim))
         items = torch.arange(self.config.sasrec.num_items + 1, device=sequences.device)
         history = self._last_history(sequences)
-        scores = [self.score(hidden, part.expand(batch, 1, -1), memory_items, memory_mask, history)[:, 0]
-                  for part in items.split(chunk)]
+        scores = [
+            self.score(hidden, part.expand(batch, 1, -1), memory_items, memory_mask, history)[:, 0]
+            for part in items.split(chunk)
+        ]
         return torch.cat(scores, dim=1)

@@ -37,11 +37,15 @@ class ContentItemTower(nn.Module):
         item's number of training interactions (0: a new item; row 0 is never trained)."""
         super().__init__()
         if features.shape[0] != train_counts.shape[0]:
-            raise ValueError(f"item tower: {features.shape[0]} feature rows for {train_counts.shape[0]} items (+1 padding)")
+            raise ValueError(
+                f"item tower: {features.shape[0]} feature rows for {train_counts.shape[0]} items (+1 padding)"
+            )
         counts = train_counts.float().clone()
         counts[0] = 0
         if not (counts > 0).any():
-            raise ValueError("item tower: no item has a training interaction, so there is nothing to fit stand-ins to")
+            raise ValueError(
+                "item tower: no item has a training interaction, so there is nothing to fit stand-ins to"
+            )
         # Frozen inputs, not parameters: never trained or aggregated. The counts are part of the
         # model (which items have an ID part, and how much each weighs in the fit), so they are
         # saved with it; the features are reloaded from the run's feature files.
@@ -52,8 +56,10 @@ class ContentItemTower(nn.Module):
         # The tower reads them centred on the mean of the catalogue it was built on, which is part
         # of the model, so that items added later do not move the others.
         present = features.norm(dim=-1) > 0
-        self.register_buffer("feature_mean", features[present].float().mean(0) if present.any()
-                             else torch.zeros(features.shape[1]))
+        self.register_buffer(
+            "feature_mean",
+            features[present].float().mean(0) if present.any() else torch.zeros(features.shape[1]),
+        )
         self._fitted: tuple | None = None  # (what it was fitted on, the stand-ins, the inputs' storages)
         self.ridge: float | None = None  # the last fit's ridge strength
 
@@ -65,18 +71,27 @@ class ContentItemTower(nn.Module):
     def centred(self, features: torch.Tensor) -> torch.Tensor:
         """Unit rows of `features` [..., D] less `feature_mean`; zero rows (no feature) stay zero."""
         present = (features != 0).any(-1, keepdim=True)
-        return torch.where(present, F.normalize(features - self.feature_mean, dim=-1), torch.zeros_like(features))
+        return torch.where(
+            present, F.normalize(features - self.feature_mean, dim=-1), torch.zeros_like(features)
+        )
 
     def stand_ins(self, id_table: torch.Tensor) -> torch.Tensor:
         """Every item's stand-in S [num_items + 1, d] given the ID table [num_items + 1, d]
         (padding's is 0), fitted once per state of the table, features and counts."""
         inputs = (id_table, self.features, self.train_counts)
-        key = tuple((t.data_ptr(), t._version, t.device) for t in inputs) + (id_table.dtype, torch.is_inference_mode_enabled())
+        key = tuple((t.data_ptr(), t._version, t.device) for t in inputs) + (
+            id_table.dtype,
+            torch.is_inference_mode_enabled(),
+        )
         if self._fitted is None or self._fitted[0] != key:
             with torch.no_grad():
                 # The inputs' storages are kept with the fit, so that no other tensor can take
                 # their addresses (and a fresh table at a reused address pass for the fitted one).
-                self._fitted = key, self._fit(id_table).to(id_table.dtype), [t.untyped_storage() for t in inputs]
+                self._fitted = (
+                    key,
+                    self._fit(id_table).to(id_table.dtype),
+                    [t.untyped_storage() for t in inputs],
+                )
         return self._fitted[1]
 
     def _fit(self, id_table: torch.Tensor) -> torch.Tensor:
@@ -89,7 +104,9 @@ class ContentItemTower(nn.Module):
         y = id_table.detach().cpu().double()
         y_mean = weights @ y[trained] / weights.sum()
         root = weights.sqrt().unsqueeze(-1)
-        coefficients, self.ridge = ridge_regression(root * (x[trained] - x_mean), root * (y[trained] - y_mean))
+        coefficients, self.ridge = ridge_regression(
+            root * (x[trained] - x_mean), root * (y[trained] - y_mean)
+        )
         stand_ins = (x - x_mean) @ coefficients + y_mean
         stand_ins[0] = 0
         return stand_ins.to(id_table.device)
@@ -99,14 +116,18 @@ class ContentItemTower(nn.Module):
         evaluation scores them: the ID embedding of a trained item, the stand-in of any other. (In
         training the model reads every item by its ID embedding, `SASRec.item_vectors`, so that
         training is exactly the ID-only model's.)"""
-        return torch.where(self.trained[ids].unsqueeze(-1), F.embedding(ids, id_table), self.stand_ins(id_table)[ids])
+        return torch.where(
+            self.trained[ids].unsqueeze(-1), F.embedding(ids, id_table), self.stand_ins(id_table)[ids]
+        )
 
     def table(self, id_table: torch.Tensor) -> torch.Tensor:
         """Every item's vector [num_items + 1, d], as evaluation scores them."""
         return torch.where(self.trained.unsqueeze(-1), id_table, self.stand_ins(id_table))
 
 
-def ridge_regression(x: torch.Tensor, y: torch.Tensor, grid: tuple[float, ...] = RIDGE_GRID) -> tuple[torch.Tensor, float]:
+def ridge_regression(
+    x: torch.Tensor, y: torch.Tensor, grid: tuple[float, ...] = RIDGE_GRID
+) -> tuple[torch.Tensor, float]:
     """(argmin_B ||x B - y||^2 + lam ||B||^2 [D, d], lam) for the value lam of `grid` with the
     smallest exact leave-one-out error (the closed form e_i / (1 - H_ii)), from one SVD of x [n, D]
     (y [n, d])."""
@@ -129,7 +150,9 @@ def content_tower(features: dict[str, torch.Tensor], train_counts: torch.Tensor 
     one combined feature."""
     if train_counts is None or not features:
         raise ValueError("item_tower='content' needs modality features and the items' training counts")
-    return ContentItemTower(combined_features([features[name].float() for name in sorted(features)]), train_counts)
+    return ContentItemTower(
+        combined_features([features[name].float() for name in sorted(features)]), train_counts
+    )
 
 
 def combined_features(matrices: list[torch.Tensor]) -> torch.Tensor:

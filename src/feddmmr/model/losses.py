@@ -36,8 +36,9 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
     return alpha * (t * (1 - 1 / alpha) + 1 / alpha)
 
 
-def next_item_loss(scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce",
-                   beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def next_item_loss(
+    scores: torch.Tensor, valid: torch.Tensor, kind: str = "ce", beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-target losses summed over valid targets, and the count of valid targets.
 
     `scores` [..., 1+N] has the positive in column 0; `valid` [...] marks real targets; `beta`:
@@ -80,11 +81,19 @@ class ScoreParts:
     held_out: bool = False  # the side covers the window's last position only (--modality-objective holdout*)
     router_weights: torch.Tensor | None = None  # [B, P, n, M], when the experts are used
     expert_positive: torch.Tensor | None = None  # [B, P, M, d]: the target's normalised expert outputs
-    held_out_scores: torch.Tensor | None = None  # [B, 1, n]: holdout-backbone's side scores of the last position
+    held_out_scores: torch.Tensor | None = (
+        None  # [B, 1, n]: holdout-backbone's side scores of the last position
+    )
 
 
-def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tensor, kind: str,
-                 weights: AuxiliaryWeights, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def feddmmr_loss(
+    scores: torch.Tensor,
+    parts: ScoreParts,
+    candidates: torch.Tensor,
+    kind: str,
+    weights: AuxiliaryWeights,
+    beta: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(training objective, next-item loss), both means over the valid targets of one step.
 
     scores [B, L, 1+N]; candidates [B, L, 1+N] (target first, 0 = padding); `parts` from
@@ -119,7 +128,9 @@ def feddmmr_loss(scores: torch.Tensor, parts: ScoreParts, candidates: torch.Tens
     surprise = 1 + 0.5 * torch.sigmoid(side_loss.detach())
     router = parts.router_weights
     if weights.load_balance and router is not None:
-        live = ((side_candidates > 0) & side_valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)  # [B, L, n, 1]
+        live = (
+            ((side_candidates > 0) & side_valid.unsqueeze(-1)).to(router.dtype).unsqueeze(-1)
+        )  # [B, L, n, 1]
         live = live.expand(*router.shape[:-1], 1)  # with shared negatives `candidates` holds the targets only
         mean_weight = (router * live).sum((0, 1, 2)) / live.sum().clamp(min=1)
         total = total + weights.load_balance * ((mean_weight - 1 / router.shape[-1]) ** 2).sum()

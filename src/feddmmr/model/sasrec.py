@@ -200,7 +200,9 @@ class SASRec(nn.Module):
         others = others.masked_fill(shared == targets.unsqueeze(-1), MASKED_SCORE)
         return torch.cat([positive, others], dim=-1)
 
-    def forward(self, sequences: torch.Tensor, candidates: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, sequences: torch.Tensor, candidates: torch.Tensor, shared: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scores of `candidates` [batch, L, n] at every position of `sequences` [batch, L]; with
         `shared` [N] (shared negatives, or every item for ce-full), `candidates` [batch, L, 1]
         holds the targets and the scores are `score_shared`'s [batch, L, 1+N]."""
@@ -209,7 +211,9 @@ class SASRec(nn.Module):
             return self.score(hidden, candidates)
         return self.score_shared(hidden, candidates[..., 0], shared)
 
-    def full_softmax_loss(self, sequences: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def full_softmax_loss(
+        self, sequences: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """SASRec+'s loss: the softmax cross-entropy of every real target (`targets` [batch, L], 0 =
         padding) against every item, summed, and the count of real targets. The same value as
         `forward(sequences, targets[..., None], every_item(...))` through `next_item_loss`, computed
@@ -218,7 +222,9 @@ class SASRec(nn.Module):
         hidden = self.encode(sequences)
         real = targets > 0
         with torch.autocast(hidden.device.type, enabled=False):  # in float32, as `score`
-            logits = hidden[real].float() @ self.item_vectors(every_item(self.item_embedding.weight)).float().T
+            logits = (
+                hidden[real].float() @ self.item_vectors(every_item(self.item_embedding.weight)).float().T
+            )
             return F.cross_entropy(logits, targets[real] - 1, reduction="sum"), real.sum()
 
     def score_last(self, sequences: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

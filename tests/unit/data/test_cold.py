@@ -55,7 +55,9 @@ def test_the_split_keeps_new_items_out_of_every_training_and_validation_input():
     assert cold[split.test_items].any() and (~cold[split.test_items]).any()
     assert not split.trained_items()[cold].any() and not split.trained_items()[0]
     groups = split.user_groups()
-    assert np.array_equal(groups["cold"], cold[split.test_items]) and np.array_equal(groups["warm"], ~groups["cold"])
+    assert np.array_equal(groups["cold"], cold[split.test_items]) and np.array_equal(
+        groups["warm"], ~groups["cold"]
+    )
     assert leave_one_out(data).user_groups() == {}
 
 

@@ -102,7 +102,10 @@ def test_top_users_is_applied_before_min_length() -> None:
 
 
 def test_nothing_left_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"test-log: no user has at least min_length=5 interactions \(the longest of 2 users has 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"test-log: no user has at least min_length=5 interactions \(the longest of 2 users has 2\)",
+    ):
         build_sequences(log(users=[1, 1, 2], items=[1, 2, 3]), min_length=5)
     with pytest.raises(ValueError, match="test-log: no interactions"):
         build_sequences(log(users=[], items=[]))

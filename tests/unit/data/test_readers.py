@@ -216,7 +216,11 @@ def test_user_item_users_repeating_out_of_order_is_still_a_log(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("text", "line", "problem"),
     [
-        ("1 10 100\n1 11\n", 2, "expected 3 fields separated by whitespace (user item timestamp, as on line 1)"),
+        (
+            "1 10 100\n1 11\n",
+            2,
+            "expected 3 fields separated by whitespace (user item timestamp, as on line 1)",
+        ),
         ("1 10\n1 11 5\n", 2, "expected 2 fields separated by whitespace"),
         ("1 10 100\n1 11 10:30\n", 2, "timestamp '10:30' is not a non-negative integer"),
         ("1 10\n1 b\n", 2, "item 'b' is not a non-negative integer"),
@@ -315,18 +319,28 @@ def test_csv_missing_item_column_names_file_and_columns(tmp_path: Path) -> None:
 
 def test_csv_ambiguous_columns(tmp_path: Path) -> None:
     path = write(tmp_path / "log.csv", "user,user_id,item\n1,1,2\n")
-    with pytest.raises(DataFormatError, match=r"several columns could be the user column: \['user', 'user_id'\]"):
+    with pytest.raises(
+        DataFormatError, match=r"several columns could be the user column: \['user', 'user_id'\]"
+    ):
         load_interactions(path)
 
 
 @pytest.mark.parametrize(
     ("text", "line", "problem"),
     [
-        ("user,item,timestamp\n1,2,3\n1,3,yesterday\n", 3, "timestamp 'yesterday' is neither an integer timestamp nor an ISO 8601"),
+        (
+            "user,item,timestamp\n1,2,3\n1,3,yesterday\n",
+            3,
+            "timestamp 'yesterday' is neither an integer timestamp nor an ISO 8601",
+        ),
         ("user,item,timestamp\n1,2,3\n\n1,,4\n", 4, "column 'item' is empty"),
         ("user,item,timestamp\n1,2,3\n1,3,\n", 3, "column 'timestamp' is empty"),
         ("user,item,time\n1,2,2020-01-01\n1,3,1577836800\n", 3, "time '1577836800' is an integer but"),
-        ("user,item\n1,2\n99999999999999999999,3\n", 3, "user '99999999999999999999' does not fit in 64 bits"),
+        (
+            "user,item\n1,2\n99999999999999999999,3\n",
+            3,
+            "user '99999999999999999999' does not fit in 64 bits",
+        ),
     ],
 )
 def test_csv_bad_value_names_line(tmp_path: Path, text: str, line: int, problem: str) -> None:
@@ -368,7 +382,9 @@ def test_parquet_with_datetimes_and_string_ids(tmp_path: Path) -> None:
 def test_parquet_errors(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     pd.DataFrame({"user": [1.5, 2.0], "item": [1, 2]}).to_parquet(path)
-    with pytest.raises(DataFormatError, match=r"row 1: column 'user' has type float64; expected integer or string ids"):
+    with pytest.raises(
+        DataFormatError, match=r"row 1: column 'user' has type float64; expected integer or string ids"
+    ):
         load_interactions(path)
     pd.DataFrame({"user": [1, 2], "product": [1, 2]}).to_parquet(path)
     with pytest.raises(DataFormatError, match=r"no item column.*columns found: \['user', 'product'\]"):
@@ -427,9 +443,16 @@ def test_real_ml100k_folder() -> None:
 # --------------------------------------------------------------------------- the id rule (docs/DATA.md, "Ids")
 
 
-@pytest.mark.parametrize("cell, what", [("NaN", "a missing-value marker"), ("null", "a missing-value marker"),
-                                        ("N/A", "a missing-value marker"), ("1.0", "a decimal number"),
-                                        ("2e3", "a decimal number")])
+@pytest.mark.parametrize(
+    "cell, what",
+    [
+        ("NaN", "a missing-value marker"),
+        ("null", "a missing-value marker"),
+        ("N/A", "a missing-value marker"),
+        ("1.0", "a decimal number"),
+        ("2e3", "a decimal number"),
+    ],
+)
 def test_a_csv_cell_that_is_no_id_is_an_error_not_an_item(tmp_path: Path, cell: str, what: str) -> None:
     path = write(tmp_path / "log.csv", f"user,item\n1,10\n1,{cell}\n2,11\n")
     with pytest.raises(DataFormatError, match=f"log.csv:3: item '{cell}' is {what}"):

@@ -59,7 +59,10 @@ def test_eval_candidates_are_uniform_over_allowed_items():
 
 def test_too_few_items_for_eval_negatives_is_a_clear_error():
     split = leave_one_out(make_sequences([[1, 2, 3, 4]], num_items=6))
-    with pytest.raises(ValueError, match="--num-negatives-eval 5: user 100 has only 2 items outside their history; use at most 2"):
+    with pytest.raises(
+        ValueError,
+        match="--num-negatives-eval 5: user 100 has only 2 items outside their history; use at most 2",
+    ):
         draw_eval_candidates(split, 5, seed=0)
 
 

@@ -30,8 +30,10 @@ def test_explicit_sizes_win_over_auto(monkeypatch):
 
 def test_auto_takes_the_device_caps_when_memory_is_plentiful(monkeypatch):
     with_free_memory(monkeypatch, 120 * GiB)
-    assert (resolve_chunks("auto", "auto", ml1m_model(), 4, torch.device("cpu")).clients,
-            resolve_chunks("auto", "auto", ml1m_model(), 4, torch.device("cpu")).windows) == MAX_CHUNKS["cpu"]
+    assert (
+        resolve_chunks("auto", "auto", ml1m_model(), 4, torch.device("cpu")).clients,
+        resolve_chunks("auto", "auto", ml1m_model(), 4, torch.device("cpu")).windows,
+    ) == MAX_CHUNKS["cpu"]
     cuda = resolve_chunks("auto", "auto", ml1m_model(), 4, torch.device("cuda"))
     assert (cuda.clients, cuda.windows) == MAX_CHUNKS["cuda"] == (256, 8192)
     assert "on cuda" in cuda.why and "MiB a window" in cuda.why
@@ -43,7 +45,9 @@ def test_auto_shrinks_to_powers_of_two_that_fit_the_free_memory(monkeypatch):
     sizes = resolve_chunks("auto", "auto", model, 4, torch.device("cuda"))
     budget = 4 * GiB * 0.5
     assert sizes.clients * client_bytes(model) <= budget / 4 < 2 * sizes.clients * client_bytes(model)
-    assert sizes.windows * window_bytes(model, 4) <= budget * 3 / 4 < 2 * sizes.windows * window_bytes(model, 4)
+    assert (
+        sizes.windows * window_bytes(model, 4) <= budget * 3 / 4 < 2 * sizes.windows * window_bytes(model, 4)
+    )
     assert sizes.clients & (sizes.clients - 1) == 0 and sizes.windows & (sizes.windows - 1) == 0
     assert sizes.windows < MAX_CHUNKS["cuda"][1]
     # More negatives or a longer history need more memory a window: fewer windows.

@@ -26,13 +26,21 @@ ROUND = RoundContext(round=1, seed=0)
 
 def model(dropout=0.0):
     torch.manual_seed(0)
-    return SASRec(SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=2, num_heads=2, dropout=dropout))
+    return SASRec(
+        SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=2, num_heads=2, dropout=dropout)
+    )
 
 
 def clients(num=9, epochs=2, batch_size=3, negatives="per-target", num_negatives=4):
     rng = np.random.default_rng(0)
-    settings = BatchSettings(max_len=20, batch_size=batch_size, epochs=epochs, num_negatives=num_negatives,
-                             num_items=300, negatives=negatives)
+    settings = BatchSettings(
+        max_len=20,
+        batch_size=batch_size,
+        epochs=epochs,
+        num_negatives=num_negatives,
+        num_items=300,
+        negatives=negatives,
+    )
     out = []
     for user in range(num):
         seq = rng.choice(np.arange(1, 301), size=int(rng.integers(3, 130)), replace=False)
@@ -40,19 +48,38 @@ def clients(num=9, epochs=2, batch_size=3, negatives="per-target", num_negatives
     return out
 
 
-def run(engine_name, m, batches, weight_decay=1e-4, optimizer="adam", clip_norm=None, loss="ce", gbce_beta=0.3,
-        update_noise=0.0, **engine_options):
+def run(
+    engine_name,
+    m,
+    batches,
+    weight_decay=1e-4,
+    optimizer="adam",
+    clip_norm=None,
+    loss="ce",
+    gbce_beta=0.3,
+    update_noise=0.0,
+    **engine_options,
+):
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
-    local = LocalTraining(1e-2 if optimizer == "adam" else 0.5, weight_decay, loss, Precision("off", "cpu"),
-                          optimizer=optimizer, clip_norm=clip_norm, gbce_beta=gbce_beta,  # beta: loss=gbce only
-                          update_noise=update_noise)
+    local = LocalTraining(
+        1e-2 if optimizer == "adam" else 0.5,
+        weight_decay,
+        loss,
+        Precision("off", "cpu"),
+        optimizer=optimizer,
+        clip_norm=clip_norm,
+        gbce_beta=gbce_beta,  # beta: loss=gbce only
+        update_noise=update_noise,
+    )
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
-@pytest.mark.parametrize("chunking", [dict(chunk_clients=4, chunk_windows=12), dict(chunk_clients=64, chunk_windows=4096)])
+@pytest.mark.parametrize(
+    "chunking", [dict(chunk_clients=4, chunk_windows=12), dict(chunk_clients=64, chunk_windows=4096)]
+)
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-4])  # 0: compact item tables; > 0: full tables
 def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
     m = model()
@@ -66,15 +93,19 @@ def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
     assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
 
 
-@pytest.mark.parametrize("negatives, loss", [("shared", "ce"), ("shared", "bpr"), ("all", "ce-full"),
-                                             ("shared", "gbce"), ("per-target", "gbce")])
+@pytest.mark.parametrize(
+    "negatives, loss",
+    [("shared", "ce"), ("shared", "bpr"), ("all", "ce-full"), ("shared", "gbce"), ("per-target", "gbce")],
+)
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
 def test_vectorized_round_with_shared_negatives_equals_sequential_round(negatives, loss, weight_decay):
     m = model()
     batches = clients(negatives=negatives, num_negatives=32)
     assert all(b.candidates.shape[-1] == (33 if negatives == "per-target" else 1) for b in batches)
     start, sequential, seq_reports = run("sequential", m, batches, weight_decay, loss=loss)
-    _, vectorized, vec_reports = run("vectorized", m, batches, weight_decay, loss=loss, chunk_clients=4, chunk_windows=12)
+    _, vectorized, vec_reports = run(
+        "vectorized", m, batches, weight_decay, loss=loss, chunk_clients=4, chunk_windows=12
+    )
     for name in start:
         assert not torch.allclose(sequential[name], start[name]), name
         torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
@@ -120,11 +151,14 @@ def test_vectorized_round_with_client_sgd_equals_sequential_round():
     assert not torch.allclose(sequential["item_embedding.weight"], start["item_embedding.weight"])
 
 
-@pytest.mark.parametrize("batched, reference_class, fused", [
-    (BatchedAdam, torch.optim.Adam, True),  # the CPU's fused kernel
-    (BatchedAdam, torch.optim.Adam, False),  # element-wise, as on CUDA
-    (BatchedSGD, torch.optim.SGD, None),
-])
+@pytest.mark.parametrize(
+    "batched, reference_class, fused",
+    [
+        (BatchedAdam, torch.optim.Adam, True),  # the CPU's fused kernel
+        (BatchedAdam, torch.optim.Adam, False),  # element-wise, as on CUDA
+        (BatchedSGD, torch.optim.SGD, None),
+    ],
+)
 @pytest.mark.parametrize("client_minor", [False, True])
 def test_batched_optimiser_matches_torch_per_client(batched, reference_class, fused, client_minor):
     """Each client's slice follows the torch optimiser through the steps it is active in; an
@@ -134,8 +168,12 @@ def test_batched_optimiser_matches_torch_per_client(batched, reference_class, fu
     torch.manual_seed(1)
     start = torch.randn(3, 5)
     grads = [torch.randn(5, 3).t() if client_minor else torch.randn(3, 5) for _ in range(4)]
-    active = [torch.tensor([True, True, True]), torch.tensor([True, False, True]),
-              torch.tensor([False, False, True]), torch.tensor([True, True, True])]
+    active = [
+        torch.tensor([True, True, True]),
+        torch.tensor([True, False, True]),
+        torch.tensor([False, False, True]),
+        torch.tensor([True, True, True]),
+    ]
     for g, a in zip(grads, active):
         g[~a] = float("nan")
     params = {"w": start.clone()}
@@ -176,7 +214,9 @@ def test_compact_item_tables_hold_exactly_the_rows_a_client_reads():
     assert rows[0] == 0 and np.all(np.diff(rows) > 0)
     assert np.array_equal(rows[local_inputs], batch.inputs)
     assert np.array_equal(rows[local_candidates], batch.candidates)
-    assert set(rows[1:]) == set(np.unique(np.concatenate([batch.inputs.ravel(), batch.candidates.ravel()]))) - {0}
+    assert set(rows[1:]) == set(
+        np.unique(np.concatenate([batch.inputs.ravel(), batch.candidates.ravel()]))
+    ) - {0}
 
 
 def test_training_windows_cover_every_target_once():
@@ -195,7 +235,9 @@ def test_the_last_window_is_the_newest_max_len_targets_and_weighs_what_it_trains
     assert inputs.tolist() == [[8, 9, 10, 11]] and targets.tolist() == [[9, 10, 11, 12]]
     inputs, targets = training_windows(np.arange(1, 4), 4, "last")  # shorter than a window: left-padded
     assert inputs.tolist() == [[0, 0, 1, 2]] and targets.tolist() == [[0, 0, 2, 3]]
-    settings = BatchSettings(max_len=4, batch_size=3, epochs=2, num_negatives=2, num_items=300, windows="last")
+    settings = BatchSettings(
+        max_len=4, batch_size=3, epochs=2, num_negatives=2, num_items=300, windows="last"
+    )
     batches = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
     assert batches.num_steps == 2 and batches.num_targets == 4
     assert batches.candidates[..., 0].tolist() == [[[9, 10, 11, 12]]] * 2
@@ -219,7 +261,9 @@ def test_client_batches_are_deterministic_and_negatives_avoid_history():
 
 def test_shared_negatives_are_distinct_per_step_and_avoid_history():
     seq = np.arange(1, 151)  # the user has read items 1..150 of 300
-    settings = BatchSettings(max_len=20, batch_size=3, epochs=2, num_negatives=40, num_items=300, negatives="shared")
+    settings = BatchSettings(
+        max_len=20, batch_size=3, epochs=2, num_negatives=40, num_items=300, negatives="shared"
+    )
     a = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
     b = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
     assert np.array_equal(a.shared, b.shared)  # a pure function of the client's stream
@@ -227,7 +271,9 @@ def test_shared_negatives_are_distinct_per_step_and_avoid_history():
     assert all(len(set(row)) == 40 for row in a.shared)
     assert a.shared.min() > 150 and a.shared.max() <= 300
     assert len(np.unique(a.shared)) > 40  # a fresh draw each step
-    with pytest.raises(ValueError, match="--num-negatives 151 with --negatives shared: .* all but 150 .*use at most 150"):
+    with pytest.raises(
+        ValueError, match="--num-negatives 151 with --negatives shared: .* all but 150 .*use at most 150"
+    ):
         make_client_batches(0, seq, dataclasses.replace(settings, num_negatives=151), client_rng(0, 1, 0))
 
 
@@ -242,9 +288,14 @@ def feddmmr_model(**options):
     text, image = torch.randn(301, 12, generator=g), torch.randn(301, 8, generator=g)
     text[0] = image[0] = 0
     image[250:] = 0  # items without an image
-    features = {"text": torch.nn.functional.normalize(text, dim=-1), "image": torch.nn.functional.normalize(image, dim=-1)}
+    features = {
+        "text": torch.nn.functional.normalize(text, dim=-1),
+        "image": torch.nn.functional.normalize(image, dim=-1),
+    }
     available = {"text": torch.arange(301) > 0, "image": (torch.arange(301) > 0) & (torch.arange(301) < 250)}
-    config = SASRecConfig(num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=1, num_heads=2, dropout=0.0)
+    config = SASRecConfig(
+        num_items=300, max_seq_len=20, hidden_dim=32, num_blocks=1, num_heads=2, dropout=0.0
+    )
     trained = (torch.arange(301) > 0) & (torch.arange(301) < 280)  # items 280-300: no ID part (content tower)
     return FedDMMR(FedDMMRConfig(config, **options), features, available, trained)
 
@@ -264,9 +315,16 @@ def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), loss="ce", 
     global_params = {n: p.detach().clone() for n, p in m.named_parameters()}
     aggregator = FedAvg(global_params)
     engine = make_engine(engine_name, m, **engine_options)
-    local = LocalTraining(1e-2, 1e-4, loss, Precision("off", "cpu"), memory=memory,
-                          auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1), frozen=frozen,
-                          optimizer="adam")
+    local = LocalTraining(
+        1e-2,
+        1e-4,
+        loss,
+        Precision("off", "cpu"),
+        memory=memory,
+        auxiliary=AuxiliaryWeights(load_balance=0.01, alignment=0.1, contrastive=0.1),
+        frozen=frozen,
+        optimizer="adam",
+    )
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
@@ -274,26 +332,36 @@ def run_feddmmr(engine_name, m, batches, memory, frozen=frozenset(), loss="ce", 
 HOLDOUT_BACKBONE = {"content_history": 5, "holdout_content": True, "holdout_backbone": True}
 
 
-@pytest.mark.parametrize("options, negatives, loss", [
-    ({}, "per-target", "ce"), ({"content_history": 5, "holdout_content": True}, "per-target", "ce"),
-    (HOLDOUT_BACKBONE, "per-target", "ce"), ({}, "shared", "ce"), (HOLDOUT_BACKBONE, "shared", "ce"),
-    (HOLDOUT_BACKBONE, "all", "ce-full"),
-    ({"item_tower": "content"}, "per-target", "ce"), ({"item_tower": "content", **HOLDOUT_BACKBONE}, "shared", "ce"),
-])
+@pytest.mark.parametrize(
+    "options, negatives, loss",
+    [
+        ({}, "per-target", "ce"),
+        ({"content_history": 5, "holdout_content": True}, "per-target", "ce"),
+        (HOLDOUT_BACKBONE, "per-target", "ce"),
+        ({}, "shared", "ce"),
+        (HOLDOUT_BACKBONE, "shared", "ce"),
+        (HOLDOUT_BACKBONE, "all", "ce-full"),
+        ({"item_tower": "content"}, "per-target", "ce"),
+        ({"item_tower": "content", **HOLDOUT_BACKBONE}, "shared", "ce"),
+    ],
+)
 def test_vectorized_feddmmr_round_equals_sequential_round(options, negatives, loss):
     m = feddmmr_model(**options)
     batches = clients(num=6, epochs=2, batch_size=3, negatives=negatives, num_negatives=16)
     memories = {name: feddmmr_memories(m, 6) for name in ("sequential", "vectorized")}
     start, sequential, seq_reports = run_feddmmr("sequential", m, batches, memories["sequential"], loss=loss)
-    _, vectorized, vec_reports = run_feddmmr("vectorized", m, batches, memories["vectorized"], loss=loss,
-                                             chunk_clients=4, chunk_windows=12)
+    _, vectorized, vec_reports = run_feddmmr(
+        "vectorized", m, batches, memories["vectorized"], loss=loss, chunk_clients=4, chunk_windows=12
+    )
     for name in start:
         assert not torch.allclose(sequential[name], start[name]), name  # every parameter trains
         torch.testing.assert_close(vectorized[name], sequential[name], rtol=1e-4, atol=2e-5, msg=name)
     assert [r.steps for r in vec_reports] == [r.steps for r in seq_reports]
     assert np.allclose([r.mean_loss for r in vec_reports], [r.mean_loss for r in seq_reports], rtol=1e-4)
     seq_state, vec_state = memories["sequential"].state.to_dict(), memories["vectorized"].state.to_dict()
-    assert int(seq_state["positives"].sum()) == 2 * sum(b.num_targets for b in batches)  # every positive, 2 epochs
+    assert int(seq_state["positives"].sum()) == 2 * sum(
+        b.num_targets for b in batches
+    )  # every positive, 2 epochs
     assert int(seq_state["writes"].sum()) > 0
     for name, tensor in seq_state.items():
         torch.testing.assert_close(vec_state[name], tensor, msg=name)
@@ -310,7 +378,9 @@ def test_memory_takes_each_steps_positives_in_time_order():
     for step in range(2):
         real = ordered[step][ordered[step] > 0]
         assert np.all(np.diff(real) > 0)  # time order, whatever order the windows were drawn in
-        assert sorted(real.tolist()) == sorted(batch.candidates[step, ..., 0][batch.candidates[step, ..., 0] > 0].tolist())
+        assert sorted(real.tolist()) == sorted(
+            batch.candidates[step, ..., 0][batch.candidates[step, ..., 0] > 0].tolist()
+        )
     # The short-term FIFO ends with the step's most recent positive.
     config = MemoryConfig(short_capacity=5, long_capacity=5, retrieve_short=5, retrieve_long=0)
     no_features = torch.zeros(301, 1)  # no long-term writes: the short-term FIFO alone
@@ -333,15 +403,25 @@ def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage
 
     def check(client_params, weights):  # called once per client (sequential) or chunk (vectorized)
         seen.append(set(client_params))
-        changed.update(n for n, p in client_params.items() if not torch.equal(p, global_params[n].expand_as(p)))
+        changed.update(
+            n for n, p in client_params.items() if not torch.equal(p, global_params[n].expand_as(p))
+        )
         live = dict(m.named_parameters())
         assert all(torch.equal(live[n].detach(), global_params[n]) for n in frozen)
         return torch.ones(len(weights), dtype=torch.bool)  # every update kept
 
     from feddmmr.model.losses import AuxiliaryWeights
 
-    local = LocalTraining(1e-2, 1e-4, "ce", Precision("off", "cpu"), memory=feddmmr_memories(m, 4),
-                          auxiliary=AuxiliaryWeights(alignment=0.1), frozen=frozen, optimizer="adam")
+    local = LocalTraining(
+        1e-2,
+        1e-4,
+        "ce",
+        Precision("off", "cpu"),
+        memory=feddmmr_memories(m, 4),
+        auxiliary=AuxiliaryWeights(alignment=0.1),
+        frozen=frozen,
+        optimizer="adam",
+    )
     make_engine(engine_name, m).train(ROUND, global_params, batches, local, check)
     assert seen and all(names.isdisjoint(frozen) for names in seen)  # frozen tensors are never aggregated
     assert changed == set(global_params) - frozen  # the others all train
@@ -403,8 +483,10 @@ def test_short_clients_share_a_chunk_and_its_common_padding_is_cut():
     tensors are as long as its longest window, and cutting that padding changes no real score."""
     settings = BatchSettings(max_len=20, batch_size=2, epochs=1, num_negatives=4, num_items=300)
     lengths = [4, 15, 6, 12, 3, 9]  # items; targets one fewer
-    batches = [make_client_batches(u, np.arange(1, n + 1) + 10 * u, settings, client_rng(0, 1, u))
-               for u, n in enumerate(lengths)]
+    batches = [
+        make_client_batches(u, np.arange(1, n + 1) + 10 * u, settings, client_rng(0, 1, u))
+        for u, n in enumerate(lengths)
+    ]
     chunks = plan_chunks(batches, max_clients=2, max_windows=64)
     assert [[c.num_targets for c in chunk] for chunk in chunks] == [[14, 11], [8, 5], [3, 2]]
     stacked = [stack_batches(chunk, torch.device("cpu")) for chunk in chunks]
@@ -412,7 +494,8 @@ def test_short_clients_share_a_chunk_and_its_common_padding_is_cut():
     assert [s.candidates.shape[-2] for s in stacked] == [14, 8, 3]
     for chunk, cut in zip(chunks, stacked):  # the real targets all stay
         assert sorted(cut.candidates[..., 0][cut.candidates[..., 0] > 0].tolist()) == sorted(
-            np.concatenate([c.candidates[..., 0][c.candidates[..., 0] > 0] for c in chunk]).tolist())
+            np.concatenate([c.candidates[..., 0][c.candidates[..., 0] > 0] for c in chunk]).tolist()
+        )
     m = model().eval()
     full = torch.from_numpy(batches[1].inputs[0])  # 15 items: 14 inputs left-padded to 20
     candidates = torch.from_numpy(batches[1].candidates[0])

@@ -94,7 +94,9 @@ def test_strict_mode_rejects_unknown_ids() -> None:
 
 
 def test_nan_rows_are_an_error_naming_the_ids(tmp_path: Path) -> None:
-    path = save_features(tmp_path / "f.npz", np.array([10, 20, 30]), np.array([[1.0, 0], [np.nan, 1], [np.inf, 0]]))
+    path = save_features(
+        tmp_path / "f.npz", np.array([10, 20, 30]), np.array([[1.0, 0], [np.nan, 1], [np.inf, 0]])
+    )
     ids, matrix = load_features(path)
     with pytest.raises(FeatureFileError, match=r"f\.npz: 2 feature rows contain NaN or infinity.*\[20, 30\]"):
         align_features(ids, matrix, ITEM_IDS, source=str(path))
@@ -103,7 +105,9 @@ def test_nan_rows_are_an_error_naming_the_ids(tmp_path: Path) -> None:
 def test_npy_with_wrong_row_count_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "f.npy"
     np.save(path, np.ones((3, 2), dtype=np.float32))
-    with pytest.raises(FeatureFileError, match=r"f\.npy: a matrix without ids has 3 rows but the dataset has 4 items"):
+    with pytest.raises(
+        FeatureFileError, match=r"f\.npy: a matrix without ids has 3 rows but the dataset has 4 items"
+    ):
         load_modality(f"image={path}", ITEM_IDS)
 
 
@@ -115,7 +119,9 @@ def test_duplicate_ids_are_an_error(tmp_path: Path) -> None:
 
 def test_no_matching_ids_is_an_error(tmp_path: Path) -> None:
     path = save_features(tmp_path / "f.npz", np.array([1, 2, 3]), np.ones((3, 2)))
-    with pytest.raises(FeatureFileError, match=r"f\.npz: none of the 3 feature ids is an item of the dataset"):
+    with pytest.raises(
+        FeatureFileError, match=r"f\.npz: none of the 3 feature ids is an item of the dataset"
+    ):
         load_modality(f"text={path}", ITEM_IDS)
 
 
@@ -143,7 +149,9 @@ def test_npz_without_expected_arrays_is_an_error(tmp_path: Path) -> None:
 def test_corrupt_npz_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "f.npz"
     path.write_bytes(b"not a zip file")
-    with pytest.raises(CorruptFile, match=r"f\.npz: cannot read this \.npz feature file \(14 bytes, truncated"):
+    with pytest.raises(
+        CorruptFile, match=r"f\.npz: cannot read this \.npz feature file \(14 bytes, truncated"
+    ):
         load_features(path)
 
 

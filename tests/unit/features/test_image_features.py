@@ -49,7 +49,9 @@ def save_tiny_clip(folder: Path) -> Path:
         projection_dim=PROJECTION_DIM,
     )
     CLIPVisionModelWithProjection(config).save_pretrained(folder)
-    processor = clip_image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = clip_image_processor_class()(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     processor.save_pretrained(folder)
     return folder
 

@@ -168,7 +168,9 @@ def test_malformed_json_names_line(tmp_path: Path) -> None:
 def test_json_entry_without_text_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "items.json"
     path.write_text(json.dumps([{"id": 1, "text": "ok"}, {"id": 2}]), encoding="utf-8")
-    with pytest.raises(ItemTextError, match=r"items\.json, entry 1: expected an object with an id and a text"):
+    with pytest.raises(
+        ItemTextError, match=r"items\.json, entry 1: expected an object with an id and a text"
+    ):
         read_item_texts(path)
 
 

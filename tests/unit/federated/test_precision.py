@@ -59,8 +59,11 @@ def test_a_client_with_a_non_finite_loss_is_skipped_and_logged(engine_name, opti
         return LocalTraining(1e-2, 0.0, "ce", Precision("off", "cpu"), optimizer=optimizer)
 
     with caplog.at_level(logging.WARNING):
-        reports = make_engine(engine_name, model).train(ROUND, global_params, [poisoned, healthy], local(),
-                                                        aggregator.add).reports
+        reports = (
+            make_engine(engine_name, model)
+            .train(ROUND, global_params, [poisoned, healthy], local(), aggregator.add)
+            .reports
+        )
     by_user = {r.user: r for r in reports}
     assert by_user[0].skipped_steps == 1 and by_user[0].steps == 0
     assert by_user[1].skipped_steps == 0 and by_user[1].steps == 1
@@ -85,11 +88,15 @@ def test_a_client_with_a_non_finite_loss_is_skipped_and_logged(engine_name, opti
 def test_a_non_finite_update_is_dropped_from_the_aggregate_and_counted():
     global_params = {"w": torch.zeros(3), "b": torch.zeros(2)}
     aggregator = FedAvg(global_params)
-    clients = {"w": torch.tensor([[1.0, 1.0, 1.0], [float("nan"), 0.0, 0.0], [3.0, 3.0, 3.0]]),
-               "b": torch.tensor([[1.0, 1.0], [0.0, 0.0], [float("inf"), 3.0]])}
+    clients = {
+        "w": torch.tensor([[1.0, 1.0, 1.0], [float("nan"), 0.0, 0.0], [3.0, 3.0, 3.0]]),
+        "b": torch.tensor([[1.0, 1.0], [0.0, 0.0], [float("inf"), 3.0]]),
+    }
     kept = aggregator.add(clients, torch.tensor([1.0, 5.0, 2.0]))
     assert kept.tolist() == [True, False, False]
-    aggregator.add({"w": torch.tensor([[4.0, 4.0, 4.0]]), "b": torch.tensor([[4.0, 4.0]])}, torch.tensor([3.0]))
+    aggregator.add(
+        {"w": torch.tensor([[4.0, 4.0, 4.0]]), "b": torch.tensor([[4.0, 4.0]])}, torch.tensor([3.0])
+    )
     result = aggregator.result()
     torch.testing.assert_close(result["w"], torch.full((3,), 13.0 / 4))  # (1*1 + 3*4) / 4
     torch.testing.assert_close(result["b"], torch.full((2,), 13.0 / 4))
@@ -103,14 +110,23 @@ def test_fp16_clients_overflowing_at_a_huge_scale_skip_halve_on_their_own_and_ke
     model = tiny_model(num_items=60, max_seq_len=10, hidden_dim=16)
     rng = np.random.default_rng(0)
     settings = BatchSettings(max_len=10, batch_size=2, epochs=8, num_negatives=3, num_items=60)
-    batches = [make_client_batches(u, rng.choice(np.arange(1, 61), size=int(rng.integers(12, 40)), replace=False),
-                                   settings, client_rng(0, 1, u)) for u in range(5)]
+    batches = [
+        make_client_batches(
+            u,
+            rng.choice(np.arange(1, 61), size=int(rng.integers(12, 40)), replace=False),
+            settings,
+            client_rng(0, 1, u),
+        )
+        for u in range(5)
+    ]
     for engine_name in ("sequential", "vectorized"):
         precision = Precision("fp16", "cpu", scale=HUGE)
         global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
         aggregator = FedAvg(global_params)
         local = LocalTraining(0.5, 0.0, "ce", precision, optimizer="sgd")
-        round_result = make_engine(engine_name, model).train(ROUND, global_params, batches, local, aggregator.add)
+        round_result = make_engine(engine_name, model).train(
+            ROUND, global_params, batches, local, aggregator.add
+        )
         reports = round_result.reports
         assert precision.scale == HUGE  # the engine leaves the run's state alone: the run settles it
         precision.settle(round_result.loss_scales)
@@ -196,7 +212,12 @@ def test_bf16_autocast_trains_on_cpu():
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     aggregator = FedAvg(global_params)
     local = LocalTraining(1e-2, 0.0, "ce", Precision("bf16", "cpu"), optimizer="adam")
-    reports = make_engine("vectorized", model).train(ROUND, global_params, [client(0, [1, 2, 3, 4])], local,
-                                                     aggregator.add).reports
+    reports = (
+        make_engine("vectorized", model)
+        .train(ROUND, global_params, [client(0, [1, 2, 3, 4])], local, aggregator.add)
+        .reports
+    )
     assert reports[0].steps == 1 and np.isfinite(reports[0].mean_loss)
-    assert not torch.equal(aggregator.result()["item_embedding.weight"], global_params["item_embedding.weight"])
+    assert not torch.equal(
+        aggregator.result()["item_embedding.weight"], global_params["item_embedding.weight"]
+    )

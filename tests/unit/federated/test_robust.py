@@ -8,11 +8,15 @@ from feddmmr.federated.aggregation import AGGREGATORS, make_aggregator
 
 GLOBAL = {"w": torch.zeros(3), "b": torch.zeros(1)}
 # Four honest clients near +1 and one attacker far away. Changes (w, b) per client:
-HONEST = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.2, 0.8, 1.0, 1.1], [0.9, 1.1, 1.0, 0.9], [1.0, 1.0, 1.2, 1.0]])
+HONEST = torch.tensor(
+    [[1.0, 1.0, 1.0, 1.0], [1.2, 0.8, 1.0, 1.1], [0.9, 1.1, 1.0, 0.9], [1.0, 1.0, 1.2, 1.0]]
+)
 ATTACKER = torch.tensor([[50.0, -50.0, 50.0, 50.0]])
 
 
-def aggregate(name: str, rows: torch.Tensor, weights=None, chunks=2, fraction=0.2) -> tuple[torch.Tensor, object]:
+def aggregate(
+    name: str, rows: torch.Tensor, weights=None, chunks=2, fraction=0.2
+) -> tuple[torch.Tensor, object]:
     rule = make_aggregator(name, GLOBAL, fraction)
     weights = torch.ones(len(rows)) if weights is None else weights
     for part in torch.arange(len(rows)).chunk(chunks):  # engines hand clients over in chunks
@@ -38,7 +42,9 @@ def test_median_takes_the_middle_of_each_coordinate():
 
 
 def test_trimmed_mean_drops_the_extremes_of_each_coordinate():
-    trimmed, _ = aggregate("trimmed-mean", torch.cat([HONEST, ATTACKER]), fraction=0.2)  # 1 of 5 from each side
+    trimmed, _ = aggregate(
+        "trimmed-mean", torch.cat([HONEST, ATTACKER]), fraction=0.2
+    )  # 1 of 5 from each side
     # per coordinate, sorted, the lowest and highest dropped: w0 0.9 [1.0 1.0 1.2] 50, w1 -50 [0.8 1.0 1.0] 1.1,
     # w2 1.0 [1.0 1.0 1.2] 50, b 0.9 [1.0 1.0 1.1] 50
     expected = torch.tensor([1.0 + 1.0 + 1.2, 0.8 + 1.0 + 1.0, 1.0 + 1.0 + 1.2, 1.0 + 1.0 + 1.1]) / 3
@@ -71,8 +77,12 @@ def test_row_bound_cuts_each_item_row_to_the_median_largest_row_change():
     largest row changes; other parameters pass as in FedAvg."""
     table = "item_embedding.weight"
     start = {table: torch.zeros(4, 2), "b": torch.zeros(1)}
-    honest = [torch.tensor([[0, 0], [1.0, 0], [0, 1.0], [0, 0]]), torch.tensor([[0, 0], [0, 2.0], [1.0, 0], [0, 0]]),
-              torch.tensor([[0, 0], [3.0, 0], [0, 1.0], [0, 0]]), torch.tensor([[0, 0], [1.0, 0], [0, 0], [0, 4.0]])]
+    honest = [
+        torch.tensor([[0, 0], [1.0, 0], [0, 1.0], [0, 0]]),
+        torch.tensor([[0, 0], [0, 2.0], [1.0, 0], [0, 0]]),
+        torch.tensor([[0, 0], [3.0, 0], [0, 1.0], [0, 0]]),
+        torch.tensor([[0, 0], [1.0, 0], [0, 0], [0, 4.0]]),
+    ]
     attacker = torch.tensor([[0, 0], [0, 0], [0, 0], [3.0, 4.0]])  # norm 5 on row 3
     changes = torch.stack([*honest, attacker])
     b = torch.tensor([[1.0], [1.0], [1.0], [1.0], [1.0]])

@@ -32,12 +32,22 @@ def batch(*sequences: list[int]) -> torch.Tensor:
 
 
 def long_term(state: MemoryState, client: int = 0) -> dict[str, list]:
-    return {"items": state.long_items[client].tolist(), "frequency": state.long_frequency[client].tolist(),
-            "refreshed": state.long_refreshed[client].tolist()}
+    return {
+        "items": state.long_items[client].tolist(),
+        "frequency": state.long_frequency[client].tolist(),
+        "refreshed": state.long_refreshed[client].tolist(),
+    }
 
 
-def with_long_term(config: MemoryConfig, dim: int, items: list[list[int]], frequency: list[list[int]],
-                   refreshed: list[list[int]], step: list[int], embeddings: torch.Tensor | None = None) -> MemoryState:
+def with_long_term(
+    config: MemoryConfig,
+    dim: int,
+    items: list[list[int]],
+    frequency: list[list[int]],
+    refreshed: list[list[int]],
+    step: list[int],
+    embeddings: torch.Tensor | None = None,
+) -> MemoryState:
     """A state whose LT slots (and step counters) are set by hand; ST empty."""
     state = empty_memory(len(items), config, dim)
     state.long_items[:] = torch.tensor(items)
@@ -59,15 +69,25 @@ def assert_states_equal(actual: MemoryState, expected: MemoryState) -> None:
 
 # --- configuration ---------------------------------------------------------------------------
 
+
 def test_default_config_has_twenty_retrieval_slots():
     assert MemoryConfig().retrieval_slots == 20
 
 
-@pytest.mark.parametrize("bad", [
-    {"short_capacity": 0}, {"long_capacity": 2.5}, {"novelty_threshold": 2.5}, {"merge_threshold": 1.5},
-    {"ema": -0.1}, {"age_scale": 0.0}, {"retrieve_short": 51},
-    {"retrieve_long": -1}, {"retrieve_short": 0, "retrieve_long": 0},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"short_capacity": 0},
+        {"long_capacity": 2.5},
+        {"novelty_threshold": 2.5},
+        {"merge_threshold": 1.5},
+        {"ema": -0.1},
+        {"age_scale": 0.0},
+        {"retrieve_short": 51},
+        {"retrieve_long": -1},
+        {"retrieve_short": 0, "retrieve_long": 0},
+    ],
+)
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="MemoryConfig"):
         MemoryConfig(**bad)
@@ -75,11 +95,14 @@ def test_config_rejects_bad_values(bad):
 
 # --- writing: novelty gate, merge, eviction --------------------------------------------------
 
+
 def test_novelty_gate_writes_only_items_far_enough_from_short_term():
     # After item 1 (0 deg, written: empty ST has novelty 1), item 2 at 65 deg has novelty
     # 1 - cos 65 = 0.577 < 0.583 (not written) and item 3 at 66 deg 0.593 (written, added).
     config = MemoryConfig(short_capacity=3, long_capacity=3, retrieve_short=1, retrieve_long=1)
-    state = update_memory(empty_memory(2, config, 2), batch([1, 2], [1, 3]), angle_features([0, 65, 66]), config)
+    state = update_memory(
+        empty_memory(2, config, 2), batch([1, 2], [1, 3]), angle_features([0, 65, 66]), config
+    )
     assert state.long_items.tolist() == [[1, 0, 0], [1, 3, 0]]
     assert state.writes.tolist() == [1, 2] and state.positives.tolist() == [2, 2]
 
@@ -93,7 +116,12 @@ def test_merge_updates_frequency_refresh_step_and_ema_embedding():
     expected = F.normalize(torch.tensor([0.9 + 0.1 * math.cos(math.radians(30)), -0.1 * 0.5]), dim=0)
     torch.testing.assert_close(state.long_embeddings[0, 0], expected)
     torch.testing.assert_close(state.long_embeddings[0, 1], torch.tensor([0.0, 1.0]), atol=1e-6, rtol=0)
-    assert (state.writes.item(), state.merges.item(), state.evictions.item(), state.step.item()) == (3, 1, 0, 3)
+    assert (state.writes.item(), state.merges.item(), state.evictions.item(), state.step.item()) == (
+        3,
+        1,
+        0,
+        3,
+    )
     assert state.short_items.tolist() == [[3]]
 
 
@@ -101,8 +129,15 @@ def test_merge_goes_into_the_most_similar_entry():
     # New item at 30 deg: cos 0.866 with the entry at 0 deg, 0.940 with the one at 50 deg.
     config = MemoryConfig(short_capacity=2, long_capacity=3, retrieve_short=1, retrieve_long=1)
     features = angle_features([0, 50, 30])
-    state = with_long_term(config, 2, [[1, 2, 0]], [[1, 1, 0]], [[0, 0, 0]], [4],
-                           embeddings=torch.cat([features[1:3], torch.zeros(1, 2)])[None])
+    state = with_long_term(
+        config,
+        2,
+        [[1, 2, 0]],
+        [[1, 1, 0]],
+        [[0, 0, 0]],
+        [4],
+        embeddings=torch.cat([features[1:3], torch.zeros(1, 2)])[None],
+    )
     state = update_memory(state, batch([3]), features, config)
     assert long_term(state) == {"items": [1, 2, 0], "frequency": [1, 2, 0], "refreshed": [0, 4, 0]}
 
@@ -116,13 +151,25 @@ def test_writes_reach_holes_and_entries_past_them_while_other_clients_write_noth
     features = angle_features([0, 270, 90, 260])
     embeddings = torch.zeros(2, 6, 2)
     embeddings[0, 0], embeddings[0, 4] = features[1], features[2]
-    state = with_long_term(config, 2, [[1, 0, 0, 0, 2, 0], [0] * 6], [[1, 0, 0, 0, 1, 0], [0] * 6],
-                           [[0, 0, 0, 0, 1, 0], [0] * 6], [2, 0], embeddings=embeddings)
+    state = with_long_term(
+        config,
+        2,
+        [[1, 0, 0, 0, 2, 0], [0] * 6],
+        [[1, 0, 0, 0, 1, 0], [0] * 6],
+        [[0, 0, 0, 0, 1, 0], [0] * 6],
+        [2, 0],
+        embeddings=embeddings,
+    )
     state = update_memory(state, batch([3, 4], []), features, config)
-    assert long_term(state, 0) == {"items": [1, 3, 0, 0, 2, 0], "frequency": [1, 1, 0, 0, 2, 0],
-                                   "refreshed": [0, 2, 0, 0, 3, 0]}
+    assert long_term(state, 0) == {
+        "items": [1, 3, 0, 0, 2, 0],
+        "frequency": [1, 1, 0, 0, 2, 0],
+        "refreshed": [0, 2, 0, 0, 3, 0],
+    }
     torch.testing.assert_close(state.long_embeddings[0, 1], features[3])
-    torch.testing.assert_close(state.long_embeddings[0, 4], F.normalize(0.9 * features[2] + 0.1 * features[4], dim=0))
+    torch.testing.assert_close(
+        state.long_embeddings[0, 4], F.normalize(0.9 * features[2] + 0.1 * features[4], dim=0)
+    )
     assert (state.merges.tolist(), state.writes.tolist()) == ([1, 0], [2, 0])
     assert long_term(state, 1) == {"items": [0] * 6, "frequency": [0] * 6, "refreshed": [0] * 6}
 
@@ -130,14 +177,19 @@ def test_writes_reach_holes_and_entries_past_them_while_other_clients_write_noth
 EYE3 = torch.cat([torch.zeros(1, 3), torch.eye(3)])  # items 1, 2, 3 = the three unit axes
 
 
-@pytest.mark.parametrize("frequency, refreshed, age_scale, evicted", [
-    ([1, 1], [0, 5], 200.0, 0),  # same frequency: the older entry goes (age effect)
-    ([3, 1], [0, 5], 200.0, 1),  # log 4 + 2^-0.05 = 2.35 > log 2 + 2^-0.025 = 1.68
-    ([2, 1], [0, 9], 1.0, 0),    # a short age scale: log 3 + 2^-10 = 1.10 < log 2 + 2^-1 = 1.19
-    ([1, 1], [5, 5], 200.0, 0),  # a tie: the lowest slot index
-])
+@pytest.mark.parametrize(
+    "frequency, refreshed, age_scale, evicted",
+    [
+        ([1, 1], [0, 5], 200.0, 0),  # same frequency: the older entry goes (age effect)
+        ([3, 1], [0, 5], 200.0, 1),  # log 4 + 2^-0.05 = 2.35 > log 2 + 2^-0.025 = 1.68
+        ([2, 1], [0, 9], 1.0, 0),  # a short age scale: log 3 + 2^-10 = 1.10 < log 2 + 2^-1 = 1.19
+        ([1, 1], [5, 5], 200.0, 0),  # a tie: the lowest slot index
+    ],
+)
 def test_eviction_removes_the_lowest_utility_entry(frequency, refreshed, age_scale, evicted):
-    config = MemoryConfig(short_capacity=2, long_capacity=2, age_scale=age_scale, retrieve_short=1, retrieve_long=1)
+    config = MemoryConfig(
+        short_capacity=2, long_capacity=2, age_scale=age_scale, retrieve_short=1, retrieve_long=1
+    )
     state = with_long_term(config, 3, [[1, 2]], [frequency], [refreshed], [10], embeddings=EYE3[1:3][None])
     state = update_memory(state, batch([3]), EYE3, config)  # item 3 is orthogonal: added
     items, new_frequency, new_refreshed = [1, 2], list(frequency), list(refreshed)
@@ -155,6 +207,7 @@ def test_items_without_a_feature_enter_short_term_but_never_long_term():
 
 
 # --- short-term FIFO and zero positives ------------------------------------------------------
+
 
 def test_short_term_is_a_fifo_in_time_order_across_calls():
     config = MemoryConfig(short_capacity=3, long_capacity=3, retrieve_short=1, retrieve_long=1)
@@ -188,6 +241,7 @@ def test_update_is_pure():
 
 # --- batched over clients, and against a plain per-client reference --------------------------
 
+
 def clustered_features(num_items: int, dim: int, seed: int) -> torch.Tensor:
     """Unit features around a few directions, so that both merges and additions happen."""
     generator = torch.Generator().manual_seed(seed)
@@ -201,7 +255,11 @@ def reference_update(sequence: list[int], features: torch.Tensor, config: Memory
     """One client's memory, one positive at a time, straight from the rules (float64)."""
     features = features.double()
     short: list[int] = []
-    items, frequency, refreshed = [0] * config.long_capacity, [0] * config.long_capacity, [0] * config.long_capacity
+    items, frequency, refreshed = (
+        [0] * config.long_capacity,
+        [0] * config.long_capacity,
+        [0] * config.long_capacity,
+    )
     embeddings = torch.zeros(config.long_capacity, features.shape[1], dtype=torch.float64)
     for now, item in enumerate(sequence):
         feature = features[item]
@@ -213,17 +271,26 @@ def reference_update(sequence: list[int], features: torch.Tensor, config: Memory
             if best is not None and cosines[best] >= config.merge_threshold:
                 frequency[best] += 1
                 refreshed[best] = now
-                embeddings[best] = F.normalize(config.ema * embeddings[best] + (1 - config.ema) * feature, dim=0)
+                embeddings[best] = F.normalize(
+                    config.ema * embeddings[best] + (1 - config.ema) * feature, dim=0
+                )
             else:
+
                 def value(j: int) -> tuple[float, int]:
                     age = now - refreshed[j]
                     return math.log1p(frequency[j]) + 2 ** (-age / config.age_scale), j
+
                 slot = next((j for j in range(config.long_capacity) if not items[j]), None)
                 slot = min(range(config.long_capacity), key=value) if slot is None else slot
                 items[slot], frequency[slot], refreshed[slot], embeddings[slot] = item, 1, now, feature
-        short = (short + [item])[-config.short_capacity:]
-    return {"items": items, "frequency": frequency, "refreshed": refreshed, "embeddings": embeddings,
-            "short": [0] * (config.short_capacity - len(short)) + short}
+        short = (short + [item])[-config.short_capacity :]
+    return {
+        "items": items,
+        "frequency": frequency,
+        "refreshed": refreshed,
+        "embeddings": embeddings,
+        "short": [0] * (config.short_capacity - len(short)) + short,
+    }
 
 
 def test_batched_update_matches_a_per_client_reference_across_blocks_and_calls():
@@ -239,7 +306,9 @@ def test_batched_update_matches_a_per_client_reference_across_blocks_and_calls()
     for client, sequence in enumerate(sequences):
         expected = reference_update(sequence, features, config)
         assert long_term(state, client) == {key: expected[key] for key in ("items", "frequency", "refreshed")}
-        torch.testing.assert_close(state.long_embeddings[client].double(), expected["embeddings"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            state.long_embeddings[client].double(), expected["embeddings"], atol=1e-5, rtol=0
+        )
         assert state.short_items[client].tolist() == expected["short"]
 
 
@@ -255,12 +324,17 @@ def test_a_client_gets_the_same_memory_alone_or_batched_with_others():
 
 # --- retrieval -------------------------------------------------------------------------------
 
+
 def test_retrieve_returns_recent_short_term_then_long_term_by_utility():
     config = MemoryConfig(short_capacity=4, long_capacity=4, retrieve_short=2, retrieve_long=4)
-    state = with_long_term(config, 1,
-                           items=[[10, 11, 0, 12], [0, 20, 21, 0], [30, 31, 0, 0]],
-                           frequency=[[2, 1, 0, 5], [0, 1, 1, 0], [1, 1, 0, 0]],
-                           refreshed=[[0, 0, 0, 0], [0, 2, 8, 0], [3, 3, 0, 0]], step=[10, 10, 10])
+    state = with_long_term(
+        config,
+        1,
+        items=[[10, 11, 0, 12], [0, 20, 21, 0], [30, 31, 0, 0]],
+        frequency=[[2, 1, 0, 5], [0, 1, 1, 0], [1, 1, 0, 0]],
+        refreshed=[[0, 0, 0, 0], [0, 2, 8, 0], [3, 3, 0, 0]],
+        step=[10, 10, 10],
+    )
     state.short_items[:] = torch.tensor([[0, 7, 8, 9], [0, 0, 0, 9], [0, 0, 0, 0]])
     items, mask = retrieve(state, config)
     # Client 0: utility by frequency; client 1: equal frequency, the fresher first;
@@ -277,10 +351,13 @@ def test_retrieve_from_empty_memories_is_fully_masked():
 
 # --- client chunks and checkpoints -----------------------------------------------------------
 
+
 def filled_state(num_clients: int = 4) -> tuple[MemoryState, MemoryConfig]:
     config = MemoryConfig(short_capacity=4, long_capacity=6, retrieve_short=2, retrieve_long=3)
     positives = torch.randint(1, 41, (num_clients, 30), generator=torch.Generator().manual_seed(5))
-    state = update_memory(empty_memory(num_clients, config, 5), positives, clustered_features(40, 5, 6), config)
+    state = update_memory(
+        empty_memory(num_clients, config, 5), positives, clustered_features(40, 5, 6), config
+    )
     return state, config
 
 

@@ -31,13 +31,17 @@ def test_without_modalities_scores_equal_sasrec_for_equal_weights():
     reference.load_state_dict(model.sasrec.state_dict())
     seq, cands, mem, mask = inputs()
     assert torch.equal(model(seq, cands, mem, mask), reference(seq, cands))
-    assert torch.equal(model.score_last(seq, cands[:, -1], mem, mask), reference.score_last(seq, cands[:, -1]))
+    assert torch.equal(
+        model.score_last(seq, cands[:, -1], mem, mask), reference.score_last(seq, cands[:, -1])
+    )
 
 
 def test_scores_of_the_last_position_match_the_full_forward():
     model = FedDMMR(FedDMMRConfig(CONFIG), *text_features()).eval()
     seq, cands, mem, mask = inputs()
-    torch.testing.assert_close(model(seq, cands, mem, mask)[:, -1], model.score_last(seq, cands[:, -1], mem, mask))
+    torch.testing.assert_close(
+        model(seq, cands, mem, mask)[:, -1], model.score_last(seq, cands[:, -1], mem, mask)
+    )
 
 
 def test_memory_changes_scores_and_masked_slots_are_ignored():
@@ -65,7 +69,9 @@ def test_a_candidate_never_attends_to_itself_in_memory():
 def test_feature_rows_must_match_the_item_count():
     feats, avail = text_features()
     with pytest.raises(ValueError, match="41 feature rows for 50 items"):
-        FedDMMR(FedDMMRConfig(SASRecConfig(num_items=50, max_seq_len=8, hidden_dim=16, num_heads=2)), feats, avail)
+        FedDMMR(
+            FedDMMRConfig(SASRecConfig(num_items=50, max_seq_len=8, hidden_dim=16, num_heads=2)), feats, avail
+        )
 
 
 def test_full_ranking_scores_match_sampled_scores_and_chunking_changes_nothing():
@@ -96,7 +102,9 @@ def test_aux_outputs_and_the_auxiliary_losses():
     aligned, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0, alignment=0.5))
     valid = cands[..., 0] > 0
     per_target = torch.logsumexp(scores, -1) - scores[..., 0]
-    cosine = torch.nn.functional.cosine_similarity(aux.fused_positive, model.sasrec.item_embedding(cands[..., 0]), dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(
+        aux.fused_positive, model.sasrec.item_embedding(cands[..., 0]), dim=-1
+    )
     expected = ((1 - cosine) * (1 + 0.5 * torch.sigmoid(per_target)))[valid].mean()
     torch.testing.assert_close(aligned, total + 0.5 * expected)
 
@@ -117,7 +125,9 @@ def test_uniform_router_weighs_the_available_modalities_equally_and_has_no_param
     available["genre"] = available["text"].clone()
     available["genre"][1:11] = False  # items 1-10 have no genre feature
     model = FedDMMR(FedDMMRConfig(CONFIG, learned_router=False), features, available).eval()
-    assert not hasattr(model, "router") and not any(name.startswith("router") for name, _ in model.named_parameters())
+    assert not hasattr(model, "router") and not any(
+        name.startswith("router") for name, _ in model.named_parameters()
+    )
     learned = FedDMMR(FedDMMRConfig(CONFIG), features, available)
     assert any(name.startswith("router.") for name, _ in learned.named_parameters())
     seq, cands, mem, mask = inputs()
@@ -126,7 +136,9 @@ def test_uniform_router_weighs_the_available_modalities_equally_and_has_no_param
     expected = torch.where(genre_missing.unsqueeze(-1), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]))
     assert genre_missing.any() and (~genre_missing).any()
     torch.testing.assert_close(weights, expected)
-    routed, _ = learned.eval().experts_and_router(cands, mem, mask)  # the MLP: weights vary, unavailable ones 0
+    routed, _ = learned.eval().experts_and_router(
+        cands, mem, mask
+    )  # the MLP: weights vary, unavailable ones 0
     torch.testing.assert_close(routed.sum(-1), torch.ones(cands.shape))
     assert torch.equal(routed[..., 0][genre_missing], torch.zeros(int(genre_missing.sum())))
     assert routed[..., 0][~genre_missing].std() > 0
@@ -147,7 +159,9 @@ def test_the_expert_computes_its_definition():
     queries = torch.where(available.unsqueeze(-1), projection(features), fallback)
     scores = torch.einsum("blnd,bkd->blnk", expert.query(queries), expert.key(memory)) / 4.0
     weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
-    expected = torch.relu(expert.norm(expert.out(torch.einsum("blnk,bkd->blnd", weights, expert.value(memory)))))
+    expected = torch.relu(
+        expert.norm(expert.out(torch.einsum("blnk,bkd->blnd", weights, expert.value(memory))))
+    )
     got = expert(features, available, projection, fallback, memory, allowed)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[0, 0, 0], torch.relu(expert.norm(expert.out.bias)))
@@ -181,12 +195,16 @@ def test_content_match_adds_the_weighted_highest_cosine_with_the_users_last_item
 
     # Position t reads items t-1 and t: nothing (padding), then 3, then 3 and 5 (5 has no feature) ...
     reads = [[], [], [], [3], [3], [9], [9, 7], [7, 2]]
-    expected = torch.tensor([[[0.3 * 16 ** 0.5 * best(c, items) if c != 5 else 0.0 for c in (7, 5, 11)]
-                              for items in reads]])
+    expected = torch.tensor(
+        [[[0.3 * 16**0.5 * best(c, items) if c != 5 else 0.0 for c in (7, 5, 11)] for items in reads]]
+    )
     torch.testing.assert_close(extra, expected)
     # The last position's scores are what evaluation reads, one candidate set or every item.
-    torch.testing.assert_close(matched.score_last(seq, cands[:, -1], memory, memory > 0)
-                               - plain.score_last(seq, cands[:, -1], memory, memory > 0), expected[:, -1])
+    torch.testing.assert_close(
+        matched.score_last(seq, cands[:, -1], memory, memory > 0)
+        - plain.score_last(seq, cands[:, -1], memory, memory > 0),
+        expected[:, -1],
+    )
     every = matched.score_all_last(seq, memory, memory > 0) - plain.score_all_last(seq, memory, memory > 0)
     torch.testing.assert_close(every[:, [7, 5, 11]], expected[:, -1])
     assert matched.scalars() == {"gate": pytest.approx(0.1), "match_weights": {"text": pytest.approx(0.3)}}
@@ -224,7 +242,9 @@ def test_held_out_positions_train_only_the_modality_side_and_the_others_only_the
     torch.testing.assert_close(scores[:, :-1], plain.sasrec(seq, cands)[:, :-1])
     assert not torch.allclose(scores[:, :-1], plain(seq, cands, mem, mask)[:, :-1])
     # Evaluation scores with the full model, at every position.
-    torch.testing.assert_close(held.score_last(seq, cands[:, 0], mem, mask), plain.score_last(seq, cands[:, 0], mem, mask))
+    torch.testing.assert_close(
+        held.score_last(seq, cands[:, 0], mem, mask), plain.score_last(seq, cands[:, 0], mem, mask)
+    )
     torch.testing.assert_close(held.eval()(seq, cands, mem, mask), plain.eval()(seq, cands, mem, mask))
     held.train()
     last_only, all_but_last = cands.clone(), cands.clone()
@@ -250,8 +270,10 @@ def test_holdout_backbone_trains_the_backbone_on_every_target_and_the_side_on_th
 
     torch.manual_seed(0)
     plain = FedDMMR(FedDMMRConfig(CONFIG, content_history=3), *text_features())
-    both = FedDMMR(FedDMMRConfig(CONFIG, content_history=3, holdout_content=True, holdout_backbone=True),
-                   *text_features())
+    both = FedDMMR(
+        FedDMMRConfig(CONFIG, content_history=3, holdout_content=True, holdout_backbone=True),
+        *text_features(),
+    )
     both.load_state_dict(plain.state_dict())
     seq, cands, mem, mask = inputs()
     cands[0, -1] = 0  # a padded last target: it trains neither side
@@ -287,8 +309,11 @@ def test_held_out_the_modality_side_and_its_auxiliary_losses_cover_the_last_targ
     features["genre"] = torch.nn.functional.normalize(torch.randn(41, 6), dim=-1)
     available["genre"] = torch.rand(41) < 0.7  # some candidates have no genre: the router masks it
     plain = FedDMMR(FedDMMRConfig(CONFIG, content_history=3), features, available)
-    both = FedDMMR(FedDMMRConfig(CONFIG, content_history=3, holdout_content=True, holdout_backbone=True),
-                   features, available)
+    both = FedDMMR(
+        FedDMMRConfig(CONFIG, content_history=3, holdout_content=True, holdout_backbone=True),
+        features,
+        available,
+    )
     both.load_state_dict(plain.state_dict())
     seq, cands, mem, mask = inputs()
     cands[0, -1] = 0  # a padded last target: no auxiliary term sees it
@@ -296,7 +321,9 @@ def test_held_out_the_modality_side_and_its_auxiliary_losses_cover_the_last_targ
     _, full = plain(seq, cands, mem, mask, with_aux=True)
     assert aux.router_weights.shape == (3, 1, 5, 2) and aux.expert_positive.shape == (3, 1, 2, 16)
     for name in ("router_weights", "expert_positive", "fused_positive", "positive_embedding"):
-        torch.testing.assert_close(getattr(aux, name), getattr(full, name)[:, -1:], msg=name)  # the full model's, at the last position
+        torch.testing.assert_close(
+            getattr(aux, name), getattr(full, name)[:, -1:], msg=name
+        )  # the full model's, at the last position
     base, main = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0))
     # Load balance, by hand: the mean router weight over the last position's real candidates.
     balanced, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=1.0))
@@ -307,7 +334,9 @@ def test_held_out_the_modality_side_and_its_auxiliary_losses_cover_the_last_targ
     aligned, _ = feddmmr_loss(scores, aux, cands, "ce", AuxiliaryWeights(load_balance=0.0, alignment=0.5))
     last = plain(seq, cands, mem, mask)[:, -1]
     surprise = 1 + 0.5 * torch.sigmoid(torch.logsumexp(last, -1) - last[:, 0])
-    cosine = torch.nn.functional.cosine_similarity(full.fused_positive[:, -1], plain.sasrec.item_embedding(cands[:, -1, 0]), dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(
+        full.fused_positive[:, -1], plain.sasrec.item_embedding(cands[:, -1, 0]), dim=-1
+    )
     valid = cands[:, -1, 0] > 0
     torch.testing.assert_close(aligned, base + 0.5 * ((1 - cosine) * surprise)[valid].mean())
     # The next-item loss itself still covers every target, on the backbone's scores.

@@ -30,7 +30,9 @@ def counts():
 
 def model(feats=None, tower="content"):
     torch.manual_seed(0)
-    return FedDMMR(FedDMMRConfig(CONFIG, item_tower=tower), *(feats or features()), train_counts=counts()).eval()
+    return FedDMMR(
+        FedDMMRConfig(CONFIG, item_tower=tower), *(feats or features()), train_counts=counts()
+    ).eval()
 
 
 def inputs():
@@ -88,8 +90,9 @@ def test_the_stand_in_is_the_weighted_ridge_fit_of_the_trained_items_id_rows_on_
     x_mean, y_mean = w @ x[trained] / w.sum(), w @ table[trained] / w.sum()
     xc, yc = x[trained] - x_mean, table[trained] - y_mean
     lam = tower.ridge * w.sum() / len(w)  # the fit's weights have mean 1
-    coefficients = torch.linalg.solve(xc.T @ (w[:, None] * xc) + lam * torch.eye(12, dtype=torch.float64),
-                                      xc.T @ (w[:, None] * yc))
+    coefficients = torch.linalg.solve(
+        xc.T @ (w[:, None] * xc) + lam * torch.eye(12, dtype=torch.float64), xc.T @ (w[:, None] * yc)
+    )
     torch.testing.assert_close(stand_ins[NEW].double(), (x[NEW] - x_mean) @ coefficients + y_mean)
 
 
@@ -112,14 +115,18 @@ def test_items_with_a_linear_content_to_id_map_get_that_map():
 def test_the_ridge_strength_is_the_grid_value_with_the_smallest_leave_one_out_error():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 6, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(6, 3, generator=g, dtype=torch.float64) + 2.0 * torch.randn(30, 3, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(6, 3, generator=g, dtype=torch.float64) + 2.0 * torch.randn(
+        30, 3, generator=g, dtype=torch.float64
+    )
     grid = (0.01, 1.0, 10.0, 100.0, 1000.0)
 
     def brute_force_error(lam):  # refit without each row in turn
         total = 0.0
         for i in range(len(x)):
             keep = torch.arange(len(x)) != i
-            b = torch.linalg.solve(x[keep].T @ x[keep] + lam * torch.eye(6, dtype=torch.float64), x[keep].T @ y[keep])
+            b = torch.linalg.solve(
+                x[keep].T @ x[keep] + lam * torch.eye(6, dtype=torch.float64), x[keep].T @ y[keep]
+            )
             total += float((x[i] @ b - y[i]).square().sum())
         return total
 
@@ -143,8 +150,10 @@ def test_training_with_the_tower_is_training_without_it():
     model, and its training loss and gradients are the ID model's."""
     with_tower, without = model().train(), model(tower="id").train()
     assert not list(with_tower.sasrec.item_tower.parameters())
-    assert with_tower.state_dict().keys() - without.state_dict().keys() == {"sasrec.item_tower.train_counts",
-                                                                           "sasrec.item_tower.feature_mean"}
+    assert with_tower.state_dict().keys() - without.state_dict().keys() == {
+        "sasrec.item_tower.train_counts",
+        "sasrec.item_tower.feature_mean",
+    }
     seq, cands, mem, mask = inputs()
     candidates = cands.unsqueeze(1).expand(-1, 8, -1)
     results = []

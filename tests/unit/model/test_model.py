@@ -100,7 +100,9 @@ def test_dropout_under_vmap_never_views_a_tensor_as_another_dtype():
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if func is torch.Tensor.view and any(isinstance(a, torch.dtype) for a in (*args[1:], *kwargs.values())):
+            if func is torch.Tensor.view and any(
+                isinstance(a, torch.dtype) for a in (*args[1:], *kwargs.values())
+            ):
                 self.seen.append(args[1:])
             return func(*args, **kwargs)
 
@@ -132,7 +134,11 @@ def test_shared_negatives_score_as_the_same_candidates_given_per_target():
 
 def test_gbce_weights_the_positive_by_beta_and_masked_negatives_add_nothing():
     scores = torch.tensor([[2.0, -1.0, 0.5, MASKED_SCORE]])  # positive, two negatives, one masked
-    expected = -0.25 * F.logsigmoid(torch.tensor(2.0)) - F.logsigmoid(torch.tensor(1.0)) - F.logsigmoid(torch.tensor(-0.5))
+    expected = (
+        -0.25 * F.logsigmoid(torch.tensor(2.0))
+        - F.logsigmoid(torch.tensor(1.0))
+        - F.logsigmoid(torch.tensor(-0.5))
+    )
     torch.testing.assert_close(per_target_loss(scores, "gbce", beta=0.25), expected.reshape(1))
     # beta 1 is plain binary cross-entropy: the positive labelled 1, the (unmasked) negatives 0
     bce = F.binary_cross_entropy_with_logits(scores[0, :3], torch.tensor([1.0, 0.0, 0.0]), reduction="sum")
@@ -155,8 +161,9 @@ def test_full_softmax_loss_is_cross_entropy_over_every_item():
     scores = model(sequences, targets.unsqueeze(-1), every_item(model.item_embedding.weight))
     total, count = next_item_loss(scores, targets > 0, "ce-full")
     hidden = model.encode(sequences)  # the reference: a softmax over items 1..50 at every position
-    reference = torch.nn.functional.cross_entropy((hidden @ model.item_embedding.weight[1:].T)[targets > 0],
-                                                  targets[targets > 0] - 1, reduction="sum")
+    reference = torch.nn.functional.cross_entropy(
+        (hidden @ model.item_embedding.weight[1:].T)[targets > 0], targets[targets > 0] - 1, reduction="sum"
+    )
     assert int(count) == 16
     torch.testing.assert_close(total, reference)
 
@@ -177,8 +184,13 @@ def test_the_fast_full_softmax_loss_equals_the_scored_one_in_value_and_gradient(
         (total / count).backward()
         return total.detach(), count, {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    slow = gradients(lambda: next_item_loss(model(sequences, targets.unsqueeze(-1), every_item(model.item_embedding.weight)),
-                                            targets > 0, "ce-full"))
+    slow = gradients(
+        lambda: next_item_loss(
+            model(sequences, targets.unsqueeze(-1), every_item(model.item_embedding.weight)),
+            targets > 0,
+            "ce-full",
+        )
+    )
     fast = gradients(lambda: model.full_softmax_loss(sequences, targets))
     torch.testing.assert_close(fast[0], slow[0])
     assert int(fast[1]) == int(slow[1]) == 24

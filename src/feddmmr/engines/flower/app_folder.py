@@ -11,7 +11,7 @@ from feddmmr.checkpoint import write_text
 from feddmmr.engines.flower.run_config import pyproject_block
 from feddmmr.errors import InputError
 
-HEADER = '''# feddmmr's Flower app, written by `feddmmr flower app` (feddmmr {version}). Its ServerApp and
+HEADER = """# feddmmr's Flower app, written by `feddmmr flower app` (feddmmr {version}). Its ServerApp and
 # ClientApp are imported from the installed feddmmr: pip install "feddmmr[flower]" on every machine.
 #   flwr run . local --stream --run-config 'data-dir="/abs/data" run-dir="/abs/runs/sim"'
 # Every setting below can be overridden with --run-config (docs/DEPLOY.md).
@@ -36,7 +36,7 @@ publisher = "feddmmr"
 serverapp = "feddmmr.engines.flower.server_app:app"
 clientapp = "feddmmr.engines.flower.client_app:app"
 
-'''
+"""
 
 
 def write_app_folder(folder: str | Path) -> Path:

@@ -79,27 +79,45 @@ def train_users(message: Message, context: Context) -> Message:
 
     # Exactly the batches run_round would build for these users on the server.
     settings = BatchSettings.of(config, len(request.item_ids))
-    batches = [make_client_batches(user, sequence, settings, client_rng(config.seed, request.round, user))
-               for user, sequence in zip(request.users, sequences)]
+    batches = [
+        make_client_batches(user, sequence, settings, client_rng(config.seed, request.round, user))
+        for user, sequence in zip(request.users, sequences)
+    ]
 
-    engine = make_engine(str(context.node_config.get(LOCAL_ENGINE, "vectorized")), model,
-                         chunk_clients=config.chunk_clients, chunk_windows=config.chunk_windows,
-                         **settings.engine_negatives())
+    engine = make_engine(
+        str(context.node_config.get(LOCAL_ENGINE, "vectorized")),
+        model,
+        chunk_clients=config.chunk_clients,
+        chunk_windows=config.chunk_windows,
+        **settings.engine_negatives(),
+    )
     frozen = frozenset(request.frozen)
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
     with node_state(context, config, data.user_ids(), precision):
-        local = LocalTraining(config.learning_rate, config.weight_decay, config.loss, precision, memory=memory,
-                              auxiliary=auxiliary_weights(config), frozen=frozen, optimizer=config.local_optimizer,
-                              clip_norm=config.dp_clip_norm,
-                              gbce_beta=positive_weight(config, len(request.item_ids)), update_noise=config.update_noise)
-        result = engine.train(RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add)
+        local = LocalTraining(
+            config.learning_rate,
+            config.weight_decay,
+            config.loss,
+            precision,
+            memory=memory,
+            auxiliary=auxiliary_weights(config),
+            frozen=frozen,
+            optimizer=config.local_optimizer,
+            clip_norm=config.dp_clip_norm,
+            gbce_beta=positive_weight(config, len(request.item_ids)),
+            update_noise=config.update_noise,
+        )
+        result = engine.train(
+            RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add
+        )
         precision.settle(result.loss_scales)  # kept in the node's Context for its next round
     if memory is not None:
         context.state[MEMORY_STATE] = ArrayRecord(memory.state.to_dict())
     trained = {name: p for name, p in aggregator.result().items() if name not in frozen}
-    content = messages.train_reply_content(trained, result.reports, {b.user: b.num_targets for b in batches},
-                                           aggregator.total_weight)
+    content = messages.train_reply_content(
+        trained, result.reports, {b.user: b.num_targets for b in batches}, aggregator.total_weight
+    )
     return Message(content, reply_to=message)
 
 
@@ -108,8 +126,10 @@ def evaluate_users(message: Message, context: Context) -> Message:
     config = messages.read_config(message)
     request, candidates = messages.read_eval_request(message)
     if config.model != "feddmmr":
-        raise ValueError(f"evaluate messages are for model=feddmmr (memories on the nodes); the run has "
-                         f"model={config.model!r}, which the server evaluates itself")
+        raise ValueError(
+            f"evaluate messages are for model=feddmmr (memories on the nodes); the run has "
+            f"model={config.model!r}, which the server evaluates itself"
+        )
     data = load_node_data(context.node_config, config)
     model, features, precision = node_model(message, context, config, request.item_ids)
     device = next(model.parameters()).device
@@ -119,7 +139,9 @@ def evaluate_users(message: Message, context: Context) -> Message:
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device, snapshot)
     users = memory.select(request.users, device)
     slots = memory.retrieve(users)
-    eval_set = data.held_out_set(request.user_ids, request.item_ids, request.which, config.max_seq_len, candidates)
+    eval_set = data.held_out_set(
+        request.user_ids, request.item_ids, request.which, config.max_seq_len, candidates
+    )
     ranks = held_out_ranks(model, eval_set, config.eval, precision=precision, memory=slots)
     # A validated round's memories are kept while the round may still prove the best; copies the
     # server no longer names are dropped.
@@ -127,17 +149,22 @@ def evaluate_users(message: Message, context: Context) -> Message:
     if request.which == "valid":
         context.state[f"{MEMORY_STATE}@{request.round}"] = ArrayRecord(memory.state.to_dict())
         keep.add(request.round)
-    for key in [k for k in context.state if k.startswith(f"{MEMORY_STATE}@") and int(k.split("@")[1]) not in keep]:
+    for key in [
+        k for k in context.state if k.startswith(f"{MEMORY_STATE}@") and int(k.split("@")[1]) not in keep
+    ]:
         del context.state[key]
     diagnostics = None
     if request.which == "valid":
-        diagnostics = {"users": float(len(request.users)),
-                       **{f"memory.{k}": v for k, v in summary_totals(users).items()}}
+        diagnostics = {
+            "users": float(len(request.users)),
+            **{f"memory.{k}": v for k, v in summary_totals(users).items()},
+        }
         if model.mixes:
             usage = router_usage(model, eval_set, slots, precision=precision)
             diagnostics.update({f"router.{name}": weight for name, weight in usage.items()})
-    return Message(messages.evaluate_reply_content(request.users, [int(r) for r in ranks], diagnostics),
-                   reply_to=message)
+    return Message(
+        messages.evaluate_reply_content(request.users, [int(r) for r in ranks], diagnostics), reply_to=message
+    )
 
 
 def node_model(message: Message, context: Context, config: TrainConfig, catalog: list[str]):
@@ -164,21 +191,32 @@ class NodeMemories(ClientMemories):
         super().scatter([self.rows[int(u)] for u in users], part)
 
 
-def node_memories(context: Context, config: TrainConfig, data: NodeData, users: list[int], user_ids: list[str],
-                  features: dict[str, AlignedFeatures], device: torch.device,
-                  record: str = MEMORY_STATE) -> NodeMemories | None:
+def node_memories(
+    context: Context,
+    config: TrainConfig,
+    data: NodeData,
+    users: list[int],
+    user_ids: list[str],
+    features: dict[str, AlignedFeatures],
+    device: torch.device,
+    record: str = MEMORY_STATE,
+) -> NodeMemories | None:
     """FedDMMR: the memories of every user of the node saved under `record` (by default the
     current ones, empty at first), addressable by the `users` of the message; None for FedSASRec."""
     saved = record in context.state
     if not saved and record != MEMORY_STATE:
-        raise RuntimeError(f"this node has no memories {record!r} (was it restarted?): the run's test needs "
-                           f"the memories of its best round")
+        raise RuntimeError(
+            f"this node has no memories {record!r} (was it restarted?): the run's test needs "
+            f"the memories of its best round"
+        )
     # Empty memories for every user at first; later only the settings (0 users), the state is the saved one.
     fresh = make_memories(config, 0 if saved else len(data.user_ids()), features, device)
     if fresh is None:
         return None
     held = {uid: row for row, uid in enumerate(data.user_ids())}
-    memory = NodeMemories(fresh.state, fresh.config, fresh.features, rows={u: held[uid] for u, uid in zip(users, user_ids)})
+    memory = NodeMemories(
+        fresh.state, fresh.config, fresh.features, rows={u: held[uid] for u, uid in zip(users, user_ids)}
+    )
     if saved:
         memory.state = MemoryState.from_dict(context.state[record].to_torch_state_dict())
     else:
@@ -195,7 +233,9 @@ def node_features(modality: tuple[str, ...], catalog: tuple[str, ...]) -> dict[s
 
 
 @contextlib.contextmanager
-def node_state(context: Context, config: TrainConfig, user_ids: list[str], precision: Precision) -> Iterator[None]:
+def node_state(
+    context: Context, config: TrainConfig, user_ids: list[str], precision: Precision
+) -> Iterator[None]:
     """Continue this node's own random stream and loss scale from its last round, save them after."""
     state = context.state
     if RNG_STATE in state:

@@ -58,42 +58,62 @@ class FlowerEngine:
         self.owner: dict[int, int] = {}  # user -> node id
         self.known_nodes: set[int] = set()
 
-    def train(self, context: RoundContext, global_params: dict[str, torch.Tensor], clients: list[ClientBatches],
-              local: LocalTraining, aggregate: Aggregate, progress: Progress | None = None) -> RoundResult:
+    def train(
+        self,
+        context: RoundContext,
+        global_params: dict[str, torch.Tensor],
+        clients: list[ClientBatches],
+        local: LocalTraining,
+        aggregate: Aggregate,
+        progress: Progress | None = None,
+    ) -> RoundResult:
         round_number = context.round
         if local.memory is not None:
-            raise ValueError("client memories (model=feddmmr) stay on the SuperNodes: the server's run must "
-                             "not hold them (train(..., engine=FlowerEngine) leaves them to the nodes)")
+            raise ValueError(
+                "client memories (model=feddmmr) stay on the SuperNodes: the server's run must "
+                "not hold them (train(..., engine=FlowerEngine) leaves them to the nodes)"
+            )
         if not self.known_nodes:
             self._wait_for_nodes()
         self._discover_nodes(round_number)
         expected = {c.user: c.num_targets for c in clients}
         by_node = self._route(sorted(expected), round_number)
 
-        config = dataclasses.replace(self.config, learning_rate=local.learning_rate,
-                                     weight_decay=local.weight_decay, loss=local.loss)
+        config = dataclasses.replace(
+            self.config, learning_rate=local.learning_rate, weight_decay=local.weight_decay, loss=local.loss
+        )
         params = ArrayRecord({name: p.detach().cpu() for name, p in global_params.items()})
         requests = {
-            node: messages.TrainRequest(round_number, users, [self.user_ids[u] for u in users], self.item_ids,
-                                        sorted(local.frozen))
+            node: messages.TrainRequest(
+                round_number, users, [self.user_ids[u] for u in users], self.item_ids, sorted(local.frozen)
+            )
             for node, users in by_node.items()
         }
-        contents = {node: messages.train_content(config, request, params) for node, request in requests.items()}
+        contents = {
+            node: messages.train_content(config, request, params) for node, request in requests.items()
+        }
         wanted = {node: {u: expected[u] for u in users} for node, users in by_node.items()}
         trained = {name: p for name, p in global_params.items() if name not in local.frozen}
         clipped = local.clip_norm is not None
         if self.config.flower_secure_aggregation:
             if len(contents) < 2:  # a "sum" of one node's update would be that update: nothing to hide it in
-                return RoundResult([], skipped=f"secure aggregation needs at least 2 nodes with sampled users, "
-                                               f"this round has {len(contents)}")
-            return RoundResult(self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate))
+                return RoundResult(
+                    [],
+                    skipped=f"secure aggregation needs at least 2 nodes with sampled users, "
+                    f"this round has {len(contents)}",
+                )
+            return RoundResult(
+                self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate)
+            )
 
         def advance(node: int) -> None:
             if progress:
                 progress(len(by_node[node]))
 
-        sent = [Message(content, node, MessageType.TRAIN, ttl=self.timeout, group_id=str(round_number))
-                for node, content in contents.items()]
+        sent = [
+            Message(content, node, MessageType.TRAIN, ttl=self.timeout, group_id=str(round_number))
+            for node, content in contents.items()
+        ]
         replies, failed = self._exchange(sent, advance)
         reports = []
         for node, reply in replies.items():
@@ -106,47 +126,92 @@ class FlowerEngine:
                 failed[node] = mismatch
                 continue
             device = next(iter(global_params.values())).device
-            kept = aggregate({name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
-                             torch.tensor([received.weight], device=device))
+            kept = aggregate(
+                {name: p.to(device).unsqueeze(0) for name, p in received.params.items()},
+                torch.tensor([received.weight], device=device),
+            )
             reports.extend(_marked(received.reports, bool(kept[0])))
         self._log_failures(round_number, failed, by_node)
         return RoundResult(reports)  # the nodes keep their own loss scales
 
-    def _train_securely(self, round_number: int, contents: dict, by_node: dict[int, list[int]],
-                        wanted: dict[int, dict[int, int]], trained: dict[str, torch.Tensor], clipped: bool,
-                        aggregate: Aggregate) -> list[ClientReport]:
+    def _train_securely(
+        self,
+        round_number: int,
+        contents: dict,
+        by_node: dict[int, list[int]],
+        wanted: dict[int, dict[int, int]],
+        trained: dict[str, torch.Tensor],
+        clipped: bool,
+        aggregate: Aggregate,
+    ) -> list[ClientReport]:
         """The round's training through SecAgg+: the server gets the weighted mean update of the
         nodes that answered, and their reports. A node whose report shows data that differs from
         the server's cannot be taken out of that mean afterwards: the whole round is then dropped."""
-        weights = {node: float(len(users) if clipped else sum(users.values())) for node, users in wanted.items()}
-        mean, replies = secure_mean_update(self.grid, round_number, contents, weights, sorted(trained),
-                                           self.config.flower_secagg_clipping_range, self.timeout)
+        weights = {
+            node: float(len(users) if clipped else sum(users.values())) for node, users in wanted.items()
+        }
+        mean, replies = secure_mean_update(
+            self.grid,
+            round_number,
+            contents,
+            weights,
+            sorted(trained),
+            self.config.flower_secagg_clipping_range,
+            self.timeout,
+        )
         failed = {node: _error(reply) for node, reply in replies.items() if reply.has_error()}
-        received = {node: messages.read_train_reply(reply) for node, reply in replies.items() if node not in failed}
-        mismatches = {node: reason for node, reply in received.items()
-                      if (reason := _mismatch(reply, wanted[node], trained, clipped, secure=True))}
+        received = {
+            node: messages.read_train_reply(reply) for node, reply in replies.items() if node not in failed
+        }
+        mismatches = {
+            node: reason
+            for node, reply in received.items()
+            if (reason := _mismatch(reply, wanted[node], trained, clipped, secure=True))
+        }
         if mean is None or mismatches:
-            why = ("secure aggregation could not finish: too few nodes answered to unmask the sum" if mean is None
-                   else "the round's secure aggregate is dropped: a node's data differs from the server's")
+            why = (
+                "secure aggregation could not finish: too few nodes answered to unmask the sum"
+                if mean is None
+                else "the round's secure aggregate is dropped: a node's data differs from the server's"
+            )
             failed.update({node: mismatches.get(node, why) for node in contents if node not in failed})
             received = {}
-        failed.update({node: "no reply in the secure aggregation" for node in contents
-                       if node not in failed and node not in received})
+        failed.update(
+            {
+                node: "no reply in the secure aggregation"
+                for node in contents
+                if node not in failed and node not in received
+            }
+        )
         self._log_failures(round_number, failed, by_node)
         if not received:
             return []
         device = next(iter(trained.values())).device
-        kept = aggregate({name: (trained[name] + mean[name].to(device)).unsqueeze(0) for name in trained},
-                         torch.tensor([sum(reply.weight for reply in received.values())], device=device))
+        kept = aggregate(
+            {name: (trained[name] + mean[name].to(device)).unsqueeze(0) for name in trained},
+            torch.tensor([sum(reply.weight for reply in received.values())], device=device),
+        )
         return _marked([report for reply in received.values() for report in reply.reports], bool(kept[0]))
 
     def _log_failures(self, round_number: int, failed: dict[int, str], by_node: dict[int, list[int]]) -> None:
         for node, reason in failed.items():
-            log.warning("round %d: node %d failed, %s; users %s left out of the round", round_number, node, reason,
-                        self._ids(by_node[node]))
+            log.warning(
+                "round %d: node %d failed, %s; users %s left out of the round",
+                round_number,
+                node,
+                reason,
+                self._ids(by_node[node]),
+            )
 
-    def evaluate_on_nodes(self, global_params: dict[str, torch.Tensor], which: str, eval_set: EvalSet,
-                          round_number: int, memory_round: int, keep_rounds: list[int]) -> tuple[np.ndarray, dict]:
+    def evaluate_on_nodes(
+        self,
+        global_params: dict[str, torch.Tensor],
+        which: str,
+        eval_set: EvalSet,
+        round_number: int,
+        memory_round: int,
+        keep_rounds: list[int],
+    ) -> tuple[np.ndarray, dict]:
         """FedDMMR: rank every user's held-out item on the node that holds the user's memory.
 
         `which`: "valid" (the nodes read their current memories and keep a copy as
@@ -160,10 +225,21 @@ class FlowerEngine:
         params = ArrayRecord({name: p.detach().cpu() for name, p in global_params.items()})
         sent = []
         for node, users in by_node.items():
-            request = messages.EvalRequest(round_number, which, users, [self.user_ids[u] for u in users],
-                                           self.item_ids, memory_round, keep_rounds)
+            request = messages.EvalRequest(
+                round_number,
+                which,
+                users,
+                [self.user_ids[u] for u in users],
+                self.item_ids,
+                memory_round,
+                keep_rounds,
+            )
             content = messages.evaluate_content(self.config, request, params, eval_set.candidates[users])
-            sent.append(Message(content, node, MessageType.EVALUATE, ttl=self.timeout, group_id=f"{round_number}-{which}"))
+            sent.append(
+                Message(
+                    content, node, MessageType.EVALUATE, ttl=self.timeout, group_id=f"{round_number}-{which}"
+                )
+            )
         replies, failed = self._exchange(sent)
         ranks: dict[int, int] = {}
         totals: dict[str, float] = {}
@@ -178,12 +254,21 @@ class FlowerEngine:
                 weight = diagnostics["users"] if key.startswith("router.") else 1.0
                 totals[key] = totals.get(key, 0.0) + weight * value
         for node, reason in failed.items():
-            log.warning("round %d: node %d failed in evaluation (%s), %s; its users %s are left out of the %s metrics",
-                        round_number, node, which, reason, self._ids(by_node[node]), which)
+            log.warning(
+                "round %d: node %d failed in evaluation (%s), %s; its users %s are left out of the %s metrics",
+                round_number,
+                node,
+                which,
+                reason,
+                self._ids(by_node[node]),
+                which,
+            )
         if not ranks:
-            raise NodesLost(f"round {round_number}: no node answered the {which} evaluation (the warnings above say "
-                            f"why); fix the nodes or raise --flower-round-timeout ({self.timeout:g} s), then continue "
-                            f"with `feddmmr train --resume RUN_DIR`")
+            raise NodesLost(
+                f"round {round_number}: no node answered the {which} evaluation (the warnings above say "
+                f"why); fix the nodes or raise --flower-round-timeout ({self.timeout:g} s), then continue "
+                f"with `feddmmr train --resume RUN_DIR`"
+            )
         return np.array([ranks[u] for u in sorted(ranks)]), _diagnostics(totals)
 
     # -----------------------------------------------------------------------------------------
@@ -197,8 +282,12 @@ class FlowerEngine:
         if not nodes:
             raise RuntimeError(f"no SuperNode connected within flower_round_timeout={self.timeout:g} s")
         if len(nodes) < wanted:
-            log.warning("only %d of flower_supernodes=%d nodes connected within %g s; starting with them",
-                        len(nodes), wanted, self.timeout)
+            log.warning(
+                "only %d of flower_supernodes=%d nodes connected within %g s; starting with them",
+                len(nodes),
+                wanted,
+                self.timeout,
+            )
 
     def _discover_nodes(self, round_number: int) -> None:
         """Ask nodes not seen before which users they hold; one that fails is asked again next round."""
@@ -206,26 +295,45 @@ class FlowerEngine:
         if not new:
             return
         content = messages.query_content(self.config)
-        sent = [Message(content, node, MessageType.QUERY, ttl=self.timeout, group_id=str(round_number)) for node in new]
+        sent = [
+            Message(content, node, MessageType.QUERY, ttl=self.timeout, group_id=str(round_number))
+            for node in new
+        ]
         replies, missing = self._exchange(sent)
         for node, reason in missing.items():
-            log.warning("round %d: node %d did not list its users: %s; asking again next round",
-                        round_number, node, reason)
+            log.warning(
+                "round %d: node %d did not list its users: %s; asking again next round",
+                round_number,
+                node,
+                reason,
+            )
         for node, reply in replies.items():
             if reply.has_error():
-                log.warning("round %d: node %d could not list its users, %s; asking again next round",
-                            round_number, node, _error(reply))
+                log.warning(
+                    "round %d: node %d could not list its users, %s; asking again next round",
+                    round_number,
+                    node,
+                    _error(reply),
+                )
                 continue
             held = messages.read_node_users(reply)
             users = [self.user_index[uid] for uid in held if uid in self.user_index]
             clashes = [u for u in users if self.owner.get(u, node) != node]
             if clashes:
-                raise ValueError(f"users {self._ids(clashes)} are held by node {node} and node "
-                                 f"{self.owner[clashes[0]]}: each user's data must live on exactly one node")
+                raise ValueError(
+                    f"users {self._ids(clashes)} are held by node {node} and node "
+                    f"{self.owner[clashes[0]]}: each user's data must live on exactly one node"
+                )
             self.owner.update(dict.fromkeys(users, node))
             self.known_nodes.add(node)
-            log.info("node %d holds %d users%s", node, len(users),
-                     f" ({len(held) - len(users)} more the server does not train)" if len(held) > len(users) else "")
+            log.info(
+                "node %d holds %d users%s",
+                node,
+                len(users),
+                f" ({len(held) - len(users)} more the server does not train)"
+                if len(held) > len(users)
+                else "",
+            )
 
     def _route(self, users: list[int], round_number: int) -> dict[int, list[int]]:
         by_node: dict[int, list[int]] = {}
@@ -236,8 +344,11 @@ class FlowerEngine:
             else:
                 homeless.append(user)
         if homeless:
-            log.warning("round %d: no connected node holds users %s; left out of the round", round_number,
-                        self._ids(homeless))
+            log.warning(
+                "round %d: no connected node holds users %s; left out of the round",
+                round_number,
+                self._ids(homeless),
+            )
         return by_node
 
     def _exchange(self, sent: list[Message], on_reply=None) -> tuple[dict[int, Message], dict[int, str]]:
@@ -261,7 +372,9 @@ class FlowerEngine:
                     on_reply(node)
             if pending:
                 time.sleep(PULL_INTERVAL_SECONDS)
-        missing.update(dict.fromkeys(pending.values(), f"no reply within flower_round_timeout={self.timeout:g} s"))
+        missing.update(
+            dict.fromkeys(pending.values(), f"no reply within flower_round_timeout={self.timeout:g} s")
+        )
         return replies, missing
 
     def _ids(self, users: list[int]) -> str:
@@ -274,9 +387,14 @@ def _diagnostics(totals: dict[str, float]) -> dict:
     """The run's diagnostics from the nodes' summed statistics (empty after a test)."""
     if not totals:
         return {}
-    out = {"memory": summary_from_totals({k.removeprefix("memory."): v for k, v in totals.items()
-                                          if k.startswith("memory.")})}
-    router = {k.removeprefix("router."): v / totals["users"] for k, v in totals.items() if k.startswith("router.")}
+    out = {
+        "memory": summary_from_totals(
+            {k.removeprefix("memory."): v for k, v in totals.items() if k.startswith("memory.")}
+        )
+    }
+    router = {
+        k.removeprefix("router."): v / totals["users"] for k, v in totals.items() if k.startswith("router.")
+    }
     if router:
         out["router_weights"] = router
     return out
@@ -287,8 +405,13 @@ def _marked(reports: list[ClientReport], kept: bool) -> list[ClientReport]:
     return reports if kept else [dataclasses.replace(r, dropped=True) for r in reports]
 
 
-def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: dict[str, torch.Tensor],
-              clipped: bool, secure: bool = False) -> str | None:
+def _mismatch(
+    received: messages.TrainReply,
+    wanted: dict[int, int],
+    trained: dict[str, torch.Tensor],
+    clipped: bool,
+    secure: bool = False,
+) -> str | None:
     """Why a reply cannot be aggregated (its node's data or model differs from the server's), or None.
     `trained`: the global weights the round trains (a node sends back exactly those); `clipped`:
     DP is on, so the node weighs each user 1; `secure`: the weights are masked, only the report
@@ -298,8 +421,10 @@ def _mismatch(received: messages.TrainReply, wanted: dict[int, int], trained: di
     kept = {user: targets for user, targets in wanted.items() if user not in dropped}
     weight = len(kept) if clipped else sum(kept.values())
     if received.num_targets != wanted or received.weight != weight:
-        return (f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
-                f"server's {wanted}: the node's data does not match the server's")
+        return (
+            f"its users' training targets {received.num_targets} (weight {received.weight:g}) differ from the "
+            f"server's {wanted}: the node's data does not match the server's"
+        )
     if secure:
         return None
     shapes = {name: tuple(p.shape) for name, p in received.params.items()}

@@ -85,39 +85,58 @@ class TrainRequest:
 
 
 def train_content(config: TrainConfig, request: TrainRequest, params: ArrayRecord) -> RecordDict:
-    return RecordDict({
-        CONFIG: ConfigRecord(to_flower_config(config)),
-        ROUND: ConfigRecord({"round": request.round, "users": request.users, "user-ids": request.user_ids,
-                             "item-ids": request.item_ids, "frozen": request.frozen}),
-        PARAMS: params,
-    })
+    return RecordDict(
+        {
+            CONFIG: ConfigRecord(to_flower_config(config)),
+            ROUND: ConfigRecord(
+                {
+                    "round": request.round,
+                    "users": request.users,
+                    "user-ids": request.user_ids,
+                    "item-ids": request.item_ids,
+                    "frozen": request.frozen,
+                }
+            ),
+            PARAMS: params,
+        }
+    )
 
 
 def read_train_request(message: Message) -> TrainRequest:
     record = message.content[ROUND]
-    return TrainRequest(int(record["round"]), [int(u) for u in record["users"]], list(record["user-ids"]),
-                        list(record["item-ids"]), list(record["frozen"]))
+    return TrainRequest(
+        int(record["round"]),
+        [int(u) for u in record["users"]],
+        list(record["user-ids"]),
+        list(record["item-ids"]),
+        list(record["frozen"]),
+    )
 
 
 def read_params(message: Message) -> dict[str, torch.Tensor]:
     return message.content[PARAMS].to_torch_state_dict()
 
 
-def train_reply_content(params: dict[str, torch.Tensor], reports: list[ClientReport],
-                        num_targets: dict[int, int], weight: float) -> RecordDict:
+def train_reply_content(
+    params: dict[str, torch.Tensor], reports: list[ClientReport], num_targets: dict[int, int], weight: float
+) -> RecordDict:
     reports = sorted(reports, key=lambda r: r.user)
-    return RecordDict({
-        PARAMS: ArrayRecord({name: p.detach().cpu() for name, p in params.items()}),
-        REPORT: MetricRecord({
-            NUM_EXAMPLES: weight,
-            "users": [r.user for r in reports],
-            "num-targets": [num_targets[r.user] for r in reports],
-            "mean-loss": [r.mean_loss for r in reports],
-            "steps": [r.steps for r in reports],
-            "skipped-steps": [r.skipped_steps for r in reports],
-            "dropped": [int(r.dropped) for r in reports],
-        }),
-    })
+    return RecordDict(
+        {
+            PARAMS: ArrayRecord({name: p.detach().cpu() for name, p in params.items()}),
+            REPORT: MetricRecord(
+                {
+                    NUM_EXAMPLES: weight,
+                    "users": [r.user for r in reports],
+                    "num-targets": [num_targets[r.user] for r in reports],
+                    "mean-loss": [r.mean_loss for r in reports],
+                    "steps": [r.steps for r in reports],
+                    "skipped-steps": [r.skipped_steps for r in reports],
+                    "dropped": [int(r.dropped) for r in reports],
+                }
+            ),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -131,12 +150,19 @@ class TrainReply:
 def read_train_reply(message: Message) -> TrainReply:
     report = message.content[REPORT]
     users = [int(u) for u in report["users"]]
-    reports = [ClientReport(u, float(loss), int(steps), int(skipped), bool(dropped))
-               for u, loss, steps, skipped, dropped in zip(users, report["mean-loss"], report["steps"],
-                                                          report["skipped-steps"], report["dropped"])]
+    reports = [
+        ClientReport(u, float(loss), int(steps), int(skipped), bool(dropped))
+        for u, loss, steps, skipped, dropped in zip(
+            users, report["mean-loss"], report["steps"], report["skipped-steps"], report["dropped"]
+        )
+    ]
     params = read_params(message) if PARAMS in message.content else {}  # none under secure aggregation
-    return TrainReply(params, float(report[NUM_EXAMPLES]),
-                      dict(zip(users, (int(n) for n in report["num-targets"]))), reports)
+    return TrainReply(
+        params,
+        float(report[NUM_EXAMPLES]),
+        dict(zip(users, (int(n) for n in report["num-targets"]))),
+        reports,
+    )
 
 
 EVALUATE, CANDIDATES, RANKS, DIAGNOSTICS = "evaluate", "candidates", "ranks", "diagnostics"
@@ -153,27 +179,46 @@ class EvalRequest:
     keep_rounds: list[int]
 
 
-def evaluate_content(config: TrainConfig, request: EvalRequest, params: ArrayRecord,
-                     candidates: torch.Tensor) -> RecordDict:
-    return RecordDict({
-        CONFIG: ConfigRecord(to_flower_config(config)),
-        EVALUATE: ConfigRecord({"round": request.round, "which": request.which, "users": request.users,
-                                "user-ids": request.user_ids, "item-ids": request.item_ids,
-                                "memory-round": request.memory_round, "keep-rounds": request.keep_rounds}),
-        PARAMS: params,
-        CANDIDATES: ArrayRecord({CANDIDATES: candidates.cpu()}),
-    })
+def evaluate_content(
+    config: TrainConfig, request: EvalRequest, params: ArrayRecord, candidates: torch.Tensor
+) -> RecordDict:
+    return RecordDict(
+        {
+            CONFIG: ConfigRecord(to_flower_config(config)),
+            EVALUATE: ConfigRecord(
+                {
+                    "round": request.round,
+                    "which": request.which,
+                    "users": request.users,
+                    "user-ids": request.user_ids,
+                    "item-ids": request.item_ids,
+                    "memory-round": request.memory_round,
+                    "keep-rounds": request.keep_rounds,
+                }
+            ),
+            PARAMS: params,
+            CANDIDATES: ArrayRecord({CANDIDATES: candidates.cpu()}),
+        }
+    )
 
 
 def read_eval_request(message: Message) -> tuple[EvalRequest, np.ndarray]:
     record = message.content[EVALUATE]
-    request = EvalRequest(int(record["round"]), str(record["which"]), [int(u) for u in record["users"]],
-                          list(record["user-ids"]), list(record["item-ids"]), int(record["memory-round"]),
-                          [int(r) for r in record["keep-rounds"]])
+    request = EvalRequest(
+        int(record["round"]),
+        str(record["which"]),
+        [int(u) for u in record["users"]],
+        list(record["user-ids"]),
+        list(record["item-ids"]),
+        int(record["memory-round"]),
+        [int(r) for r in record["keep-rounds"]],
+    )
     return request, message.content[CANDIDATES].to_torch_state_dict()[CANDIDATES].numpy()
 
 
-def evaluate_reply_content(users: list[int], ranks: list[int], diagnostics: dict[str, float] | None) -> RecordDict:
+def evaluate_reply_content(
+    users: list[int], ranks: list[int], diagnostics: dict[str, float] | None
+) -> RecordDict:
     content = RecordDict({RANKS: MetricRecord({"users": users, "ranks": ranks})})
     if diagnostics is not None:
         content[DIAGNOSTICS] = MetricRecord(diagnostics)

@@ -67,8 +67,14 @@ class NodeData:
         to_catalog = self._translator(catalog)
         return [to_catalog(uid, self.split.train_sequence(row)) for uid, row in self._rows(user_ids)]
 
-    def held_out_set(self, user_ids: Sequence[str], catalog: Sequence[str], which: str, max_len: int,
-                     candidates: np.ndarray) -> EvalSet:
+    def held_out_set(
+        self,
+        user_ids: Sequence[str],
+        catalog: Sequence[str],
+        which: str,
+        max_len: int,
+        candidates: np.ndarray,
+    ) -> EvalSet:
         """What evaluating `user_ids` (in this order) ranks, in `catalog`'s dense ids: the validation
         item after the training items (`which="valid"`), or the test item after the training items
         and the validation item ("test"). `candidates` [users, 1+N]: the server's, held-out item first,
@@ -87,11 +93,17 @@ class NodeData:
         targets = np.array(targets, dtype=np.int64)
         if not np.array_equal(candidates[:, 0], targets):
             wrong = [uid for uid, c, t in zip(user_ids, candidates[:, 0], targets) if c != t]
-            raise ValueError(f"users {wrong[:5]}: the server's held-out items differ from this node's "
-                             f"({len(wrong)} in all); the node's data does not match the server's")
-        return EvalSet(inputs=torch.from_numpy(last_items(offsets, items, max_len)),
-                       candidates=torch.from_numpy(candidates),
-                       targets=torch.from_numpy(targets), seen_offsets=offsets, seen_items=items)
+            raise ValueError(
+                f"users {wrong[:5]}: the server's held-out items differ from this node's "
+                f"({len(wrong)} in all); the node's data does not match the server's"
+            )
+        return EvalSet(
+            inputs=torch.from_numpy(last_items(offsets, items, max_len)),
+            candidates=torch.from_numpy(candidates),
+            targets=torch.from_numpy(targets),
+            seen_offsets=offsets,
+            seen_items=items,
+        )
 
     def _rows(self, user_ids: Sequence[str]) -> list[tuple[str, int]]:
         rows = {uid: row for row, uid in enumerate(self.user_ids())}
@@ -109,8 +121,10 @@ class NodeData:
             original = [own_items[i] for i in items.tolist()]
             unknown = [item for item in original if item not in dense]
             if unknown:
-                raise ValueError(f"user {uid}: items {unknown[:5]} are not in the server's item catalog "
-                                 f"({len(unknown)} in all); the node's data does not match the server's")
+                raise ValueError(
+                    f"user {uid}: items {unknown[:5]} are not in the server's item catalog "
+                    f"({len(unknown)} in all); the node's data does not match the server's"
+                )
             return np.array([dense[item] for item in original], dtype=np.int64)
 
         return to_catalog
@@ -126,12 +140,19 @@ def load_node_data(node_config: Mapping[str, object], config: TrainConfig) -> No
         )
     if has_dir:
         data_format = node_config.get(FORMAT)
-        return _own_data(str(node_config[DATA_DIR]), None if data_format is None else str(data_format),
-                         config.min_length)
+        return _own_data(
+            str(node_config[DATA_DIR]), None if data_format is None else str(data_format), config.min_length
+        )
     if NUM_PARTITIONS not in node_config:
         raise ValueError(f"node config {dict(node_config)}: {PARTITION_ID} needs {NUM_PARTITIONS}")
-    return _partition(config.data_dir, config.format, config.top_users, config.min_length,
-                      int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS]))
+    return _partition(
+        config.data_dir,
+        config.format,
+        config.top_users,
+        config.min_length,
+        int(node_config[PARTITION_ID]),
+        int(node_config[NUM_PARTITIONS]),
+    )
 
 
 # Cached per process: a Ray actor or an in-process simulation serves many messages (and several
@@ -144,14 +165,24 @@ def _own_data(path: str, data_format: str | None, min_length: int) -> NodeData:
 
 
 @functools.lru_cache(maxsize=8)
-def _partition(data_dir: str | None, data_format: str | None, top_users: int | None, min_length: int,
-               partition_id: int, num_partitions: int) -> NodeData:
+def _partition(
+    data_dir: str | None,
+    data_format: str | None,
+    top_users: int | None,
+    min_length: int,
+    partition_id: int,
+    num_partitions: int,
+) -> NodeData:
     data = _dataset(data_dir, data_format, top_users, min_length)
-    return NodeData(leave_one_out(select_users(data, partition_users(data.num_users, partition_id, num_partitions))))
+    return NodeData(
+        leave_one_out(select_users(data, partition_users(data.num_users, partition_id, num_partitions)))
+    )
 
 
 @functools.lru_cache(maxsize=2)
-def _dataset(data_dir: str | None, data_format: str | None, top_users: int | None, min_length: int) -> SequenceData:
+def _dataset(
+    data_dir: str | None, data_format: str | None, top_users: int | None, min_length: int
+) -> SequenceData:
     return load_sequences(data_dir, format=data_format, top_users=top_users, min_length=min_length)
 
 
@@ -159,4 +190,6 @@ def node_seed(seed: int, user_ids: list[str], *keys: int) -> int:
     """A seed of the node's own for the stream named by `keys`: nodes hold different users, so
     their streams differ."""
     digest = hashlib.sha256("\n".join(sorted(user_ids)).encode()).digest()
-    return int(np.random.SeedSequence([seed, *keys, int.from_bytes(digest[:8], "little")]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([seed, *keys, int.from_bytes(digest[:8], "little")]).generate_state(1)[0]
+    )

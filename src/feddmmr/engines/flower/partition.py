@@ -28,11 +28,15 @@ def write_node_files(data: SequenceData, num_nodes: int, out: Path) -> list[Path
     for node in range(num_nodes):
         part = select_users(data, partition_users(data.num_users, node, num_nodes))
         lengths = part.lengths
-        table = pd.DataFrame({
-            "user": np.repeat(part.user_ids, lengths),
-            "item": part.item_ids[part.items],
-            "time": np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, np.int64),
-        })
+        table = pd.DataFrame(
+            {
+                "user": np.repeat(part.user_ids, lengths),
+                "item": part.item_ids[part.items],
+                "time": np.concatenate([np.arange(n) for n in lengths])
+                if len(lengths)
+                else np.zeros(0, np.int64),
+            }
+        )
         path = out / f"node-{node}" / NODE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path, index=False)
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error(f"--nodes must be >= 1, got {args.nodes}")
-    data = load_sequences(args.data_dir, format=args.format, top_users=args.top_users, min_length=args.min_length)
+    data = load_sequences(
+        args.data_dir, format=args.format, top_users=args.top_users, min_length=args.min_length
+    )
     for path in write_node_files(data, args.nodes, args.out):
         print(path)
 

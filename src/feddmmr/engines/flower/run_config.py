@@ -42,8 +42,10 @@ def _flat(key: str, value: typing.Any) -> FlowerValue:
         return NOT_SET
     if isinstance(value, list):
         if any(LIST_SEPARATOR in item for item in value):
-            raise ValueError(f"{key}={value!r}: a Flower config joins a list with {LIST_SEPARATOR!r}, "
-                             f"so its items cannot contain one")
+            raise ValueError(
+                f"{key}={value!r}: a Flower config joins a list with {LIST_SEPARATOR!r}, "
+                f"so its items cannot contain one"
+            )
         return LIST_SEPARATOR.join(value)
     return value
 
@@ -81,24 +83,33 @@ def from_run_config(values: Mapping[str, typing.Any]) -> tuple[TrainConfig, bool
         raise ValueError(f'run config: {RESUME}=true continues the run in run-dir; set run-dir="PATH"')
     saved_file = Path(requested.run_dir) / "config.json"
     if not saved_file.exists():
-        raise ValueError(f"run config: {RESUME}=true, but {saved_file} does not exist; is run-dir a feddmmr run?")
+        raise ValueError(
+            f"run config: {RESUME}=true, but {saved_file} does not exist; is run-dir a feddmmr run?"
+        )
     saved = saved_config(requested.run_dir, **{name: getattr(requested, name) for name in RESUME_SAFE})
     # A run config holds every setting (pyproject's defaults and the overrides), so what it asks
     # for cannot be told from what it merely repeats: compare values instead of given keys.
-    differing = [flower_key(name) for name in FIELDS if name not in RESUME_SAFE
-                 and getattr(saved, name) != getattr(requested, name)]
+    differing = [
+        flower_key(name)
+        for name in FIELDS
+        if name not in RESUME_SAFE and getattr(saved, name) != getattr(requested, name)
+    ]
     if differing:
-        raise ValueError(f"run config: {RESUME}=true continues {requested.run_dir} with its saved config, but the run "
-                         f"config asks for other values of {', '.join(differing)}; drop those overrides "
-                         f"(or start a new run in another run-dir)")
+        raise ValueError(
+            f"run config: {RESUME}=true continues {requested.run_dir} with its saved config, but the run "
+            f"config asks for other values of {', '.join(differing)}; drop those overrides "
+            f"(or start a new run in another run-dir)"
+        )
     return saved, True
 
 
 def _typed(key: str, value: typing.Any, hint: typing.Any, source: str) -> typing.Any:
     if typing.get_origin(hint) is list:  # a repeatable setting (modality)
         if not isinstance(value, str):
-            raise ValueError(f"{source}: {key}={value!r} ({type(value).__name__}); expected one string of "
-                             f"{LIST_SEPARATOR!r}-separated items")
+            raise ValueError(
+                f"{source}: {key}={value!r} ({type(value).__name__}); expected one string of "
+                f"{LIST_SEPARATOR!r}-separated items"
+            )
         return value.split(LIST_SEPARATOR) if value else []
     optional = type(None) in typing.get_args(hint)
     (kind,) = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
@@ -115,8 +126,10 @@ def _typed(key: str, value: typing.Any, hint: typing.Any, source: str) -> typing
 def pyproject_block() -> str:
     """The `[tool.flwr.app.config]` table: every setting at its default, engine = flower."""
     config = dataclasses.replace(TrainConfig(), engine="flower")
-    lines = ["[tool.flwr.app.config]",
-             '# feddmmr TrainConfig fields ("" = not set); override with flwr run --run-config']
+    lines = [
+        "[tool.flwr.app.config]",
+        '# feddmmr TrainConfig fields ("" = not set); override with flwr run --run-config',
+    ]
     for key, value in to_flower_config(config).items():
         lines.append(f"{key} = {_toml_value(value)}")
     lines.append("# not a TrainConfig field: true continues the run in run-dir from its last checkpoint")

@@ -57,9 +57,15 @@ from feddmmr.engines.flower.node_data import node_seed
 NUM_SHARES, RECONSTRUCTION_THRESHOLD = 1.0, 0.5
 
 
-def secure_mean_update(grid: Grid, round_number: int, contents: dict[int, RecordDict], weights: dict[int, float],
-                       names: list[str], clipping_range: float,
-                       timeout: float) -> tuple[dict[str, torch.Tensor] | None, dict[int, Message]]:
+def secure_mean_update(
+    grid: Grid,
+    round_number: int,
+    contents: dict[int, RecordDict],
+    weights: dict[int, float],
+    names: list[str],
+    clipping_range: float,
+    timeout: float,
+) -> tuple[dict[str, torch.Tensor] | None, dict[int, Message]]:
     """Run one round's training through SecAgg+.
 
     `contents`: each node's train message content, for at least 2 nodes (the engine skips a round
@@ -69,16 +75,29 @@ def secure_mean_update(grid: Grid, round_number: int, contents: dict[int, Record
     nodes' replies: train replies (their reports; the updates stayed masked) or error replies.
     """
     strategy = _KeepMean(list(contents))
-    context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                            strategy=strategy)
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=strategy
+    )
     context.state[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: round_number})
     context.state[MAIN_PARAMS_RECORD] = ArrayRecord()
     recorder = _RecordTrainReplies(grid)
-    workflow = _Workflow(contents, num_shares=NUM_SHARES, reconstruction_threshold=RECONSTRUCTION_THRESHOLD,
-                         max_weight=max(weights.values()), clipping_range=clipping_range, timeout=timeout)
+    workflow = _Workflow(
+        contents,
+        num_shares=NUM_SHARES,
+        reconstruction_threshold=RECONSTRUCTION_THRESHOLD,
+        max_weight=max(weights.values()),
+        clipping_range=clipping_range,
+        timeout=timeout,
+    )
     workflow(recorder, context)
-    mean = None if strategy.mean is None else {
-        name: torch.from_numpy(np.asarray(array, dtype=np.float32)) for name, array in zip(names, strategy.mean)}
+    mean = (
+        None
+        if strategy.mean is None
+        else {
+            name: torch.from_numpy(np.asarray(array, dtype=np.float32))
+            for name, array in zip(names, strategy.mean)
+        }
+    )
     return mean, recorder.replies
 
 
@@ -129,6 +148,7 @@ class _RecordTrainReplies:
 
 # --- on the nodes ----------------------------------------------------------------------------
 
+
 def secure_aggregation_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """SecAgg+ on the train messages of a secure round (they carry its stage); others pass through."""
     if RECORD_KEY_CONFIGS not in message.content:
@@ -137,8 +157,9 @@ def secure_aggregation_mod(message: Message, context: Context, call_next: Client
         return secaggplus_mod(message, context, call_next)
     config, request = messages.read_config(message), messages.read_train_request(message)
     with _numpy_seeded(node_seed(config.seed, request.user_ids, request.round, streams.SECAGG_ROUNDING)):
-        return secaggplus_mod(message, context,
-                              lambda m, c: _as_update(m, call_next(m, c), config.flower_secagg_clipping_range))
+        return secaggplus_mod(
+            message, context, lambda m, c: _as_update(m, call_next(m, c), config.flower_secagg_clipping_range)
+        )
 
 
 def _as_update(message: Message, reply: Message, clipping_range: float) -> Message:
@@ -153,13 +174,16 @@ def _as_update(message: Message, reply: Message, clipping_range: float) -> Messa
     for name, values in zip(names, update):
         largest = float(np.abs(values).max(initial=0.0))
         if largest > clipping_range:
-            raise ValueError(f"update of {name} reaches {largest:.3g}, outside flower_secagg_clipping_range="
-                             f"{clipping_range:g}: secure aggregation would clip it; raise the range")
+            raise ValueError(
+                f"update of {name} reaches {largest:.3g}, outside flower_secagg_clipping_range="
+                f"{clipping_range:g}: secure aggregation would clip it; raise the range"
+            )
     weight = received.weight
     if weight != int(weight):
         raise ValueError(f"secure aggregation needs an integer FedAvg weight, got {weight}")
     content = compat.fitres_to_recorddict(
-        FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), int(weight), {}), keep_input=False)
+        FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), int(weight), {}), keep_input=False
+    )
     content[messages.REPORT] = MetricRecord(dict(reply.content[messages.REPORT]))
     return Message(content, reply_to=message)
 

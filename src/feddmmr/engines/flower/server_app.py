@@ -28,9 +28,13 @@ from feddmmr.train import RunResult, train
 log = logging.getLogger(__name__)
 
 
-def make_server_app(config: TrainConfig | None = None, *, resume: bool = False,
-                    on_round: Callable[[dict], None] | None = None,
-                    deliver: Callable[[RunResult], None] | None = None) -> ServerApp:
+def make_server_app(
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    deliver: Callable[[RunResult], None] | None = None,
+) -> ServerApp:
     """`config` None: take it (and whether to resume) from the run config. `deliver` receives the
     run's result."""
     server = ServerApp()
@@ -45,17 +49,23 @@ def make_server_app(config: TrainConfig | None = None, *, resume: bool = False,
     return server
 
 
-def train_on_grid(grid: Grid, config: TrainConfig, *, resume: bool = False,
-                  on_round: Callable[[dict], None] | None = None) -> RunResult:
+def train_on_grid(
+    grid: Grid, config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None
+) -> RunResult:
     _show_feddmmr_logs()
     config = dataclasses.replace(config, engine="flower")
     # The run loop reads the dataset again in prepare_run; the engine needs the ids before that.
-    data = load_sequences(config.data_dir, format=config.format, top_users=config.top_users,
-                          min_length=config.min_length)
+    data = load_sequences(
+        config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
+    )
     engine = FlowerEngine(grid, config, data.user_ids, data.item_ids)
     result = train(config, resume=resume, on_round=on_round, engine=engine)
-    log.info("flower run finished: best round %s, test %s (%s)", result.final["best_round"], result.final["test"],
-             result.run_dir)
+    log.info(
+        "flower run finished: best round %s, test %s (%s)",
+        result.final["best_round"],
+        result.final["test"],
+        result.run_dir,
+    )
     return result
 
 

@@ -24,14 +24,23 @@ from feddmmr.train import RunResult
 CLIENT_RESOURCES = {"num_cpus": 1, "num_gpus": 0.0}
 
 
-def run_flower_simulation(config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None,
-                          client_mods: Sequence[Mod] = ()) -> RunResult:
+def run_flower_simulation(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    client_mods: Sequence[Mod] = (),
+) -> RunResult:
     """`client_mods` wrap every ClientApp handler (Flower mods: DP clipping, fault injection in tests)."""
     results: list[RunResult] = []
     server_app = make_server_app(config, resume=resume, on_round=on_round, deliver=results.append)
     with _flower_logs_once():
-        run_simulation(server_app, make_client_app(client_mods), num_supernodes=config.flower_supernodes,
-                       backend_config={"client_resources": dict(CLIENT_RESOURCES)})
+        run_simulation(
+            server_app,
+            make_client_app(client_mods),
+            num_supernodes=config.flower_supernodes,
+            backend_config={"client_resources": dict(CLIENT_RESOURCES)},
+        )
     if not results:
         raise RuntimeError("the Flower simulation ended without a result; its log above says why")
     return results[0]
@@ -57,7 +66,9 @@ def _flower_logs_once() -> Iterator[None]:
             # Ray's FutureWarning that a later Ray will stop hiding GPUs from actors with num_gpus=0:
             # today's behaviour (nodes on the CPU, CLIENT_RESOURCES) is the one wanted, and the tip
             # (an environment variable that would let every node see the GPU) is not for our users.
-            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message="Tip: In future versions of Ray", category=FutureWarning
+            )
             yield
     finally:
         flower.removeFilter(_not_the_simulation_deprecation)
