@@ -69,8 +69,8 @@ class BestModel:
         the feature files `modality` (NAME=FILE, one per modality of the run, as `feddmmr features`
         writes them) that the run's data does not hold, in the order of the first file. Their
         dataset ids end `item_ids`; the model needs `--item-tower content`."""
-        from feddmmr.features.store import align_features, load_features, parse_modality_spec
-        from feddmmr.new_items import aligned_rows, with_new_items
+        from feddmmr.features.store import align_features, aligned_rows, load_features, parse_modality_spec
+        from feddmmr.model.new_items import with_new_items
 
         if not modality:
             raise ValueError("new items: give at least one feature file, as NAME=FILE")

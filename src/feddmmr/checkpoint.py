@@ -74,9 +74,10 @@ def load_weights_into(model: torch.nn.Module, model_state: dict[str, torch.Tenso
     goes into FedDMMR's `sasrec.` backbone (its names are prefixed).
     """
     own = model.state_dict()
-    if hasattr(model, "sasrec") and not any(name.startswith("sasrec.") for name in model_state):
-        log.info("%s: a FedSASRec checkpoint: its tensors go into FedDMMR's sasrec. backbone", source)
-        model_state = {"sasrec." + name: t for name, t in model_state.items()}
+    prefix = model.backbone_prefix
+    if prefix and not any(name.startswith(prefix) for name in model_state):
+        log.info("%s: a FedSASRec checkpoint: its tensors go into FedDMMR's %s backbone", source, prefix)
+        model_state = {prefix + name: t for name, t in model_state.items()}
     unknown = sorted(set(model_state) - set(own))
     if unknown:
         raise ValueError(f"{source}: tensors not in this model: {', '.join(unknown[:5])}")

@@ -97,12 +97,12 @@ def build_model(
             holdout_content=config.modality_objective != "joint",
             holdout_backbone=config.modality_objective == "holdout-backbone",
             item_tower=config.item_tower,
+            mixture=config.stage != 1,  # stage 1 trains (and scores with) the ID-only backbone
         ),
         {n: torch.from_numpy(f.matrix) for n, f in features.items()},
         {n: torch.from_numpy(f.available) for n, f in features.items()},
         None if train_counts is None else torch.from_numpy(train_counts),
     )
-    model.use_mixture = config.stage != 1  # stage 1 trains (and scores with) the ID-only backbone
     return model.to(device)
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -167,23 +166,11 @@ class Run:
         return out
 
 
-def model_args(model: torch.nn.Module) -> dict:
-    """The arguments that rebuild the model (nanoGPT's `model_args`): with the weights, a
-    checkpoint is a model without the data (best_model.load_model)."""
-    if isinstance(model, SASRec):
-        return {"model": "fedsasrec", "sasrec": dataclasses.asdict(model.config)}
-    return {
-        "model": "feddmmr",
-        "feddmmr": dataclasses.asdict(model.config),
-        "modalities": list(model.modalities),
-    }
-
-
 def checkpoint_state(run: Run) -> dict:
     st = run.state
     return {
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-        "model_args": model_args(run.model),
+        "model_args": run.model.model_args(),
         "round": st.round,
         "early_stopping": vars(st.early_stopping).copy(),
         "history": st.history,

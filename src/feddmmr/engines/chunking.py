@@ -43,8 +43,8 @@ def window_bytes(model: torch.nn.Module, num_negatives: int, shared_negatives: b
     a chunk of 64 more windows (d 128, L 50, 4 negatives) raised the peak RSS by about 300 MiB.
     Negatives shared by a step's targets (or every item, ce-full) are scored as a matrix product:
     a window keeps their scores, [L, 1+N], not their embeddings, [L, 1+N, d]."""
-    feddmmr = hasattr(model, "sasrec")  # FedDMMR holds its SASRec backbone as `sasrec`
-    sasrec = (model.sasrec if feddmmr else model).config
+    feddmmr = model.backbone is not model  # FedDMMR: a SASRec backbone beside experts and router
+    sasrec = model.backbone.config
     length, dim, heads = sasrec.max_seq_len, sasrec.hidden_dim, sasrec.num_heads
     per_block = 24 * length * dim + 6 * heads * length * length
     candidates = (

@@ -23,6 +23,7 @@ from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches
 from feddmmr.federated.privacy import clip_updates, noise_item_rows
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
+from feddmmr.model.sasrec import item_table_name
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,8 @@ class SequentialEngine:
         for name, p in model.named_parameters():
             p.requires_grad_(name not in local.frozen)
         reports, round_scales = [], []
-        # FedDMMR holds its SASRec backbone, and the item table, as `sasrec`
         catalogue = (
-            every_item(getattr(model, "sasrec", model).item_embedding.weight)
-            if local.loss == "ce-full"
-            else None
+            every_item(global_params[item_table_name(global_params)]) if local.loss == "ce-full" else None
         )
         for client in clients:
             model.load_state_dict(global_params, strict=False)

@@ -14,6 +14,7 @@ padding, rows L2-normalised, items without a feature left as zero rows and flagg
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -343,4 +344,16 @@ def _log_coverage(
         num_missing,
         num_zero,
         num_ignored,
+    )
+
+
+def aligned_rows(new_ids: np.ndarray, feature: AlignedFeatures) -> AlignedFeatures:
+    """`feature` (aligned to a catalogue that ends with `new_ids`) cut to the new items' rows."""
+    start = len(feature.matrix) - len(new_ids)
+    keep = np.concatenate([[0], np.arange(start, len(feature.matrix))])
+    return dataclasses.replace(
+        feature,
+        matrix=feature.matrix[keep],
+        available=feature.available[keep],
+        num_missing=int((~feature.available[start:]).sum()),
     )

@@ -17,7 +17,7 @@ STAGES = (1, 2, 3)
 
 def is_backbone(model: torch.nn.Module, name: str) -> bool:
     """SASRec's own parameters: all of a FedSASRec model, FedDMMR's `sasrec.` submodule."""
-    return not hasattr(model, "sasrec") or name.startswith("sasrec.")
+    return name.startswith(model.backbone_prefix)
 
 
 def frozen_parameters(model: torch.nn.Module, stage: int | None) -> frozenset[str]:

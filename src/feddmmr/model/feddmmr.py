@@ -59,6 +59,8 @@ class FedDMMRConfig:
     holdout_content: bool = False
     holdout_backbone: bool = False
     item_tower: str = "id"  # or "content": untrained items' vectors from their features (model/item_tower.py)
+    # False: score as SASRec even with modalities (stage 1 trains the ID-only backbone).
+    mixture: bool = True
 
 
 def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -155,8 +157,6 @@ class FedDMMR(nn.Module):
             self.sasrec.item_tower = content_tower(features, train_counts)
         elif config.item_tower != "id":
             raise ValueError(f"item_tower {config.item_tower!r}; expected 'id' or 'content'")
-        # False: score as SASRec even with modalities (stage 1 trains the ID-only backbone).
-        self.use_mixture = True
         dim = config.sasrec.hidden_dim
         self.modalities = sorted(features)
         for name in self.modalities:
@@ -197,10 +197,25 @@ class FedDMMR(nn.Module):
             }
         return out
 
+    backbone_prefix = "sasrec."  # the backbone's parameter names (model/sasrec.py)
+
+    @property
+    def backbone(self) -> SASRec:
+        """The SASRec that encodes sequences and holds the item table."""
+        return self.sasrec
+
+    def model_args(self) -> dict:
+        """The arguments that rebuild the model (with its modality feature files)."""
+        return {
+            "model": "feddmmr",
+            "feddmmr": dataclasses.asdict(self.config),
+            "modalities": list(self.modalities),
+        }
+
     @property
     def mixes(self) -> bool:
-        """Whether scores use the modality experts (there are modalities and use_mixture is on)."""
-        return bool(self.modalities) and self.use_mixture
+        """Whether scores use the modality experts (there are modalities and the config's mixture is on)."""
+        return bool(self.modalities) and self.config.mixture
 
     def experts_and_router(
         self, candidates: torch.Tensor, memory_items: torch.Tensor, memory_mask: torch.Tensor

@@ -7,6 +7,7 @@ Inputs are left-padded with item 0; padding is masked in attention and zeroed in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -141,6 +142,20 @@ class SASRec(nn.Module):
         # None: an item's vector is its ID embedding. FedDMMR may set a content tower
         # (model/item_tower.py), which gives items no client trained on a vector from their features.
         self.item_tower: nn.Module | None = None
+
+    # SASRec's own parameters are all of it (FedDMMR holds one under "sasrec."): staged training
+    # and checkpoint loading tell the backbone's parameters by this prefix.
+    backbone_prefix = ""
+
+    @property
+    def backbone(self) -> SASRec:
+        """The SASRec that encodes sequences and holds the item table (this model itself)."""
+        return self
+
+    def model_args(self) -> dict:
+        """The arguments that rebuild the model (nanoGPT's `model_args`): with the weights, a
+        checkpoint is a model without the data (best_model.load_model)."""
+        return {"model": "fedsasrec", "sasrec": dataclasses.asdict(self.config)}
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """The vectors [..., d] of the items `ids` [...]: their input embeddings and scoring vectors.

@@ -393,8 +393,7 @@ def test_memory_takes_each_steps_positives_in_time_order():
 def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage):
     from feddmmr.federated.stages import frozen_parameters
 
-    m = feddmmr_model()
-    m.use_mixture = stage != 1
+    m = feddmmr_model(mixture=stage != 1)
     frozen = frozen_parameters(m, stage)
     assert frozen and len(frozen) < len(list(m.parameters()))
     batches = clients(num=4, epochs=1, batch_size=3)

@@ -110,10 +110,9 @@ def test_aux_outputs_and_the_auxiliary_losses():
 
 
 def test_stage_one_scores_as_sasrec():
-    model = FedDMMR(FedDMMRConfig(CONFIG), *text_features()).eval()
+    model = FedDMMR(FedDMMRConfig(CONFIG, mixture=False), *text_features()).eval()
     reference = SASRec(CONFIG).eval()
     reference.load_state_dict(model.sasrec.state_dict())
-    model.use_mixture = False
     seq, cands, mem, mask = inputs()
     assert torch.equal(model(seq, cands, mem, mask), reference(seq, cands))
 

@@ -10,14 +10,16 @@ same path by which the model scored the run's held-out new items (`--cold-items`
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from feddmmr.features.store import AlignedFeatures
 from feddmmr.model.feddmmr import FedDMMR
 from feddmmr.model.item_tower import ContentItemTower, combined_features
 from feddmmr.model.sasrec import ITEM_TABLE, SASRec
+
+if TYPE_CHECKING:  # the features layer sits above the model: read only .matrix and .available
+    from feddmmr.features.store import AlignedFeatures
 
 
 def with_new_items(
@@ -26,7 +28,7 @@ def with_new_items(
     """A copy of `model` whose catalogue ends with the items of `new`: for each of the run's
     `modalities`, rows [n + 1, D] (row 0 unused, as padding) for the n new items, in the order
     they get dense ids after the model's; a modality missing from `new` leaves them without it."""
-    sasrec = model.sasrec if isinstance(model, FedDMMR) else model
+    sasrec = model.backbone
     tower = sasrec.item_tower
     if tower is None:
         raise ValueError(
@@ -75,7 +77,6 @@ def with_new_items(
             name: torch.cat([getattr(model, f"available_{name}").cpu(), rows[name][1]]) for name in modalities
         }
         bigger = FedDMMR(dataclasses.replace(model.config, sasrec=config), features, available, train_counts)
-        bigger.use_mixture = model.use_mixture
         prefix = "sasrec."
     else:
         combined = combined_features([rows[name][0] for name in sorted(modalities)])
@@ -94,15 +95,3 @@ def with_new_items(
     bigger.load_state_dict(state)
     device = next(model.parameters()).device
     return bigger.to(device).train(model.training)
-
-
-def aligned_rows(new_ids: np.ndarray, feature: AlignedFeatures) -> AlignedFeatures:
-    """`feature` (aligned to a catalogue that ends with `new_ids`) cut to the new items' rows."""
-    start = len(feature.matrix) - len(new_ids)
-    keep = np.concatenate([[0], np.arange(start, len(feature.matrix))])
-    return dataclasses.replace(
-        feature,
-        matrix=feature.matrix[keep],
-        available=feature.available[keep],
-        num_missing=int((~feature.available[start:]).sum()),
-    )
