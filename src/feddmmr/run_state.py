@@ -15,11 +15,12 @@ import torch
 from feddmmr.checkpoint import load_checkpoint, write_text
 from feddmmr.config import TrainConfig
 from feddmmr.data.split import LeaveOneOut
-from feddmmr.engines import LocalTraining
 from feddmmr.errors import InputError
 from feddmmr.evaluation import EvalSet, evaluate, held_out_ranks, metrics_from_ranks, router_usage
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
 from feddmmr.federated.batches import BatchSettings
+from feddmmr.federated.local import LocalTraining
+from feddmmr.federated.postprocess import client_postprocessors
 from feddmmr.federated.precision import Precision
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.memory.clients import ClientMemories
@@ -112,9 +113,8 @@ class Run:
             auxiliary=auxiliary_weights(c),
             frozen=self.frozen,
             optimizer=c.local_optimizer,
-            clip_norm=c.dp_clip_norm,
             gbce_beta=positive_weight(c, self.split.num_items),
-            update_noise=c.update_noise,
+            postprocessors=client_postprocessors(c.dp_clip_norm, c.update_noise),
         )
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -32,12 +32,13 @@ from feddmmr.callbacks import (
 from feddmmr.centralized import CentralizedEpochs
 from feddmmr.checkpoint import json_value, load_checkpoint, write_json
 from feddmmr.config import TrainConfig
-from feddmmr.engines import Engine, RoundContext, make_engine
+from feddmmr.engines import make_engine
 from feddmmr.errors import NodesLost, TrainingDiverged, diverged_advice
 from feddmmr.evaluation import group_metrics, metrics_from_ranks
 from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.attacks import exposure_rate
 from feddmmr.federated.batches import client_rng, make_client_batches
+from feddmmr.federated.local import Engine, RoundContext
 from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
 from feddmmr.federated.sampling import sample_clients
 from feddmmr.progress import round_bars

@@ -712,8 +712,8 @@ def test_an_interrupt_says_how_to_resume(tiny_data, tmp_path, monkeypatch):
 def test_skipped_steps_are_one_line_a_round_and_a_round_that_trained_nothing_stops(tmp_path, caplog):
     import logging
 
-    from feddmmr.engines.base import ClientReport
     from feddmmr.errors import TrainingDiverged
+    from feddmmr.federated.local import ClientReport
     from feddmmr.train import check_skipped_steps
 
     config = TrainConfig(learning_rate=2.0)

@@ -8,9 +8,9 @@ from helpers import TINY_NEGATIVES
 
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig
-from feddmmr.engines import ENGINES, ClientReport, register_engine
-from feddmmr.engines.base import RoundResult
+from feddmmr.engines import ENGINES, register_engine
 from feddmmr.federated.aggregation import AGGREGATORS, FedAvg, register_aggregator
+from feddmmr.federated.local import ClientReport, RoundResult
 from feddmmr.train import train
 
 TINY = dict(

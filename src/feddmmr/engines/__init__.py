@@ -1,6 +1,6 @@
 """Local engines: run many clients' local updates of one round.
 
-Every engine follows `Engine` (engines/base.py): the same inputs (the round's context, the global
+Every engine follows `Engine` (federated/local.py): the same inputs (the round's context, the global
 parameters, the clients' batches, the local settings) and each client's updated parameters fed to
 an aggregation rule, so they can be swapped freely. An engine is added by writing its class and
 registering a factory under a name (`register_engine`); `--engine NAME` then runs it. Flower's
@@ -13,10 +13,10 @@ from typing import Callable
 
 import torch
 
-from feddmmr.engines.base import ClientReport, Engine, LocalTraining, RoundContext, RoundResult
 from feddmmr.engines.chunking import log_chunks, resolve_chunks
 from feddmmr.engines.sequential import SequentialEngine
 from feddmmr.engines.vectorized import VectorizedEngine
+from feddmmr.federated.local import Engine
 
 # factory(model, chunk_clients=..., chunk_windows=..., num_negatives=..., shared_negatives=...) -> Engine
 EngineFactory = Callable[..., Engine]
@@ -71,11 +71,7 @@ register_engine("sequential", lambda model, **options: SequentialEngine(model))
 
 __all__ = [
     "ENGINES",
-    "ClientReport",
     "Engine",
-    "LocalTraining",
-    "RoundContext",
-    "RoundResult",
     "SequentialEngine",
     "VectorizedEngine",
     "make_engine",

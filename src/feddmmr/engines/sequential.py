@@ -10,18 +10,17 @@ import logging
 
 import torch
 
-from feddmmr.engines.base import (
+from feddmmr.engines.base import guarded_step
+from feddmmr.federated.adam import TORCH_OPTIMIZERS
+from feddmmr.federated.batches import ClientBatches
+from feddmmr.federated.local import (
     Aggregate,
     ClientReport,
     LocalTraining,
     Progress,
     RoundContext,
     RoundResult,
-    guarded_step,
 )
-from feddmmr.federated.adam import TORCH_OPTIMIZERS
-from feddmmr.federated.batches import ClientBatches
-from feddmmr.federated.privacy import clip_updates, noise_item_rows
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
 from feddmmr.model.sasrec import item_table_name
 
@@ -100,10 +99,9 @@ class SequentialEngine:
                 if n not in local.frozen
             }
             weights = torch.tensor([float(client.num_targets)], device=device)
-            params = noise_item_rows(
-                params, global_params, [client.user], context.seed, context.round, local.update_noise
+            kept = bool(
+                aggregate(*local.postprocess(params, global_params, weights, [client.user], context))[0]
             )
-            kept = bool(aggregate(*clip_updates(params, global_params, weights, local.clip_norm))[0])
             reports.append(
                 ClientReport(
                     client.user, sum(losses) / max(len(losses), 1), len(losses), skipped, dropped=not kept

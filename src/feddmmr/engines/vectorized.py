@@ -25,10 +25,16 @@ import logging
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult
 from feddmmr.federated.adam import LOCAL_OPTIMIZERS
 from feddmmr.federated.batches import ClientBatches, stack_batches, stack_positives
-from feddmmr.federated.privacy import clip_updates, noise_item_rows
+from feddmmr.federated.local import (
+    Aggregate,
+    ClientReport,
+    LocalTraining,
+    Progress,
+    RoundContext,
+    RoundResult,
+)
 from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
 from feddmmr.model.sasrec import ITEM_TABLE, item_table_name
 
@@ -192,10 +198,9 @@ class VectorizedEngine:
                 params[ITEM_TABLE] = expand_rows(
                     global_params[ITEM_TABLE].detach(), batch.item_rows, params[ITEM_TABLE]
                 )
-            params = noise_item_rows(
-                params, trained, batch.users, context.seed, context.round, local.update_noise
-            )
-            kept = aggregate(*clip_updates(params, trained, batch.weights, local.clip_norm)).tolist()
+            kept = aggregate(
+                *local.postprocess(params, trained, batch.weights, batch.users, context)
+            ).tolist()
             loss_sum, steps_trained, skipped = loss_sum.tolist(), steps_trained.tolist(), skipped.tolist()
             for i, user in enumerate(batch.users):
                 reports.append(

@@ -31,8 +31,8 @@ import torch
 
 from feddmmr import streams
 from feddmmr.data.split import LeaveOneOut
-from feddmmr.engines.base import Engine, LocalTraining, RoundContext
 from feddmmr.federated.batches import BatchSettings, ClientBatches, client_rng, make_client_batches
+from feddmmr.federated.local import Engine, LocalTraining, RoundContext
 from feddmmr.model.sasrec import ITEM_TABLE
 
 ATTACKS = ("data-poisoning", "model-poisoning", "boosted-model-poisoning")

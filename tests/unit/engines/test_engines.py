@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from feddmmr.engines import LocalTraining, RoundContext, make_engine
+from feddmmr.engines import make_engine
 from feddmmr.engines.vectorized import plan_chunks
 from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
@@ -18,6 +18,8 @@ from feddmmr.federated.batches import (
     touched_items,
     training_windows,
 )
+from feddmmr.federated.local import LocalTraining, RoundContext
+from feddmmr.federated.postprocess import client_postprocessors
 from feddmmr.federated.precision import Precision
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 
@@ -69,9 +71,8 @@ def run(
         loss,
         Precision("off", "cpu"),
         optimizer=optimizer,
-        clip_norm=clip_norm,
         gbce_beta=gbce_beta,  # beta: loss=gbce only
-        update_noise=update_noise,
+        postprocessors=client_postprocessors(clip_norm, update_noise),
     )
     reports = engine.train(ROUND, global_params, batches, local, aggregator.add).reports
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from feddmmr.engines import LocalTraining, RoundContext, make_engine
+from feddmmr.engines import make_engine
 from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, ClientBatches, client_rng, make_client_batches
+from feddmmr.federated.local import LocalTraining, RoundContext
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 

@@ -34,7 +34,7 @@ from flwr.clientapp.typing import Mod
 
 from feddmmr import streams
 from feddmmr.config import TrainConfig
-from feddmmr.engines import LocalTraining, RoundContext, make_engine
+from feddmmr.engines import make_engine
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.node_data import NodeData, load_node_data, node_seed
 from feddmmr.engines.flower.secure_aggregation import secure_aggregation_mod
@@ -42,6 +42,8 @@ from feddmmr.evaluation import held_out_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
+from feddmmr.federated.local import LocalTraining, RoundContext
+from feddmmr.federated.postprocess import client_postprocessors
 from feddmmr.federated.precision import Precision, resolve_amp
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState, summary_totals
@@ -104,9 +106,8 @@ def train_users(message: Message, context: Context) -> Message:
             auxiliary=auxiliary_weights(config),
             frozen=frozen,
             optimizer=config.local_optimizer,
-            clip_norm=config.dp_clip_norm,
             gbce_beta=positive_weight(config, len(request.item_ids)),
-            update_noise=config.update_noise,
+            postprocessors=client_postprocessors(config.dp_clip_norm, config.update_noise),
         )
         result = engine.train(
             RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add

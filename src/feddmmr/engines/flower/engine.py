@@ -31,12 +31,19 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines.base import Aggregate, ClientReport, LocalTraining, Progress, RoundContext, RoundResult
 from feddmmr.engines.flower import messages
 from feddmmr.engines.flower.secure_aggregation import secure_mean_update
 from feddmmr.errors import NodesLost
 from feddmmr.evaluation import EvalSet
 from feddmmr.federated.batches import ClientBatches
+from feddmmr.federated.local import (
+    Aggregate,
+    ClientReport,
+    LocalTraining,
+    Progress,
+    RoundContext,
+    RoundResult,
+)
 from feddmmr.memory.two_tier import summary_from_totals
 
 log = logging.getLogger(__name__)
@@ -94,7 +101,7 @@ class FlowerEngine:
         }
         wanted = {node: {u: expected[u] for u in users} for node, users in by_node.items()}
         trained = {name: p for name, p in global_params.items() if name not in local.frozen}
-        clipped = local.clip_norm is not None
+        clipped = local.equal_weights
         if self.config.flower_secure_aggregation:
             if len(contents) < 2:  # a "sum" of one node's update would be that update: nothing to hide it in
                 return RoundResult(
