@@ -49,7 +49,7 @@ def main(argv=None) -> None:
             print(
                 f"  {amp} round {round_number}: loss {record['train_loss']:.4f} | skipped steps "
                 f"{record['skipped_steps']} | dropped clients {record['dropped_clients']} | loss scale "
-                f"{run.precision.scale:g} | global weights finite: {finite} | {record['train_seconds']:.1f} s",
+                f"{run.training.precision.scale:g} | global weights finite: {finite} | {record['train_seconds']:.1f} s",
                 flush=True,
             )
             return record

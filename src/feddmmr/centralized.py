@@ -66,7 +66,7 @@ class CentralizedEpochs:
         model = run.model
         model.train()
         total, count, skipped = 0.0, 0.0, 0
-        scales = run.precision.client_scales(1, run.device)
+        scales = run.training.precision.client_scales(1, run.device)
         shared = None
         beta = positive_weight(c, split.num_items)
         negatives_rng = np.random.default_rng([c.seed, streams.CENTRALIZED_NEGATIVES, round_number])
@@ -78,7 +78,7 @@ class CentralizedEpochs:
                     np.zeros(0, dtype=np.int64), split.num_items, 1, c.num_negatives, negatives_rng
                 )
                 shared = torch.from_numpy(drawn[0]).to(run.device)
-            with run.precision.autocast():
+            with run.training.precision.autocast():
                 if c.loss == "ce-full":
                     loss_sum, n = model.full_softmax_loss(batch_inputs, batch_candidates[..., 0])
                 else:
@@ -89,7 +89,7 @@ class CentralizedEpochs:
                 continue
             total += float(loss_sum.detach())
             count += float(n)
-        run.precision.settle([scales])
+        run.training.precision.settle([scales])
         steps = -(-len(order) // c.batch_size)
         if skipped:
             log.warning(

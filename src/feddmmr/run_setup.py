@@ -33,7 +33,8 @@ from feddmmr.memory.two_tier import MemoryConfig
 from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.item_tower import combined_features, content_tower
 from feddmmr.model.sasrec import SASRec, SASRecConfig
-from feddmmr.run_state import Run, RunState, payload_bytes, positive_weight, restore
+from feddmmr.rounds import payload_bytes
+from feddmmr.run_state import Evaluation, Run, RunFiles, RunState, Training, positive_weight, restore
 from feddmmr.trackers import check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -247,32 +248,33 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
             valid_c, test_c = draw_eval_candidates(split, config.num_negatives_eval, config.seed)
             save_candidates(candidates_path, split, valid_c, test_c)
         valid_set, test_set = make_eval_sets(split, config.max_seq_len, valid_c, test_c)
-        run = Run(
-            config,
-            run_dir,
-            split,
-            model,
-            device,
-            Precision(resolve_amp(config.amp, device), device.type),
-            ValidationSchedule(config.num_rounds, config.validate_every),
-            valid_set,
-            test_set,
-            RunState(early_stopping=EarlyStopping(patience=config.patience)),
-            memory=None if memories_on_nodes else make_memories(config, split.num_users, features, device),
-            frozen=frozen_parameters(model, config.stage),
-            server_optimizer=make_server_optimizer(config),
-            lock=lock,
-            run_log=run_log,
-            attack=None
-            if config.attack is None
-            else Attack.plan(
+        attack = None
+        if config.attack is not None:
+            attack = Attack.plan(
                 config.attack,
                 config.attack_fraction,
                 config.attack_targets,
                 split,
                 config.max_seq_len,
                 config.seed,
+            )
+        run = Run(
+            config,
+            run_dir,
+            split,
+            model,
+            RunState(early_stopping=EarlyStopping(patience=config.patience)),
+            Training(
+                Precision(resolve_amp(config.amp, device), device.type),
+                memory=None
+                if memories_on_nodes
+                else make_memories(config, split.num_users, features, device),
+                frozen=frozen_parameters(model, config.stage),
+                server_optimizer=make_server_optimizer(config),
+                attack=attack,
             ),
+            Evaluation(ValidationSchedule(config.num_rounds, config.validate_every), valid_set, test_set),
+            RunFiles(lock, run_log),
         )
         if resume:
             restore(run)
@@ -310,7 +312,7 @@ def log_start(run: Run) -> None:
     log.info(
         "device %s | amp %s | engine %s | %s",
         run.device,
-        run.precision.mode,
+        run.training.precision.mode,
         "centralized" if c.centralized else c.engine,
         "all users pooled" if c.centralized else f"{per_round} of {eligible} clients per round",
     )
@@ -329,8 +331,8 @@ def log_start(run: Run) -> None:
             "per client and round: %.2f MiB down (the model), %.2f MiB up (its update); %.1f MiB a round for "
             "%d clients",
             payload_bytes(parameters) / 2**20,
-            payload_bytes(parameters, run.frozen) / 2**20,
-            per_round * (payload_bytes(parameters) + payload_bytes(parameters, run.frozen)) / 2**20,
+            payload_bytes(parameters, run.training.frozen) / 2**20,
+            per_round * (payload_bytes(parameters) + payload_bytes(parameters, run.training.frozen)) / 2**20,
             per_round,
         )
         log.info(
@@ -377,18 +379,18 @@ def log_start(run: Run) -> None:
         )
     log.info(
         "validation: %s; %s",
-        run.schedule.describe(),
+        run.evaluation.schedule.describe(),
         f"early stopping after {c.patience} validated rounds without {c.select_metric} gain"
         if c.patience
         else "no early stopping",
     )
-    if run.attack is not None:
+    if run.training.attack is not None:
         log.info(
             "attack: %s by %d fake clients (%d genuine users), targets %s (dense item ids)",
-            run.attack.kind,
-            len(run.attack.fake_users),
+            run.training.attack.kind,
+            len(run.training.attack.fake_users),
             s.num_users,
-            run.attack.targets.tolist(),
+            run.training.attack.targets.tolist(),
         )
     if c.model == "feddmmr":
         log.info(
@@ -397,7 +399,7 @@ def log_start(run: Run) -> None:
             c.memory_long_capacity,
             memory_config(c).retrieval_slots,
             c.stage or "none",
-            len(run.frozen),
+            len(run.training.frozen),
             len(list(run.model.parameters())),
         )
     log.info("run directory: %s", run.run_dir)

@@ -32,14 +32,10 @@ from feddmmr.model.sasrec import SASRec
 if TYPE_CHECKING:  # Flower is an optional extra
     from feddmmr.engines.flower.engine import FlowerEngine
     from feddmmr.federated.attacks import Attack
+    from feddmmr.model.feddmmr import FedDMMR
     from feddmmr.run_directory import RunLock, RunLog
 
 log = logging.getLogger(__name__)
-
-
-def payload_bytes(params: dict[str, torch.Tensor], without: frozenset[str] = frozenset()) -> int:
-    """Bytes of the parameters a client receives or sends (all of them, or all but the frozen)."""
-    return sum(p.numel() * p.element_size() for name, p in params.items() if name not in without)
 
 
 def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
@@ -64,33 +60,59 @@ class RunState:
 
 
 @dataclass
-class Run:
-    config: TrainConfig
-    run_dir: Path
-    split: LeaveOneOut
-    model: SASRec
-    device: torch.device
-    precision: Precision
+class Training:
+    """How the run trains, built once from the config (run_setup.py)."""
+
+    precision: Precision  # the loss scale under fp16 (run state: it is checkpointed)
+    memory: ClientMemories | None = None  # FedDMMR: every user's memory (None on Flower: the nodes hold them)
+    frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
+    server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
+    attack: Attack | None = None  # simulated fake clients (--attack)
+
+
+@dataclass
+class Evaluation:
+    """What the run validates and tests on, and when."""
+
     schedule: ValidationSchedule
     valid_set: EvalSet
     test_set: EvalSet
-    state: RunState
-    memory: ClientMemories | None = None  # FedDMMR: every user's memory
-    frozen: frozenset[str] = frozenset()  # parameters the stage keeps as they are
-    server_optimizer: ServerAdam | ServerMomentum | None = None  # None: plain FedAvg
-    # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate (memory is None)
+    # FedDMMR on Flower: the engine whose nodes hold the memories and evaluate
     nodes: FlowerEngine | None = None
-    attack: Attack | None = None  # simulated fake clients (--attack)
-    lock: RunLock | None = None  # held while the run writes to run_dir
-    run_log: RunLog | None = None  # RUN_DIR/run.log
+
+
+@dataclass
+class RunFiles:
+    """The run directory's lock, held while the run writes to it, and RUN_DIR/run.log."""
+
+    lock: RunLock
+    run_log: RunLog
 
     def close(self) -> None:
         """Stop writing run.log, and let another process write to run_dir (the OS releases the
         lock too when this process ends)."""
-        if self.run_log is not None:
-            self.run_log.close()
-        if self.lock is not None:
-            self.lock.release()
+        self.run_log.close()
+        self.lock.release()
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    run_dir: Path
+    split: LeaveOneOut
+    model: SASRec | FedDMMR
+    state: RunState
+    training: Training
+    evaluation: Evaluation
+    files: RunFiles | None = None
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def checkpoints(self) -> Path:
@@ -108,10 +130,10 @@ class Run:
             c.learning_rate,
             c.weight_decay,
             c.loss,
-            self.precision,
-            memory=self.memory,
+            self.training.precision,
+            memory=self.training.memory,
             auxiliary=auxiliary_weights(c),
-            frozen=self.frozen,
+            frozen=self.training.frozen,
             optimizer=c.local_optimizer,
             gbce_beta=positive_weight(c, self.split.num_items),
             postprocessors=client_postprocessors(c.dp_clip_norm, c.update_noise),
@@ -119,20 +141,33 @@ class Run:
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Every user's retrieved memory (items, mask) [users, K], what evaluation reads; None for FedSASRec."""
-        return None if self.memory is None else self.memory.retrieve(self.memory.state)
+        return (
+            None
+            if self.training.memory is None
+            else self.training.memory.retrieve(self.training.memory.state)
+        )
 
     def validate(self, round_number: int) -> tuple[dict[str, float], dict]:
         """(validation metrics, diagnostics) of the model after `round_number`."""
-        if self.nodes is not None:
+        if self.evaluation.nodes is not None:
             best = self.state.early_stopping.best_round
-            ranks, diagnostics = self.nodes.evaluate_on_nodes(
-                self.params(), "valid", self.valid_set, round_number, round_number, [best] if best else []
+            ranks, diagnostics = self.evaluation.nodes.evaluate_on_nodes(
+                self.params(),
+                "valid",
+                self.evaluation.valid_set,
+                round_number,
+                round_number,
+                [best] if best else [],
             )
             if self.model.mixes:
                 diagnostics.update(self.model.scalars())
             return metrics_from_ranks(ranks), diagnostics
         metrics = evaluate(
-            self.model, self.valid_set, self.config.eval, precision=self.precision, memory=self.memory_slots()
+            self.model,
+            self.evaluation.valid_set,
+            self.config.eval,
+            precision=self.training.precision,
+            memory=self.memory_slots(),
         )
         return metrics, self.diagnostics()
 
@@ -142,25 +177,29 @@ class Run:
         `eval`). None where the nodes hold the memories and `mode` is not the run's own: they rank
         only as the run does."""
         mode = mode or self.config.eval
-        if self.nodes is not None:
+        if self.evaluation.nodes is not None:
             if mode != self.config.eval:
                 return None
-            ranks, _ = self.nodes.evaluate_on_nodes(
-                self.params(), "test", self.test_set, self.state.round, best_round, [best_round]
+            ranks, _ = self.evaluation.nodes.evaluate_on_nodes(
+                self.params(), "test", self.evaluation.test_set, self.state.round, best_round, [best_round]
             )
             return np.asarray(ranks)
         return held_out_ranks(
-            self.model, self.test_set, mode, precision=self.precision, memory=self.memory_slots()
+            self.model,
+            self.evaluation.test_set,
+            mode,
+            precision=self.training.precision,
+            memory=self.memory_slots(),
         )
 
     def diagnostics(self) -> dict:
         """FedDMMR, per validated round: mean router weight per expert, gate g, memory summary."""
-        if self.memory is None:
+        if self.training.memory is None:
             return {}
-        out = {"memory": memory_summary(self.memory.state)}
+        out = {"memory": memory_summary(self.training.memory.state)}
         if self.model.mixes:
             out["router_weights"] = router_usage(
-                self.model, self.valid_set, self.memory_slots(), precision=self.precision
+                self.model, self.evaluation.valid_set, self.memory_slots(), precision=self.training.precision
             )
             out.update(self.model.scalars())
         return out
@@ -175,25 +214,29 @@ def checkpoint_state(run: Run) -> dict:
         "early_stopping": vars(st.early_stopping).copy(),
         "history": st.history,
         "stopped_early": st.stopped_early,
-        "loss_scale": run.precision.scale,
-        "loss_scale_good_steps": run.precision.good_steps,
-        **({} if run.server_optimizer is None else {"server_optimizer": run.server_optimizer.state_dict()}),
+        "loss_scale": run.training.precision.scale,
+        "loss_scale_good_steps": run.training.precision.good_steps,
+        **(
+            {}
+            if run.training.server_optimizer is None
+            else {"server_optimizer": run.training.server_optimizer.state_dict()}
+        ),
         **memory_entry(run),
     }
 
 
 def memory_entry(run: Run) -> dict:
     """The memories' part of a checkpoint (its tensors, not copies: save it before the next round)."""
-    return {} if run.memory is None else {"memory": run.memory.state.to_dict()}
+    return {} if run.training.memory is None else {"memory": run.training.memory.state.to_dict()}
 
 
 def load_memory(run: Run, saved: dict) -> None:
-    if run.memory is not None:
+    if run.training.memory is not None:
         if "memory" not in saved:
             raise ValueError(
                 f"{run.run_dir}: the checkpoint holds no client memories (a run of another model?)"
             )
-        run.memory.state = MemoryState.from_dict(saved["memory"])
+        run.training.memory.state = MemoryState.from_dict(saved["memory"])
 
 
 def restore(run: Run) -> None:
@@ -223,10 +266,10 @@ def restore(run: Run) -> None:
         history=list(saved["history"]),
         stopped_early=early_stopping.should_stop,
     )
-    run.precision.scale = saved["loss_scale"]
-    run.precision.good_steps = saved.get("loss_scale_good_steps", 0)  # absent before it was saved
-    if run.server_optimizer is not None:
-        run.server_optimizer.load_state_dict(saved["server_optimizer"])
+    run.training.precision.scale = saved["loss_scale"]
+    run.training.precision.good_steps = saved.get("loss_scale_good_steps", 0)  # absent before it was saved
+    if run.training.server_optimizer is not None:
+        run.training.server_optimizer.load_state_dict(saved["server_optimizer"])
     # metrics.jsonl may hold a line written after the checkpoint: rewrite it from the checkpoint.
     write_metrics(run)
     log.info("resume: continuing %s after round %d", run.run_dir, run.state.round)

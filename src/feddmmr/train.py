@@ -1,8 +1,9 @@
 """A training run from start to finish: set up (run_setup.py), rounds, validation, early
 stopping, checkpoints (run_state.py), then one test.
 
-`run_round` is one federated round, top to bottom: sample clients, build their batches, train
-them locally on the engine, combine their updates (FedAvg, then by default a FedAdam server step).
+One federated round reads top to bottom in rounds.py (`FederatedRound.run`: sample clients, build
+their batches, train them locally on the engine, combine their updates, FedAvg then by default a
+FedAdam server step); `run_round` hands it the global model's values and loads the new ones.
 `train` runs the rounds: validation when the schedule says so, early stopping, checkpoints, then
 one test.
 """
@@ -10,16 +11,13 @@ one test.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
-from feddmmr import streams
 from feddmmr.callbacks import (
     Callback,
     LogEarlyStopping,
@@ -33,17 +31,14 @@ from feddmmr.centralized import CentralizedEpochs
 from feddmmr.checkpoint import json_value, load_checkpoint, write_json
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
-from feddmmr.errors import NodesLost, TrainingDiverged, diverged_advice
+from feddmmr.errors import TrainingDiverged, diverged_advice
 from feddmmr.evaluation import group_metrics, metrics_from_ranks
-from feddmmr.federated.aggregation import make_aggregator
 from feddmmr.federated.attacks import exposure_rate
-from feddmmr.federated.batches import client_rng, make_client_batches
-from feddmmr.federated.local import Engine, RoundContext
-from feddmmr.federated.privacy import DPFedAvg, poisson_sample, privacy_spent
-from feddmmr.federated.sampling import sample_clients
+from feddmmr.federated.local import Engine
 from feddmmr.progress import round_bars
+from feddmmr.rounds import AttackClients, FederatedRound
 from feddmmr.run_setup import prepare_run
-from feddmmr.run_state import Run, load_memory, payload_bytes
+from feddmmr.run_state import Run, load_memory
 from feddmmr.trackers import make_trackers
 
 log = logging.getLogger(__name__)
@@ -56,134 +51,32 @@ ProgressFactory = Callable[[int, int], Callable[[int], None]]
 # One round
 
 
+def federated_round(run: Run, attack_engine: Engine | None = None) -> FederatedRound:
+    """The run's round, built once from its config (rounds.py). `attack_engine` trains the
+    simulated fake clients (default: the round's engine; on Flower a local engine in this
+    process, since no SuperNode holds them)."""
+    c, training = run.config, run.training
+    plugins = ()
+    if training.attack is not None:
+        settings = run.batch_settings()
+        plugins = (AttackClients(training.attack, c.client_fraction, settings, run.model, attack_engine),)
+    return FederatedRound(c, run.split, run.local_training(), training.server_optimizer, plugins, run.run_dir)
+
+
 def run_round(
     run: Run,
-    engine,
+    engine: Engine,
     round_number: int,
     progress_factory: ProgressFactory | None = None,
-    attack_engine: Engine | None = None,
+    federated: FederatedRound | None = None,
 ) -> dict:
-    """One round; `attack_engine` trains simulated fake clients (default: `engine`; on Flower a
-    local engine in this process, since no SuperNode holds them)."""
-    c, split = run.config, run.split
-    torch.manual_seed(streams.round_seed(c.seed, round_number))
-    started = time.perf_counter()
-
-    global_params = run.params()
-    eligible = np.flatnonzero(split.num_train_targets > 0)
-    if c.dp_clip_norm is None:
-        users = sample_clients(eligible, c.client_fraction, c.seed, round_number)
-        aggregator = make_aggregator(c.aggregator, global_params, c.robust_fraction)
-    else:
-        users = poisson_sample(eligible, c.client_fraction, c.seed, round_number)
-        noise = torch.Generator().manual_seed(streams.round_seed(c.seed, round_number) + 1)
-        aggregator = DPFedAvg(
-            global_params, c.dp_clip_norm, c.dp_noise_multiplier, c.client_fraction * len(eligible), noise
-        )
-    settings = run.batch_settings()
-    batches = [
-        make_client_batches(
-            int(u), split.train_sequence(u), settings, client_rng(c.seed, round_number, int(u))
-        )
-        for u in users
-    ]
-    add = aggregator.add
-    if run.attack is not None:  # simulated fake clients join the round (federated/attacks.py)
-        add = run.attack.join_round(round_number, c.client_fraction, aggregator.add, global_params)
-    progress = progress_factory(round_number, len(batches)) if progress_factory else None
-    context, local = RoundContext(round_number, c.seed), run.local_training()
-    result = engine.train(context, global_params, batches, local, add, progress)
-    if run.attack is not None:  # after the genuine clients, which train as without the attack
-        run.attack.finish_round(
-            context, attack_engine or engine, settings, local, aggregator.add, run.model, global_params
-        )
-    run.precision.settle(result.loss_scales)
-    reports = result.reports
-    if len(users) and not reports:  # Flower: no node's update arrived
-        if result.skipped is not None:
-            log.warning("round %d: no update (%s): the model stays as it was", round_number, result.skipped)
-        else:
-            raise NodesLost(
-                f"round {round_number}: no update arrived from any of its {len(users)} clients (every node failed, "
-                f"missed --flower-round-timeout {c.flower_round_timeout:g} s or was refused: the warnings above say "
-                f"why), so the round has nothing to aggregate; the checkpoints of round {round_number - 1} are intact. "
-                f"Fix the nodes or the setting the warnings name, then continue with `feddmmr train --resume "
-                f"{run.run_dir}`"
-            )
-    dropped = [r.user for r in reports if r.dropped]
-    if dropped:
-        log.warning(
-            "round %d: dropped the updates of %d clients (non-finite weights): users %s",
-            round_number,
-            len(dropped),
-            [int(split.data.user_ids[u]) for u in sorted(dropped)[:20]],
-        )
-        if len(dropped) == len(reports):
-            raise TrainingDiverged(
-                f"round {round_number}: every client's update ({len(dropped)}) was non-finite, so the round "
-                f"has nothing to aggregate and training cannot go on; the checkpoints of round {round_number - 1} "
-                f"are intact. {diverged_advice(c, run.run_dir)}"
-            )
-
-    check_skipped_steps(reports, round_number, c, run.run_dir)
-
-    new_params = aggregator.result()
-    if run.server_optimizer is not None:
-        new_params = run.server_optimizer.step(global_params, new_params)
-    new_params.update(
-        {name: global_params[name] for name in run.frozen}
-    )  # never aggregated: exactly as they were
-    run.model.load_state_dict(new_params, strict=False)
-
-    # The Flower engine reports only the clients whose node replied: average over those.
-    targets = {b.user: b.num_targets for b in batches}
-    reported = sorted(reports, key=lambda r: r.user)
-    trained = [r for r in reported if r.steps]  # a client whose every step was skipped has no loss to average
-    weights = np.array([targets[r.user] for r in trained], dtype=np.float64)
-    losses = np.array([r.mean_loss for r in trained])
-    record = {
-        "round": round_number,
-        "clients": len(users),
-        "failed_clients": len(users) - len(reported),
-        "train_loss": float(np.average(losses, weights=weights)) if trained else None,
-        "skipped_steps": int(sum(r.skipped_steps for r in reports)),
-        "dropped_clients": len(dropped),
-        # On the wire (the model's float32 payload, framing not counted): every sampled client receives
-        # the whole model, and each that replies sends back what it trains (frozen weights stay).
-        "bytes_down": len(users) * payload_bytes(global_params),
-        "bytes_up": len(reports) * payload_bytes(global_params, without=run.frozen),
-        **({} if run.attack is None else {"attack_clients": len(run.attack.round_users)}),
-        "train_seconds": time.perf_counter() - started,
-    }
-    if c.dp_clip_norm is not None:
-        epsilon = privacy_spent(c.dp_noise_multiplier, c.client_fraction, round_number, c.dp_delta)
-        record["dp"] = {"epsilon": epsilon if math.isfinite(epsilon) else None, "delta": c.dp_delta}
-    return record
-
-
-def check_skipped_steps(reports, round_number: int, config, run_dir) -> None:
-    """One line for the round's skipped steps (a non-finite loss or gradient: never trained on),
-    and a stop when no step of the round trained: its update would be the model it started from."""
-    skipped = sum(r.skipped_steps for r in reports)
-    if not skipped:
-        return
-    steps = skipped + sum(r.steps for r in reports)
-    clients = sum(1 for r in reports if r.skipped_steps)
-    log.warning(
-        "round %d: skipped %d of %d local steps (%.1f%%) in %d of %d clients: a non-finite loss or gradient",
-        round_number,
-        skipped,
-        steps,
-        100 * skipped / steps,
-        clients,
-        len(reports),
-    )
-    if skipped == steps:
-        raise TrainingDiverged(
-            f"round {round_number}: every local step ({steps}) had a non-finite loss or gradient, so nothing "
-            f"trained; the checkpoints of round {round_number - 1} are intact. "
-            f"{diverged_advice(config, run_dir)}"
-        )
+    """One round: it trains from the global model's values, and the run's model takes the new
+    ones. Returns the round's metrics."""
+    federated = federated or federated_round(run)
+    outcome = federated.run(engine, run.params(), round_number, progress_factory)
+    run.training.precision.settle(outcome.result.loss_scales)
+    run.model.load_state_dict(outcome.params, strict=False)
+    return outcome.metrics
 
 
 def stop_if_not_finite(run: Run, round_number: int) -> None:
@@ -253,7 +146,7 @@ def train(
         )
     nodes = engine if config.model == "feddmmr" and hasattr(engine, "evaluate_on_nodes") else None
     run = prepare_run(config, resume=resume, memories_on_nodes=nodes is not None)
-    run.nodes = nodes
+    run.evaluation.nodes = nodes
     try:
         return run_rounds(run, engine, on_round, progress_factory, callbacks)
     finally:
@@ -287,11 +180,12 @@ def run_rounds(
         if engine is None:
             engine = local_engine(c.engine)
         attack_engine = (
-            local_engine("vectorized") if run.attack is not None and c.engine == "flower" else None
+            local_engine("vectorized") if run.training.attack is not None and c.engine == "flower" else None
         )
+        federated = federated_round(run, attack_engine)
 
         def train_round(round_number: int) -> dict:
-            return run_round(run, engine, round_number, progress_factory, attack_engine)
+            return run_round(run, engine, round_number, progress_factory, federated)
 
     trackers = make_trackers(run)
     try:
@@ -322,17 +216,21 @@ def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: li
         round_number = state.round + 1
         record = train_round(round_number)
         stop_if_not_finite(run, round_number)
-        record["validated"] = run.schedule.validates(round_number)
+        record["validated"] = run.evaluation.schedule.validates(round_number)
         eval_started = time.perf_counter()
         if record["validated"]:
             record["val"], diagnostics = run.validate(round_number)
             record.update(diagnostics)
-            if run.attack is not None:  # the attack's progress: its targets in the validation users' top 10
-                record["val"]["ER@10"] = exposure_rate(run.model, run.valid_set, run.attack.targets)
+            if (
+                run.training.attack is not None
+            ):  # the attack's progress: its targets in the validation users' top 10
+                record["val"]["ER@10"] = exposure_rate(
+                    run.model, run.evaluation.valid_set, run.training.attack.targets
+                )
             state.early_stopping.update(round_number, record["val"][run.config.select_metric])
             state.stopped_early = state.early_stopping.should_stop
         else:
-            record["next_validation"] = run.schedule.next_validation(round_number)
+            record["next_validation"] = run.evaluation.schedule.next_validation(round_number)
         record["eval_seconds"] = time.perf_counter() - eval_started
         state.round = round_number
         state.history.append(record)
@@ -373,12 +271,14 @@ def final_evaluation(run: Run) -> dict:
         final[key] = metrics_from_ranks(ranks)
         if groups:
             final[f"{key}_groups"] = group_metrics(ranks, groups)
-    if run.attack is not None:  # did the promotion work: how many test users get a target in their top 10
-        targets = run.attack.targets
+    if (
+        run.training.attack is not None
+    ):  # did the promotion work: how many test users get a target in their top 10
+        targets = run.training.attack.targets
         final["attack"] = {
             "kind": run.config.attack,
             "targets": [json_value(i) for i in run.split.data.item_ids[targets]],
-            "ER@10": exposure_rate(run.model, run.test_set, targets),
+            "ER@10": exposure_rate(run.model, run.evaluation.test_set, targets),
         }
     warnings = validation_warnings(run, final)
     if warnings:

@@ -714,7 +714,7 @@ def test_skipped_steps_are_one_line_a_round_and_a_round_that_trained_nothing_sto
 
     from feddmmr.errors import TrainingDiverged
     from feddmmr.federated.local import ClientReport
-    from feddmmr.train import check_skipped_steps
+    from feddmmr.rounds import check_skipped_steps
 
     config = TrainConfig(learning_rate=2.0)
     with caplog.at_level(logging.WARNING, logger="feddmmr.train"):

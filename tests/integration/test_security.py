@@ -93,23 +93,27 @@ def test_the_targets_are_cold_items_chosen_by_the_seed(tiny_data, tmp_path, reco
     counts = np.bincount(run.split.data.items, minlength=run.split.num_items + 1)[1:]
     read = np.flatnonzero(counts > 0) + 1
     coldest_fifth = set(read[np.argsort(counts[read - 1], kind="stable")[: len(read) // 5]].tolist())
-    assert set(run.attack.targets.tolist()) <= coldest_fifth and len(run.attack.targets) == 3
+    assert (
+        set(run.training.attack.targets.tolist()) <= coldest_fifth and len(run.training.attack.targets) == 3
+    )
     again = Attack.plan("data-poisoning", 0.1, 3, run.split, 10, seed=0)
-    assert np.array_equal(again.targets, run.attack.targets)
+    assert np.array_equal(again.targets, run.training.attack.targets)
     assert not np.array_equal(
-        Attack.plan("data-poisoning", 0.1, 3, run.split, 10, seed=1).targets, run.attack.targets
+        Attack.plan("data-poisoning", 0.1, 3, run.split, 10, seed=1).targets, run.training.attack.targets
     )
 
 
 def test_data_poisoning_clients_train_their_made_up_sequences(tiny_data, tmp_path, recording):
     run, _, record = round_with(tiny_data, tmp_path, "data-poisoning")
-    fakes = len(run.attack.fake_users)
+    fakes = len(run.training.attack.fake_users)
     assert fakes == 6  # 10% of 60 users
     sampled = record["attack_clients"]
     assert sampled == 3  # at the genuine clients' rate (0.5)
     assert sum(len(w) for _, w in recording.received) == record["clients"] + sampled
-    sequence = run.attack.sequences[int(run.attack.fake_users[0])]
-    assert set(sequence[1::2].tolist()) <= set(run.attack.targets.tolist())  # every other item a target
+    sequence = run.training.attack.sequences[int(run.training.attack.fake_users[0])]
+    assert set(sequence[1::2].tolist()) <= set(
+        run.training.attack.targets.tolist()
+    )  # every other item a target
 
 
 @pytest.mark.parametrize("kind", ["data-poisoning", "model-poisoning"])
@@ -136,7 +140,7 @@ def test_model_poisoning_clients_send_crafted_updates_to_the_target_rows_only(ti
     assert len(weights) == record["attack_clients"] == 3
     change = crafted[ITEM_TABLE] - global_params[ITEM_TABLE]
     moved_rows = torch.nonzero(change.abs().sum(-1)[0]).flatten().tolist()
-    assert moved_rows == sorted(run.attack.targets.tolist())
+    assert moved_rows == sorted(run.training.attack.targets.tolist())
     for name in global_params:
         if name != ITEM_TABLE:
             assert torch.equal(crafted[name][0], global_params[name])
@@ -193,7 +197,7 @@ class RanksSevenFirstForEvenUsers(torch.nn.Module):
 def test_exposure_rate_counts_users_whose_top_10_holds_a_target(tiny_data, tmp_path):
     run = prepare_run(tiny(tiny_data, tmp_path / "run"))
     run.close()
-    test = run.test_set
+    test = run.evaluation.test_set
     model = RanksSevenFirstForEvenUsers(run.split.num_items)
     read_seven = np.array(
         [

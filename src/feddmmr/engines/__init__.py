@@ -9,6 +9,7 @@ engine is not made here: `--engine flower` runs the whole run as a Flower app.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -48,7 +49,7 @@ def make_engine(
             f"`--engine flower`)"
         )
     return ENGINES[name](
-        model,
+        copy.deepcopy(model),  # the engine's own working copy: the run's model is never trained in place
         chunk_clients=chunk_clients,
         chunk_windows=chunk_windows,
         num_negatives=num_negatives,

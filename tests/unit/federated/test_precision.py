@@ -69,7 +69,7 @@ def test_a_client_with_a_non_finite_loss_is_skipped_and_logged(engine_name, opti
     assert by_user[0].skipped_steps == 1 and by_user[0].steps == 0
     assert by_user[1].skipped_steps == 0 and by_user[1].steps == 1
     from feddmmr.config import TrainConfig
-    from feddmmr.train import check_skipped_steps
+    from feddmmr.rounds import check_skipped_steps
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
