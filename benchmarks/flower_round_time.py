@@ -251,8 +251,8 @@ def measure_one(args, engine: str, clients: int) -> dict:
 
     import_started = time.perf_counter()
     if engine != "local":
-        from feddmmr.engines.flower.engine import FlowerEngine
-        from feddmmr.engines.flower.simulation import run_flower_simulation as run
+        from feddmmr.flower.engine import FlowerEngine
+        from feddmmr.flower.simulation import run_flower_simulation as run
     else:
         run = train_module.train
     import_seconds = time.perf_counter() - import_started

@@ -279,7 +279,7 @@ def train_command(**options) -> None:
 
     with round_bars(config.num_rounds, console) as (progress_factory, on_round):
         if config.engine == "flower" and not config.centralized:  # the run is a Flower app
-            from feddmmr.engines.flower.simulation import run_flower_simulation
+            from feddmmr.flower.simulation import run_flower_simulation
 
             run_flower_simulation(config, resume=resume is not None, on_round=on_round)
         else:
@@ -504,7 +504,7 @@ def flower_app_command(
     from feddmmr.config import require_extra
 
     require_extra("flwr", "the Flower app", "flower")
-    from feddmmr.engines.flower.app_folder import write_app_folder
+    from feddmmr.flower.app_folder import write_app_folder
 
     print(write_app_folder(folder))
 

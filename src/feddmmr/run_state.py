@@ -30,8 +30,8 @@ from feddmmr.model.losses import AuxiliaryWeights, gbce_beta
 from feddmmr.model.sasrec import SASRec
 
 if TYPE_CHECKING:  # Flower is an optional extra
-    from feddmmr.engines.flower.engine import FlowerEngine
     from feddmmr.federated.attacks import Attack
+    from feddmmr.flower.engine import FlowerEngine
     from feddmmr.model.feddmmr import FedDMMR
     from feddmmr.run_directory import RunLock, RunLog
 

@@ -141,7 +141,7 @@ def train(
             )
     if config.engine == "flower" and engine is None and not config.centralized:
         raise ValueError(
-            "engine=flower runs as a Flower app: feddmmr.engines.flower.simulation.run_flower_simulation"
+            "engine=flower runs as a Flower app: feddmmr.flower.simulation.run_flower_simulation"
             "(config), `feddmmr train --engine flower` or `flwr run` (docs/DEPLOY.md)"
         )
     nodes = engine if config.model == "feddmmr" and hasattr(engine, "evaluate_on_nodes") else None

@@ -30,9 +30,9 @@ from helpers import TINY_NEGATIVES  # noqa: E402
 
 from feddmmr.checkpoint import load_checkpoint  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
-from feddmmr.engines.flower.client_app import make_client_app  # noqa: E402
-from feddmmr.engines.flower.run_config import from_flower_config, pyproject_block, to_flower_config  # noqa: E402
-from feddmmr.engines.flower.server_app import make_server_app, train_on_grid  # noqa: E402
+from feddmmr.flower.client_app import make_client_app  # noqa: E402
+from feddmmr.flower.run_config import from_flower_config, pyproject_block, to_flower_config  # noqa: E402
+from feddmmr.flower.server_app import make_server_app, train_on_grid  # noqa: E402
 from feddmmr.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -417,7 +417,7 @@ def test_a_node_whose_data_differs_from_the_servers_is_left_out(tiny_data, tmp_p
 def test_nodes_reading_their_own_files_train_like_the_local_engine(tiny_data, tmp_path, local_round):
     """A deployment: each node reads only its own file (original ids, its own item numbering)."""
     from feddmmr.data.load import load_sequences
-    from feddmmr.engines.flower.partition import write_node_files
+    from feddmmr.flower.partition import write_node_files
 
     files = write_node_files(load_sequences(str(tiny_data)), 2, tmp_path / "nodes")
     own = InProcessGrid(make_client_app(), {10 + k: {"data-dir": str(path)} for k, path in enumerate(files)})
@@ -444,8 +444,8 @@ def test_pyproject_declares_the_flower_app_with_every_setting():
     app = pyproject.get("tool", {}).get("flwr", {}).get("app")
     assert app is not None, "pyproject.toml lacks [tool.flwr.app]; see docs/DEPLOY.md"
     assert app["components"] == {
-        "serverapp": "feddmmr.engines.flower.server_app:app",
-        "clientapp": "feddmmr.engines.flower.client_app:app",
+        "serverapp": "feddmmr.flower.server_app:app",
+        "clientapp": "feddmmr.flower.client_app:app",
     }
     assert app["config"] == tomllib.loads(pyproject_block())["tool"]["flwr"]["app"]["config"]
 
@@ -473,7 +473,7 @@ def run_with_hard_timeout(command: list[str], *, env: dict, cwd: Path, timeout: 
 SIMULATION_SCRIPT = textwrap.dedent("""
     import json, shutil, sys
     from feddmmr.config import TrainConfig
-    from feddmmr.engines.flower.simulation import run_flower_simulation
+    from feddmmr.flower.simulation import run_flower_simulation
 
     settings = json.loads(sys.argv[1])
     run_dir = settings["run_dir"]
@@ -676,7 +676,7 @@ def test_a_resumed_flower_run_repeats_the_uninterrupted_one(tiny_data, tmp_path,
 
 
 def test_resuming_from_the_run_config_takes_the_saved_config_and_refuses_other_settings(tiny_data, tmp_path):
-    from feddmmr.engines.flower.run_config import from_run_config
+    from feddmmr.flower.run_config import from_run_config
 
     saved = config(tiny_data, tmp_path / "run", num_rounds=3, engine="flower")
     (tmp_path / "run").mkdir()

@@ -98,8 +98,8 @@ def observe(case: str, folder: Path) -> dict:
         if case == "flower":
             from test_flower import InProcessGrid, partitions
 
-            from feddmmr.engines.flower.client_app import make_client_app
-            from feddmmr.engines.flower.server_app import train_on_grid
+            from feddmmr.flower.client_app import make_client_app
+            from feddmmr.flower.server_app import train_on_grid
 
             grid = InProcessGrid(make_client_app(), partitions(2))
             result = train_on_grid(grid, TrainConfig(**fields))

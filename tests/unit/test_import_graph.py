@@ -1,4 +1,5 @@
-"""src/feddmmr imports form no cycle: every module can be read (and imported) on its own terms."""
+"""src/feddmmr imports form no cycle and point only down the layers (ARCHITECTURE in the README):
+every module can be read (and imported) on its own terms, with only what sits below it."""
 
 import ast
 from pathlib import Path
@@ -59,10 +60,56 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"feddmmr.train", "feddmmr.engines.flower.server_app"} <= set(graph)
+    assert {"feddmmr.train", "feddmmr.flower.server_app"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
 def test_the_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Bottom to top. A module may import its own layer's modules and those below, never above
+# (imports for type checkers only are not counted). A package stands for all its modules.
+LAYERS = [
+    {"feddmmr", "atomic", "errors", "streams", "config_rules", "progress"},  # no feddmmr imports
+    {"checkpoint", "data", "features", "model", "memory"},  # files, data, the models
+    {"federated", "evaluation", "provenance", "run_directory"},  # rounds' parts, metrics, run folders
+    {"engines"},  # local training of many clients
+    {"config"},  # the settings (names the registered engines and aggregators)
+    {"rounds", "run_state", "centralized", "callbacks", "trackers"},  # one round, a run's state
+    {"run_setup", "train"},  # the run loop
+    {"flower"},  # the Flower app, which runs the loop on a federation
+    {"best_model", "recommend", "export", "report", "summary"},  # using what was trained
+    {"cli", "__main__"},
+]
+
+
+def unit(module: str) -> str:
+    """feddmmr.federated.privacy -> federated; feddmmr.train -> train; feddmmr -> feddmmr."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def imports_pointing_up(graph: dict[str, set[str]], layers: list[set[str]]) -> list[str]:
+    level = {name: index for index, layer in enumerate(layers) for name in layer}
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if level[unit(target)] > level[unit(module)]
+    )
+
+
+def test_every_module_has_a_layer():
+    layered = set().union(*LAYERS)
+    assert {unit(module) for module in import_graph()} <= layered
+
+
+def test_no_import_points_up_a_layer():
+    assert imports_pointing_up(import_graph(), LAYERS) == []
+
+
+def test_the_layer_check_finds_an_import_pointing_up():
+    graph = {"feddmmr.model.sasrec": {"feddmmr.train"}, "feddmmr.train": {"feddmmr.model.sasrec"}}
+    assert imports_pointing_up(graph, LAYERS) == ["feddmmr.model.sasrec -> feddmmr.train"]

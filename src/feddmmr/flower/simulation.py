@@ -16,8 +16,8 @@ from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines.flower.client_app import make_client_app
-from feddmmr.engines.flower.server_app import make_server_app
+from feddmmr.flower.client_app import make_client_app
+from feddmmr.flower.server_app import make_server_app
 from feddmmr.train import RunResult
 
 # One CPU per virtual node: torch in each actor uses one thread, and nodes train in parallel.

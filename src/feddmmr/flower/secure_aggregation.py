@@ -49,8 +49,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 
 from feddmmr import streams
-from feddmmr.engines.flower import messages
-from feddmmr.engines.flower.node_data import node_seed
+from feddmmr.flower import messages
+from feddmmr.flower.node_data import node_seed
 
 # Shares and reconstruction threshold, as fractions of the round's nodes: every node shares its
 # secrets with all others, and the masks of up to half of them can be rebuilt if they drop out.

@@ -31,8 +31,6 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines.flower import messages
-from feddmmr.engines.flower.secure_aggregation import secure_mean_update
 from feddmmr.errors import NodesLost
 from feddmmr.evaluation import EvalSet
 from feddmmr.federated.batches import ClientBatches
@@ -44,6 +42,8 @@ from feddmmr.federated.local import (
     RoundContext,
     RoundResult,
 )
+from feddmmr.flower import messages
+from feddmmr.flower.secure_aggregation import secure_mean_update
 from feddmmr.memory.two_tier import summary_from_totals
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,6 @@ from flwr.clientapp.typing import Mod
 from feddmmr import streams
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
-from feddmmr.engines.flower import messages
-from feddmmr.engines.flower.node_data import NodeData, load_node_data, node_seed
-from feddmmr.engines.flower.secure_aggregation import secure_aggregation_mod
 from feddmmr.evaluation import held_out_ranks, router_usage
 from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg
@@ -45,6 +42,9 @@ from feddmmr.federated.batches import BatchSettings, client_rng, make_client_bat
 from feddmmr.federated.local import LocalTraining, RoundContext
 from feddmmr.federated.postprocess import client_postprocessors
 from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.flower import messages
+from feddmmr.flower.node_data import NodeData, load_node_data, node_seed
+from feddmmr.flower.secure_aggregation import secure_aggregation_mod
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState, summary_totals
 from feddmmr.run_setup import build_model, make_memories, resolve_device

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from feddmmr import __version__
 from feddmmr.checkpoint import write_text
-from feddmmr.engines.flower.run_config import pyproject_block
 from feddmmr.errors import InputError
+from feddmmr.flower.run_config import pyproject_block
 
 HEADER = """# feddmmr's Flower app, written by `feddmmr flower app` (feddmmr {version}). Its ServerApp and
 # ClientApp are imported from the installed feddmmr: pip install "feddmmr[flower]" on every machine.
@@ -33,8 +33,8 @@ packages = ["."]
 publisher = "feddmmr"
 
 [tool.flwr.app.components]
-serverapp = "feddmmr.engines.flower.server_app:app"
-clientapp = "feddmmr.engines.flower.client_app:app"
+serverapp = "feddmmr.flower.server_app:app"
+clientapp = "feddmmr.flower.client_app:app"
 
 """
 

@@ -10,7 +10,7 @@ The run config has one key more than TrainConfig: `resume` (false by default), w
 the run in `run-dir` from its last checkpoint, like `feddmmr train --resume` (a deployed run whose
 SuperLink was restarted).
 
-`python -m feddmmr.engines.flower.run_config` prints the pyproject.toml block for the current
+`python -m feddmmr.flower.run_config` prints the pyproject.toml block for the current
 TrainConfig fields.
 """
 

@@ -48,8 +48,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from feddmmr.config import TrainConfig
-from feddmmr.engines.flower.run_config import from_flower_config, to_flower_config
 from feddmmr.federated.local import ClientReport
+from feddmmr.flower.run_config import from_flower_config, to_flower_config
 
 CONFIG, ROUND, PARAMS, NODE, REPORT = "config", "round", "params", "node", "report"
 NUM_EXAMPLES = "num-examples"  # the key Flower's own strategies weight by

@@ -3,8 +3,8 @@ engines' update on each SuperNode's own users, and the simulation that runs both
 
     messages.py    what server and clients send each other
     engine.py      FlowerEngine: routes a round's users to nodes, collects and aggregates replies
-    server_app.py  ServerApp (`flwr run`: feddmmr.engines.flower.server_app:app)
-    client_app.py  ClientApp (`flwr run`: feddmmr.engines.flower.client_app:app)
+    server_app.py  ServerApp (`flwr run`: feddmmr.flower.server_app:app)
+    client_app.py  ClientApp (`flwr run`: feddmmr.flower.client_app:app)
     node_data.py   which users a node holds, from its node config
     run_config.py  TrainConfig <-> Flower run config
     simulation.py  run_flower_simulation (`feddmmr train --engine flower`)

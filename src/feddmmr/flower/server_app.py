@@ -21,8 +21,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
-from feddmmr.engines.flower.engine import FlowerEngine
-from feddmmr.engines.flower.run_config import from_run_config
+from feddmmr.flower.engine import FlowerEngine
+from feddmmr.flower.run_config import from_run_config
 from feddmmr.train import RunResult, train
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Split a dataset into one data file per SuperNode, for a deployment (or a rehearsal of one).
 
-    python -m feddmmr.engines.flower.partition --nodes 3 --out nodes/ [--data-dir ...] [--format ...]
+    python -m feddmmr.flower.partition --nodes 3 --out nodes/ [--data-dir ...] [--format ...]
         [--top-users N] [--min-length N]
 
 writes nodes/node-<k>/interactions.csv (user,item,time; original ids, time = position in the
@@ -18,7 +18,7 @@ import pandas as pd
 
 from feddmmr.data.load import load_sequences
 from feddmmr.data.types import SequenceData
-from feddmmr.engines.flower.node_data import partition_users, select_users
+from feddmmr.flower.node_data import partition_users, select_users
 
 NODE_FILE = "interactions.csv"
 
