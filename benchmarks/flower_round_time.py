@@ -247,45 +247,20 @@ class TreeMemory:
 def measure_one(args, engine: str, clients: int) -> dict:
     data_dir, top_users, _ = common.dataset(args.data, args.top_users)
     _, _, eligible = dataset_size(data_dir, top_users)
-    import feddmmr.train as train_module
+    from feddmmr.callbacks import Callback
 
     import_started = time.perf_counter()
     if engine != "local":
-        from feddmmr.flower.engine import FlowerEngine
         from feddmmr.flower.simulation import run_flower_simulation as run
     else:
-        run = train_module.train
+        from feddmmr.train import train as run
     import_seconds = time.perf_counter() - import_started
 
-    # Timestamps from inside the run loop: the start of each round, and (Flower) the time round 1
-    # spends waiting for nodes and asking them for their users. Patched module globals: train()
-    # looks run_round up at each call, in the ServerApp's thread too.
-    marks: dict = {"round_starts": [], "node_seconds": {}}
-    original_round = train_module.run_round
+    round_starts: list[float] = []  # from inside the run loop: when each round starts
 
-    def timed_round(run_, engine_, round_number, *rest):
-        marks["round_starts"].append(time.perf_counter())
-        marks["round"] = round_number
-        return original_round(run_, engine_, round_number, *rest)
-
-    train_module.run_round = timed_round
-    if engine != "local":
-        for name in ("_wait_for_nodes", "_discover_nodes"):
-            original = getattr(FlowerEngine, name, None)
-            if original is None:  # the engine changed: the "nodes" figure is then missing, nothing else
-                continue
-
-            def timed(self, *a, _original=original, **k):
-                started = time.perf_counter()
-                try:
-                    return _original(self, *a, **k)
-                finally:
-                    r = marks.get("round", 0)
-                    marks["node_seconds"][r] = (
-                        marks["node_seconds"].get(r, 0.0) + time.perf_counter() - started
-                    )
-
-            setattr(FlowerEngine, name, timed)
+    class RoundStarts(Callback):
+        def on_round_start(self, run_, round_number: int) -> None:
+            round_starts.append(time.perf_counter())
 
     def on_round(record: dict) -> None:
         print(
@@ -299,7 +274,7 @@ def measure_one(args, engine: str, clients: int) -> dict:
         config = make_config(args, data_dir, top_users, clients, eligible, str(Path(tmp) / "run"), engine)
         with TreeMemory(args.sample_interval) as tree:
             started = time.perf_counter()
-            result = run(config, on_round=on_round)
+            result = run(config, on_round=on_round, callbacks=[RoundStarts()])
             wall = time.perf_counter() - started
     history = result.history
     return {
@@ -310,8 +285,9 @@ def measure_one(args, engine: str, clients: int) -> dict:
         "losses": [r["train_loss"] for r in history],
         "failed_clients": sum(r.get("failed_clients", 0) for r in history),
         "eval_seconds": sum(r["eval_seconds"] for r in history),
-        "startup_seconds": marks["round_starts"][0] - started if marks["round_starts"] else None,
-        "node_seconds": marks["node_seconds"].get(1),
+        "startup_seconds": round_starts[0] - started if round_starts else None,
+        # Flower: round 1's wait for the nodes and their users (the engine's figure in metrics.jsonl)
+        "node_seconds": history[0].get("node_seconds") if history else None,
         "import_seconds": import_seconds,
         "wall_seconds": wall,
         "test_hr10": result.final["test"].get("HR@10"),

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import feddmmr.run_setup as run_setup  # noqa: E402
-import feddmmr.train as training  # noqa: E402
+from feddmmr.callbacks import Callback  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
+from feddmmr.train import train  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -40,36 +41,32 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     run_setup.resolve_amp = lambda mode, device: mode  # allow fp16 on the CPU, for this script only
     print(common.machine_line())
-    original = training.run_round
     for amp in args.amp:
 
-        def run_round(run, engine, round_number, *rest):
-            record = original(run, engine, round_number, *rest)
-            finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
-            print(
-                f"  {amp} round {round_number}: loss {record['train_loss']:.4f} | skipped steps "
-                f"{record['skipped_steps']} | dropped clients {record['dropped_clients']} | loss scale "
-                f"{run.training.precision.scale:g} | global weights finite: {finite} | {record['train_seconds']:.1f} s",
-                flush=True,
-            )
-            return record
-
-        training.run_round = run_round
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                result = training.train(
-                    TrainConfig(
-                        data_dir=data_dir,
-                        top_users=top_users,
-                        amp=amp,
-                        run_dir=tmp,
-                        num_rounds=args.rounds,
-                        validate_every=5,
-                        patience=0,
-                    )
+        class PrintRound(Callback):
+            def on_round_end(self, run, record) -> None:
+                finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+                print(
+                    f"  {amp} round {record['round']}: loss {record['train_loss']:.4f} | skipped steps "
+                    f"{record['skipped_steps']} | dropped clients {record['dropped_clients']} | loss scale "
+                    f"{run.training.precision.scale:g} | global weights finite: {finite} | "
+                    f"{record['train_seconds']:.1f} s",
+                    flush=True,
                 )
-        finally:
-            training.run_round = original
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(
+                TrainConfig(
+                    data_dir=data_dir,
+                    top_users=top_users,
+                    amp=amp,
+                    run_dir=tmp,
+                    num_rounds=args.rounds,
+                    validate_every=5,
+                    patience=0,
+                ),
+                callbacks=[PrintRound()],
+            )
         validated = {r["round"]: r["val"]["HR@10"] for r in result.history if r.get("val")}
         print(
             f"{label} {amp}: validation HR@10 "

@@ -1,12 +1,14 @@
-"""What happens after each round besides training: checkpoints, metrics.jsonl, logs, the caller's
-own hooks (progress, experiment trackers). Each is a `Callback`; `train` runs the built-in ones
-first, in the order that keeps a killed run resumable (best.pt, then last.pt, then the metrics line
-that last.pt can rewrite), then the caller's."""
+"""What happens around each round besides training: early stopping, checkpoints, metrics.jsonl,
+logs, the caller's own hooks (progress, experiment trackers, benchmarks' timers). Each is a
+`Callback`; `train` runs the built-in ones first, in the order that keeps a killed run resumable
+(early stopping's count, best.pt, then last.pt, then the metrics line that last.pt can rewrite),
+then the caller's. A callback ends training after the round by returning `STOP` from
+`on_round_end` (early stopping does); the run then tests its best round as after the last."""
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
@@ -16,13 +18,38 @@ from feddmmr.run_state import Run, checkpoint_state, memory_entry, write_metrics
 log = logging.getLogger(__name__)
 
 
-class Callback(Protocol):
-    def on_round_end(self, run: Run, record: dict) -> None:
-        """`record`: the round's line of metrics.jsonl; `run.state` already counts the round."""
-        ...
+STOP = True  # what `on_round_end` returns to end training after this round
 
 
-class SaveBestCheckpoint:
+class Callback:
+    """Hooks of the run loop; each does nothing unless a subclass says otherwise."""
+
+    def on_round_start(self, run: Run, round_number: int) -> None:
+        """Before the round trains."""
+
+    def on_round_end(self, run: Run, record: dict) -> bool | None:
+        """`record`: the round's line of metrics.jsonl; `run.state` already counts the round.
+        Returns `STOP` to end training after it."""
+
+    def on_run_end(self, run: Run, final: dict) -> None:
+        """After the test: `final` is final.json's content."""
+
+
+class StopEarly(Callback):
+    """Counts the validations without a gain of the selection metric (--select-metric) and stops
+    after `patience` of them (run.state.early_stopping; 0: never). Runs first: best.pt and last.pt
+    read its count."""
+
+    def on_round_end(self, run: Run, record: dict) -> bool | None:
+        if not record["validated"]:
+            return None
+        state = run.state
+        state.early_stopping.update(record["round"], record["val"][run.config.select_metric])
+        state.stopped_early = state.early_stopping.should_stop
+        return STOP if state.stopped_early else None
+
+
+class SaveBestCheckpoint(Callback):
     """best.pt: the model (and FedDMMR memories) of a validated round that improved the selection metric (--select-metric)."""
 
     def on_round_end(self, run: Run, record: dict) -> None:
@@ -40,7 +67,7 @@ class SaveBestCheckpoint:
             )
 
 
-class SaveLastCheckpoint:
+class SaveLastCheckpoint(Callback):
     """last.pt: everything a resumed run needs, after every round (and the centralised optimiser's state)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -53,7 +80,7 @@ class SaveLastCheckpoint:
         save_checkpoint(run.checkpoints / "last.pt", last)
 
 
-class WriteMetrics:
+class WriteMetrics(Callback):
     """metrics.jsonl, one line per round so far, replaced whole (atomically) after each round: a
     full disk or a kill leaves the previous file, never half a line."""
 
@@ -84,15 +111,11 @@ def round_line(record: dict) -> str:
     )
 
 
-class LogRound:
+class LogRound(Callback):
     """The round's line in the log: on the console, and in RUN_DIR/run.log."""
 
     def on_round_end(self, run: Run, record: dict) -> None:
         log.info(round_line(record))
-
-
-class LogEarlyStopping:
-    def on_round_end(self, run: Run, record: dict) -> None:
         if run.state.stopped_early:
             log.info(
                 "early stopping at round %d: no %s gain in %d validations (best: round %d)",
@@ -103,7 +126,7 @@ class LogEarlyStopping:
             )
 
 
-class OnRound:
+class OnRound(Callback):
     """A plain function of the round's record, as a callback."""
 
     def __init__(self, function: Callable[[dict], None]) -> None:

@@ -227,6 +227,7 @@ class FederatedRound:
             "bytes_down": len(plan.users) * payload_bytes(global_params),
             "bytes_up": len(reports) * payload_bytes(global_params, without=self.local.frozen),
         }
+        record.update(result.metrics)
         for plugin in self.plugins:
             record.update(plugin.metrics())
         record["train_seconds"] = time.perf_counter() - started

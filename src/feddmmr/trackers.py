@@ -23,6 +23,7 @@ import urllib.request
 from typing import Any
 
 from feddmmr import provenance
+from feddmmr.callbacks import Callback
 from feddmmr.checkpoint import write_json
 from feddmmr.errors import InputError
 from feddmmr.run_state import Run
@@ -94,7 +95,7 @@ def final_metrics(final: dict) -> dict[str, float]:
     }
 
 
-class TensorBoardTracker:
+class TensorBoardTracker(Callback):
     def __init__(self, run: Run) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -165,7 +166,7 @@ def check_tracking_uri(config) -> None:
         ) from None
 
 
-class MlflowTracker:
+class MlflowTracker(Callback):
     ID_FILE = "mlflow.json"  # the MLflow run this feddmmr run logs to, for --resume
 
     def __init__(self, run: Run) -> None:

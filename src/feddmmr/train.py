@@ -19,12 +19,13 @@ from typing import Callable, Sequence
 import torch
 
 from feddmmr.callbacks import (
+    STOP,
     Callback,
-    LogEarlyStopping,
     LogRound,
     OnRound,
     SaveBestCheckpoint,
     SaveLastCheckpoint,
+    StopEarly,
     WriteMetrics,
 )
 from feddmmr.centralized import CentralizedEpochs
@@ -193,6 +194,7 @@ def run_rounds(
             run,
             train_round,
             [
+                StopEarly(),
                 SaveBestCheckpoint(),
                 SaveLastCheckpoint(optimizer),
                 WriteMetrics(),
@@ -200,7 +202,6 @@ def run_rounds(
                 *trackers,
                 *([OnRound(on_round)] if on_round else []),
                 *callbacks,
-                LogEarlyStopping(),
             ],
         )
     finally:
@@ -208,12 +209,14 @@ def run_rounds(
             tracker.close()
 
 
-def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: list[Callback]) -> RunResult:
-    """Round after round to the last (or early stopping), then the test; each callback sees each
-    round, and, if it wants to (`on_run_end`), the final figures."""
-    state = run.state
-    while state.round < run.config.num_rounds and not state.stopped_early:
+def run_until_done(run: Run, train_round: Callable[[int], dict], callbacks: list[Callback]) -> RunResult:
+    """Round after round to the last, or until a callback stops training (early stopping does),
+    then the test. Each callback sees the start and end of each round and the final figures
+    (callbacks.py; a plain object may have only the hooks it wants)."""
+    state, stop = run.state, False
+    while state.round < run.config.num_rounds and not state.stopped_early and not stop:
         round_number = state.round + 1
+        notify(callbacks, "on_round_start", run, round_number)
         record = train_round(round_number)
         stop_if_not_finite(run, round_number)
         record["validated"] = run.evaluation.schedule.validates(round_number)
@@ -221,27 +224,24 @@ def run_until_done(run: Run, train_round: Callable[[int], dict], after_round: li
         if record["validated"]:
             record["val"], diagnostics = run.validate(round_number)
             record.update(diagnostics)
-            if (
-                run.training.attack is not None
-            ):  # the attack's progress: its targets in the validation users' top 10
-                record["val"]["ER@10"] = exposure_rate(
-                    run.model, run.evaluation.valid_set, run.training.attack.targets
-                )
-            state.early_stopping.update(round_number, record["val"][run.config.select_metric])
-            state.stopped_early = state.early_stopping.should_stop
+            if run.training.attack is not None:  # its progress: targets in the validation users' top 10
+                targets = run.training.attack.targets
+                record["val"]["ER@10"] = exposure_rate(run.model, run.evaluation.valid_set, targets)
         else:
             record["next_validation"] = run.evaluation.schedule.next_validation(round_number)
         record["eval_seconds"] = time.perf_counter() - eval_started
         state.round = round_number
         state.history.append(record)
-        for callback in after_round:
-            callback.on_round_end(run, record)
+        stop = any([answer is STOP for answer in notify(callbacks, "on_round_end", run, record)])
 
     final = final_evaluation(run)
-    for callback in after_round:
-        if hasattr(callback, "on_run_end"):
-            callback.on_run_end(run, final)
+    notify(callbacks, "on_run_end", run, final)
     return RunResult(run.run_dir, final, state.history)
+
+
+def notify(callbacks: Sequence[Callback], hook: str, *args) -> list:
+    """Call `hook` on every callback that has it, in order; their answers."""
+    return [getattr(callback, hook)(*args) for callback in callbacks if hasattr(callback, hook)]
 
 
 def final_evaluation(run: Run) -> dict:

@@ -115,3 +115,27 @@ def test_a_callback_sees_every_round_after_its_checkpoint_and_metrics_line_are_w
 
     train(TrainConfig(run_dir=str(tmp_path / "run"), **TINY), callbacks=[Tracker()])
     assert seen == [(1, 1, 1, 1), (2, 2, 2, 2)]
+
+
+def test_a_callback_sees_each_round_start_and_can_stop_training_then_the_run_resumes(tmp_path):
+    from feddmmr.callbacks import STOP, Callback
+
+    events = []
+
+    class StopAfterFirst(Callback):
+        def on_round_start(self, run, round_number):
+            events.append(("start", round_number, run.state.round))  # the run has not counted it yet
+
+        def on_round_end(self, run, record):
+            events.append(("end", record["round"]))
+            return STOP if record["round"] == 1 else None
+
+        def on_run_end(self, run, final):
+            events.append(("final", final["rounds_run"]))
+
+    config = TrainConfig(run_dir=str(tmp_path / "run"), **{**TINY, "num_rounds": 3, "validate_every": 1})
+    result = train(config, callbacks=[StopAfterFirst()])
+    assert events == [("start", 1, 0), ("end", 1), ("final", 1)]
+    assert result.final["rounds_run"] == 1 and not result.final["stopped_early"] and "test" in result.final
+    resumed = train(config, resume=True)  # stopped by a callback, not by early stopping: it goes on
+    assert [r["round"] for r in resumed.history] == [1, 2, 3]

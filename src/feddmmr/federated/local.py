@@ -5,7 +5,7 @@ name these types without importing an engine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
@@ -91,6 +91,8 @@ class RoundResult:
     # Why a round has no update by design (SecAgg+ cannot mask a round whose users all live on one
     # node): the model stays as it was. A round without reports and without this lost its clients.
     skipped: str | None = None
+    # The engine's own figures of the round, for its line of metrics.jsonl (Flower: node_seconds)
+    metrics: dict = field(default_factory=dict)
 
 
 class Engine(Protocol):

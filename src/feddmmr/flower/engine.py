@@ -80,9 +80,10 @@ class FlowerEngine:
                 "client memories (model=feddmmr) stay on the SuperNodes: the server's run must "
                 "not hold them (train(..., engine=FlowerEngine) leaves them to the nodes)"
             )
-        if not self.known_nodes:
-            self._wait_for_nodes()
-        self._discover_nodes(round_number)
+        started = time.perf_counter()
+        self._ready_nodes(round_number)
+        # The round's figure of the engine's own: the time it waited for nodes and their users.
+        metrics = {"node_seconds": time.perf_counter() - started}
         expected = {c.user: c.num_targets for c in clients}
         by_node = self._route(sorted(expected), round_number)
 
@@ -108,9 +109,11 @@ class FlowerEngine:
                     [],
                     skipped=f"secure aggregation needs at least 2 nodes with sampled users, "
                     f"this round has {len(contents)}",
+                    metrics=metrics,
                 )
             return RoundResult(
-                self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate)
+                self._train_securely(round_number, contents, by_node, wanted, trained, clipped, aggregate),
+                metrics=metrics,
             )
 
         def advance(node: int) -> None:
@@ -139,7 +142,7 @@ class FlowerEngine:
             )
             reports.extend(_marked(received.reports, bool(kept[0])))
         self._log_failures(round_number, failed, by_node)
-        return RoundResult(reports)  # the nodes keep their own loss scales
+        return RoundResult(reports, metrics=metrics)  # the nodes keep their own loss scales
 
     def _train_securely(
         self,
@@ -225,9 +228,7 @@ class FlowerEngine:
         `memory_round`'s) or "test" (they read their copy of `memory_round`); `keep_rounds`: the
         copies the nodes keep. Returns the ranks of the users whose node answered, and the
         diagnostics of a validation (memory summary, mean router weights) over them."""
-        if not self.known_nodes:
-            self._wait_for_nodes()
-        self._discover_nodes(round_number)
+        self._ready_nodes(round_number)
         by_node = self._route(list(range(len(self.user_ids))), round_number)
         params = ArrayRecord({name: p.detach().cpu() for name, p in global_params.items()})
         sent = []
@@ -279,6 +280,12 @@ class FlowerEngine:
         return np.array([ranks[u] for u in sorted(ranks)]), _diagnostics(totals)
 
     # -----------------------------------------------------------------------------------------
+
+    def _ready_nodes(self, round_number: int) -> None:
+        """The nodes of the round known, with their users: the first time, wait for them."""
+        if not self.known_nodes:
+            self._wait_for_nodes()
+        self._discover_nodes(round_number)
 
     def _wait_for_nodes(self) -> None:
         """Before the first round: wait until `flower_supernodes` nodes are connected."""

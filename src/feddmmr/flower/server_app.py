@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from feddmmr.callbacks import Callback
 from feddmmr.config import TrainConfig
 from feddmmr.data.load import load_sequences
 from feddmmr.flower.engine import FlowerEngine
@@ -34,15 +35,16 @@ def make_server_app(
     resume: bool = False,
     on_round: Callable[[dict], None] | None = None,
     deliver: Callable[[RunResult], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> ServerApp:
     """`config` None: take it (and whether to resume) from the run config. `deliver` receives the
-    run's result."""
+    run's result; `callbacks` see the run loop (callbacks.py)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         run_config, resuming = (config, resume) if config is not None else from_run_config(context.run_config)
-        result = train_on_grid(grid, run_config, resume=resuming, on_round=on_round)
+        result = train_on_grid(grid, run_config, resume=resuming, on_round=on_round, callbacks=callbacks)
         if deliver:
             deliver(result)
 
@@ -50,7 +52,12 @@ def make_server_app(
 
 
 def train_on_grid(
-    grid: Grid, config: TrainConfig, *, resume: bool = False, on_round: Callable[[dict], None] | None = None
+    grid: Grid,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     _show_feddmmr_logs()
     config = dataclasses.replace(config, engine="flower")
@@ -59,7 +66,7 @@ def train_on_grid(
         config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
     )
     engine = FlowerEngine(grid, config, data.user_ids, data.item_ids)
-    result = train(config, resume=resume, on_round=on_round, engine=engine)
+    result = train(config, resume=resume, on_round=on_round, engine=engine, callbacks=callbacks)
     log.info(
         "flower run finished: best round %s, test %s (%s)",
         result.final["best_round"],

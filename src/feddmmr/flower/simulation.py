@@ -15,6 +15,7 @@ from typing import Callable
 from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
 
+from feddmmr.callbacks import Callback
 from feddmmr.config import TrainConfig
 from feddmmr.flower.client_app import make_client_app
 from feddmmr.flower.server_app import make_server_app
@@ -30,10 +31,14 @@ def run_flower_simulation(
     resume: bool = False,
     on_round: Callable[[dict], None] | None = None,
     client_mods: Sequence[Mod] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
-    """`client_mods` wrap every ClientApp handler (Flower mods: DP clipping, fault injection in tests)."""
+    """`client_mods` wrap every ClientApp handler (Flower mods: DP clipping, fault injection in
+    tests); `callbacks` see the run loop (callbacks.py)."""
     results: list[RunResult] = []
-    server_app = make_server_app(config, resume=resume, on_round=on_round, deliver=results.append)
+    server_app = make_server_app(
+        config, resume=resume, on_round=on_round, deliver=results.append, callbacks=callbacks
+    )
     with _flower_logs_once():
         run_simulation(
             server_app,
