@@ -381,10 +381,6 @@ class TrainConfig:
             if check is not None:
                 check()
 
-    def section(self, name: str) -> dict[str, Any]:
-        """The settings of one section (`SECTIONS`), by name."""
-        return {field: getattr(self, field) for field in SECTIONS[name]}
-
     def _check_data(self) -> None:
         if self.format is not None and self.data_dir is None:
             raise InputError("format needs data_dir: the built-in synthetic dataset has no format to choose")
@@ -528,7 +524,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # The sections of a config, in the order they are checked; every field is in exactly one. Flags and
-# files stay flat (`--learning-rate`, `learning_rate:`); `TrainConfig.section(name)` reads one.
+# files stay flat (`--learning-rate`, `learning_rate:`).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data_dir", "format", "top_users", "min_length", "cold_items", "cold_items_by"),
     "model": ("model", "max_seq_len", "hidden_dim", "num_blocks", "num_heads", "dropout"),

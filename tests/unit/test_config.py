@@ -11,26 +11,6 @@ def test_the_sections_hold_every_setting_exactly_once():
     assert sorted(names) == sorted(FIELDS) and len(names) == len(set(names))
 
 
-def test_a_section_reads_its_settings():
-    config = TrainConfig(learning_rate=0.5, dp_clip_norm=1.0)
-    assert config.section("client")["learning_rate"] == 0.5
-    assert config.section("privacy") == {
-        "dp_clip_norm": 1.0,
-        "dp_noise_multiplier": 0.0,
-        "dp_delta": 1e-5,
-        "update_noise": 0.0,
-    }
-    assert set(config.section("runtime")) == {
-        "device",
-        "amp",
-        "seed",
-        "run_dir",
-        "init_from",
-        "tracker",
-        "threads",
-    }
-
-
 @pytest.mark.parametrize(
     "section, bad, message",
     [

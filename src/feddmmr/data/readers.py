@@ -22,6 +22,7 @@ import io
 import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,18 +98,7 @@ def load_interactions(
         raise DataFormatError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     if columns is not None and format not in ("csv", "parquet"):
         raise ValueError(f"columns= only applies to csv and parquet, not to format {format!r}")
-    file = _resolve_file(path, format)
-    if format == "ml-1m":
-        return _read_ml1m(file)
-    if format == "ml-100k":
-        return _read_ml100k(file)
-    if format == "sequences":
-        return _read_sequences(file)
-    if format == "user-item":
-        return _read_user_item(file)
-    if format == "csv":
-        return _read_csv(file, columns)
-    return _read_parquet(file, columns)
+    return READERS[format](_resolve_file(path, format), columns)
 
 
 # --------------------------------------------------------------------------- format detection
@@ -137,14 +127,12 @@ def _detect_folder_format(folder: Path) -> str:
         raise _unknown_format(
             folder, f"a folder with neither {ML1M_RATINGS_NAMES[0]} nor {ML100K_RATINGS_NAME}"
         )
-    if _ml1m_ratings_file(dataset_folder) is not None:
-        return "ml-1m"
-    return "ml-100k"
+    return "ml-1m" if _ratings_file(dataset_folder, ML1M) is not None else "ml-100k"
 
 
 def _movielens_folder(folder: Path) -> Path | None:
     """The folder itself when it holds MovieLens ratings, else its single ml-1m/ or ml-100k/."""
-    if _ml1m_ratings_file(folder) is not None or (folder / ML100K_RATINGS_NAME).is_file():
+    if any(_ratings_file(folder, layout) is not None for layout in MOVIELENS.values()):
         return folder
     subfolders = [folder / name for name in ("ml-1m", "ml-100k") if (folder / name).is_dir()]
     if len(subfolders) == 1:
@@ -154,11 +142,8 @@ def _movielens_folder(folder: Path) -> Path | None:
     return None
 
 
-def _ml1m_ratings_file(folder: Path) -> Path | None:
-    for name in ML1M_RATINGS_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
+def _ratings_file(folder: Path, layout: MovieLensLayout) -> Path | None:
+    return next((folder / name for name in layout.ratings_names if (folder / name).is_file()), None)
 
 
 def _detect_text_format(path: Path) -> str:
@@ -191,18 +176,14 @@ def _resolve_file(path: Path, format: str) -> Path:
     """The file to read for `format`: `path` itself, or the ratings file inside a folder."""
     if path.is_file():
         return path
-    if format not in ("ml-1m", "ml-100k"):
+    if format not in MOVIELENS:
         raise DataFormatError(f"{path}: format {format!r} needs a file, got a folder")
-    dataset_folder = _movielens_folder(path) or path
-    if format == "ml-1m":
-        ratings = _ml1m_ratings_file(dataset_folder)
-        expected = " or ".join(ML1M_RATINGS_NAMES)
-    else:
-        candidate = dataset_folder / ML100K_RATINGS_NAME
-        ratings = candidate if candidate.is_file() else None
-        expected = ML100K_RATINGS_NAME
+    layout = MOVIELENS[format]
+    ratings = _ratings_file(_movielens_folder(path) or path, layout)
     if ratings is None:
-        raise DataFormatError(f"{path}: format {format!r} expects a folder holding {expected}")
+        raise DataFormatError(
+            f"{path}: format {format!r} expects a folder holding {' or '.join(layout.ratings_names)}"
+        )
     return ratings
 
 
@@ -364,44 +345,55 @@ def _parse_int_columns(
 # --------------------------------------------------------------------------- MovieLens
 
 
-def _read_ml1m(path: Path) -> Interactions:
+@dataclass(frozen=True)
+class MovieLensLayout:
+    """One MovieLens ratings file's layout: its names, its separator and its four columns."""
+
+    ratings_names: tuple[str, ...]  # the file's names in a download's folder, by preference
+    separator: str
+    separator_name: str  # for error messages
+    columns: tuple[str, str, str, str]
+    layout: str
+    unexpected: re.Pattern  # bytes that send the file through the line-by-line validator
+
+
+ML1M = MovieLensLayout(
+    ML1M_RATINGS_NAMES,
+    "::",
+    "'::'",
+    ("UserID", "MovieID", "Rating", "Timestamp"),
+    ML1M_LAYOUT,
+    _ML1M_UNEXPECTED,
+)
+ML100K = MovieLensLayout(
+    (ML100K_RATINGS_NAME,),
+    "\t",
+    "tabs",
+    ("user", "item", "Rating", "timestamp"),
+    ML100K_LAYOUT,
+    _ML100K_UNEXPECTED,
+)
+MOVIELENS = {"ml-1m": ML1M, "ml-100k": ML100K}
+
+
+def _read_movielens(path: Path, layout: MovieLensLayout) -> Interactions:
     raw = _read_bytes(path)
-    names = ("UserID", "MovieID", "Rating", "Timestamp")
 
     def check_line(line: str) -> str | None:
-        return _check_fields(line.split("::"), names, "'::'", ML1M_LAYOUT, line)
+        return _check_fields(
+            line.split(layout.separator), layout.columns, layout.separator_name, layout.layout, line
+        )
 
-    if _ML1M_UNEXPECTED.search(raw):
+    if layout.unexpected.search(raw):
         # Decimal ratings (ML-10M style) are fine, anything else is reported here.
         _raise_first_bad_line(raw.decode("latin-1"), path, check_line)
     users, items, times = _parse_int_columns(
         raw,
         path,
-        separator="::",
+        separator=layout.separator,
         field_count=4,
         keep=(0, 1, 3),
         encoding="latin-1",  # the MovieLens files are ISO-8859-1: decoding never fails
-        check_line=check_line,
-    )
-    return Interactions(users=users, items=items, times=times, source=str(path))
-
-
-def _read_ml100k(path: Path) -> Interactions:
-    raw = _read_bytes(path)
-    names = ("user", "item", "Rating", "timestamp")
-
-    def check_line(line: str) -> str | None:
-        return _check_fields(line.split("\t"), names, "tabs", ML100K_LAYOUT, line)
-
-    if _ML100K_UNEXPECTED.search(raw):
-        _raise_first_bad_line(raw.decode("latin-1"), path, check_line)
-    users, items, times = _parse_int_columns(
-        raw,
-        path,
-        separator="\t",
-        field_count=4,
-        keep=(0, 1, 3),
-        encoding="latin-1",
         check_line=check_line,
     )
     return Interactions(users=users, items=items, times=times, source=str(path))
@@ -707,3 +699,14 @@ def _typed_times(values: pd.Series, column: str, locate: Callable[[int], str]) -
     raise DataFormatError(
         f"{locate(0)}: column {column!r} has type {values.dtype}; expected integer timestamps or date-times"
     )
+
+
+# Each format's reader: (the file, csv/parquet's forced column names) -> the interactions.
+READERS: dict[str, Callable[[Path, Mapping[str, str] | None], Interactions]] = {
+    "ml-1m": lambda file, columns: _read_movielens(file, ML1M),
+    "ml-100k": lambda file, columns: _read_movielens(file, ML100K),
+    "sequences": lambda file, columns: _read_sequences(file),
+    "user-item": lambda file, columns: _read_user_item(file),
+    "csv": _read_csv,
+    "parquet": _read_parquet,
+}

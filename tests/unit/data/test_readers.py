@@ -478,3 +478,9 @@ def test_a_parquet_string_column_with_a_missing_marker_is_an_error(tmp_path: Pat
     pd.DataFrame({"user": [1, 2], "item": ["sku-1", "nan"]}).to_parquet(frame)
     with pytest.raises(DataFormatError, match="row 2: item 'nan' is a missing-value marker"):
         load_interactions(frame)
+
+
+def test_every_format_has_one_reader() -> None:
+    from feddmmr.data.readers import FORMATS, READERS
+
+    assert tuple(READERS) == FORMATS
