@@ -21,7 +21,7 @@ from feddmmr.federated.local import (
     RoundContext,
     RoundResult,
 )
-from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
+from feddmmr.model.losses import TrainBatch, every_item
 from feddmmr.model.sasrec import item_table_name
 
 log = logging.getLogger(__name__)
@@ -65,27 +65,19 @@ class SequentialEngine:
             for step in range(client.num_steps):
                 inputs = torch.from_numpy(client.inputs[step]).to(device)
                 candidates = torch.from_numpy(client.candidates[step]).to(device)
-                valid = candidates[..., 0] > 0
-                if not valid.any():
+                if not (candidates[..., 0] > 0).any():
                     continue
                 shared = (
                     catalogue if client.shared is None else torch.from_numpy(client.shared[step]).to(device)
                 )
-                if memory is None:
-                    with local.precision.autocast():
-                        scores = model(inputs, candidates, shared)
-                    total, count = next_item_loss(scores.float(), valid, local.loss, local.gbce_beta)
-                    loss = objective = total / count
-                else:
-                    items, mask = memory.retrieve(slots)
-                    with local.precision.autocast():
-                        scores, parts = model(
-                            inputs, candidates, items[0], mask[0], with_aux=True, shared=shared
-                        )
-                    objective, loss = feddmmr_loss(
-                        scores.float(), parts, candidates, local.loss, local.auxiliary, local.gbce_beta
+                slots_now = () if memory is None else tuple(m[0] for m in memory.retrieve(slots))
+                with local.precision.autocast():
+                    objective, loss = model.loss(
+                        TrainBatch(inputs, candidates, shared, slots_now), local.objective
                     )
-                    # The positives happened whatever this step's fate: the memory takes them.
+                if (
+                    memory is not None
+                ):  # the positives happened whatever this step's fate: the memory takes them
                     slots = memory.update(slots, positives[step : step + 1])
                 if not guarded_step(objective, trainable, optimizer, scales):
                     skipped += 1

@@ -35,7 +35,7 @@ from feddmmr.federated.local import (
     RoundContext,
     RoundResult,
 )
-from feddmmr.model.losses import every_item, feddmmr_loss, next_item_loss
+from feddmmr.model.losses import Objective, TrainBatch, every_item
 from feddmmr.model.sasrec import ITEM_TABLE, item_table_name
 
 log = logging.getLogger(__name__)
@@ -72,49 +72,43 @@ def expand_rows(
     return full.scatter_(1, index, local_tables)
 
 
+class ModelLoss(torch.nn.Module):
+    """The model's `loss` as a module call, which `functional_call` runs with each client's
+    weights (named `model.<parameter>`)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: TrainBatch, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.loss(batch, objective)
+
+
 class VectorizedEngine:
     def __init__(self, model: torch.nn.Module, *, chunk_clients: int = 16, chunk_windows: int = 64) -> None:
         self.model = model
         self.chunk_clients = chunk_clients
         self.chunk_windows = chunk_windows
 
-    def _gradient_fn(self, local: LocalTraining, shared_dim: int | None):
-        """Per-client (gradients, (scaled objective, next-item loss)) of the trained parameters;
-        `frozen` parameters are shared by all clients and get no gradient; `scale` is each
-        client's loss scale; `shared` the step's shared negatives, per client (`shared_dim` 0),
-        every item for all clients (None), or None."""
-        model = self.model
-        if local.memory is not None:  # FedDMMR: the client's memory slots and the auxiliary losses
+    def _gradient_fn(self, local: LocalTraining, shared_dim: int | None, memory_slots: int):
+        """Per-client (gradients, (scaled objective, next-item loss)) of the trained parameters,
+        through the model's `loss`; `frozen` parameters are shared by all clients and get no
+        gradient; `scale` is each client's loss scale; `shared` the step's shared negatives, per
+        client (`shared_dim` 0), every item for all clients (None), or None; then the client's
+        `memory_slots` memory tensors (FedDMMR's items and mask; none for FedSASRec)."""
+        loss_of = ModelLoss(self.model)
 
-            def memory_loss(params, frozen, inputs, candidates, scale, shared, memory_items, memory_mask):
-                with local.precision.autocast():
-                    scores, parts = functional_call(
-                        model,
-                        {**params, **frozen},
-                        (inputs, candidates, memory_items, memory_mask),
-                        {"with_aux": True, "shared": shared},
-                    )
-                objective, loss = feddmmr_loss(
-                    scores.float(), parts, candidates, local.loss, local.auxiliary, local.gbce_beta
-                )
-                return objective * scale, loss.detach()
-
-            return vmap(
-                grad_and_value(memory_loss, has_aux=True),
-                in_dims=(0, None, 0, 0, 0, shared_dim, 0, 0),
-                randomness="different",
-            )
-
-        def client_loss(params, frozen, inputs, candidates, scale, shared):
+        def client_loss(params, frozen, inputs, candidates, scale, shared, *memory):
+            weights = {f"model.{name}": p for name, p in {**params, **frozen}.items()}
             with local.precision.autocast():
-                scores = functional_call(model, {**params, **frozen}, (inputs, candidates, shared))
-            total, count = next_item_loss(scores.float(), candidates[..., 0] > 0, local.loss, local.gbce_beta)
-            loss = total / count.clamp(min=1)
-            return loss * scale, loss.detach()
+                objective, loss = functional_call(
+                    loss_of, weights, (TrainBatch(inputs, candidates, shared, memory), local.objective)
+                )
+            return objective * scale, loss
 
         return vmap(
             grad_and_value(client_loss, has_aux=True),
-            in_dims=(0, None, 0, 0, 0, shared_dim),
+            in_dims=(0, None, 0, 0, 0, shared_dim) + (0,) * memory_slots,
             randomness="different",
         )
 
@@ -132,9 +126,11 @@ class VectorizedEngine:
         catalogue = None
         if local.loss == "ce-full":
             catalogue = every_item(global_params[item_table_name(global_params)])
-        gradient_fn = self._gradient_fn(local, 0 if clients and clients[0].shared is not None else None)
-        reports = []
         memory = local.memory
+        gradient_fn = self._gradient_fn(
+            local, 0 if clients and clients[0].shared is not None else None, 0 if memory is None else 2
+        )
+        reports = []
         frozen = {n: p.detach() for n, p in global_params.items() if n in local.frozen}
         trained = {n: p for n, p in global_params.items() if n not in local.frozen}
         # ce-full reads (and moves) every row: nothing to gain from a compact table.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 
 from feddmmr.federated.precision import LossScales, Precision
-from feddmmr.model.losses import AuxiliaryWeights
+from feddmmr.model.losses import AuxiliaryWeights, Objective
 
 if TYPE_CHECKING:
     from feddmmr.federated.postprocess import ClientPostprocessor
@@ -65,6 +65,11 @@ class LocalTraining:
         for postprocessor in self.postprocessors:
             params, weights = postprocessor(params, global_params, weights, users, context)
         return params, weights
+
+    @property
+    def objective(self) -> Objective:
+        """What each local step minimises (the model's `loss`)."""
+        return Objective(self.loss, self.gbce_beta, self.auxiliary)
 
     @property
     def equal_weights(self) -> bool:

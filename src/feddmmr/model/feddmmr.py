@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feddmmr.model.item_tower import content_tower
-from feddmmr.model.losses import MASKED_SCORE, ScoreParts
+from feddmmr.model.losses import MASKED_SCORE, Objective, ScoreParts, TrainBatch, feddmmr_loss
 from feddmmr.model.sasrec import SASRec, SASRecConfig, dropout
 
 
@@ -436,6 +436,24 @@ class FedDMMR(nn.Module):
             self.sasrec.encode(sequences), candidates, memory_items, memory_mask, history, holdout, shared
         )
         return (scores, parts) if with_aux else scores
+
+    def loss(self, batch: TrainBatch, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the step minimises: the next-item loss plus the auxiliary terms, the next-item
+        loss detached), means over the batch's real targets (`losses.feddmmr_loss`). The scores
+        follow the caller's autocast; the losses are taken in float32."""
+        scores, parts = self(
+            batch.inputs, batch.candidates, *batch.memory, with_aux=True, shared=batch.shared
+        )
+        with torch.autocast(scores.device.type, enabled=False):
+            total, loss = feddmmr_loss(
+                scores.float(),
+                parts,
+                batch.candidates,
+                objective.kind,
+                objective.auxiliary,
+                objective.gbce_beta,
+            )
+        return total, loss.detach()
 
     def _last_history(self, sequences: torch.Tensor) -> torch.Tensor | None:
         """[B, 1, k]: the last k items of each sequence (with `content_history`)."""

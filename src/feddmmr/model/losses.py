@@ -71,6 +71,29 @@ class AuxiliaryWeights:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What a local step minimises: the next-item loss `kind` (`LOSSES`), gBCE's weight of the
+    positive, and FedDMMR's auxiliary weights (FedSASRec has none)."""
+
+    kind: str = "ce"
+    gbce_beta: float = 1.0
+    auxiliary: AuxiliaryWeights = AuxiliaryWeights()
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One local step's windows, as every model's `loss` reads them."""
+
+    inputs: torch.Tensor  # [B, L] item ids
+    # [B, L, 1+N]: each position's target first (0: padding), then its negatives; [B, L, 1] with `shared`
+    candidates: torch.Tensor
+    shared: torch.Tensor | None = None  # [N]: negatives shared by the step's targets, or every item (ce-full)
+    memory: tuple[
+        torch.Tensor, ...
+    ] = ()  # FedDMMR: the client's memory slots (items, mask); () for FedSASRec
+
+
+@dataclass(frozen=True)
 class ScoreParts:
     """What FedDMMR's training losses need besides its scores (`FedDMMR.forward(with_aux=True)`),
     at the positions the modality side trains on: every position, or held out the last one only

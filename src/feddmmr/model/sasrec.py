@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddmmr.model.losses import MASKED_SCORE, every_item
+from feddmmr.model.losses import MASKED_SCORE, Objective, TrainBatch, every_item, next_item_loss
 
 ITEM_TABLE = "item_embedding.weight"  # the item embedding table's parameter name (input and output)
 # Shifts that cut a 64-bit random word into its eight bytes.
@@ -225,6 +225,17 @@ class SASRec(nn.Module):
         if shared is None:
             return self.score(hidden, candidates)
         return self.score_shared(hidden, candidates[..., 0], shared)
+
+    def loss(self, batch: TrainBatch, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the step minimises, the next-item loss detached): the mean loss over the batch's
+        real targets. The scores follow the caller's autocast; the loss is taken in float32."""
+        scores = self(batch.inputs, batch.candidates, batch.shared)
+        with torch.autocast(scores.device.type, enabled=False):
+            total, count = next_item_loss(
+                scores.float(), batch.candidates[..., 0] > 0, objective.kind, objective.gbce_beta
+            )
+            loss = total / count.clamp(min=1)
+        return loss, loss.detach()
 
     def full_softmax_loss(
         self, sequences: torch.Tensor, targets: torch.Tensor
