@@ -1,5 +1,6 @@
 """tests/unit/ checks one module at a time, in seconds; tests/integration/ runs whole trainings,
-commands and benchmarks, and every test there is marked slow (`pytest -m "not slow"` skips them)."""
+commands and benchmarks, and every test there is marked slow (`pytest -m "not slow"` skips them), as
+are most cases of the unit engine-equivalence grids (tests/unit/engines/test_engines.py)."""
 
 import os
 import sys

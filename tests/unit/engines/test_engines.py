@@ -78,10 +78,21 @@ def run(
     return global_params, aggregator.result(), sorted(reports, key=lambda r: r.user)
 
 
+# The engine-equivalence grids: one or two cases of each in the fast suite (`-m "not slow"`), the
+# rest marked slow (CI runs them all, and once more without AVX).
+SLOW = pytest.mark.slow
+SMALL_CHUNKS, ONE_CHUNK = dict(chunk_clients=4, chunk_windows=12), dict(chunk_clients=64, chunk_windows=4096)
+
+
 @pytest.mark.parametrize(
-    "chunking", [dict(chunk_clients=4, chunk_windows=12), dict(chunk_clients=64, chunk_windows=4096)]
+    "chunking, weight_decay",  # weight decay 0: compact item tables; > 0: full tables
+    [
+        (SMALL_CHUNKS, 0.0),
+        pytest.param(SMALL_CHUNKS, 1e-4, marks=SLOW),
+        pytest.param(ONE_CHUNK, 0.0, marks=SLOW),
+        (ONE_CHUNK, 1e-4),
+    ],
 )
-@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])  # 0: compact item tables; > 0: full tables
 def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
     m = model()
     batches = clients()
@@ -95,10 +106,20 @@ def test_vectorized_round_equals_sequential_round(chunking, weight_decay):
 
 
 @pytest.mark.parametrize(
-    "negatives, loss",
-    [("shared", "ce"), ("shared", "bpr"), ("all", "ce-full"), ("shared", "gbce"), ("per-target", "gbce")],
+    "negatives, loss, weight_decay",
+    [
+        ("shared", "ce", 0.0),
+        pytest.param("shared", "ce", 1e-4, marks=SLOW),
+        pytest.param("shared", "bpr", 0.0, marks=SLOW),
+        pytest.param("shared", "bpr", 1e-4, marks=SLOW),
+        pytest.param("all", "ce-full", 0.0, marks=SLOW),
+        ("all", "ce-full", 1e-4),
+        pytest.param("shared", "gbce", 0.0, marks=SLOW),
+        pytest.param("shared", "gbce", 1e-4, marks=SLOW),
+        pytest.param("per-target", "gbce", 0.0, marks=SLOW),
+        pytest.param("per-target", "gbce", 1e-4, marks=SLOW),
+    ],
 )
-@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
 def test_vectorized_round_with_shared_negatives_equals_sequential_round(negatives, loss, weight_decay):
     m = model()
     batches = clients(negatives=negatives, num_negatives=32)
@@ -337,12 +358,12 @@ HOLDOUT_BACKBONE = {"content_history": 5, "holdout_content": True, "holdout_back
     "options, negatives, loss",
     [
         ({}, "per-target", "ce"),
-        ({"content_history": 5, "holdout_content": True}, "per-target", "ce"),
-        (HOLDOUT_BACKBONE, "per-target", "ce"),
-        ({}, "shared", "ce"),
-        (HOLDOUT_BACKBONE, "shared", "ce"),
-        (HOLDOUT_BACKBONE, "all", "ce-full"),
-        ({"item_tower": "content"}, "per-target", "ce"),
+        pytest.param({"content_history": 5, "holdout_content": True}, "per-target", "ce", marks=SLOW),
+        pytest.param(HOLDOUT_BACKBONE, "per-target", "ce", marks=SLOW),
+        pytest.param({}, "shared", "ce", marks=SLOW),
+        pytest.param(HOLDOUT_BACKBONE, "shared", "ce", marks=SLOW),
+        pytest.param(HOLDOUT_BACKBONE, "all", "ce-full", marks=SLOW),
+        pytest.param({"item_tower": "content"}, "per-target", "ce", marks=SLOW),
         ({"item_tower": "content", **HOLDOUT_BACKBONE}, "shared", "ce"),
     ],
 )
