@@ -24,14 +24,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import yaml  # noqa: E402
 
-# The child uses only what both sides share: TrainConfig, prepare_run, make_engine and run_round.
+# The child uses only what both sides share: TrainConfig, prepare_run, make_engine and run_round. A
+# setting the side's TrainConfig does not know is left out there (that side runs its own default),
+# and the child names it, so that the comparison says where the two sides' settings differ.
 CHILD = r"""
-import json, sys, tempfile, torch
+import dataclasses, json, sys, tempfile, torch
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
 from feddmmr.train import prepare_run, run_round
 fields, rounds, clients, windows, threads = json.loads(sys.argv[1])
+known = {f.name for f in dataclasses.fields(TrainConfig)}
+print("UNKNOWN " + json.dumps(sorted(set(fields) - known)))
+fields = {name: value for name, value in fields.items() if name in known}
 torch.set_num_threads(threads)
 with tempfile.TemporaryDirectory() as tmp:
     run = prepare_run(TrainConfig(run_dir=tmp, **fields))
@@ -47,7 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--base", required=True, help="the commit to compare against (e.g. 534f972)")
     p.add_argument("--data", default="ml-1m-top1000")
-    p.add_argument("--setting", choices=("default", "seed"), default="default")
+    p.add_argument(
+        "--setting",
+        choices=("default", "seed", "short_history"),
+        default="default",
+        help="default: TrainConfig's; seed: the seed's setting; short_history: this checkout's preset",
+    )
     p.add_argument("--local-optimizer", choices=("sgd", "adam"))
     p.add_argument("--turns", type=int, default=2, help="processes per side")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per process")
@@ -57,20 +68,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def time_side(src: Path, fields: dict, args) -> list[float]:
+def time_side(src: Path, fields: dict, args) -> tuple[list[float], list[str]]:
+    """(the side's round seconds, the settings its TrainConfig does not know)."""
     payload = json.dumps([fields, args.rounds, args.chunk_clients, args.chunk_windows, args.threads])
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", CHILD, payload], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"the run from {src} failed:\n{out.stderr[-3000:]}")
-    line = next(line for line in out.stdout.splitlines() if line.startswith("SECONDS "))
-    return json.loads(line.split(" ", 1)[1])
+    lines = {
+        line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1])
+        for line in out.stdout.splitlines()
+        if line.startswith(("SECONDS ", "UNKNOWN "))
+    }
+    return lines["SECONDS"], lines["UNKNOWN"]
+
+
+def preset_fields(name: str) -> dict:
+    """A preset of this checkout as settings (both sides get the same values)."""
+    path = common.ROOT / "src" / "feddmmr" / "presets" / f"{name}.yaml"
+    return yaml.safe_load(path.read_text())
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     data_dir, top_users, label = common.dataset(args.data)
-    fields = dict(common.SEED_SETTING) if args.setting == "seed" else {}
+    fields = {
+        "default": {},
+        "seed": dict(common.SEED_SETTING),
+        "short_history": preset_fields("short_history"),
+    }[args.setting]
     if args.local_optimizer:
         fields.update(
             local_optimizer=args.local_optimizer, learning_rate=1.0 if args.local_optimizer == "sgd" else 1e-3
@@ -94,7 +120,9 @@ def main(argv=None) -> None:
             for turn in range(args.turns):
                 order = list(sides) if turn % 2 == 0 else list(sides)[::-1]
                 for name in order:
-                    times = time_side(sides[name], fields, args)
+                    times, unknown = time_side(sides[name], fields, args)
+                    if unknown and turn == 0:
+                        print(f"  {name} does not know {', '.join(unknown)}: it runs its own default there")
                     seconds[name] += times
                     print(f"  turn {turn + 1} {name}: {', '.join(f'{t:.2f}' for t in times)} s", flush=True)
         finally:
