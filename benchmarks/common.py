@@ -47,7 +47,7 @@ SEED_SETTING = dict(
 # The recipe the security figures (docs/SECURITY.md) were measured with, the default until long
 # histories replaced it: the shipped short_history preset's settings.
 def short_history() -> dict:
-    from feddmmr.config import read_config_file
+    from feddmmr.config_files import read_config_file
 
     return read_config_file("short_history")
 

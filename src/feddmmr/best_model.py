@@ -12,7 +12,8 @@ import torch
 
 from feddmmr import run_directory
 from feddmmr.checkpoint import load_checkpoint
-from feddmmr.config import TrainConfig, saved_config
+from feddmmr.config import TrainConfig
+from feddmmr.config_files import saved_config
 from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import load_candidates
 from feddmmr.data.split import LeaveOneOut

@@ -18,17 +18,8 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from feddmmr.config import (
-    BOOL,
-    FIELDS,
-    OLD_OBJECTIVE_FLAGS,
-    RESUME_SAFE,
-    SECTIONS,
-    TrainConfig,
-    presets,
-    resolve_config,
-    saved_config,
-)
+from feddmmr.config import BOOL, FIELDS, SECTIONS, TrainConfig
+from feddmmr.config_files import OLD_OBJECTIVE_FLAGS, RESUME_SAFE, presets, resolve_config, saved_config
 from feddmmr.errors import FeddmmrError, InputError, describe_os_error, exit_code, out_of_memory
 from feddmmr.progress import round_bars
 

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from feddmmr.config import saved_config
+from feddmmr.config_files import saved_config
 from feddmmr.errors import InputError
 from feddmmr.report import RunRecords
 

@@ -5,7 +5,8 @@ from helpers import TINY_NEGATIVE_FLAGS
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
-from feddmmr.config import TrainConfig, read_config_file, resolve_config
+from feddmmr.config import TrainConfig
+from feddmmr.config_files import read_config_file, resolve_config
 
 runner = CliRunner()
 TINY = [

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from feddmmr.best_model import evaluate_run
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.cli import app
-from feddmmr.config import TrainConfig, resolve_config
+from feddmmr.config import TrainConfig
+from feddmmr.config_files import resolve_config
 from feddmmr.features.store import save_features
 from feddmmr.train import train
 

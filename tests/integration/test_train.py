@@ -13,7 +13,8 @@ from helpers import TINY_NEGATIVES
 
 from feddmmr.best_model import evaluate_run
 from feddmmr.checkpoint import load_checkpoint
-from feddmmr.config import TrainConfig, resolve_config, saved_config
+from feddmmr.config import TrainConfig
+from feddmmr.config_files import resolve_config, saved_config
 from feddmmr.errors import InputError
 from feddmmr.train import train
 

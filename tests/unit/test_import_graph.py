@@ -76,7 +76,7 @@ LAYERS = [
     {"checkpoint", "data", "features", "model", "memory"},  # files, data, the models
     {"federated", "evaluation", "provenance", "run_directory"},  # rounds' parts, metrics, run folders
     {"engines"},  # local training of many clients
-    {"config"},  # the settings (names the registered engines and aggregators)
+    {"config", "config_files"},  # the settings (names the registered engines); presets, config.json
     {"rounds", "run_state", "centralized", "callbacks", "trackers"},  # one round, a run's state
     {"run_setup", "train"},  # the run loop
     {"flower"},  # the Flower app, which runs the loop on a federation

@@ -21,7 +21,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 
-from feddmmr.config import FIELDS, RESUME_SAFE, TrainConfig, saved_config
+from feddmmr.config import FIELDS, TrainConfig
+from feddmmr.config_files import RESUME_SAFE, saved_config
 
 NOT_SET = ""
 RESUME = "resume"  # the run config's key that is not a TrainConfig field
