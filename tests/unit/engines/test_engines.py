@@ -1,6 +1,5 @@
-"""The vectorised engine must reproduce the sequential reference engine."""
-
-import dataclasses
+"""The vectorised engine must reproduce the sequential reference engine (federated/*'s own tests sit
+beside their modules in tests/unit/federated/)."""
 
 import numpy as np
 import pytest
@@ -8,15 +7,12 @@ import torch
 
 from feddmmr.engines import make_engine
 from feddmmr.engines.vectorized import plan_chunks
-from feddmmr.federated.adam import BatchedAdam, BatchedSGD
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import (
     BatchSettings,
     client_rng,
     make_client_batches,
     stack_batches,
-    touched_items,
-    training_windows,
 )
 from feddmmr.federated.local import LocalTraining, RoundContext
 from feddmmr.federated.postprocess import client_postprocessors
@@ -173,132 +169,6 @@ def test_vectorized_round_with_client_sgd_equals_sequential_round():
     assert not torch.allclose(sequential["item_embedding.weight"], start["item_embedding.weight"])
 
 
-@pytest.mark.parametrize(
-    "batched, reference_class, fused",
-    [
-        (BatchedAdam, torch.optim.Adam, True),  # the CPU's fused kernel
-        (BatchedAdam, torch.optim.Adam, False),  # element-wise, as on CUDA
-        (BatchedSGD, torch.optim.SGD, None),
-    ],
-)
-@pytest.mark.parametrize("client_minor", [False, True])
-def test_batched_optimiser_matches_torch_per_client(batched, reference_class, fused, client_minor):
-    """Each client's slice follows the torch optimiser through the steps it is active in; an
-    inactive client's gradient may be non-finite (a skipped fp16 step) and must not leak in.
-    `client_minor`: gradients laid out [5, 3] in memory, as vmap gives the item table's under
-    ce-full (the fused kernel once read such a gradient's memory in the wrong order)."""
-    torch.manual_seed(1)
-    start = torch.randn(3, 5)
-    grads = [torch.randn(5, 3).t() if client_minor else torch.randn(3, 5) for _ in range(4)]
-    active = [
-        torch.tensor([True, True, True]),
-        torch.tensor([True, False, True]),
-        torch.tensor([False, False, True]),
-        torch.tensor([True, True, True]),
-    ]
-    for g, a in zip(grads, active):
-        g[~a] = float("nan")
-    params = {"w": start.clone()}
-    optimiser = batched(params, lr=0.1, weight_decay=0.01)
-    if fused is not None:
-        if fused and not optimiser.fused:
-            pytest.skip("torch's fused Adam runs on the CPU from torch 2.4")
-        optimiser.fused = fused
-    for g, a in zip(grads, active):
-        optimiser.step({"w": g}, a)
-    for client in range(3):
-        w = torch.nn.Parameter(start[client].clone())
-        reference = reference_class([w], lr=0.1, weight_decay=0.01)
-        for g, a in zip(grads, active):
-            if a[client]:
-                w.grad = g[client].clone()
-                reference.step()
-        torch.testing.assert_close(params["w"][client], w.detach())
-
-
-def test_fedavg_weights_by_training_targets():
-    global_params = {"w": torch.zeros(2)}
-    aggregator = FedAvg(global_params)
-    aggregator.add({"w": torch.tensor([[1.0, 1.0], [4.0, 0.0]])}, torch.tensor([1.0, 3.0]))
-    aggregator.add({"w": torch.tensor([[0.0, 8.0]])}, torch.tensor([4.0]))
-    assert torch.allclose(aggregator.result()["w"], torch.tensor([13 / 8, 33 / 8]))
-    assert aggregator.num_clients == 3
-
-
-def test_fedavg_without_clients_keeps_the_global_model():
-    global_params = {"w": torch.ones(2)}
-    assert torch.equal(FedAvg(global_params).result()["w"], torch.ones(2))
-
-
-def test_compact_item_tables_hold_exactly_the_rows_a_client_reads():
-    batch = clients(num=2)[0]
-    rows, (local_inputs, local_candidates) = touched_items(batch)
-    assert rows[0] == 0 and np.all(np.diff(rows) > 0)
-    assert np.array_equal(rows[local_inputs], batch.inputs)
-    assert np.array_equal(rows[local_candidates], batch.candidates)
-    assert set(rows[1:]) == set(
-        np.unique(np.concatenate([batch.inputs.ravel(), batch.candidates.ravel()]))
-    ) - {0}
-
-
-def test_training_windows_cover_every_target_once():
-    seq = np.arange(1, 13)  # 11 targets
-    inputs, targets = training_windows(seq, 4)
-    assert inputs.shape == (3, 4)
-    assert targets.tolist() == [[0, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
-    assert inputs.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
-
-
-def test_the_last_window_is_the_newest_max_len_targets_and_weighs_what_it_trains():
-    """--train-windows last (SASRec+'s sampling): one window, the newest targets, whatever the
-    history's length; its FedAvg weight counts those targets, not the whole history."""
-    seq = np.arange(1, 13)  # 11 targets
-    inputs, targets = training_windows(seq, 4, "last")
-    assert inputs.tolist() == [[8, 9, 10, 11]] and targets.tolist() == [[9, 10, 11, 12]]
-    inputs, targets = training_windows(np.arange(1, 4), 4, "last")  # shorter than a window: left-padded
-    assert inputs.tolist() == [[0, 0, 1, 2]] and targets.tolist() == [[0, 0, 2, 3]]
-    settings = BatchSettings(
-        max_len=4, batch_size=3, epochs=2, num_negatives=2, num_items=300, windows="last"
-    )
-    batches = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
-    assert batches.num_steps == 2 and batches.num_targets == 4
-    assert batches.candidates[..., 0].tolist() == [[[9, 10, 11, 12]]] * 2
-    every = make_client_batches(0, seq, dataclasses.replace(settings, windows="all"), client_rng(0, 1, 0))
-    assert every.num_targets == 11
-
-
-def test_client_batches_are_deterministic_and_negatives_avoid_history():
-    seq = np.random.default_rng(3).choice(np.arange(1, 301), size=100, replace=False)
-    settings = BatchSettings(max_len=20, batch_size=2, epochs=3, num_negatives=4, num_items=300)
-    a = make_client_batches(7, seq, settings, client_rng(5, 2, 7))
-    b = make_client_batches(7, seq, settings, client_rng(5, 2, 7))
-    assert np.array_equal(a.candidates, b.candidates) and np.array_equal(a.inputs, b.inputs)
-    assert a.num_steps == 3 * 3  # 5 windows, 2 per step, 3 epochs
-    targets = a.candidates[..., 0]
-    assert sorted(targets[targets > 0].tolist()) == sorted(np.tile(seq[1:], 3).tolist())
-    negatives = a.candidates[..., 1:][targets > 0]
-    assert not np.isin(negatives, seq).any() and negatives.min() >= 1
-    assert (a.candidates[targets == 0] == 0).all()
-
-
-def test_shared_negatives_are_distinct_per_step_and_avoid_history():
-    seq = np.arange(1, 151)  # the user has read items 1..150 of 300
-    settings = BatchSettings(
-        max_len=20, batch_size=3, epochs=2, num_negatives=40, num_items=300, negatives="shared"
-    )
-    a = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
-    b = make_client_batches(0, seq, settings, client_rng(0, 1, 0))
-    assert np.array_equal(a.shared, b.shared)  # a pure function of the client's stream
-    assert a.shared.shape == (a.num_steps, 40) and a.candidates.shape[-1] == 1
-    assert all(len(set(row)) == 40 for row in a.shared)
-    assert a.shared.min() > 150 and a.shared.max() <= 300
-    assert len(np.unique(a.shared)) > 40  # a fresh draw each step
-    with pytest.raises(
-        ValueError, match="--num-negatives 151 with --negatives shared: .* all but 150 .*use at most 150"
-    ):
-        make_client_batches(0, seq, dataclasses.replace(settings, num_negatives=151), client_rng(0, 1, 0))
-
-
 # --- FedDMMR: memory slots as extra vmapped inputs, memory updates after every step, freezing ---
 
 
@@ -448,55 +318,6 @@ def test_frozen_parameters_stay_bit_identical_in_every_client(engine_name, stage
     assert changed == set(global_params) - frozen  # the others all train
     for name, p in m.named_parameters():  # the engine leaves the model as it was handed over
         assert torch.equal(p.detach(), global_params[name]) and p.requires_grad
-
-
-def test_fedavgm_accumulates_the_average_change_and_keeps_its_buffer():
-    from feddmmr.federated.aggregation import ServerMomentum
-
-    server = ServerMomentum(lr=2.0, momentum=0.5)
-    first = server.step({"w": torch.zeros(2)}, {"w": torch.tensor([1.0, -2.0])})
-    torch.testing.assert_close(first["w"], torch.tensor([2.0, -4.0]))  # buffer = delta, lr 2
-    restored = ServerMomentum(lr=2.0, momentum=0.5)
-    restored.load_state_dict(server.state_dict())
-    target = {"w": torch.tensor([3.0, -4.0])}  # delta (1, 0): buffer 0.5 * (1, -2) + (1, 0)
-    torch.testing.assert_close(server.step(first, target)["w"], torch.tensor([5.0, -6.0]))
-    torch.testing.assert_close(restored.step(first, target)["w"], torch.tensor([5.0, -6.0]))
-    plain = ServerMomentum(lr=1.0, momentum=0.0)  # momentum 0, lr 1: FedAvg adopts the average
-    torch.testing.assert_close(plain.step({"w": torch.zeros(2)}, target)["w"], target["w"])
-
-
-def test_fedadam_steps_along_the_average_and_keeps_its_moments():
-    from feddmmr.federated.aggregation import ServerAdam
-
-    server = ServerAdam(lr=0.1, betas=(0.5, 0.5), tau=0.0)
-    new = server.step({"w": torch.zeros(2)}, {"w": torch.tensor([2.0, -0.5])})
-    # m = 0.5 * delta, v = 0.5 * delta^2 -> step = lr * 0.5 d / (sqrt(0.5) |d|) = lr * sign(d) / sqrt(2)
-    torch.testing.assert_close(new["w"], torch.tensor([0.1, -0.1]) / 2**0.5)
-    restored = ServerAdam(lr=0.1, betas=(0.5, 0.5), tau=0.0)
-    restored.load_state_dict(server.state_dict())
-    again = {"w": torch.tensor([1.0, 1.0])}
-    torch.testing.assert_close(restored.step(new, again)["w"], server.step(new, again)["w"])
-
-
-def test_the_server_optimiser_follows_the_config():
-    from feddmmr.config import TrainConfig
-    from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
-    from feddmmr.run_setup import make_server_optimizer
-
-    default = make_server_optimizer(TrainConfig())
-    assert isinstance(default, ServerAdam) and (default.lr, default.tau) == (8e-3, 1e-6)
-    tuned = make_server_optimizer(TrainConfig(server_learning_rate=0.5, server_epsilon=1e-3))
-    assert (tuned.lr, tuned.tau) == (0.5, 1e-3)
-    # epsilon keeps a change far below it from becoming a full step: 1e-9 moves by lr * ~1e-3
-    tiny = tuned.step({"w": torch.zeros(1)}, {"w": torch.tensor([1e-9])})["w"]
-    assert 0 < float(tiny) < 1e-6
-    momentum = make_server_optimizer(TrainConfig(server_optimizer="fedavgm", server_momentum=0.5))
-    assert isinstance(momentum, ServerMomentum) and momentum.momentum == 0.5
-    assert make_server_optimizer(TrainConfig(server_optimizer="fedavg")) is None
-    with pytest.raises(ValueError, match=r"server_epsilon: expected a number >= 0, got -1"):
-        TrainConfig(server_epsilon=-1)
-    with pytest.raises(ValueError, match=r"server_learning_rate: expected a number > 0, got 0.0"):
-        TrainConfig(server_learning_rate=0)
 
 
 def test_short_clients_share_a_chunk_and_its_common_padding_is_cut():
