@@ -73,6 +73,20 @@ def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.T
     return total
 
 
+def _with_shared(candidates: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
+    """[B, P, 1] targets followed by the `shared` [N] items: [B, P, 1+N] (unchanged without)."""
+    return (
+        candidates
+        if shared is None
+        else torch.cat([candidates, shared.expand(*candidates.shape[:-1], -1)], -1)
+    )
+
+
+def _masked(scores: torch.Tensor, hits: torch.Tensor | None) -> torch.Tensor:
+    """`scores` with each position's own target among the shared items set to `MASKED_SCORE`."""
+    return scores if hits is None else scores.masked_fill(hits, MASKED_SCORE)
+
+
 def recent_items(sequences: torch.Tensor, k: int) -> torch.Tensor:
     """[B, L, k]: the items at positions t-k+1..t of `sequences` [B, L] for every t (0 before the start)."""
     length = sequences.shape[-1]
@@ -319,33 +333,40 @@ class FedDMMR(nn.Module):
         that is the position's target gets `MASKED_SCORE`). The backbone's scores are one matrix
         product; the modality side is computed per candidate, so held out (the last position
         only) it costs N candidates once a window, otherwise N at every position."""
-        targets = candidates[..., 0]
         if not self.mixes:
-            parts = ScoreParts(hidden, self.sasrec.item_vectors(targets))
-            if shared is not None:
-                return self.sasrec.score_shared(hidden, targets, shared), parts
-            return self.sasrec.score(hidden, candidates), parts
+            parts = ScoreParts(hidden, self.sasrec.item_vectors(candidates[..., 0]))
+            return self._backbone_scores(hidden, candidates, shared), parts
         if self.config.content_history and history is None:
             raise ValueError("content_history: the score needs the items each position has read (history)")
+        # With shared items: which scored columns are the position's own target (masked out).
         hits = None
         if shared is not None:
             hits = torch.cat([torch.zeros_like(candidates, dtype=torch.bool), shared == candidates], dim=-1)
-        if not holdout:
-            if shared is not None:
-                candidates = torch.cat([candidates, shared.expand(*candidates.shape[:-1], -1)], dim=-1)
-            embeddings = self.sasrec.item_vectors(candidates)
-            mixture, match, parts = self._side(
-                hidden, embeddings, candidates, memory_items, memory_mask, history
-            )
-            # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
-            scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
-            return (scores if hits is None else scores.masked_fill(hits, MASKED_SCORE)), parts
+        score = self._held_out_scores if holdout else self._fused_scores
+        return score(hidden, candidates, memory_items, memory_mask, history, shared, hits)
+
+    def _backbone_scores(
+        self, hidden: torch.Tensor, candidates: torch.Tensor, shared: torch.Tensor | None
+    ) -> torch.Tensor:
+        """SASRec's scores of the candidates (or the targets and the shared items)."""
         if shared is None:
-            backbone = self.sasrec.score(hidden, candidates)
-            last = candidates[:, -1:]
-        else:
-            backbone = self.sasrec.score_shared(hidden, targets, shared)
-            last = torch.cat([candidates[:, -1:], shared.expand(candidates.shape[0], 1, -1)], dim=-1)
+            return self.sasrec.score(hidden, candidates)
+        return self.sasrec.score_shared(hidden, candidates[..., 0], shared)
+
+    def _fused_scores(self, hidden, candidates, memory_items, memory_mask, history, shared, hits):
+        """Every position scored through the fused vector: <hidden + mixture, E[c]> + match."""
+        candidates = _with_shared(candidates, shared)
+        embeddings = self.sasrec.item_vectors(candidates)
+        mixture, match, parts = self._side(hidden, embeddings, candidates, memory_items, memory_mask, history)
+        # One pass over the candidates' embeddings: <hidden + mixture, E[c]>.
+        scores = ((hidden.unsqueeze(-2) + mixture) * embeddings).sum(-1) + match
+        return _masked(scores, hits), parts
+
+    def _held_out_scores(self, hidden, candidates, memory_items, memory_mask, history, shared, hits):
+        """The backbone's scores at every position, and the modality side on top of them at the
+        last position only (`_score`'s `holdout`)."""
+        backbone = self._backbone_scores(hidden, candidates, shared)
+        last = _with_shared(candidates[:, -1:], shared)
         # Held out, the modality side enters the loss at the last position only, so it is computed
         # there only (the experts over every position were most of FedDMMR's extra cost). It reads
         # the ID embeddings (its fallback queries, the dot product) but must not train them.
@@ -359,8 +380,7 @@ class FedDMMR(nn.Module):
             None if history is None else history[:, -1:],
         )
         held_out = backbone[:, -1:].detach() + (mixture * last_embeddings).sum(-1) + match  # [B, 1, n]
-        if hits is not None:
-            held_out = held_out.masked_fill(hits[:, -1:], MASKED_SCORE)
+        held_out = _masked(held_out, None if hits is None else hits[:, -1:])
         if self.config.holdout_backbone:
             return backbone, dataclasses.replace(parts, held_out=True, held_out_scores=held_out)
         return torch.cat([backbone[:, :-1], held_out], dim=1), dataclasses.replace(parts, held_out=True)
