@@ -14,17 +14,17 @@ from feddmmr import run_directory
 from feddmmr.checkpoint import load_checkpoint
 from feddmmr.config import TrainConfig
 from feddmmr.config_files import saved_config
-from feddmmr.data.load import load_sequences
 from feddmmr.data.negatives import load_candidates
 from feddmmr.data.split import LeaveOneOut
 from feddmmr.errors import InputError
 from feddmmr.evaluation import EvalSet, group_metrics, held_out_ranks, make_eval_sets, metrics_from_ranks
-from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.federated.precision import Precision
 from feddmmr.memory.two_tier import MemoryState
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 from feddmmr.run_setup import (
     build_model,
     feature_paths,
+    load_run_data,
     load_run_features,
     make_memories,
     resolve_device,
@@ -108,9 +108,7 @@ def load_best_model(run_dir: str | Path) -> BestModel:
             f"{run_dir}: a FedDMMR run on Flower kept its client memories on the SuperNodes, so its "
             f"test (final.json) was computed there and cannot be recomputed from the checkpoint"
         )
-    data = load_sequences(
-        config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
-    )
+    data = load_run_data(config)
     run_directory.check_data(run_dir, data, feature_paths(config))
     split = run_split(config, data)
     valid_c, test_c = load_candidates(run_dir / "candidates.npz", split, config.num_negatives_eval)
@@ -136,7 +134,7 @@ def load_best_model(run_dir: str | Path) -> BestModel:
     if memory is not None:
         memory.state = MemoryState.from_dict(best["memory"])
         slots = memory.retrieve(memory.state)
-    precision = Precision(resolve_amp(config.amp, device), device.type)
+    precision = Precision.of(config.amp, device)
     return BestModel(
         config, best["round"], model.eval(), split.data.item_ids, split, slots, valid_set, test_set, precision
     )

@@ -23,8 +23,9 @@ from feddmmr.engines.base import guarded_step
 from feddmmr.errors import TrainingDiverged, diverged_advice
 from feddmmr.federated.adam import TORCH_OPTIMIZERS
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
+from feddmmr.federated.local import positive_weight
 from feddmmr.model.losses import next_item_loss
-from feddmmr.run_state import Run, positive_weight
+from feddmmr.run_state import Run
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from feddmmr.evaluation import make_eval_sets
 from feddmmr.features.store import AlignedFeatures, load_modality, parse_modality_spec
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
 from feddmmr.federated.attacks import Attack
-from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.federated.local import positive_weight
+from feddmmr.federated.precision import Precision
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.federated.stages import frozen_parameters
 from feddmmr.memory.clients import ClientMemories
@@ -34,7 +35,7 @@ from feddmmr.model.feddmmr import FedDMMR, FedDMMRConfig
 from feddmmr.model.item_tower import combined_features, content_tower
 from feddmmr.model.sasrec import SASRec, SASRecConfig
 from feddmmr.rounds import payload_bytes
-from feddmmr.run_state import Evaluation, Run, RunFiles, RunState, Training, positive_weight, restore
+from feddmmr.run_state import Evaluation, Run, RunFiles, RunState, Training, restore
 from feddmmr.trackers import check_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,13 @@ def build_model(
         None if train_counts is None else torch.from_numpy(train_counts),
     )
     return model.to(device)
+
+
+def load_run_data(config: TrainConfig) -> SequenceData:
+    """The run's sequences, as its data settings say."""
+    return load_sequences(
+        config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
+    )
 
 
 def run_split(config: TrainConfig, data: SequenceData) -> LeaveOneOut:
@@ -199,9 +207,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
             f"SuperNodes and ended with them; start a new run from its weights with --init-from {run_dir}"
         )
     # Everything that can fail on the settings alone fails before the run directory is made.
-    data = load_sequences(
-        config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
-    )
+    data = load_run_data(config)
     check_data_settings(config, data)
     split = run_split(config, data)
     device = resolve_device(config.device)
@@ -265,7 +271,7 @@ def prepare_run(config: TrainConfig, *, resume: bool = False, memories_on_nodes:
             model,
             RunState(early_stopping=EarlyStopping(patience=config.patience)),
             Training(
-                Precision(resolve_amp(config.amp, device), device.type),
+                Precision.of(config.amp, device),
                 memory=None
                 if memories_on_nodes
                 else make_memories(config, split.num_users, features, device),

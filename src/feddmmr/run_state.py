@@ -20,13 +20,11 @@ from feddmmr.evaluation import EvalSet, evaluate, held_out_ranks, metrics_from_r
 from feddmmr.federated.aggregation import ServerAdam, ServerMomentum
 from feddmmr.federated.batches import BatchSettings
 from feddmmr.federated.local import LocalTraining
-from feddmmr.federated.postprocess import client_postprocessors
 from feddmmr.federated.precision import Precision
 from feddmmr.federated.schedule import EarlyStopping, ValidationSchedule
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState
 from feddmmr.memory.two_tier import summary as memory_summary
-from feddmmr.model.losses import AuxiliaryWeights, gbce_beta
 from feddmmr.model.sasrec import SASRec
 
 if TYPE_CHECKING:  # Flower is an optional extra
@@ -36,17 +34,6 @@ if TYPE_CHECKING:  # Flower is an optional extra
     from feddmmr.run_directory import RunLock, RunLog
 
 log = logging.getLogger(__name__)
-
-
-def auxiliary_weights(config: TrainConfig) -> AuxiliaryWeights:
-    """FedDMMR's auxiliary loss weights of the run."""
-    return AuxiliaryWeights(config.load_balance_weight, config.alignment_weight, config.contrastive_weight)
-
-
-def positive_weight(config: TrainConfig, num_items: int) -> float:
-    """loss=gbce: the weight of the positive's log-probability, from the run's sampling rate and
-    calibration (model/losses.py, gbce_beta); 1 for the other losses."""
-    return gbce_beta(config.num_negatives, num_items, config.gbce_t) if config.loss == "gbce" else 1.0
 
 
 @dataclass
@@ -126,17 +113,9 @@ class Run:
 
     def local_training(self) -> LocalTraining:
         c = self.config
-        return LocalTraining(
-            c.learning_rate,
-            c.weight_decay,
-            c.loss,
-            self.training.precision,
-            memory=self.training.memory,
-            auxiliary=auxiliary_weights(c),
-            frozen=self.training.frozen,
-            optimizer=c.local_optimizer,
-            gbce_beta=positive_weight(c, self.split.num_items),
-            postprocessors=client_postprocessors(c.dp_clip_norm, c.update_noise),
+        c, training = self.config, self.training
+        return LocalTraining.of(
+            c, self.split.num_items, training.precision, memory=training.memory, frozen=training.frozen
         )
 
     def memory_slots(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 
+from feddmmr.federated.postprocess import ClientPostprocessor, client_postprocessors
 from feddmmr.federated.precision import LossScales, Precision
-from feddmmr.model.losses import AuxiliaryWeights, Objective
+from feddmmr.model.losses import AuxiliaryWeights, Objective, gbce_beta
 
 if TYPE_CHECKING:
-    from feddmmr.federated.postprocess import ClientPostprocessor
     from feddmmr.memory.clients import ClientMemories
 
 # aggregate(client_params [clients, ...] per name, weights [clients]) -> kept [clients]: False for
@@ -52,6 +52,33 @@ class LocalTraining:
     gbce_beta: float = 1.0  # loss=gbce: the positive's weight (model/losses.py, gbce_beta)
     # Applied to every client's update before it leaves the client (federated/postprocess.py)
     postprocessors: tuple[ClientPostprocessor, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        config,
+        num_items: int,
+        precision: Precision,
+        *,
+        memory: ClientMemories | None = None,
+        frozen: frozenset[str] = frozenset(),
+    ) -> LocalTraining:
+        """How a run's clients train, from its settings (a TrainConfig or Flower's run config):
+        the one place they are read, for the server's engines and for a Flower node's."""
+        return cls(
+            config.learning_rate,
+            config.weight_decay,
+            config.loss,
+            precision,
+            memory=memory,
+            auxiliary=AuxiliaryWeights(
+                config.load_balance_weight, config.alignment_weight, config.contrastive_weight
+            ),
+            frozen=frozen,
+            optimizer=config.local_optimizer,
+            gbce_beta=positive_weight(config, num_items),
+            postprocessors=client_postprocessors(config.dp_clip_norm, config.update_noise),
+        )
 
     def postprocess(
         self,
@@ -116,3 +143,9 @@ class Engine(Protocol):
         aggregate: Aggregate,
         progress: Progress | None = None,
     ) -> RoundResult: ...
+
+
+def positive_weight(config, num_items: int) -> float:
+    """loss=gbce: the weight of the positive's log-probability, from the run's sampling rate and
+    calibration (model/losses.py, gbce_beta); 1 for the other losses."""
+    return gbce_beta(config.num_negatives, num_items, config.gbce_t) if config.loss == "gbce" else 1.0

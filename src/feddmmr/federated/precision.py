@@ -67,6 +67,11 @@ class Precision:
     growth_interval: int = 2000
     good_steps: int = 0
 
+    @classmethod
+    def of(cls, amp: str, device: torch.device) -> Precision:
+        """The precision a run's --amp asks for on `device` (`resolve_amp`)."""
+        return cls(resolve_amp(amp, device), device.type)
+
     @property
     def scaling(self) -> bool:
         return self.mode == "fp16"

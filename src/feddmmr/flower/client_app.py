@@ -40,15 +40,13 @@ from feddmmr.features.store import AlignedFeatures, load_modality
 from feddmmr.federated.aggregation import FedAvg
 from feddmmr.federated.batches import BatchSettings, client_rng, make_client_batches
 from feddmmr.federated.local import LocalTraining, RoundContext
-from feddmmr.federated.postprocess import client_postprocessors
-from feddmmr.federated.precision import Precision, resolve_amp
+from feddmmr.federated.precision import Precision
 from feddmmr.flower import messages
 from feddmmr.flower.node_data import NodeData, load_node_data, node_seed
 from feddmmr.flower.secure_aggregation import secure_aggregation_mod
 from feddmmr.memory.clients import ClientMemories
 from feddmmr.memory.two_tier import MemoryState, summary_totals
 from feddmmr.run_setup import build_model, make_memories, resolve_device
-from feddmmr.run_state import auxiliary_weights, positive_weight
 
 LOCAL_ENGINE, DEVICE = "engine", "device"
 RNG_STATE, PRECISION_STATE, MEMORY_STATE = "rng", "precision", "memory"
@@ -97,18 +95,7 @@ def train_users(message: Message, context: Context) -> Message:
     aggregator = FedAvg(global_params)
     memory = node_memories(context, config, data, request.users, request.user_ids, features, device)
     with node_state(context, config, data.user_ids(), precision):
-        local = LocalTraining(
-            config.learning_rate,
-            config.weight_decay,
-            config.loss,
-            precision,
-            memory=memory,
-            auxiliary=auxiliary_weights(config),
-            frozen=frozen,
-            optimizer=config.local_optimizer,
-            gbce_beta=positive_weight(config, len(request.item_ids)),
-            postprocessors=client_postprocessors(config.dp_clip_norm, config.update_noise),
-        )
+        local = LocalTraining.of(config, len(request.item_ids), precision, memory=memory, frozen=frozen)
         result = engine.train(
             RoundContext(request.round, config.seed), global_params, batches, local, aggregator.add
         )
@@ -175,7 +162,7 @@ def node_model(message: Message, context: Context, config: TrainConfig, catalog:
     features = node_features(tuple(config.modality), tuple(catalog))
     model = build_model(config, len(catalog), device, features)
     model.load_state_dict({n: p.to(device) for n, p in messages.read_params(message).items()}, strict=False)
-    return model, features, Precision(resolve_amp(config.amp, device), device.type)
+    return model, features, Precision.of(config.amp, device)
 
 
 @dataclass

@@ -21,9 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from feddmmr.callbacks import Callback
 from feddmmr.config import TrainConfig
-from feddmmr.data.load import load_sequences
 from feddmmr.flower.engine import FlowerEngine
 from feddmmr.flower.run_config import from_run_config
+from feddmmr.run_setup import load_run_data
 from feddmmr.train import RunResult, train
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ def train_on_grid(
     _show_feddmmr_logs()
     config = dataclasses.replace(config, engine="flower")
     # The run loop reads the dataset again in prepare_run; the engine needs the ids before that.
-    data = load_sequences(
-        config.data_dir, format=config.format, top_users=config.top_users, min_length=config.min_length
-    )
+    data = load_run_data(config)
     engine = FlowerEngine(grid, config, data.user_ids, data.item_ids)
     result = train(config, resume=resume, on_round=on_round, engine=engine, callbacks=callbacks)
     log.info(
