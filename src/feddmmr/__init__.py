@@ -4,8 +4,8 @@ The Python API (docs/API.md), imported on first use so that `import feddmmr` sta
 
 - `TrainConfig`: a run's settings; `from feddmmr.train import train`, then `train(config)`, is
   what `feddmmr train` runs (`feddmmr.train` is that module, so the function is not exported here);
-- `load_best_model(run_dir)`: a finished run's best model, to `recommend`, `evaluate` or grow by
-  new items (`with_new_items`);
+- `load(run_dir)` (also `load_best_model`): a finished run's best model, to `recommend`,
+  `evaluate` or grow by new items (`with_new_items`);
 - `evaluate_run(run_dir)`: what `feddmmr evaluate` prints;
 - `load_model(checkpoint)`: a FedSASRec model from its checkpoint alone.
 """
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _API = {
     "TrainConfig": "feddmmr.config",
+    "load": "feddmmr.best_model",
     "load_best_model": "feddmmr.best_model",
     "evaluate_run": "feddmmr.best_model",
     "load_model": "feddmmr.best_model",

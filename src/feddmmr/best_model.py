@@ -101,6 +101,8 @@ class BestModel:
 
 
 def load_best_model(run_dir: str | Path) -> BestModel:
+    """A finished run's best model (checkpoints/best.pt) with the run's data split, memories and
+    evaluation candidates: `feddmmr.load(run_dir)`."""
     run_dir = Path(run_dir)
     config = saved_config(run_dir)
     if config.model == "feddmmr" and config.engine == "flower":
@@ -181,3 +183,6 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
     model = SASRec(SASRecConfig(**args["sasrec"]))
     model.load_state_dict(saved["model"])
     return model.to(device).eval()
+
+
+load = load_best_model  # feddmmr.load(run_dir): the name the API documents

@@ -1,6 +1,8 @@
 """The wheel, installed into a fresh virtualenv outside the checkout, does what the README promises
 (scripts/check_wheel.sh: a named preset, the Flower simulation and app, a comparison report,
-TensorBoard and MLflow). About 1.5 minutes: pip installs from its cache."""
+TensorBoard and MLflow, recommendations from the command line and from Python that agree with each
+other and with the exported program, a report over three seeds). About 2 minutes: pip installs
+from its cache."""
 
 import os
 import subprocess
