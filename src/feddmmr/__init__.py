@@ -5,7 +5,8 @@ The Python API (docs/API.md), imported on first use so that `import feddmmr` sta
 - `TrainConfig`: a run's settings; `from feddmmr.train import train`, then `train(config)`, is
   what `feddmmr train` runs (`feddmmr.train` is that module, so the function is not exported here);
 - `load(run_dir)` (also `load_best_model`): a finished run's best model, to `recommend`,
-  `evaluate` or grow by new items (`with_new_items`);
+  `evaluate` or grow by new items (`with_new_items`); `load(checkpoint)`: a FedSASRec model and
+  its item vocabulary alone, to `recommend` for histories;
 - `evaluate_run(run_dir)`: what `feddmmr evaluate` prints;
 - `load_model(checkpoint)`: a FedSASRec model from its checkpoint alone.
 """

@@ -185,4 +185,38 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
     return model.to(device).eval()
 
 
-load = load_best_model  # feddmmr.load(run_dir): the name the API documents
+@dataclass
+class CheckpointModel:
+    """A FedSASRec model and its item vocabulary from a checkpoint file alone (no data): it
+    recommends for histories of the data's item ids (`recommend(history=[...])`)."""
+
+    model: SASRec
+    item_ids: np.ndarray  # the dataset's item id of each dense id (index 0: padding)
+    precision: Precision
+    split: None = None  # no data: no users to recommend for by id
+    memory_slots: None = None
+
+    def recommend(self, users=None, *, history=None, k: int = 10, exclude_seen: bool = True):
+        """As `BestModel.recommend`, for a `history` only."""
+        from feddmmr.recommend import recommend
+
+        return recommend(self, users=users, history=history, k=k, exclude_seen=exclude_seen)
+
+
+def load(run_or_checkpoint: str | Path) -> BestModel | CheckpointModel:
+    """`feddmmr.load`: a run directory gives its best model with the run's data (`BestModel`:
+    recommend for its users or for histories, evaluate, add new items); a checkpoint file
+    (best.pt or last.pt, FedSASRec) gives the model and its item vocabulary alone (`CheckpointModel`:
+    recommend for histories)."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        return load_best_model(path)
+    model = load_model(path)
+    saved = load_checkpoint(path)
+    if "item_ids" not in saved:
+        raise InputError(
+            f"{path}: this checkpoint was saved before checkpoints carried the item vocabulary; load its run "
+            f"directory instead (feddmmr.load(RUN_DIR)), which reads the ids from the data"
+        )
+    item_ids = np.array(saved["item_ids"], dtype=object)
+    return CheckpointModel(model, item_ids, Precision("off", "cpu"))

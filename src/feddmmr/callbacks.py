@@ -60,6 +60,7 @@ class SaveBestCheckpoint(Callback):
                 {
                     "model": state["model"],
                     "model_args": state["model_args"],
+                    "item_ids": state["item_ids"],
                     "round": record["round"],
                     "val": record["val"],
                     **memory_entry(run),

@@ -69,12 +69,18 @@ def recommend(
         raise ValueError("recommend: give users (the data's user ids) or one history (item ids), not both")
     if k < 1:
         raise ValueError(f"recommend: k must be at least 1, got {k}")
-    data, model = best.split.data, best.model
+    model = best.model
     if history is not None:
         if not len(history):
             raise ValueError("recommend: the history is empty; give at least one item id")
         sequences, rows = [dense_items(best, history)], None
     else:
+        if best.split is None:
+            raise ValueError(
+                "recommend: a checkpoint alone holds no users; give a history of item ids, or load the run "
+                "directory (feddmmr.load(RUN_DIR)) to recommend for its users"
+            )
+        data = best.split.data
         index = {str(user): row for row, user in enumerate(data.user_ids)}
         unknown = [user for user in users if str(user) not in index]
         if unknown:
@@ -86,7 +92,7 @@ def recommend(
         rows = np.array([index[str(user)] for user in users], dtype=np.int64)
         sequences = [data.sequence(row) for row in rows]
     device = next(model.parameters()).device
-    length = best.config.max_seq_len
+    length = model.backbone.config.max_seq_len
     was_training = model.training
     model.eval()
     results = []

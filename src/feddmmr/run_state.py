@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from feddmmr.checkpoint import load_checkpoint, write_text
+from feddmmr.checkpoint import json_value, load_checkpoint, write_text
 from feddmmr.config import TrainConfig
 from feddmmr.data.split import LeaveOneOut
 from feddmmr.errors import InputError
@@ -189,6 +189,8 @@ def checkpoint_state(run: Run) -> dict:
     return {
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         "model_args": run.model.model_args(),
+        # the dataset's item id of each dense id (index 0: padding): a checkpoint alone maps items
+        "item_ids": [None] + [json_value(i) for i in run.split.data.item_ids[1:]],
         "round": st.round,
         "early_stopping": vars(st.early_stopping).copy(),
         "history": st.history,

@@ -70,3 +70,24 @@ def test_feddmmr_is_not_exported(tmp_path):
     result = runner.invoke(app, ["export", str(run_dir), "--output", str(tmp_path / "served")])
     assert result.exit_code == 2 and "export covers FedSASRec" in result.output
     assert not (tmp_path / "served").exists()
+
+
+def test_a_checkpoint_alone_recommends_for_a_history_as_its_run_does(tmp_path):
+    """best.pt carries the item vocabulary: `feddmmr.load(checkpoint)` needs no data."""
+    import feddmmr
+
+    run_dir = trained(tmp_path)
+    run = feddmmr.load(run_dir)
+    history = [run.item_ids[i] for i in run.split.data.sequence(2)[:6]]
+    for checkpoint in ("best.pt", "last.pt"):
+        alone = feddmmr.load(run_dir / "checkpoints" / checkpoint)
+        assert list(alone.item_ids[1:]) == [int(i) for i in run.item_ids[1:]]
+        if checkpoint == "best.pt":  # the same model: the same list
+            expected = run.recommend(history=history, k=5)[0]
+            got = alone.recommend(history=history, k=5)[0]
+            assert [str(r.item) for r in got] == [str(r.item) for r in expected]
+            np.testing.assert_allclose([r.score for r in got], [r.score for r in expected], rtol=1e-6)
+    with pytest.raises(ValueError, match="a checkpoint alone holds no users; give a history"):
+        alone.recommend([run.split.data.user_ids[0]])
+    with pytest.raises(ValueError, match="not in the run's catalogue"):
+        alone.recommend(history=["no-such-item"])
