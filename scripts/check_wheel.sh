@@ -66,7 +66,7 @@ print("recommend, load and export agree:", cli)
 PY
 
 # A study over seeds: three runs that differ only by their seed, summarised as mean ± se.
-for seed in 0 1 2; do feddmmr train "${small[@]}" --seed "$seed" --run-dir "runs/seed$seed"; done
-feddmmr report runs/seed0 runs/seed1 runs/seed2 --over-seeds | tee seeds.txt
+feddmmr train "${small[@]}" --seeds 0,1,2 --run-dir runs/study
+feddmmr report runs/study/seed0 runs/study/seed1 runs/study/seed2 --over-seeds | tee seeds.txt
 grep -q "±" seeds.txt
 echo "wheel check passed"

@@ -219,6 +219,20 @@ def _train_parameters() -> list[inspect.Parameter]:
     )
     parameters.append(
         inspect.Parameter(
+            "seeds",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[str],
+            default=typer.Option(
+                None,
+                "--seeds",
+                help="a study: one run per seed (comma-separated, e.g. 0,1,2), one after another, into "
+                "RUN_DIR/seedN; then their mean ± se (`feddmmr report --over-seeds`)",
+                rich_help_panel=_panel("seed"),
+            ),
+        )
+    )
+    parameters.append(
+        inspect.Parameter(
             "resume",
             inspect.Parameter.KEYWORD_ONLY,
             annotation=Optional[Path],
@@ -247,16 +261,17 @@ def _train_parameters() -> list[inspect.Parameter]:
 
 def train_command(**options) -> None:
     """Train a next-item recommender by federated learning (or --centralized)."""
-    from feddmmr.train import train
-
     setup_logging(options.pop("verbose"))
     if options.pop("holdout_content") | options.pop("holdout_backbone"):
         raise InputError(
             "--holdout-content and --holdout-backbone were replaced by --modality-objective: --holdout-content is "
             "--modality-objective holdout, both together are --modality-objective holdout-backbone"
         )
-    config_file, resume = options.pop("config"), options.pop("resume")
+    config_file, resume, seeds = options.pop("config"), options.pop("resume"), options.pop("seeds")
     options = {k: None if v == [] else v for k, v in options.items()}  # a repeatable option not given
+    if seeds is not None:
+        train_seeds(config_file, options, seeds, resume)
+        return
     if resume is not None:
         given = sorted(k for k, v in options.items() if v is not None and k not in RESUME_SAFE)
         if given or config_file:
@@ -268,13 +283,52 @@ def train_command(**options) -> None:
     else:
         config = resolve_config(config_file, **options)
 
+    train_one(config, resume is not None)
+
+
+def train_one(config, resume: bool) -> None:
+    """One run, with the command line's progress bars (a Flower app with engine=flower)."""
+    from feddmmr.train import train
+
     with round_bars(config.num_rounds, console) as (progress_factory, on_round):
         if config.engine == "flower" and not config.centralized:  # the run is a Flower app
             from feddmmr.flower.simulation import run_flower_simulation
 
-            run_flower_simulation(config, resume=resume is not None, on_round=on_round)
+            run_flower_simulation(config, resume=resume, on_round=on_round)
         else:
-            train(config, resume=resume is not None, on_round=on_round, progress_factory=progress_factory)
+            train(config, resume=resume, on_round=on_round, progress_factory=progress_factory)
+
+
+def train_seeds(config_file, options: dict, seeds: str, resume) -> None:
+    """`--seeds 0,1,2`: one run per seed into RUN_DIR/seedN, every config checked before the first
+    run starts, then the table over the seeds."""
+    from feddmmr.report import load_run
+    from feddmmr.run_setup import default_run_dir
+    from feddmmr.summary import seeds_table
+
+    if resume is not None:
+        raise InputError("--seeds starts new runs; continue one of them with --resume RUN_DIR/seedN")
+    if options.get("seed") is not None:
+        raise InputError("--seeds gives each run its seed: drop --seed")
+    try:
+        values = [int(part) for part in seeds.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(
+            f"--seeds {seeds!r}: expected whole numbers separated by commas, e.g. 0,1,2"
+        ) from None
+    if not values or len(set(values)) != len(values):
+        raise InputError(
+            f"--seeds {seeds!r}: expected distinct whole numbers separated by commas, e.g. 0,1,2"
+        )
+    base = Path(options["run_dir"]) if options.get("run_dir") else default_run_dir()
+    configs = [
+        resolve_config(config_file, **{**options, "seed": seed, "run_dir": str(base / f"seed{seed}")})
+        for seed in values
+    ]
+    for config in configs:
+        console.print(f"seed {config.seed}: {config.run_dir}")
+        train_one(config, resume=False)
+    print(seeds_table([load_run(config.run_dir) for config in configs]))
 
 
 train_command.__signature__ = inspect.Signature(_train_parameters())

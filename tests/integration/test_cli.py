@@ -336,3 +336,21 @@ def test_the_plots_mark_the_best_round_and_the_test_figures(tiny_data, tmp_path)
     for axis in figure.axes:
         assert axis.get_xlabel() and axis.get_ylabel()
     plt.close(figure)
+
+
+def test_seeds_run_a_study_into_one_folder_and_print_mean_and_se(tiny_data, tmp_path):
+    study = tmp_path / "study"
+    args = ["train", "--data-dir", str(tiny_data), "--run-dir", str(study), "--num-rounds", "1", *TINY]
+    result = runner.invoke(app, [*args, "--seeds", "3,4"])
+    assert result.exit_code == 0, result.output
+    for seed in (3, 4):
+        assert json.loads((study / f"seed{seed}" / "config.json").read_text())["seed"] == seed
+        assert (study / f"seed{seed}" / "final.json").exists()
+    assert "3 4" in result.output and "±" in result.output  # one row: both seeds, mean ± se
+    for bad, message in (
+        (["--seeds", "3,x"], "--seeds '3,x': expected whole numbers"),
+        (["--seeds", "3,3"], "expected distinct whole numbers"),
+        (["--seeds", "1,2", "--seed", "1"], "--seeds gives each run its seed: drop --seed"),
+    ):
+        result = runner.invoke(app, [*args, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
