@@ -65,6 +65,20 @@ class BestModel:
 
         return recommend(self, users=users, history=history, k=k, exclude_seen=exclude_seen)
 
+    def score(self, users=None, *, history=None) -> torch.Tensor:
+        """Every item's score as the next one [inputs, num_items + 1] (column j: the item
+        `item_ids[j]`; column 0 is padding) for `users` or one `history`, as `recommend` takes them."""
+        from feddmmr.recommend import score
+
+        return score(self, users=users, history=history)
+
+    def item_vectors(self) -> torch.Tensor:
+        """Every item's vector [num_items + 1, d] as the backbone scores it (row j: `item_ids[j]`;
+        row 0 is padding; with the content tower, untrained items' stand-ins). FedDMMR's scores also
+        add its experts' mixture, which depends on the user."""
+        with torch.no_grad():
+            return self.model.backbone.all_item_vectors().detach().cpu().clone()
+
     def with_new_items(self, modality: list[str]) -> BestModel:
         """This run's model with new items appended to its catalogue (new_items.py): the items of
         the feature files `modality` (NAME=FILE, one per modality of the run, as `feddmmr features`
@@ -201,6 +215,20 @@ class CheckpointModel:
         from feddmmr.recommend import recommend
 
         return recommend(self, users=users, history=history, k=k, exclude_seen=exclude_seen)
+
+    def score(self, users=None, *, history=None) -> torch.Tensor:
+        """Every item's score as the next one [inputs, num_items + 1] (column j: the item
+        `item_ids[j]`; column 0 is padding) for `users` or one `history`, as `recommend` takes them."""
+        from feddmmr.recommend import score
+
+        return score(self, users=users, history=history)
+
+    def item_vectors(self) -> torch.Tensor:
+        """Every item's vector [num_items + 1, d] as the backbone scores it (row j: `item_ids[j]`;
+        row 0 is padding; with the content tower, untrained items' stand-ins). FedDMMR's scores also
+        add its experts' mixture, which depends on the user."""
+        with torch.no_grad():
+            return self.model.backbone.all_item_vectors().detach().cpu().clone()
 
 
 def load(run_or_checkpoint: str | Path) -> BestModel | CheckpointModel:

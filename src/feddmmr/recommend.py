@@ -65,56 +65,76 @@ def recommend(
     """The top `k` items for each of `users` (the dataset's user ids: their whole sequence is the
     input, and FedDMMR reads their memory), or for one `history` of item ids (a new user: FedDMMR
     reads an empty memory). One list per user, best first."""
-    if (users is None) == (history is None):
-        raise ValueError("recommend: give users (the data's user ids) or one history (item ids), not both")
     if k < 1:
         raise ValueError(f"recommend: k must be at least 1, got {k}")
-    model = best.model
+    sequences, rows = inputs_of(best, users, history)
+    results = []
+    for chunk, scores in scored(best, sequences, rows, batch_size):
+        exclude = chunk if exclude_seen else [np.empty(0, dtype=np.int64)] * len(chunk)
+        results += [
+            [Recommendation(best.item_ids[i], v) for v, i in zip(values, ids)]
+            for values, ids in top_items(scores, exclude, k)
+        ]
+    return results
+
+
+def score(
+    best: BestModel, *, users: Sequence | None = None, history: Sequence | None = None, batch_size: int = 256
+) -> torch.Tensor:
+    """Every item's score as the next one [inputs, num_items + 1] (column j: dense id j, whose
+    dataset id is `best.item_ids[j]`; column 0 is padding), for `users` or one `history` as
+    `recommend` takes them; the inputs' own items are not masked."""
+    sequences, rows = inputs_of(best, users, history)
+    return torch.cat([scores for _, scores in scored(best, sequences, rows, batch_size)])
+
+
+def inputs_of(best: BestModel, users: Sequence | None, history: Sequence | None):
+    """(dense-id sequences, their users' rows or None for a history): what the model reads."""
+    if (users is None) == (history is None):
+        raise ValueError("recommend: give users (the data's user ids) or one history (item ids), not both")
     if history is not None:
         if not len(history):
             raise ValueError("recommend: the history is empty; give at least one item id")
-        sequences, rows = [dense_items(best, history)], None
-    else:
-        if best.split is None:
-            raise ValueError(
-                "recommend: a checkpoint alone holds no users; give a history of item ids, or load the run "
-                "directory (feddmmr.load(RUN_DIR)) to recommend for its users"
-            )
-        data = best.split.data
-        index = {str(user): row for row, user in enumerate(data.user_ids)}
-        unknown = [user for user in users if str(user) not in index]
-        if unknown:
-            raise ValueError(
-                f"recommend: user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
-                f"{len(index)} users (such as {', '.join(map(str, data.user_ids[:3]))}); give their "
-                f"history instead"
-            )
-        rows = np.array([index[str(user)] for user in users], dtype=np.int64)
-        sequences = [data.sequence(row) for row in rows]
+        return [dense_items(best, history)], None
+    if best.split is None:
+        raise ValueError(
+            "recommend: a checkpoint alone holds no users; give a history of item ids, or load the run "
+            "directory (feddmmr.load(RUN_DIR)) to recommend for its users"
+        )
+    data = best.split.data
+    index = {str(user): row for row, user in enumerate(data.user_ids)}
+    unknown = [user for user in users if str(user) not in index]
+    if unknown:
+        raise ValueError(
+            f"recommend: user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
+            f"{len(index)} users (such as {', '.join(map(str, data.user_ids[:3]))}); give their "
+            f"history instead"
+        )
+    rows = np.array([index[str(user)] for user in users], dtype=np.int64)
+    return [data.sequence(row) for row in rows], rows
+
+
+def scored(best: BestModel, sequences: list[np.ndarray], rows: np.ndarray | None, batch_size: int):
+    """(a batch of the sequences, every item's score after each [batch, num_items + 1]), batch by
+    batch: `score_all_last`, full-ranking evaluation's path, on left-padded inputs."""
+    model = best.model
     device = next(model.parameters()).device
     length = model.backbone.config.max_seq_len
     was_training = model.training
     model.eval()
-    results = []
-    with torch.no_grad():
-        for start in range(0, len(sequences), batch_size):
-            chunk = sequences[start : start + batch_size]
-            offsets = np.concatenate([[0], np.cumsum([len(sequence) for sequence in chunk])])
-            inputs = torch.from_numpy(
-                last_items(offsets, np.concatenate(chunk), length)
-            )  # left-padded, as evaluation's
-            slots = _memory_slots(
-                best, None if rows is None else rows[start : start + batch_size], len(chunk)
-            )
-            with best.precision.autocast():
-                scores = model.score_all_last(inputs.to(device), *slots).cpu()
-            exclude = chunk if exclude_seen else [np.empty(0, dtype=np.int64)] * len(chunk)
-            results += [
-                [Recommendation(best.item_ids[i], v) for v, i in zip(values, ids)]
-                for values, ids in top_items(scores, exclude, k)
-            ]
-    model.train(was_training)
-    return results
+    try:
+        with torch.no_grad():
+            for start in range(0, len(sequences), batch_size):
+                chunk = sequences[start : start + batch_size]
+                offsets = np.concatenate([[0], np.cumsum([len(sequence) for sequence in chunk])])
+                inputs = torch.from_numpy(last_items(offsets, np.concatenate(chunk), length))
+                slots = _memory_slots(
+                    best, None if rows is None else rows[start : start + batch_size], len(chunk)
+                )
+                with best.precision.autocast():
+                    yield chunk, model.score_all_last(inputs.to(device), *slots).cpu()
+    finally:
+        model.train(was_training)
 
 
 def _memory_slots(best: BestModel, rows: np.ndarray | None, count: int) -> tuple[torch.Tensor, ...]:

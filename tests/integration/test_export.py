@@ -87,6 +87,12 @@ def test_a_checkpoint_alone_recommends_for_a_history_as_its_run_does(tmp_path):
             got = alone.recommend(history=history, k=5)[0]
             assert [str(r.item) for r in got] == [str(r.item) for r in expected]
             np.testing.assert_allclose([r.score for r in got], [r.score for r in expected], rtol=1e-6)
+            scores = alone.score(history=history)  # every item's score: the list is its top 5 unseen
+            torch.testing.assert_close(scores, run.score(history=history))
+            scores[0, 0] = scores[0, torch.as_tensor(run.split.data.sequence(2)[:6])] = -np.inf
+            assert [str(alone.item_ids[i]) for i in scores[0].topk(5).indices] == [str(r.item) for r in got]
+            vectors = alone.item_vectors()
+            assert vectors.shape == (len(run.item_ids), 16) and torch.equal(vectors, run.item_vectors())
     with pytest.raises(ValueError, match="a checkpoint alone holds no users; give a history"):
         alone.recommend([run.split.data.user_ids[0]])
     with pytest.raises(ValueError, match="not in the run's catalogue"):
