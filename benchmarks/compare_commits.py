@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import yaml  # noqa: E402
 
 # The child uses only what both sides share: TrainConfig, prepare_run, make_engine and run_round. A
 # setting the side's TrainConfig does not know is left out there (that side runs its own default),
@@ -83,19 +82,13 @@ def time_side(src: Path, fields: dict, args) -> tuple[list[float], list[str]]:
     return lines["SECONDS"], lines["UNKNOWN"]
 
 
-def preset_fields(name: str) -> dict:
-    """A preset of this checkout as settings (both sides get the same values)."""
-    path = common.ROOT / "src" / "feddmmr" / "presets" / f"{name}.yaml"
-    return yaml.safe_load(path.read_text())
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     data_dir, top_users, label = common.dataset(args.data)
     fields = {
         "default": {},
         "seed": dict(common.SEED_SETTING),
-        "short_history": preset_fields("short_history"),
+        "short_history": common.short_history(),
     }[args.setting]
     if args.local_optimizer:
         fields.update(

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-import feddmmr.run_setup as run_setup  # noqa: E402
+import feddmmr.federated.precision as precision  # noqa: E402
 from feddmmr.callbacks import Callback  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
 from feddmmr.train import train  # noqa: E402
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     data_dir, top_users, label = common.dataset(args.data)
     torch.set_num_threads(args.threads)
-    run_setup.resolve_amp = lambda mode, device: mode  # allow fp16 on the CPU, for this script only
+    precision.resolve_amp = lambda mode, device: mode  # allow fp16 on the CPU, for this script only
     print(common.machine_line())
     for amp in args.amp:
 

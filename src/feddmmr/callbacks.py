@@ -18,7 +18,7 @@ from feddmmr.run_state import Run, checkpoint_state, memory_entry, write_metrics
 log = logging.getLogger(__name__)
 
 
-STOP = True  # what `on_round_end` returns to end training after this round
+STOP = object()  # what `on_round_end` returns to end training after this round (nothing else does)
 
 
 class Callback:
@@ -27,7 +27,7 @@ class Callback:
     def on_round_start(self, run: Run, round_number: int) -> None:
         """Before the round trains."""
 
-    def on_round_end(self, run: Run, record: dict) -> bool | None:
+    def on_round_end(self, run: Run, record: dict) -> object | None:
         """`record`: the round's line of metrics.jsonl; `run.state` already counts the round.
         Returns `STOP` to end training after it."""
 
@@ -40,7 +40,7 @@ class StopEarly(Callback):
     after `patience` of them (run.state.early_stopping; 0: never). Runs first: best.pt and last.pt
     read its count."""
 
-    def on_round_end(self, run: Run, record: dict) -> bool | None:
+    def on_round_end(self, run: Run, record: dict) -> object | None:
         if not record["validated"]:
             return None
         state = run.state

@@ -320,11 +320,18 @@ def train_seeds(config_file, options: dict, seeds: str, resume) -> None:
         raise InputError(
             f"--seeds {seeds!r}: expected distinct whole numbers separated by commas, e.g. 0,1,2"
         )
-    base = Path(options["run_dir"]) if options.get("run_dir") else default_run_dir()
+    given = resolve_config(config_file, **options).run_dir  # the flag's, or the preset's
+    base = Path(given) if given else default_run_dir()
     configs = [
         resolve_config(config_file, **{**options, "seed": seed, "run_dir": str(base / f"seed{seed}")})
         for seed in values
     ]
+    taken = [config.run_dir for config in configs if (Path(config.run_dir) / "config.json").exists()]
+    if taken:  # before the first run: a study stops neither halfway nor on its own earlier runs
+        raise InputError(
+            f"--seeds: {', '.join(taken)} already hold runs; pick another --run-dir, or continue one of "
+            f"them with --resume"
+        )
     for config in configs:
         console.print(f"seed {config.seed}: {config.run_dir}")
         train_one(config, resume=False)

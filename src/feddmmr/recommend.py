@@ -91,14 +91,14 @@ def score(
 def inputs_of(best: BestModel, users: Sequence | None, history: Sequence | None):
     """(dense-id sequences, their users' rows or None for a history): what the model reads."""
     if (users is None) == (history is None):
-        raise ValueError("recommend: give users (the data's user ids) or one history (item ids), not both")
+        raise ValueError("give users (the data's user ids) or one history (item ids), not both")
     if history is not None:
         if not len(history):
-            raise ValueError("recommend: the history is empty; give at least one item id")
+            raise ValueError("the history is empty; give at least one item id")
         return [dense_items(best, history)], None
     if best.split is None:
         raise ValueError(
-            "recommend: a checkpoint alone holds no users; give a history of item ids, or load the run "
+            "a checkpoint alone holds no users; give a history of item ids, or load the run "
             "directory (feddmmr.load(RUN_DIR)) to recommend for its users"
         )
     data = best.split.data
@@ -106,7 +106,7 @@ def inputs_of(best: BestModel, users: Sequence | None, history: Sequence | None)
     unknown = [user for user in users if str(user) not in index]
     if unknown:
         raise ValueError(
-            f"recommend: user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
+            f"user id(s) {', '.join(map(str, unknown[:5]))} are not among the run's "
             f"{len(index)} users (such as {', '.join(map(str, data.user_ids[:3]))}); give their "
             f"history instead"
         )

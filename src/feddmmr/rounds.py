@@ -15,7 +15,6 @@ clients' postprocessors (federated/postprocess.py); DP's server side is its aggr
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ import torch
 from feddmmr import streams
 from feddmmr.config import TrainConfig
 from feddmmr.data.split import LeaveOneOut
+from feddmmr.engines.base import working_copy
 from feddmmr.errors import NodesLost, TrainingDiverged, diverged_advice
 from feddmmr.federated.aggregation import Aggregator, ServerAdam, ServerMomentum, make_aggregator
 from feddmmr.federated.attacks import Attack
@@ -93,7 +93,7 @@ class AttackClients:
         self, attack: Attack, client_fraction: float, settings: BatchSettings, model: torch.nn.Module, engine
     ) -> None:
         self.attack, self.client_fraction, self.settings = attack, client_fraction, settings
-        self.model = copy.deepcopy(model)  # model poisoning reads the global model's user representation
+        self.model = working_copy(model)  # model poisoning reads the global model's user representation
         self.engine = engine
 
     def join(self, plan: RoundPlan, add: Aggregate, global_params: dict[str, torch.Tensor]) -> Aggregate:

@@ -112,7 +112,6 @@ class Run:
         return BatchSettings.of(self.config, self.split.num_items)
 
     def local_training(self) -> LocalTraining:
-        c = self.config
         c, training = self.config, self.training
         return LocalTraining.of(
             c, self.split.num_items, training.precision, memory=training.memory, frozen=training.frozen

@@ -10,7 +10,7 @@ import numpy as np
 
 CLIENT_SAMPLING = 1  # which clients a round samples (federated/sampling.py)
 CLIENT_BATCHES = 2  # a client's window order and training negatives in a round (federated/batches.py)
-ROUND_TORCH = 3  # torch's seed for a round's dropout (train.py)
+ROUND_TORCH = 3  # torch's seed for a round's dropout (rounds.py)
 CENTRALIZED_ORDER = 4  # the order of the pooled windows in a centralised epoch (train.py)
 NODE_TORCH = 5  # a Flower node's torch seed for its dropout (flower/client_app.py)
 DP_SAMPLING = 6  # Poisson sampling of the clients under DP (federated/privacy.py)

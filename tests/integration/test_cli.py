@@ -351,6 +351,8 @@ def test_seeds_run_a_study_into_one_folder_and_print_mean_and_se(tiny_data, tmp_
         (["--seeds", "3,x"], "--seeds '3,x': expected whole numbers"),
         (["--seeds", "3,3"], "expected distinct whole numbers"),
         (["--seeds", "1,2", "--seed", "1"], "--seeds gives each run its seed: drop --seed"),
+        (["--seeds", "5,4"], f"--seeds: {study / 'seed4'} already hold runs"),  # checked before seed 5 runs
     ):
         result = runner.invoke(app, [*args, *bad])
         assert result.exit_code == 2 and message in result.output, result.output
+    assert not (study / "seed5").exists()

@@ -717,7 +717,7 @@ def test_skipped_steps_are_one_line_a_round_and_a_round_that_trained_nothing_sto
     from feddmmr.rounds import check_skipped_steps
 
     config = TrainConfig(learning_rate=2.0)
-    with caplog.at_level(logging.WARNING, logger="feddmmr.train"):
+    with caplog.at_level(logging.WARNING, logger="feddmmr.rounds"):
         check_skipped_steps([ClientReport(1, 0.5, 3, 1), ClientReport(2, 0.4, 4, 0)], 7, config, tmp_path)
     assert [r.getMessage() for r in caplog.records] == [
         "round 7: skipped 1 of 8 local steps (12.5%) in 1 of 2 clients: a non-finite loss or gradient"

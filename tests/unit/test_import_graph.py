@@ -1,4 +1,4 @@
-"""src/feddmmr imports form no cycle and point only down the layers (ARCHITECTURE in the README):
+"""src/feddmmr imports form no cycle and point only down the layers (the README's Layout):
 every module can be read (and imported) on its own terms, with only what sits below it."""
 
 import ast

@@ -9,11 +9,11 @@ engine is not made here: `--engine flower` runs the whole run as a Flower app.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
 
+from feddmmr.engines.base import working_copy
 from feddmmr.engines.chunking import log_chunks, resolve_chunks
 from feddmmr.engines.sequential import SequentialEngine
 from feddmmr.engines.vectorized import VectorizedEngine
@@ -49,7 +49,7 @@ def make_engine(
             f"`--engine flower`)"
         )
     return ENGINES[name](
-        copy.deepcopy(model),  # the engine's own working copy: the run's model is never trained in place
+        working_copy(model),  # the engine's own: the run's model is never trained in place
         chunk_clients=chunk_clients,
         chunk_windows=chunk_windows,
         num_negatives=num_negatives,

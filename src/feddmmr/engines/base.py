@@ -1,10 +1,18 @@
-"""What every engine shares: one guarded optimiser step."""
+"""What every engine shares: its working copy of the model, one guarded optimiser step."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from feddmmr.federated.precision import LossScales
+
+
+def working_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose parameters are its own, so that training it never changes the run's
+    model; the buffers (FedDMMR's feature tables, never trained) are shared, not copied."""
+    return copy.deepcopy(model, memo={id(buffer): buffer for buffer in model.buffers()})
 
 
 def guarded_step(

@@ -77,7 +77,7 @@ def train_users(message: Message, context: Context) -> Message:
     device = next(model.parameters()).device
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    # Exactly the batches run_round would build for these users on the server.
+    # Exactly the batches the round's plan (rounds.py) would build for these users on the server.
     settings = BatchSettings.of(config, len(request.item_ids))
     batches = [
         make_client_batches(user, sequence, settings, client_rng(config.seed, request.round, user))
