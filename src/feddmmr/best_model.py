@@ -32,30 +32,9 @@ from feddmmr.run_setup import (
 )
 
 
-@dataclass
-class BestModel:
-    """A finished run's best model, ready to evaluate: its memories' retrieved slots (FedDMMR) and
-    the run's validation and test sets on its saved candidates."""
-
-    config: TrainConfig
-    round: int
-    model: torch.nn.Module
-    item_ids: np.ndarray  # the dataset's item ids by dense id (what modality files are aligned to)
-    split: LeaveOneOut  # the run's split (its users, their sequences, its new items)
-    memory_slots: tuple[torch.Tensor, torch.Tensor] | None  # (items [users, K], mask)
-    valid_set: EvalSet
-    test_set: EvalSet
-    precision: Precision
-
-    def ranks(self, eval_set: EvalSet, mode: str | None = None) -> np.ndarray:
-        """[users] 0-based rank of each held-out item, ranking as `mode` says (default: the run's own `eval`)."""
-        return held_out_ranks(
-            self.model, eval_set, mode or self.config.eval, precision=self.precision, memory=self.memory_slots
-        )
-
-    def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
-        """Metrics on `eval_set` (`mode` as for `ranks`)."""
-        return metrics_from_ranks(self.ranks(eval_set, mode))
+class Recommender:
+    """What a loaded model offers (`feddmmr.load`): recommendations, scores and item vectors, in
+    the data's item ids (`item_ids`: the dataset's id of each dense id; index 0 is padding)."""
 
     def recommend(self, users=None, *, history=None, k: int = 10, exclude_seen: bool = True):
         """The top `k` items (`recommend.Recommendation`: the dataset's item id and its score) for
@@ -78,6 +57,32 @@ class BestModel:
         add its experts' mixture, which depends on the user."""
         with torch.no_grad():
             return self.model.backbone.all_item_vectors().detach().cpu().clone()
+
+
+@dataclass
+class BestModel(Recommender):
+    """A finished run's best model, ready to evaluate: its memories' retrieved slots (FedDMMR) and
+    the run's validation and test sets on its saved candidates."""
+
+    config: TrainConfig
+    round: int
+    model: torch.nn.Module
+    item_ids: np.ndarray  # the dataset's item ids by dense id (what modality files are aligned to)
+    split: LeaveOneOut  # the run's split (its users, their sequences, its new items)
+    memory_slots: tuple[torch.Tensor, torch.Tensor] | None  # (items [users, K], mask)
+    valid_set: EvalSet
+    test_set: EvalSet
+    precision: Precision
+
+    def ranks(self, eval_set: EvalSet, mode: str | None = None) -> np.ndarray:
+        """[users] 0-based rank of each held-out item, ranking as `mode` says (default: the run's own `eval`)."""
+        return held_out_ranks(
+            self.model, eval_set, mode or self.config.eval, precision=self.precision, memory=self.memory_slots
+        )
+
+    def evaluate(self, eval_set: EvalSet, mode: str | None = None) -> dict[str, float]:
+        """Metrics on `eval_set` (`mode` as for `ranks`)."""
+        return metrics_from_ranks(self.ranks(eval_set, mode))
 
     def with_new_items(self, modality: list[str]) -> BestModel:
         """This run's model with new items appended to its catalogue (new_items.py): the items of
@@ -200,7 +205,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
 
 
 @dataclass
-class CheckpointModel:
+class CheckpointModel(Recommender):
     """A FedSASRec model and its item vocabulary from a checkpoint file alone (no data): it
     recommends for histories of the data's item ids (`recommend(history=[...])`)."""
 
@@ -209,26 +214,6 @@ class CheckpointModel:
     precision: Precision
     split: None = None  # no data: no users to recommend for by id
     memory_slots: None = None
-
-    def recommend(self, users=None, *, history=None, k: int = 10, exclude_seen: bool = True):
-        """As `BestModel.recommend`, for a `history` only."""
-        from feddmmr.recommend import recommend
-
-        return recommend(self, users=users, history=history, k=k, exclude_seen=exclude_seen)
-
-    def score(self, users=None, *, history=None) -> torch.Tensor:
-        """Every item's score as the next one [inputs, num_items + 1] (column j: the item
-        `item_ids[j]`; column 0 is padding) for `users` or one `history`, as `recommend` takes them."""
-        from feddmmr.recommend import score
-
-        return score(self, users=users, history=history)
-
-    def item_vectors(self) -> torch.Tensor:
-        """Every item's vector [num_items + 1, d] as the backbone scores it (row j: `item_ids[j]`;
-        row 0 is padding; with the content tower, untrained items' stand-ins). FedDMMR's scores also
-        add its experts' mixture, which depends on the user."""
-        with torch.no_grad():
-            return self.model.backbone.all_item_vectors().detach().cpu().clone()
 
 
 def load(run_or_checkpoint: str | Path) -> BestModel | CheckpointModel:
