@@ -34,7 +34,7 @@ ls ./*.fab
 # Use what was trained: the command line's and Python's recommendations are the same 10 items, none
 # in the user's history; the exported program ranks them first too.
 user=$(python -c "import feddmmr; print(feddmmr.load('runs/preset').split.data.user_ids[0])")
-feddmmr recommend runs/preset --user "$user" -k 10 --json > recommended.json
+feddmmr recommend runs/preset --user "$user" --k 10 --json > recommended.json
 feddmmr export runs/preset --output served
 python - "$user" <<'PY'
 import json, sys

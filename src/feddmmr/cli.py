@@ -376,7 +376,7 @@ def recommend_command(
     history: Optional[str] = typer.Option(
         None, "--history", help="instead of --user: item ids of the data, comma-separated, oldest first"
     ),
-    k: int = typer.Option(10, "-k", "--top", min=1, help="how many items for each user"),
+    k: int = typer.Option(10, "-k", "--k", "--top", min=1, help="how many items for each user"),
     new_items: typing.List[str] = typer.Option(
         [],
         "--new-items",
