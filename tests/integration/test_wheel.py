@@ -17,7 +17,7 @@ def test_the_installed_wheel_works_outside_the_checkout(tmp_path):
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix))
     env["PYTHON"] = str(Path(sys.base_prefix) / "bin" / "python3")  # not the checkout's virtualenv
     result = subprocess.run(
-        ["bash", str(SCRIPT), str(tmp_path / "work")], capture_output=True, text=True, env=env, timeout=900
+        ["bash", str(SCRIPT), str(tmp_path / "work")], capture_output=True, text=True, env=env, timeout=1800
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert result.stdout.rstrip().endswith("wheel check passed")
