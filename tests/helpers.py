@@ -13,7 +13,33 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The default recipe trains against 256 shared negatives, more than the tests' 150-item catalogue
 # leaves unread; tiny runs keep short_history's 4 negatives of their own for each target.
 TINY_NEGATIVES = dict(negatives="per-target", num_negatives=4)
+# The tiny runs' model, batches and evaluation (each test module adds its own rates and rounds).
+TINY_MODEL = dict(
+    max_seq_len=10,
+    **TINY_NEGATIVES,
+    hidden_dim=16,
+    num_heads=2,
+    num_blocks=1,
+    batch_size=4,
+    num_negatives_eval=20,
+)
 TINY_NEGATIVE_FLAGS = ["--negatives", "per-target", "--num-negatives", "4"]
+# The command line's tiny run: its model, negatives, evaluation and half the clients a round.
+TINY_FLAGS = [
+    "--max-seq-len",
+    "10",
+    *TINY_NEGATIVE_FLAGS,
+    "--hidden-dim",
+    "16",
+    "--num-heads",
+    "2",
+    "--num-blocks",
+    "1",
+    "--num-negatives-eval",
+    "20",
+    "--client-fraction",
+    "0.5",
+]
 
 
 def make_sequences(rows: list[list[int]], num_items: int | None = None) -> SequenceData:

@@ -182,7 +182,11 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
     """A FedSASRec model from a checkpoint alone (best.pt or last.pt, or a run directory for its
     best.pt), without the data: the checkpoint carries the model's arguments. FedDMMR's model also
     needs its modality feature files: use `load_best_model(run_dir)`."""
-    saved = load_checkpoint(Path(checkpoint))
+    return model_from(load_checkpoint(Path(checkpoint)), checkpoint).to(device)
+
+
+def model_from(saved: dict, checkpoint: str | Path) -> SASRec:
+    """The FedSASRec model a loaded checkpoint holds, in evaluation mode (`checkpoint` names it in errors)."""
     args = saved.get("model_args")
     if args is None:
         raise ValueError(
@@ -201,7 +205,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> SA
         )
     model = SASRec(SASRecConfig(**args["sasrec"]))
     model.load_state_dict(saved["model"])
-    return model.to(device).eval()
+    return model.eval()
 
 
 @dataclass
@@ -224,8 +228,8 @@ def load(run_or_checkpoint: str | Path) -> BestModel | CheckpointModel:
     path = Path(run_or_checkpoint)
     if path.is_dir():
         return load_best_model(path)
-    model = load_model(path)
     saved = load_checkpoint(path)
+    model = model_from(saved, path)
     if "item_ids" not in saved:
         raise InputError(
             f"{path}: this checkpoint was saved before checkpoints carried the item vocabulary; load its run "

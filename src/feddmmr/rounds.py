@@ -93,14 +93,16 @@ class AttackClients:
         self, attack: Attack, client_fraction: float, settings: BatchSettings, model: torch.nn.Module, engine
     ) -> None:
         self.attack, self.client_fraction, self.settings = attack, client_fraction, settings
-        self.model = working_copy(model)  # model poisoning reads the global model's user representation
+        # Model poisoning reads the global model's user representation; data poisoning trains as clients do.
+        self.model = None if attack.kind == "data-poisoning" else working_copy(model)
         self.engine = engine
 
     def join(self, plan: RoundPlan, add: Aggregate, global_params: dict[str, torch.Tensor]) -> Aggregate:
         return self.attack.join_round(plan.context.round, self.client_fraction, add, global_params)
 
     def finish(self, plan, engine, local, add, global_params) -> None:
-        self.model.load_state_dict(global_params, strict=False)
+        if self.model is not None:
+            self.model.load_state_dict(global_params, strict=False)
         self.attack.finish_round(
             plan.context, self.engine or engine, self.settings, local, add, self.model, global_params
         )

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY_NEGATIVES
+from helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
@@ -188,13 +188,7 @@ def test_the_ablations_genre_modality_is_each_movies_genre_multi_hot(tmp_path):
 
 
 TINY_RUN = dict(
-    max_seq_len=10,
-    **TINY_NEGATIVES,
-    hidden_dim=16,
-    num_heads=2,
-    num_blocks=1,
-    batch_size=4,
-    num_negatives_eval=20,
+    **TINY_MODEL,
     client_fraction=0.5,
     learning_rate=0.5,
     num_rounds=2,

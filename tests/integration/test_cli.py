@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from helpers import TINY_NEGATIVE_FLAGS
+from helpers import TINY_FLAGS
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
@@ -9,21 +9,7 @@ from feddmmr.config import TrainConfig
 from feddmmr.config_files import read_config_file, resolve_config
 
 runner = CliRunner()
-TINY = [
-    "--max-seq-len",
-    "10",
-    *TINY_NEGATIVE_FLAGS,
-    "--hidden-dim",
-    "16",
-    "--num-heads",
-    "2",
-    "--num-blocks",
-    "1",
-    "--num-negatives-eval",
-    "20",
-    "--client-fraction",
-    "0.5",
-]
+TINY = TINY_FLAGS
 
 
 def test_train_and_evaluate_from_the_command_line(tiny_data, tmp_path):

@@ -13,7 +13,7 @@ import typing
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NEGATIVES
+from helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
@@ -24,13 +24,7 @@ from feddmmr.train import train
 runner = CliRunner()
 
 TINY = dict(
-    max_seq_len=10,
-    **TINY_NEGATIVES,
-    hidden_dim=16,
-    num_heads=2,
-    num_blocks=1,
-    batch_size=4,
-    num_negatives_eval=20,
+    **TINY_MODEL,
     client_fraction=0.5,
     learning_rate=5e-3,
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NEGATIVES
+from helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from feddmmr.best_model import evaluate_run
@@ -19,13 +19,7 @@ from feddmmr.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "src" / "feddmmr" / "presets"
 TINY = dict(
-    max_seq_len=10,
-    **TINY_NEGATIVES,
-    hidden_dim=16,
-    num_heads=2,
-    num_blocks=1,
-    batch_size=4,
-    num_negatives_eval=20,
+    **TINY_MODEL,
     client_fraction=0.3,
     learning_rate=5e-3,
     dropout=0.1,

@@ -26,7 +26,7 @@ pytest.importorskip("flwr")
 from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-from helpers import TINY_NEGATIVES  # noqa: E402
+from helpers import TINY_MODEL  # noqa: E402
 
 from feddmmr.checkpoint import load_checkpoint  # noqa: E402
 from feddmmr.config import TrainConfig  # noqa: E402
@@ -37,13 +37,7 @@ from feddmmr.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(
-    max_seq_len=10,
-    **TINY_NEGATIVES,
-    hidden_dim=16,
-    num_heads=2,
-    num_blocks=1,
-    batch_size=4,
-    num_negatives_eval=20,
+    **TINY_MODEL,
     client_fraction=0.5,
     learning_rate=5e-3,
     dropout=0.0,

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NEGATIVES
+from helpers import TINY_MODEL
 
 from feddmmr.config import TrainConfig
 from feddmmr.engines import make_engine
@@ -16,13 +16,7 @@ from feddmmr.model.sasrec import ITEM_TABLE
 from feddmmr.train import prepare_run, run_round, train
 
 TINY = dict(
-    max_seq_len=10,
-    **TINY_NEGATIVES,
-    hidden_dim=16,
-    num_heads=2,
-    num_blocks=1,
-    batch_size=4,
-    num_negatives_eval=20,
+    **TINY_MODEL,
     client_fraction=0.5,
     learning_rate=5e-3,
 )

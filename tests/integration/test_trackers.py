@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import TINY_NEGATIVE_FLAGS
+from helpers import TINY_FLAGS
 from typer.testing import CliRunner
 
 from feddmmr.cli import app
@@ -11,19 +11,7 @@ from feddmmr.trackers import round_metrics
 
 runner = CliRunner()
 TINY = [
-    "--max-seq-len",
-    "10",
-    *TINY_NEGATIVE_FLAGS,
-    "--hidden-dim",
-    "16",
-    "--num-heads",
-    "2",
-    "--num-blocks",
-    "1",
-    "--num-negatives-eval",
-    "20",
-    "--client-fraction",
-    "0.5",
+    *TINY_FLAGS,
     "--num-rounds",
     "3",
     "--validate-every",

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NEGATIVES
+from helpers import TINY_MODEL
 
 from feddmmr.best_model import evaluate_run
 from feddmmr.checkpoint import load_checkpoint
@@ -19,13 +19,7 @@ from feddmmr.errors import InputError
 from feddmmr.train import train
 
 TINY = dict(
-    max_seq_len=10,
-    **TINY_NEGATIVES,
-    hidden_dim=16,
-    num_heads=2,
-    num_blocks=1,
-    batch_size=4,
-    num_negatives_eval=20,
+    **TINY_MODEL,
     client_fraction=0.5,
     learning_rate=5e-3,
     dropout=0.1,

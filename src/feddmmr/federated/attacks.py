@@ -93,7 +93,7 @@ class Attack:
         settings: BatchSettings,
         local: LocalTraining,
         add: Callable,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         global_params: dict[str, torch.Tensor],
     ) -> None:
         """After the genuine clients, the round's fake users send their updates through `add`,
